@@ -1,0 +1,16 @@
+"""hpctl: treat a training hyperparameter as a control variable learned online by RL.
+
+Core pieces: :class:`~hpctl.knob.Knob` (a bounded control variable),
+:class:`~hpctl.task.Task`/:class:`~hpctl.task.Plugin` (what a training loop implements),
+:class:`~hpctl.env.ControlEnv` (the Gymnasium environment over a task), controllers in
+:mod:`hpctl.agents`, MLflow tracking in :mod:`hpctl.tracking`, the CLI in :mod:`hpctl.cli`.
+"""
+
+from hpctl.env import ControlEnv
+from hpctl.errors import ConfigError, DataError, HpctlError
+from hpctl.knob import Knob
+from hpctl.task import Plugin, Task
+
+__version__ = "0.1.0"
+
+__all__ = ["ControlEnv", "ConfigError", "DataError", "HpctlError", "Knob", "Plugin", "Task", "__version__"]

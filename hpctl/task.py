@@ -1,0 +1,124 @@
+"""What a plugin implements: a training loop with a knob, probes, and state.
+
+A :class:`Task` is one training run whose knob a controller sets. The environment
+(:mod:`hpctl.env`) drives it in rounds: a few probes of candidate values at the *same*
+training state, then ``train(steps, value)`` at the committed value.
+
+A :class:`Plugin` is the factory the CLI finds through the ``hpctl.plugins`` entry-point
+group: it names its options (a config dataclass, turned into CLI flags) and builds a
+Task from them. A third-party package registers one in its own ``pyproject.toml``::
+
+    [project.entry-points."hpctl.plugins"]
+    my_knob = "my_package.plugin:MyPlugin"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from hpctl.knob import Knob
+
+
+class Task(ABC):
+    """One training loop whose knob is learned online.
+
+    Contract:
+      * ``probe`` never changes the training state: after it returns (or raises) the
+        trainable state is bit-for-bit what it was before.
+      * ``snapshot``/``restore`` capture *all* of the trainable state (weights,
+        optimizer, RNGs of the training loop). Snapshots are picklable with
+        ``torch.save``; they are used for resets, checkpoints and forks.
+      * Scores are "higher is better" (e.g. minus a loss, an F1).
+    """
+
+    #: the knob the controller sets
+    knob: Knob
+    #: optimizer steps in one full training run
+    total_steps: int = 100
+
+    @abstractmethod
+    def reset(self, seed: int | None = None) -> None:
+        """Go back to the start of training (the initial trainable state)."""
+
+    @abstractmethod
+    def train(self, steps: int, value: np.ndarray) -> float:
+        """Run ``steps`` optimizer steps with the knob at ``value``; return the mean loss."""
+
+    @abstractmethod
+    def probe(self, value: np.ndarray) -> float:
+        """Score ``value`` on the micro-dev set at the current state (higher is better)."""
+
+    @abstractmethod
+    def snapshot(self) -> Any:
+        """The trainable state, to be given back to :meth:`restore`."""
+
+    @abstractmethod
+    def restore(self, state: Any) -> None:
+        """Restore a state taken by :meth:`snapshot`."""
+
+    def evaluate(self, split: str, value: np.ndarray) -> dict[str, float]:
+        """Metrics of the current state with the knob at ``value`` on ``split``."""
+        return {"score": float(self.probe(value))}
+
+    def full_run(self, value: np.ndarray) -> float:
+        """A whole training run from scratch at a fixed ``value``; return its dev score.
+
+        This is what one point of a grid search costs. The default resets, trains
+        ``total_steps`` steps and probes; plugins override it when the dev set differs
+        from the micro-dev set.
+        """
+        self.reset()
+        self.train(self.total_steps, value)
+        return float(self.probe(value))
+
+    def finish(self, value: np.ndarray) -> dict[str, float]:
+        """The final phase once a value is learned; return test metrics."""
+        return self.evaluate("test", value)
+
+    def optimum(self, progress: float = 1.0) -> np.ndarray | None:
+        """The known best value (synthetic tasks only), else None."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters worth logging."""
+        return {}
+
+    def close(self) -> None:
+        """Release resources."""
+
+
+class Plugin(ABC):
+    """A factory of Tasks with its own options.
+
+    ``Config`` is a dataclass whose fields become ``--flag`` options of
+    ``hpctl run NAME`` (underscores become dashes; ``metadata={"help": ...}`` is the help
+    text; ``metadata={"choices": [...]}`` restricts the values) and keys of the YAML
+    config file.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Config: ClassVar[type]
+    #: per-plugin defaults for the controller run
+    default_controller: ClassVar[str] = "grpo"
+    default_budget: ClassVar[int] = 64
+    default_group_size: ClassVar[int] = 8
+    #: the test metric `hpctl compare` ranks controllers by (higher is better)
+    primary_metric: ClassVar[str] = "score"
+
+    @abstractmethod
+    def make_task(self, config: Any, *, seed: int, out_dir: Path) -> Task:
+        """Build a task. Raise :class:`hpctl.errors.HpctlError` for bad user input."""
+
+    def env_kwargs(self, config: Any) -> dict[str, Any]:
+        """Extra :class:`hpctl.env.ControlEnv` keyword arguments for this plugin."""
+        return {}
+
+    @classmethod
+    def config_fields(cls) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(cls.Config))
