@@ -19,6 +19,7 @@ Shapes (``width`` is the scale of the peak in knob units):
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,13 +104,15 @@ class LandscapeTask(Task):
     """
 
     def __init__(self, landscape: Landscape, *, noise: float = 0.01, total_steps: int = 1000,
-                 low: float = 0.0, high: float = 1.0, default: float | None = None) -> None:
+                 low: float = 0.0, high: float = 1.0, default: float | None = None,
+                 probe_delay: float = 0.0) -> None:
         if noise < 0:
             raise ConfigError(f"noise must be >= 0, got {noise}")
         if total_steps < 1:
             raise ConfigError(f"total steps must be >= 1, got {total_steps}")
         self.landscape = landscape
         self.noise = float(noise)
+        self.probe_delay = float(probe_delay)
         self.total_steps = int(total_steps)
         mid = (low + high) / 2 if default is None else default
         labels = ("x", "y") if landscape.dim == 2 else ()
@@ -146,6 +149,8 @@ class LandscapeTask(Task):
         return self.landscape(self.knob.clip(value), self.progress)
 
     def probe(self, value: np.ndarray) -> float:
+        if self.probe_delay:
+            time.sleep(self.probe_delay)
         r = self.true_reward(value)
         if self.noise:
             r += float(self._noise_rng.normal(0.0, self.noise))

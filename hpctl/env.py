@@ -159,6 +159,10 @@ class ControlEnv(gym.Env):
             fn(event)
 
     # ------------------------------------------------------------- gym API -------
+    def observe(self) -> tuple[np.ndarray, dict[str, Any]]:
+        """The current observation and info, without resetting (for agents attaching mid-run)."""
+        return self._obs(), self._info()
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.task.reset(seed)
@@ -198,6 +202,16 @@ class ControlEnv(gym.Env):
             if isinstance(exc, (KeyboardInterrupt, ConfigError)):
                 raise
             score, error = float("nan"), f"{type(exc).__name__}: {exc}"
+        return self.record(value, score, kind=kind, error=error)
+
+    def record(self, value: Any, score: float, kind: str = "candidate", error: str | None = None) -> float:
+        """Account for a score measured outside :meth:`probe` (e.g. a grid point's full run).
+
+        Counts one probe against the budget and emits the same ``probe`` (and ``fault``)
+        events as :meth:`probe`; returns the score, NaN if it is not finite.
+        """
+        value = self.knob.validate(value)
+        score = float(score)
         self.probes += 1
         if not math.isfinite(score):
             self._emit(

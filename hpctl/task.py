@@ -110,6 +110,9 @@ class Plugin(ABC):
     default_group_size: ClassVar[int] = 8
     #: the test metric `hpctl compare` ranks controllers by (higher is better)
     primary_metric: ClassVar[str] = "score"
+    #: controller settings this plugin needs by default, e.g. ``{"grid": {"full_runs": True}}``
+    #: (a grid point is a whole fine-tune, as in the paper); the user's settings win
+    controller_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @abstractmethod
     def make_task(self, config: Any, *, seed: int, out_dir: Path) -> Task:
@@ -118,6 +121,12 @@ class Plugin(ABC):
     def env_kwargs(self, config: Any) -> dict[str, Any]:
         """Extra :class:`hpctl.env.ControlEnv` keyword arguments for this plugin."""
         return {}
+
+    def eval_run(self, run_dir: Path, config: Any, *, data: str, lang: str | None = None) -> dict[str, float]:
+        """Score a finished run's final artifact on a data file (``hpctl eval``)."""
+        from hpctl.errors import ConfigError
+
+        raise ConfigError(f"plugin {self.name!r} does not support `hpctl eval`")
 
     @classmethod
     def config_fields(cls) -> list[dataclasses.Field]:

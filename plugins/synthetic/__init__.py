@@ -27,6 +27,7 @@ class SyntheticConfig:
     low: float = field(default=0.0, metadata={"help": "lower bound of the knob"})
     high: float = field(default=1.0, metadata={"help": "upper bound of the knob"})
     total_steps: int = field(default=1000, metadata={"help": "simulated training steps in one run"})
+    probe_delay: float = field(default=0.0, metadata={"help": "seconds each probe sleeps (simulates an expensive probe)"})
 
 
 class SyntheticPlugin(Plugin):
@@ -46,8 +47,10 @@ class SyntheticPlugin(Plugin):
             optimum = (config.optimum, config.optimum2)
         landscape = Landscape(optimum=optimum, shape=config.shape, width=config.width, drift=config.drift,
                               low=config.low, high=config.high)
+        if config.probe_delay < 0:
+            raise ConfigError(f"probe delay must be >= 0, got {config.probe_delay}")
         task = LandscapeTask(landscape, noise=config.noise, total_steps=config.total_steps,
-                             low=config.low, high=config.high)
+                             low=config.low, high=config.high, probe_delay=config.probe_delay)
         task.reset(seed)
         return task
 

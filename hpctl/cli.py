@@ -1,0 +1,363 @@
+"""The ``hpctl`` command line (click + rich).
+
+``hpctl list``, ``hpctl run PLUGIN ...``, ``hpctl compare PLUGIN ...`` and plugin
+commands such as ``hpctl eval``. Every user error is one line on stderr and exit code 2;
+a crash inside a run is one line too (the traceback goes to ``error.txt`` in the run
+directory, and the MLflow run is marked FAILED).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from hpctl.config import COMPARE_KEYS, RunOptions, field_type, load_yaml, split_config
+from hpctl.errors import ConfigError, HpctlError
+
+COMMON_FLAGS = ("controller", "seed", "budget", "group_size", "commit_rule", "reward", "out", "tracking_uri")
+
+
+def _console(stderr: bool = True):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+# --------------------------------------------------------------------- options --
+def plugin_options(config_cls: type) -> list[click.Option]:
+    """CLI options from a plugin's Config dataclass; defaults stay None so files can fill them."""
+    hints = typing.get_type_hints(config_cls)
+    out = []
+    for f in dataclasses.fields(config_cls):
+        base, _ = field_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if default is not None:
+            help_text += f" [default: {default}]"
+        choices = f.metadata.get("choices")
+        if base is bool:
+            out.append(click.Option([f"{flag}/--no-{f.name.replace('_', '-')}", f.name], default=None, help=help_text))
+        else:
+            ctype = click.Choice([str(c) for c in choices]) if choices else {int: int, float: float}.get(base, str)
+            out.append(click.Option([flag, f.name], default=None, type=ctype, help=help_text))
+    return out
+
+
+def parse_sets(sets: tuple[str, ...]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def compose(ctx: click.Context, plugin, kwargs: dict[str, Any]) -> tuple[RunOptions, dict[str, Any]]:
+    """Config file first, then flags the user actually typed."""
+    file_common: dict[str, Any] = {}
+    file_plugin: dict[str, Any] = {}
+    if kwargs.get("config_file"):
+        data = load_yaml(kwargs["config_file"])
+        file_common, file_plugin = split_config(data, plugin.Config, source=kwargs["config_file"])
+    common = {k: v for k, v in file_common.items() if k not in COMPARE_KEYS}
+    ctx.meta["hpctl.compare_file"] = {k: v for k, v in file_common.items() if k in COMPARE_KEYS}
+    for key in COMMON_FLAGS:
+        typed = ctx.get_parameter_source(key) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+        if typed or key not in common:
+            common[key] = kwargs.get(key)
+    ctrl_cfg = dict(common.get("controller_config") or {})
+    ctrl_cfg.update(parse_sets(kwargs.get("sets") or ()))
+    common["controller_config"] = ctrl_cfg
+    opts = RunOptions(**common)
+    for key, kind in (("seed", int), ("budget", int), ("group_size", int)):
+        value = getattr(opts, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+    plugin_cfg = dict(file_plugin)
+    for f in dataclasses.fields(plugin.Config):
+        if kwargs.get(f.name) is not None:
+            plugin_cfg[f.name] = kwargs[f.name]
+    return opts, plugin_cfg
+
+
+# ------------------------------------------------------------------- progress --
+class RunProgress:
+    """A rich progress bar over probes (on stderr, so --json stdout stays clean)."""
+
+    def __init__(self, label: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.label = label
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                                 console=_console(), transient=False)
+        self.task_id = None
+
+    def __enter__(self) -> "RunProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def __call__(self, kind: str, info: dict[str, Any]) -> None:
+        if kind == "start":
+            self.task_id = self.progress.add_task(self.label, total=info["budget"], completed=info.get("done", 0),
+                                                  info="")
+        elif kind == "probe" and self.task_id is not None:
+            val = ", ".join(f"{v:.3f}" for v in info["value"])
+            cur = ", ".join(f"{v:.3f}" for v in info["current"])
+            self.progress.update(self.task_id, completed=info["probe"],
+                                 info=f"current {cur}  probe {val} -> {info['score']:.4g}")
+        elif kind == "phase":
+            if self.task_id is not None:
+                self.progress.update(self.task_id, info=f"phase: {info['name']}")
+
+
+def print_result(result: dict[str, Any], as_json: bool) -> None:
+    from rich.table import Table
+
+    console = _console(stderr=as_json)
+    table = Table(title=f"{result['plugin']} / {result['controller']} / seed {result['seed']}")
+    table.add_column("what")
+    table.add_column("value")
+    for k, v in result["learned"].items():
+        table.add_row(f"learned {k}", f"{v:.4f}")
+    if result.get("optimum"):
+        for k, v in result["optimum"].items():
+            table.add_row(f"optimum {k}", f"{v:.4f}")
+    for k, v in result["metrics"].items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    table.add_row("probes", str(result["probes"]))
+    table.add_row("wall time", f"{result['wall_s']:.2f} s")
+    table.add_row("run dir", result["out_dir"])
+    table.add_row("mlflow run", result["mlflow_run_id"])
+    console.print(table)
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+
+
+# ----------------------------------------------------------------------- group --
+class PluginCommands(click.Group):
+    """`hpctl run PLUGIN` / `hpctl compare PLUGIN`: one subcommand per installed plugin."""
+
+    def __init__(self, *args, builder=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.builder = builder
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from hpctl.registry import plugin_names
+
+        return plugin_names()
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from hpctl.registry import load_plugin
+
+        plugin = load_plugin(name)  # raises PluginError: one line
+        return self.builder(plugin)
+
+
+def build_run_command(plugin) -> click.Command:
+    @click.pass_context
+    def callback(ctx: click.Context, **kwargs: Any) -> None:
+        from hpctl.runner import RunSpec, read_spec
+        from hpctl.runner import run as run_one
+
+        resume = kwargs.pop("resume", None)
+        if resume:
+            spec = read_spec(resume)
+            if spec.plugin != plugin.name or spec.command != "run":
+                raise ConfigError(f"--resume {resume!r} belongs to `{spec.command} {spec.plugin}`, not `run {plugin.name}`")
+        else:
+            opts, plugin_cfg = compose(ctx, plugin, kwargs)
+            spec = RunSpec(plugin=plugin.name, options=opts, plugin_config=plugin_cfg)
+        with RunProgress(f"{plugin.name}/{spec.options.controller or plugin.default_controller}") as bar:
+            result = run_one(spec, progress=bar, resume_dir=resume)
+        print_result(result, kwargs.get("as_json", False))
+
+    cmd = click.Command(plugin.name, callback=callback, help=plugin.description,
+                        params=plugin_options(plugin.Config))
+    cmd = common_run_options(cmd)
+    cmd.params.append(click.Option(["--resume"], default=None, help="continue the run in this directory"))
+    return cmd
+
+
+def common_run_options(cmd: click.Command) -> click.Command:
+    """Append the options every `hpctl run PLUGIN` takes."""
+    opts = [
+        click.Option(["--controller", "-c"], default=None, help="controller name (see `hpctl list`)"),
+        click.Option(["--seed"], default=0, show_default=True, type=int, help="random seed"),
+        click.Option(["--budget"], default=None, type=int, help="probe budget (default: the plugin's)"),
+        click.Option(["--group-size"], default=None, type=int, help="probes per round at the same training state"),
+        click.Option(["--commit-rule"], default="best", show_default=True,
+                     type=click.Choice(["best", "last", "mean", "stay"]),
+                     help="which value training continues with after a round of step() probes"),
+        click.Option(["--reward"], default="score", show_default=True, type=click.Choice(["score", "improvement"]),
+                     help="reward of a step(): the probe score or its improvement over the current value"),
+        click.Option(["--config", "config_file"], default=None, help="YAML config file (flags win)"),
+        click.Option(["--set", "sets"], multiple=True, metavar="KEY=VALUE",
+                     help="controller setting, e.g. --set lr=0.3, or --set grid.k=4 for one controller (repeatable)"),
+        click.Option(["--out"], default=None, help="run directory (default runs/<plugin>-<controller>-s<seed>-<time>)"),
+        click.Option(["--tracking-uri"], default=None, envvar="MLFLOW_TRACKING_URI",
+                     help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db)"),
+        click.Option(["--json", "as_json"], is_flag=True, help="print the result as one JSON line at the end"),
+    ]
+    cmd.params.extend(opts)
+    return cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hpctl")
+def cli() -> None:
+    """hpctl: learn a training hyperparameter online with reinforcement learning."""
+
+
+cli.add_command(PluginCommands("run", builder=build_run_command,
+                               help="Learn a plugin's knob with a controller: hpctl run PLUGIN [OPTIONS]"))
+
+
+def build_compare_command(plugin) -> click.Command:
+    @click.pass_context
+    def callback(ctx: click.Context, **kwargs: Any) -> None:
+        from hpctl.compare import compare, summary_table
+
+        controllers, seeds = kwargs.pop("controllers"), kwargs.pop("seeds")
+        opts, plugin_cfg = compose(ctx, plugin, kwargs)
+        from_file = ctx.meta.get("hpctl.compare_file", {})
+        if ctx.get_parameter_source("controllers") != ParameterSource.COMMANDLINE and "controllers" in from_file:
+            controllers = from_file["controllers"]
+        if ctx.get_parameter_source("seeds") != ParameterSource.COMMANDLINE and "seeds" in from_file:
+            seeds = from_file["seeds"]
+        if isinstance(controllers, str):
+            controllers = controllers.split(",")
+        controllers = [str(c).strip() for c in controllers if str(c).strip()]
+        if isinstance(seeds, bool) or not isinstance(seeds, int):
+            raise ConfigError(f"seeds must be an integer, got {seeds!r}")
+        out = opts.out
+        console = _console(stderr=kwargs.get("as_json", False))
+
+        bars: list[RunProgress] = []
+
+        def on_run(ctrl: str, seed: int) -> RunProgress:
+            while bars:
+                bars.pop().__exit__(None, None, None)
+            bar = RunProgress(f"{ctrl} seed {seed}").__enter__()
+            bars.append(bar)
+            return bar
+
+        try:
+            result = compare(plugin.name, controllers, seeds, opts, plugin_cfg, out=out, on_run=on_run)
+        finally:
+            while bars:
+                bars.pop().__exit__(None, None, None)
+        console.print(summary_table(result))
+        console.print(f"compare.json, compare.png in {result['out_dir']}; MLflow parent run {result['mlflow_run_id']}")
+        if kwargs.get("as_json"):
+            click.echo(json.dumps(result, default=str))
+
+    cmd = click.Command(plugin.name, callback=callback, help=f"Compare controllers on {plugin.name}",
+                        params=plugin_options(plugin.Config))
+    cmd = common_run_options(cmd)
+    cmd.params.append(click.Option(["--controllers"], default="grpo,ppo,grid", show_default=True,
+                                   help="comma-separated controller names"))
+    cmd.params.append(click.Option(["--seeds"], default=3, show_default=True, type=int,
+                                   help="seeds per controller (seed, seed+1, ...)"))
+    return cmd
+
+
+cli.add_command(PluginCommands("compare", builder=build_compare_command,
+                               help="Compare controllers on one plugin: hpctl compare PLUGIN --controllers a,b --seeds N"))
+
+
+@cli.command("eval")
+@click.argument("run_dir")
+@click.option("--data", required=True, help="data file in the task's format")
+@click.option("--lang", default=None, help="language of the data (default: the run's)")
+@click.option("--json", "as_json", is_flag=True, help="print the metrics as one JSON line")
+def eval_cmd(run_dir: str, data: str, lang: str | None, as_json: bool) -> None:
+    """Score a finished run's final artifact (e.g. grasp_lora's adapter) on any data file."""
+    from rich.table import Table
+
+    from hpctl.config import build_dataclass
+    from hpctl.registry import load_plugin
+    from hpctl.runner import read_spec
+
+    spec = read_spec(run_dir)
+    plugin = load_plugin(spec.plugin)
+    config = build_dataclass(plugin.Config, spec.plugin_config, what=f"plugin {spec.plugin!r}")
+    metrics = plugin.eval_run(Path(run_dir), config, data=data, lang=lang)
+    table = Table(title=f"{spec.plugin} run {run_dir} on {data}")
+    table.add_column("metric")
+    table.add_column("value")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    _console(stderr=as_json).print(table)
+    if as_json:
+        click.echo(json.dumps(metrics, default=str))
+
+
+@cli.command("list")
+def list_cmd() -> None:
+    """Installed plugins, controllers and registered Gymnasium ids."""
+    from rich.table import Table
+
+    from hpctl.agents.base import controller_names
+    from hpctl.envs import env_ids
+    from hpctl.registry import load_plugin, plugin_entry_points
+
+    console = _console(stderr=False)
+    t = Table(title="plugins (entry-point group hpctl.plugins)")
+    t.add_column("name")
+    t.add_column("from")
+    t.add_column("description")
+    for name, ep in sorted(plugin_entry_points().items()):
+        try:
+            desc = load_plugin(name).description
+        except HpctlError as exc:
+            desc = f"[red]{exc}[/red]"
+        t.add_row(name, ep.value, desc)
+    console.print(t)
+    console.print("controllers: " + ", ".join(controller_names()))
+    console.print("gymnasium ids: " + ", ".join(env_ids()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors, exit code 2 for user errors, 1 for crashes."""
+    try:
+        cli.main(args=argv, prog_name="hpctl", standalone_mode=False)
+        return 0
+    except HpctlError as exc:
+        click.echo(f"hpctl: error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("hpctl: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        msg = exc.format_message().replace("\n", " ")
+        click.echo(f"hpctl: error: {msg}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("hpctl: interrupted; the run directory has a checkpoint (resume with --resume DIR)", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - never a traceback on the terminal
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(f"hpctl: error: {type(exc).__name__}: {first} (details in the run directory's error.txt)",
+                   err=True)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

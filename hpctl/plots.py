@@ -1,0 +1,93 @@
+"""PNG plots of a run: the knob value over training and the probes' rewards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_run(history: Sequence[dict[str, Any]], names: Sequence[str], path: str | Path, *,
+             title: str = "", optimum: Sequence[float] | None = None,
+             learned: Sequence[float] | None = None) -> Path:
+    """Two panels: knob value(s) per probe and committed, and reward per probe."""
+    plt = _plt()
+    probes = [e for e in history if e["event"] == "probe"]
+    commits = [e for e in history if e["event"] == "commit"]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for d, name in enumerate(names):
+        c = colors[d % len(colors)]
+        if probes:
+            x = [e["probe"] for e in probes]
+            y = [float(e["value"][d]) for e in probes]
+            ax1.scatter(x, y, s=10, alpha=0.45, color=c, label=f"{name} probed")
+        if commits:
+            xs = [e["probe"] for e in commits]
+            ys = [float(e["value"][d]) for e in commits]
+            ax1.step(xs, ys, where="post", color=c, lw=2, label=f"{name} committed (training)")
+        if optimum is not None:
+            ax1.axhline(float(optimum[d]), color=c, ls=":", lw=1, label=f"{name} optimum at end")
+        if learned is not None:
+            ax1.axhline(float(learned[d]), color=c, ls="--", lw=1, label=f"{name} learned = {float(learned[d]):.3g}")
+    ax1.set_ylabel("knob value")
+    ax1.legend(fontsize=7, loc="best")
+    if title:
+        ax1.set_title(title)
+    if probes:
+        x = np.array([e["probe"] for e in probes])
+        r = np.array([e["score"] for e in probes], dtype=float)
+        kinds = [e["kind"] for e in probes]
+        cand = np.array([k == "candidate" for k in kinds])
+        ax2.scatter(x[cand], r[cand], s=10, alpha=0.6, label="candidate score")
+        if (~cand).any():
+            ax2.plot(x[~cand], r[~cand], "k.-", lw=1, ms=4, label="baseline score (current value)")
+        ax2.legend(fontsize=7, loc="best")
+    ax2.set_xlabel("probe")
+    ax2.set_ylabel("probe score")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_compare(trajectories: dict[str, list[list[tuple[int, list[float]]]]], names: Sequence[str],
+                 path: str | Path, *, optimum: Sequence[float] | None = None, title: str = "") -> Path:
+    """Knob trajectories (committed or learned value vs probe) per controller, one line per seed."""
+    plt = _plt()
+    dims = len(names)
+    fig, axes = plt.subplots(dims, 1, figsize=(8, 3.2 * dims), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for d, name in enumerate(names):
+        ax = axes[d][0]
+        for i, (ctrl, runs) in enumerate(trajectories.items()):
+            c = colors[i % len(colors)]
+            for j, traj in enumerate(runs):
+                if not traj:
+                    continue
+                xs = [p for p, _ in traj]
+                ys = [v[d] for _, v in traj]
+                ax.step(xs, ys, where="post", color=c, alpha=0.7, lw=1.2, label=ctrl if j == 0 else None)
+        if optimum is not None:
+            ax.axhline(float(optimum[d]), color="k", ls=":", lw=1, label="optimum")
+        ax.set_ylabel(name)
+        ax.legend(fontsize=7)
+    axes[-1][0].set_xlabel("probe")
+    if title:
+        axes[0][0].set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

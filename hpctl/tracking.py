@@ -1,0 +1,175 @@
+"""MLflow tracking of runs, probes, commits and controller state.
+
+Every ``hpctl run`` is an MLflow run. The default store is a local sqlite database under
+``./mlruns`` (``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db`` shows it);
+``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` choose another.
+
+Logging is batched: events from the environment are turned into MLflow ``Metric``
+entities in memory and sent with ``log_batch`` every ``flush_every`` metrics and at the
+end, so a synthetic run's probes (microseconds each) are not slowed by a database write
+per probe. :attr:`Tracker.seconds` accumulates the time spent in tracking so the
+overhead can be reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from hpctl.errors import ConfigError
+
+DEFAULT_DIR = "mlruns"
+
+
+def default_tracking_uri() -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path(DEFAULT_DIR).resolve() / 'mlflow.db'}"
+
+
+def _flatten(prefix: str, obj: Any, out: dict[str, str]) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = json.dumps(obj) if isinstance(obj, (list, tuple)) else str(obj)
+
+
+class Tracker:
+    """One MLflow run (optionally nested under a parent) with batched metric logging."""
+
+    def __init__(self, uri: str | None = None, experiment: str = "hpctl", *, run_name: str | None = None,
+                 parent_run_id: str | None = None, run_id: str | None = None, flush_every: int = 2000,
+                 tags: dict[str, str] | None = None) -> None:
+        t0 = time.perf_counter()
+        import mlflow  # noqa: F401  (slow import, kept out of `import hpctl`)
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri or default_tracking_uri()
+        self.flush_every = int(flush_every)
+        try:
+            if self.uri.startswith("sqlite:///"):
+                db = Path(self.uri[len("sqlite:///"):])
+                db.parent.mkdir(parents=True, exist_ok=True)
+            self.client = MlflowClient(tracking_uri=self.uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                artifact_location = None
+                if self.uri.startswith("sqlite:///"):
+                    artifact_location = (Path(self.uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
+                exp_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
+            else:
+                exp_id = exp.experiment_id
+            if run_id is not None:
+                self.run_id = run_id
+                self.client.update_run(run_id, status="RUNNING")
+            else:
+                all_tags = dict(tags or {})
+                if parent_run_id:
+                    all_tags["mlflow.parentRunId"] = parent_run_id
+                run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
+                self.run_id = run.info.run_id
+        except Exception as exc:  # noqa: BLE001 - any store failure is a user-facing config problem
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"cannot open MLflow tracking URI {self.uri!r}: {msg}") from None
+        self.experiment_id = exp_id
+        self._metrics: list[Any] = []
+        self.seconds = time.perf_counter() - t0
+        self.setup_seconds = self.seconds
+        self.ended = False
+
+    # ------------------------------------------------------------------ logging ---
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        with self._timed():
+            flat: dict[str, str] = {}
+            _flatten("", params, flat)
+            items = [Param(k[:250], v[:6000]) for k, v in flat.items()]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        with self._timed():
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def metric(self, key: str, value: float, step: int = 0) -> None:
+        """Queue one metric (non-finite values are skipped: MLflow rejects NaN in some stores)."""
+        from mlflow.entities import Metric
+
+        with self._timed():
+            value = float(value)
+            if not math.isfinite(value):
+                return
+            self._metrics.append(Metric(key, value, int(time.time() * 1000), int(step)))
+            if len(self._metrics) >= self.flush_every:
+                self._flush()
+
+    def metrics(self, values: dict[str, float], step: int = 0) -> None:
+        for k, v in values.items():
+            if isinstance(v, (int, float)):
+                self.metric(k, v, step)
+
+    def _flush(self) -> None:
+        pending, self._metrics = self._metrics, []
+        for i in range(0, len(pending), 1000):
+            self.client.log_batch(self.run_id, metrics=pending[i:i + 1000])
+
+    def flush(self) -> None:
+        with self._timed():
+            self._flush()
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        with self._timed():
+            path = Path(path)
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            elif path.exists():
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    # ---------------------------------------------------------------- env events --
+    def on_event(self, event: dict[str, Any], names: tuple[str, ...]) -> None:
+        """Listener for :class:`hpctl.env.ControlEnv` events."""
+        kind = event["event"]
+        if kind == "probe":
+            step = event["probe"]
+            for n, v in zip(names, event["value"]):
+                self.metric(f"probe/{n}", v, step)
+            self.metric(f"probe/{event['kind']}_score", event["score"], step)
+            self.metric("probe/round", event["round"], step)
+        elif kind == "commit":
+            step = event["step"]
+            for n, v in zip(names, event["value"]):
+                self.metric(f"train/{n}", v, step)
+            self.metric("train/loss", event["loss"], step)
+        elif kind == "fault":
+            self.metric("faults", 1.0, event["probe"])
+
+    # ------------------------------------------------------------------- ending ---
+    def end(self, status: str = "FINISHED", error: str | None = None) -> None:
+        if self.ended:
+            return
+        with self._timed():
+            try:
+                self._flush()
+            finally:
+                if error:
+                    self.set_tags({"error": error})
+                self.client.set_terminated(self.run_id, status=status)
+                self.ended = True

@@ -1,0 +1,150 @@
+"""Resume after SIGKILL, failure records, numerical faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpctl.config import RunOptions
+from hpctl.envs.landscapes import Landscape, LandscapeTask
+from hpctl.task import Plugin
+
+SYNTH = ["run", "synthetic", "--optimum", "0.3", "--noise", "0.02", "--budget", "64", "-c", "grpo", "--seed", "5"]
+
+
+def _probe_ids(run_dir: Path) -> list[int]:
+    hist = json.loads((run_dir / "history.json").read_text())
+    return [e["probe"] for e in hist if e["event"] == "probe"]
+
+
+def _kill_midway(args: list[str], run_dir: Path, env: dict, min_rounds: int = 2, timeout: float = 240) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "hpctl.cli", *args, "--out", str(run_dir)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run_dir / "checkpoint.pt"
+    deadline = time.time() + timeout
+    seen = 0
+    last = None
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists():
+            m = ckpt.stat().st_mtime_ns
+            if m != last:
+                seen, last = seen + 1, m
+            if seen >= min_rounds:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; make it slower"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "result.json").exists()
+
+
+def test_sigkill_then_resume_matches_uninterrupted_synthetic(tmp_path, tracking_uri):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
+    full = subprocess.run([sys.executable, "-m", "hpctl.cli", *SYNTH, "--out", str(tmp_path / "full"), "--json"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+    expected = json.loads(full.stdout.strip().splitlines()[-1])
+
+    killed = tmp_path / "killed"
+    _kill_midway([*SYNTH, "--probe-delay", "0.03"], killed, env)
+    resumed = subprocess.run([sys.executable, "-m", "hpctl.cli", "run", "synthetic", "--resume", str(killed), "--json"],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    got = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert got["learned"] == expected["learned"]
+    assert got["probes"] == expected["probes"]
+    ids = _probe_ids(killed)
+    assert ids == list(range(1, len(ids) + 1))  # no probe lost, none repeated
+    assert ids == _probe_ids(tmp_path / "full")
+    assert got["mlflow_run_id"] == json.loads((killed / "result.json").read_text())["mlflow_run_id"]
+
+
+def test_resume_of_another_command_is_refused(tmp_path, hpctl_main):
+    code, out, err = hpctl_main("run", "synthetic", "-c", "random", "--budget", "8", "--out", "r")
+    assert code == 0, err
+    code, _, err = hpctl_main("run", "magnitude_prune", "--resume", "r")
+    assert code != 0 and "belongs to" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- failure records --
+class ExplodingTask(LandscapeTask):
+    """Trains fine for a while, then its training loop crashes."""
+
+    def train(self, steps, value):
+        if self.steps >= 300:
+            raise RuntimeError("simulated crash in the training loop")
+        return super().train(steps, value)
+
+
+@dataclass
+class ExplodingConfig:
+    optimum: float = 0.4
+
+
+class ExplodingPlugin(Plugin):
+    name = "exploding"
+    Config = ExplodingConfig
+    default_budget = 64
+
+    def make_task(self, config, *, seed, out_dir):
+        return ExplodingTask(Landscape(optimum=(config.optimum,)), noise=0.0, total_steps=1000)
+
+
+def test_crash_marks_run_failed_and_keeps_metrics(tmp_path, tracking_uri, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    import hpctl.runner as runner
+
+    monkeypatch.setattr(runner, "load_plugin", lambda name: ExplodingPlugin())
+    spec = runner.RunSpec(plugin="exploding", options=RunOptions(controller="grpo", out=str(tmp_path / "x"),
+                                                                 tracking_uri=tracking_uri))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        runner.run(spec)
+    runs = MlflowClient(tracking_uri).search_runs(
+        [MlflowClient(tracking_uri).get_experiment_by_name("hpctl-exploding").experiment_id])
+    assert runs[0].info.status == "FAILED"
+    assert "simulated crash" in runs[0].data.tags["error"]
+    hist = MlflowClient(tracking_uri).get_metric_history(runs[0].info.run_id, "probe/x")
+    assert len(hist) > 0  # what was measured before the crash is kept
+    assert (tmp_path / "x" / "error.txt").read_text().count("Traceback") == 1
+    assert (tmp_path / "x" / "checkpoint.pt").exists()
+
+
+class NaNTask(LandscapeTask):
+    """Every third probe is NaN, one probe raises."""
+
+    calls = 0
+
+    def probe(self, value):
+        NaNTask.calls += 1
+        if NaNTask.calls % 3 == 0:
+            return float("nan")
+        if NaNTask.calls == 7:
+            raise FloatingPointError("overflow in probe")
+        return super().probe(value)
+
+
+def test_nan_and_raising_probes_do_not_poison_the_controller(tmp_path):
+    from hpctl.agents.base import get_controller
+    from hpctl.env import ControlEnv
+
+    task = NaNTask(Landscape(optimum=(0.6,)), noise=0.0, total_steps=800)
+    env = ControlEnv(task, group_size=8, steps_per_round=100)
+    faults = []
+    env.listeners.append(lambda e: faults.append(e) if e["event"] == "fault" else None)
+    env.reset(seed=0)
+    ctrl = get_controller("grpo")(env, seed=0)
+    learned = ctrl.run(64)
+    assert np.all(np.isfinite(learned))
+    assert all(np.isfinite(v) for v in ctrl.state().values())
+    assert len(faults) >= 10
+    assert any("overflow" in f["error"] for f in faults)
