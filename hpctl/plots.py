@@ -50,8 +50,12 @@ def plot_run(history: Sequence[dict[str, Any]], names: Sequence[str], path: str 
         kinds = [e["kind"] for e in probes]
         cand = np.array([k == "candidate" for k in kinds])
         ax2.scatter(x[cand], r[cand], s=10, alpha=0.6, label="candidate score")
-        if (~cand).any():
-            ax2.plot(x[~cand], r[~cand], "k.-", lw=1, ms=4, label="baseline score (current value)")
+        base = np.array([k == "baseline" for k in kinds])
+        if base.any():
+            ax2.plot(x[base], r[base], "k.-", lw=1, ms=4, label="baseline score (current value)")
+        other = ~cand & ~base
+        if other.any():
+            ax2.scatter(x[other], r[other], s=14, marker="x", color="C3", label="guard/other probes")
         ax2.legend(fontsize=7, loc="best")
     ax2.set_xlabel("probe")
     ax2.set_ylabel("probe score")

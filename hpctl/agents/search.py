@@ -1,0 +1,203 @@
+"""Search baselines: ``grid``, ``random`` and ``fixed``.
+
+They probe candidate values at the training state they find (the start of training when
+the runner calls them) and never train: the learned value is the best-scoring
+candidate (ties: the first), and the runner's ``task.finish`` does the final run.
+Candidates are laid out in the knob's unit cube (``knob.from_unit``), so a log-scale
+knob gets points evenly spaced in log space.
+
+``grid`` with ``full_runs=True`` is the paper's grid baseline: each point costs one whole
+fine-tune at that value (``task.full_run``), scored on its dev set; each counts as one
+probe of the budget and is recorded with :meth:`hpctl.env.ControlEnv.record`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from hpctl.agents.base import Controller, register
+from hpctl.env import ControlEnv
+from hpctl.errors import ConfigError, ResumeError
+
+
+class SearchController(Controller):
+    """Shared loop: evaluate a list of candidates in order, within the budget.
+
+    Subclasses implement :meth:`candidates` (unit-cube points, shape (n, dim)) and may
+    override :meth:`measure`. ``callback`` runs after every ``env.group_size``
+    evaluations and after the last one.
+    """
+
+    def __init__(self, env: ControlEnv, config: Any = None, seed: int = 0) -> None:
+        super().__init__(env, config, seed)
+        self.points: np.ndarray | None = None  # unit coordinates, fixed at the first run()
+        self.values: list[np.ndarray] = []
+        self.scores: list[float] = []
+
+    def candidates(self, budget: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def to_value(self, u: np.ndarray) -> np.ndarray:
+        """A candidate in knob units."""
+        return self.knob.from_unit(u)
+
+    def measure(self, value: np.ndarray) -> float:
+        """Score one candidate (one probe of the budget)."""
+        return self.env.probe(value)
+
+    def run(self, budget: int, callback: Callable[[Controller], None] | None = None) -> np.ndarray:
+        if self.points is None:
+            self.points = np.asarray(self.candidates(budget), dtype=np.float64).reshape(-1, self.knob.dim)
+        group = self.env.group_size
+        since = 0
+        for u in self.points[len(self.scores):]:
+            if self.env.probes >= budget:
+                break
+            value = self.to_value(u)
+            self.scores.append(float(self.measure(value)))
+            self.values.append(value)
+            since += 1
+            if since == group and callback is not None:
+                callback(self)
+                since = 0
+        if since and callback is not None:
+            callback(self)
+        return self.best()
+
+    def best(self) -> np.ndarray:
+        """The best-scoring value so far (first of ties); the current value if none scored."""
+        scores = np.array(self.scores, dtype=np.float64)
+        if not np.isfinite(scores).any():
+            return self.env.current.copy()
+        return self.values[int(np.argmax(np.where(np.isfinite(scores), scores, -np.inf)))].copy()
+
+    def state(self) -> dict[str, float]:
+        """The best value per component, its score, and the number of evaluations."""
+        out = {f"best/{n}" if self.knob.dim > 1 else "best": float(v)
+               for n, v in zip(self.knob.component_names, self.best())}
+        finite = [s for s in self.scores if math.isfinite(s)]
+        if finite:
+            out["best_score"] = float(max(finite))
+        out["evaluated"] = float(len(self.scores))
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "points": None if self.points is None else self.points.copy(),
+                "values": [v.copy() for v in self.values], "scores": list(self.scores)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.rng.bit_generator.state = state["rng"]
+            self.points = None if state["points"] is None else np.asarray(state["points"], dtype=np.float64)
+            self.values = [np.asarray(v, dtype=np.float64) for v in state["values"]]
+            self.scores = [float(s) for s in state["scores"]]
+        except KeyError as exc:
+            raise ResumeError(f"{self.name} checkpoint lacks {exc.args[0]!r}") from None
+
+
+# --------------------------------------------------------------------- grid --------
+@dataclass
+class GridConfig:
+    """Settings of :class:`Grid`."""
+
+    k: int = 8  # points per dimension (fewer if the budget cannot pay for k**dim)
+    full_runs: bool = False  # each point is a whole fine-tune (task.full_run), not a probe
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or int(self.k) != self.k or self.k < 1:
+            raise ValueError(f"k must be a positive integer, got {self.k!r}")
+        self.k = int(self.k)
+
+
+def grid_points(k: int, dim: int, budget: int) -> np.ndarray:
+    """``m`` evenly spaced points per dimension over [0, 1] (ends included), all
+    combinations; ``m = min(k, floor(budget ** (1/dim)))``; one point is the centre."""
+    m = max(1, min(k, int(math.floor(budget ** (1.0 / dim) + 1e-9))))
+    axis = np.linspace(0.0, 1.0, m) if m > 1 else np.array([0.5])
+    return np.array(list(itertools.product(axis, repeat=dim)), dtype=np.float64)
+
+
+@register
+class Grid(SearchController):
+    """``k`` evenly spaced values per dimension (a k x k grid for a 2-d knob), best wins."""
+
+    name = "grid"
+    Config = GridConfig
+
+    def candidates(self, budget: int) -> np.ndarray:
+        return grid_points(self.config.k, self.knob.dim, budget)
+
+    def measure(self, value: np.ndarray) -> float:
+        if not self.config.full_runs:
+            return self.env.probe(value)
+        error = None
+        try:
+            score = float(self.env.task.full_run(value.copy()))
+        except Exception as exc:  # noqa: BLE001 - a failed run is a fault, as for probes
+            if isinstance(exc, (KeyboardInterrupt, ConfigError)):
+                raise
+            score, error = float("nan"), f"{type(exc).__name__}: {exc}"
+        return self.env.record(value, score, kind="candidate", error=error)
+
+
+# -------------------------------------------------------------------- random -------
+@dataclass
+class RandomConfig:
+    """Settings of :class:`RandomSearch`."""
+
+    n: int | None = None  # samples; None: the whole budget
+
+    def __post_init__(self) -> None:
+        if self.n is not None and (isinstance(self.n, bool) or int(self.n) != self.n or self.n < 1):
+            raise ValueError(f"n must be a positive integer, got {self.n!r}")
+
+
+@register
+class RandomSearch(SearchController):
+    """Uniform samples over the knob's unit cube, best wins."""
+
+    name = "random"
+    Config = RandomConfig
+
+    def candidates(self, budget: int) -> np.ndarray:
+        n = int(self.config.n or budget)
+        return self.rng.uniform(0.0, 1.0, size=(n, self.knob.dim))
+
+
+# --------------------------------------------------------------------- fixed -------
+@dataclass
+class FixedConfig:
+    """Settings of :class:`Fixed`."""
+
+    value: float | list[float] | None = None  # knob units; None: the knob's default
+
+
+@register
+class Fixed(SearchController):
+    """One given value; probed once so the run has a score for it."""
+
+    name = "fixed"
+    Config = FixedConfig
+
+    def __init__(self, env: ControlEnv, config: FixedConfig | None = None, seed: int = 0) -> None:
+        super().__init__(env, config, seed)
+        raw = self.knob.default if self.config.value is None else self.config.value
+        try:
+            self.value = self.knob.validate(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"controller 'fixed': {exc}") from None
+
+    def candidates(self, budget: int) -> np.ndarray:
+        return self.knob.to_unit(self.value)[None, :]
+
+    def to_value(self, u: np.ndarray) -> np.ndarray:
+        return self.value.copy()  # exactly the given value (no unit round trip)
+
+    def run(self, budget: int, callback: Callable[[Controller], None] | None = None) -> np.ndarray:
+        super().run(budget, callback)
+        return self.value.copy()
