@@ -4,11 +4,12 @@ Every ``hpctl run`` is an MLflow run. The default store is a local sqlite databa
 ``./mlruns`` (``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db`` shows it);
 ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` choose another.
 
-Logging is batched: events from the environment are turned into MLflow ``Metric``
-entities in memory and sent with ``log_batch`` every ``flush_every`` metrics and at the
-end, so a synthetic run's probes (microseconds each) are not slowed by a database write
-per probe. :attr:`Tracker.seconds` accumulates the time spent in tracking so the
-overhead can be reported.
+Logging is batched and asynchronous: events from the environment are turned into MLflow
+``Metric`` entities in memory and handed, ``flush_every`` at a time, to one background
+writer thread that sends them with ``log_batch``; :meth:`Tracker.end` waits for it. So a
+synthetic run's probes (microseconds each) never wait for a database write.
+:attr:`Tracker.seconds` accumulates the time the run's own thread spends in tracking so
+the overhead can be reported.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,6 +83,10 @@ class Tracker:
             raise ConfigError(f"cannot open MLflow tracking URI {self.uri!r}: {msg}") from None
         self.experiment_id = exp_id
         self._metrics: list[Any] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._writer_error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_loop, name="hpctl-mlflow-writer", daemon=True)
+        self._writer.start()
         self.seconds = time.perf_counter() - t0
         self.setup_seconds = self.seconds
         self.ended = False
@@ -126,14 +133,33 @@ class Tracker:
             if isinstance(v, (int, float)):
                 self.metric(k, v, step)
 
-    def _flush(self) -> None:
-        pending, self._metrics = self._metrics, []
-        for i in range(0, len(pending), 1000):
-            self.client.log_batch(self.run_id, metrics=pending[i:i + 1000])
+    def _write_loop(self) -> None:
+        while True:
+            batch = self._queue.get()
+            try:
+                if batch is None:
+                    return
+                for i in range(0, len(batch), 1000):
+                    self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+            except BaseException as exc:  # noqa: BLE001 - reported by flush(wait=True)
+                self._writer_error = exc
+            finally:
+                self._queue.task_done()
 
-    def flush(self) -> None:
+    def _flush(self, wait: bool = False) -> None:
+        pending, self._metrics = self._metrics, []
+        if pending:
+            self._queue.put(pending)
+        if wait:
+            self._queue.join()
+            if self._writer_error is not None:
+                err, self._writer_error = self._writer_error, None
+                raise err
+
+    def flush(self, wait: bool = True) -> None:
+        """Send queued metrics; with ``wait`` return once they are in the store."""
         with self._timed():
-            self._flush()
+            self._flush(wait=wait)
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         with self._timed():
@@ -167,7 +193,9 @@ class Tracker:
             return
         with self._timed():
             try:
-                self._flush()
+                self._flush(wait=True)
+                self._queue.put(None)
+                self._writer.join(timeout=60)
             finally:
                 if error:
                     self.set_tags({"error": error})
