@@ -285,8 +285,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         atomic_write_json(out_dir / "history.json", recorder.history)
         tracker.artifact(out_dir / RESULT)
         tracker.artifact(out_dir / "history.json")
-        for extra in getattr(task, "artifacts", lambda: [])():
-            tracker.artifact(extra, "outputs")
+        log_outputs(tracker, getattr(task, "artifacts", lambda: [])())
         return result
     except KeyboardInterrupt:
         # The checkpoint of the last finished round stays: it is consistent, a mid-round state is not.
@@ -302,6 +301,30 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     finally:
         tracker.end(status, error)
         task.close()
+
+
+def _size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
+def log_outputs(tracker: Tracker, paths: list[Path]) -> None:
+    """Upload a task's outputs (e.g. adapters) under ``outputs/<name>``.
+
+    Outputs over ``$HPCTL_MAX_ARTIFACT_MB`` (default 100) stay only in the run directory,
+    and a tag records where, so a large exact adapter is not copied into the store on
+    every run.
+    """
+    limit = float(os.environ.get("HPCTL_MAX_ARTIFACT_MB", "100"))
+    for path in map(Path, paths):
+        size = _size_mb(path)
+        if size > limit:
+            tracker.set_tags({f"output.{path.name}": f"{path.resolve()} ({size:.0f} MB, over "
+                                                     f"HPCTL_MAX_ARTIFACT_MB={limit:g}: not uploaded)"})
+        elif path.is_dir():
+            tracker.artifact(path, f"outputs/{path.name}")
+        else:
+            tracker.artifact(path, "outputs")
 
 
 def save_checkpoint(out_dir: Path, env: ControlEnv, controller: Controller, recorder: RunRecorder,

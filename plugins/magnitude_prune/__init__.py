@@ -76,6 +76,9 @@ class MagnitudePrunePlugin(Plugin):
     default_budget = 64
     default_group_size = 8
     primary_metric = "test_score"
+    #: a grid point is a whole training run at that ratio (scoring ratios on the untrained
+    #: network would reward sparsity alone)
+    controller_defaults = {"grid": {"full_runs": True}}
 
     def make_task(self, config: MagnitudePruneConfig, *, seed: int, out_dir: Path) -> MagnitudePruneTask:
         return MagnitudePruneTask(

@@ -1,0 +1,208 @@
+"""The ``grasp_lora`` plugin: GRASP LoRA's global prune ratio, learned online.
+
+A frozen causal LM (default Gemma 3 270M, offline from PyPI) gets a *source* LoRA adapter
+trained on English task data and a *target* adapter trained on a small Arabic or Chinese
+set; the two are merged (exactly: the deltas add up) and the merged adapter is pruned by
+global magnitude at a ratio the controller learns while the merged adapter is fine-tuned
+on the target data. The final phase repeats that fine-tune once at the learned ratio and
+reports test metrics (EM/F1 for XQuAD/MLQA, ROUGE/BLEU for XL-Sum), next to the
+target-only baseline. See :mod:`.task` for the phases, :mod:`.adapters` for merging and
+pruning, :mod:`.backbone` for loading and the fast label-only loss::
+
+    hpctl run grasp_lora --preset smoke            # tiny random model, whole pipeline in seconds
+    hpctl run grasp_lora --task xquad --lang ar     # Gemma 3 270M, ~10 min on 2 CPU cores
+    hpctl eval RUN_DIR --data xquad.ar.json         # score the saved final adapter on any file
+
+Presets fill every option left unset: ``smoke`` (tiny backbone and data: the whole
+pipeline, for tests), ``default`` (Gemma 3 270M sized for about 10 minutes on two CPU
+cores, at most 20 including the first-time model caching) and ``full`` (the data module's
+default split sizes and longer training; hours on a CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpctl.errors import ConfigError, DataError
+from hpctl.plugins.grasp_lora.adapters import MERGE_RULES
+from hpctl.plugins.grasp_lora.data import LANGS, TASKS
+from hpctl.plugins.grasp_lora.task import PROBE_METRICS, GraspTask
+from hpctl.task import Plugin
+
+__all__ = ["GraspLoraConfig", "GraspLoraPlugin", "GraspTask", "PRESETS", "resolve_config"]
+
+PRESET_NAMES = ("smoke", "default", "full")
+
+#: values a preset gives the options the user left unset (None)
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(backbone="tiny", source_train=8, target_train=8, micro_dev=4, dev=4, test=4,
+                  steps=4, source_steps=2, target_steps=2, lr=1e-3, adapter_lr=1e-3, lora_r=4,
+                  batch_size=2, eval_batch_size=4, max_len=160, max_target_len=12, max_new_tokens=6,
+                  max_context_chars=300, baseline="target-only"),
+    "default": dict(backbone="gemma3-270m", source_train=96, target_train=48, micro_dev=8, dev=16, test=48,
+                    steps=24, source_steps=24, target_steps=16, lr=5e-4, adapter_lr=5e-4, lora_r=8,
+                    batch_size=4, eval_batch_size=8, max_len=320, max_target_len=24, max_new_tokens=16,
+                    max_context_chars=700, baseline="target-only"),
+    "full": dict(backbone="gemma3-270m", source_train=256, target_train=64, micro_dev=32, dev=64, test=128,
+                 steps=120, source_steps=200, target_steps=100, lr=2e-4, adapter_lr=2e-4, lora_r=8,
+                 batch_size=4, eval_batch_size=8, max_len=512, max_target_len=32, max_new_tokens=24,
+                 max_context_chars=1200, baseline="target-only"),
+}
+#: per-task changes on top of a preset (summaries are longer than answers)
+TASK_OVERRIDES: dict[str, dict[str, Any]] = {
+    "xlsum": {"max_target_len": 64, "max_new_tokens": 48},
+}
+
+
+@dataclass
+class GraspLoraConfig:
+    """Options of ``hpctl run grasp_lora`` (None = filled in by the preset)."""
+
+    task: str = field(default="xquad", metadata={"help": "task data", "choices": list(TASKS)})
+    lang: str = field(default="ar", metadata={"help": "target language", "choices": list(LANGS)})
+    preset: str = field(default="default", metadata={
+        "help": "sizes for unset options: smoke (tiny model, seconds), default (Gemma 3 270M, ~10 min on "
+                "2 CPU cores), full (paper-like sizes, hours)", "choices": list(PRESET_NAMES)})
+    backbone: str | None = field(default=None, metadata={
+        "help": "frozen backbone: gemma3-270m (offline, from PyPI), tiny (random test model), a .gguf file, "
+                "a local model folder or a hub id (preset: tiny for smoke, else gemma3-270m)"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "task data folder (default: the shipped XQuAD subset; $HPCTL_MLQA_DIR / $HPCTL_XLSUM_DIR)"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "where the dequantised backbone is cached (default $HPCTL_CACHE or ~/.cache/hpctl)"})
+    p_min: float = field(default=0.0, metadata={"help": "lowest prune ratio the controller may pick"})
+    p_max: float = field(default=0.9, metadata={"help": "highest prune ratio the controller may pick"})
+    start_ratio: float | None = field(default=None, metadata={
+        "help": "prune ratio training starts at (default: the middle of [p-min, p-max])"})
+    knob: str = field(default="global", metadata={
+        "help": "one global ratio, or one ratio per module group (attn, mlp)", "choices": ["global", "per-group"]})
+    merge: str = field(default="sum", metadata={
+        "help": "how the source and target adapters merge (exact in every case): sum of deltas, mean, "
+                "weighted (see --merge-weights), target_only, source_only", "choices": list(MERGE_RULES)})
+    merge_weights: str | None = field(default=None, metadata={
+        "help": "weights of source,target for --merge weighted, e.g. '0.3,1.0'"})
+    targets: str | None = field(default=None, metadata={
+        "help": "LoRA target modules: attn (q/k/v/o), mlp (gate/up/down), attn+mlp or a comma list "
+                "(default attn; attn+mlp for --knob per-group)"})
+    lora_r: int | None = field(default=None, metadata={"help": "rank of the source and target adapters"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2 x rank)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout while training the adapters"})
+    steps: int | None = field(default=None, metadata={
+        "help": "optimizer steps of the controller run and of the final fine-tune"})
+    source_steps: int | None = field(default=None, metadata={"help": "steps training the source adapter"})
+    target_steps: int | None = field(default=None, metadata={"help": "steps training the target adapter"})
+    lr: float | None = field(default=None, metadata={"help": "AdamW learning rate of the merged adapter"})
+    adapter_lr: float | None = field(default=None, metadata={
+        "help": "AdamW learning rate of the source and target adapters"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip (0: none)"})
+    batch_size: int | None = field(default=None, metadata={"help": "training batch size (examples)"})
+    eval_batch_size: int | None = field(default=None, metadata={"help": "batch size of probes and generation"})
+    max_len: int | None = field(default=None, metadata={"help": "max tokens per example (prompts cut from the left)"})
+    max_target_len: int | None = field(default=None, metadata={"help": "max target tokens trained per example"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "greedy generation length at evaluation"})
+    max_context_chars: int | None = field(default=None, metadata={"help": "QA context / article window in characters"})
+    source_train: int | None = field(default=None, metadata={"help": "English source training examples"})
+    target_train: int | None = field(default=None, metadata={"help": "target-language training examples"})
+    micro_dev: int | None = field(default=None, metadata={"help": "micro-dev examples the probes score"})
+    dev: int | None = field(default=None, metadata={"help": "dev examples (grid-search points are chosen on it)"})
+    test: int | None = field(default=None, metadata={"help": "test examples"})
+    data_seed: int = field(default=0, metadata={"help": "seed of the article split (fixed across run seeds)"})
+    probe_metric: str = field(default="loss", metadata={
+        "help": "what a probe scores: minus the micro-dev answer loss (fast), or generation F1 (QA) / "
+                "ROUGE-L (xlsum)", "choices": list(PROBE_METRICS)})
+    mask_every: int = field(default=1, metadata={"help": "recompute the training masks every this many steps"})
+    source_adapter: str | None = field(default=None, metadata={
+        "help": "peft adapter folder to use as the source adapter instead of training one"})
+    target_adapter: str | None = field(default=None, metadata={
+        "help": "peft adapter folder to use as the target adapter instead of training one"})
+    baseline: str | None = field(default=None, metadata={
+        "help": "also run the target-only baseline in the final phase (preset: target-only)",
+        "choices": ["none", "target-only"]})
+    export_rank: int = field(default=0, metadata={
+        "help": "rank of the saved final adapter: 0 = exact (identity-factor LoRA), k = truncated SVD"})
+
+
+def resolve_config(config: GraspLoraConfig) -> GraspLoraConfig:
+    """A copy with every unset option filled in from the preset (and the task's overrides)."""
+    if config.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {config.preset!r} (choose from {', '.join(PRESET_NAMES)})")
+    fill = dict(PRESETS[config.preset])
+    fill.update(TASK_OVERRIDES.get(config.task, {}))
+    values = {}
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if v is None and f.name in fill:
+            v = fill[f.name]
+        values[f.name] = v
+    if values["lora_alpha"] is None:
+        values["lora_alpha"] = 2.0 * float(values["lora_r"])
+    if values["targets"] is None:
+        values["targets"] = "attn+mlp" if values["knob"] == "per-group" else "attn"
+    if values["start_ratio"] is None:
+        values["start_ratio"] = 0.5 * (float(values["p_min"]) + float(values["p_max"]))
+    return GraspLoraConfig(**values)
+
+
+class GraspLoraPlugin(Plugin):
+    name = "grasp_lora"
+    description = ("GRASP LoRA: learn the global prune ratio of merged source+target LoRA adapters "
+                   "(Gemma 3 270M offline; XQuAD/MLQA/XL-Sum, Arabic/Chinese)")
+    Config = GraspLoraConfig
+    default_controller = "grpo"
+    #: 4 rounds of 4 candidates + 1 baseline probe
+    default_budget = 20
+    default_group_size = 4
+    primary_metric = "score"
+    #: the paper's grid baseline: every grid point is one full merge-and-prune fine-tune, chosen on dev
+    controller_defaults = {"grid": {"full_runs": True}}
+
+    def make_task(self, config: GraspLoraConfig, *, seed: int, out_dir: Path,
+                  backbone: tuple[Any, Any, str] | None = None) -> GraspTask:
+        return GraspTask(resolve_config(config), seed=seed, out_dir=out_dir, backbone=backbone)
+
+    def eval_run(self, run_dir: Path, config: GraspLoraConfig, *, data: str, lang: str | None = None) -> dict[str, float]:
+        """Score ``run_dir/final_adapter`` on a data file (SQuAD JSON or XL-Sum JSON lines)."""
+        import torch
+
+        from hpctl.plugins.grasp_lora.adapters import load_lora
+        from hpctl.plugins.grasp_lora.backbone import (
+            batched_loss,
+            collate,
+            encode_example,
+            encode_prompt,
+            greedy_generate,
+            length_batches,
+            load_backbone,
+        )
+        from hpctl.plugins.grasp_lora.data import read_examples
+        from hpctl.plugins.grasp_lora.metrics import compute_metrics
+
+        cfg = resolve_config(config)
+        adapter_dir = Path(run_dir) / "final_adapter"
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise ConfigError(f"{str(run_dir)!r} has no final adapter (final_adapter/adapter_config.json); "
+                              "did the run finish?")
+        lang = lang or cfg.lang
+        examples = read_examples(cfg.task, data, lang, max_context_chars=cfg.max_context_chars)
+        if not examples:
+            raise DataError(f"{data}: no examples")
+        model, tok, _ = load_backbone(cfg.backbone, cache_dir=cfg.cache_dir)
+        model = load_lora(model, adapter_dir, "final")
+        model.eval()
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        prompts = [encode_prompt(tok, e.prompt, int(cfg.max_len) - int(cfg.max_new_tokens)) for e in examples]
+        preds = greedy_generate(model, tok, prompts, max_new_tokens=int(cfg.max_new_tokens),
+                                batch_size=int(cfg.eval_batch_size))
+        metrics = compute_metrics(cfg.task, lang, preds, [list(e.references) for e in examples])
+        enc = [encode_example(tok, e.prompt, e.target, max_len=int(cfg.max_len), max_target_len=int(cfg.max_target_len))
+               for e in examples]
+        batches = [collate([enc[i] for i in idx], pad)
+                   for idx in length_batches([len(e.ids) for e in enc], int(cfg.eval_batch_size))]
+        with torch.no_grad():
+            metrics["loss"] = batched_loss(model, batches)
+        metrics["examples"] = float(len(examples))
+        return metrics

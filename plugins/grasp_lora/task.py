@@ -1,0 +1,558 @@
+"""GraspTask: the GRASP LoRA training loop with the global prune ratio as the knob.
+
+Setup (lazily, on the first call that needs the model; each part is timed):
+
+1. load the frozen backbone (:mod:`.backbone`) and the task data (:mod:`.data`);
+2. train (or load) the *source* adapter on English ``source_train`` and the *target*
+   adapter on ``target_train`` with peft, saving both in peft format under ``out_dir``
+   (a later run in the same ``out_dir`` with the same settings, e.g. ``--resume``, loads
+   them instead of retraining);
+3. merge them (:func:`.adapters.merge_adapters`, exact for every rule) and install the
+   merged adapter as dense-delta wrappers with a :class:`.adapters.GlobalMagnitudePruner`.
+
+Then the :class:`hpctl.task.Task` protocol:
+
+``train(steps, value)``
+    AdamW steps on ``target_train`` batches through ``W + M(value) * dW``; the masks are
+    recomputed from the current adapter every ``mask_every`` steps.
+``probe(value)``
+    minus the mean teacher-forced loss on the answer tokens of the fixed micro-dev
+    batches, with the adapter masked at ``value`` (masks set, evaluated, undone in a
+    ``finally``; parameters are never written). ``probe_metric="f1"``/``"rouge"`` scores
+    greedy generations instead.
+``snapshot()``/``restore()``
+    the adapter factors, the AdamW state and the data-order RNG (a few MB).
+``evaluate(split, value)``
+    greedy generation + :func:`.metrics.compute_metrics`, plus the mean loss and
+    ``score`` (F1 for QA, ROUGE-L for XL-Sum).
+``full_run(value)``
+    a whole fine-tune from the merged start at a fixed value, then the dev score (the
+    same measure as a probe, on the dev split): one grid-search point.
+``finish(value)``
+    the final merge-and-prune fine-tune from the merged start at the fixed learned value,
+    the final adapter saved in peft format (``out_dir/final_adapter``), test metrics; with
+    ``baseline="target-only"`` also the target-only baseline: the target adapter alone,
+    fine-tuned for the same number of steps on the same batches, no merging or pruning,
+    tested the same way (``target_only_*`` keys).
+
+Wall time per phase is in :attr:`GraspTask.phase_seconds` (merged into the run result) and
+backbone passes per phase in :attr:`GraspTask.phase_passes`; both are also written to
+``out_dir/grasp_phases.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from hpctl.errors import ConfigError
+from hpctl.knob import Knob
+from hpctl.plugins.grasp_lora import adapters as ad
+from hpctl.plugins.grasp_lora.backbone import (
+    Batch,
+    Encoded,
+    PassCounter,
+    batched_loss,
+    collate,
+    encode_example,
+    encode_prompt,
+    greedy_generate,
+    length_batches,
+    load_backbone,
+    say,
+)
+from hpctl.task import Task
+
+EVAL_SPLITS = ("micro_dev", "dev", "test", "target_train", "source_train")
+PROBE_METRICS = ("loss", "f1", "rouge")
+GROUPS = {"attn": ad.ATTN_TARGETS, "mlp": ad.MLP_TARGETS}
+
+
+@dataclass
+class _Split:
+    """One data split, tokenised for teacher forcing and for generation."""
+
+    encoded: list[Encoded]
+    prompts: list[list[int]]
+    references: list[list[str]]
+    ids: list[str]
+    batches: list[Batch]
+
+
+def _primary(task: str) -> str:
+    return "rougeL" if task == "xlsum" else "f1"
+
+
+class GraspTask(Task):
+    """GRASP LoRA on one task and target language; the knob is the global prune ratio.
+
+    ``config`` is a resolved :class:`hpctl.plugins.grasp_lora.GraspLoraConfig` (no None
+    left where a preset fills in). ``backbone`` optionally passes an already loaded
+    ``(model, tokenizer, name)`` (tests share one); it is modified in place (wrappers)
+    but its parameters are never written.
+    """
+
+    def __init__(self, config: Any, *, seed: int = 0, out_dir: str | Path = ".",
+                 backbone: tuple[Any, Any, str] | None = None) -> None:
+        self.cfg = config
+        self.seed = int(seed)
+        self.out_dir = Path(out_dir)
+        self._validate()
+        labels: tuple[str, ...] = ()
+        dim = 1
+        if config.knob == "per-group":
+            dim, labels = 2, tuple(GROUPS)
+        start = float(np.clip(config.start_ratio, config.p_min, config.p_max))
+        self.knob = Knob("prune_ratio", low=float(config.p_min), high=float(config.p_max),
+                         default=start if dim == 1 else (start,) * dim, dim=dim, labels=labels,
+                         units="fraction of merged-adapter delta entries pruned")
+        self.total_steps = int(config.steps)
+        self.phase_seconds: dict[str, float] = {}
+        self.phase_passes: dict[str, dict[str, int]] = {}
+        self.counter = PassCounter()
+        self.notes: dict[str, Any] = {}
+        self._given_backbone = backbone
+        self._ready = False
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.backbone_name = ""
+        self.adapter: ad.DeltaAdapter | None = None
+        self.pruner: ad.GlobalMagnitudePruner | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.order: ad.DataOrder | None = None
+        self.steps_done = 0
+        self.splits: dict[str, _Split] = {}
+
+    # ------------------------------------------------------------------ config checks --
+    def _validate(self) -> None:
+        c = self.cfg
+        if not 0.0 <= c.p_min < c.p_max <= 1.0:
+            raise ConfigError(f"need 0 <= p_min < p_max <= 1, got p_min={c.p_min}, p_max={c.p_max}")
+        if c.probe_metric not in PROBE_METRICS:
+            raise ConfigError(f"unknown probe metric {c.probe_metric!r} (choose from {', '.join(PROBE_METRICS)})")
+        if c.probe_metric == "f1" and c.task == "xlsum":
+            raise ConfigError("probe metric 'f1' is for the QA tasks; use 'rouge' (or 'loss') for xlsum")
+        if c.probe_metric == "rouge" and c.task != "xlsum":
+            raise ConfigError(f"probe metric 'rouge' is for xlsum; use 'f1' (or 'loss') for {c.task}")
+        for name in ("steps", "batch_size", "eval_batch_size", "max_len", "max_target_len", "max_new_tokens",
+                     "mask_every", "lora_r"):
+            if int(getattr(c, name)) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
+        for name in ("source_steps", "target_steps", "export_rank"):
+            if int(getattr(c, name)) < 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {getattr(c, name)}")
+        if c.max_target_len >= c.max_len or c.max_new_tokens >= c.max_len:
+            raise ConfigError(f"max-len ({c.max_len}) must exceed max-target-len ({c.max_target_len}) "
+                              f"and max-new-tokens ({c.max_new_tokens})")
+        for name in ("lr", "adapter_lr"):
+            if not (float(getattr(c, name)) > 0 and math.isfinite(float(getattr(c, name)))):
+                raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {getattr(c, name)}")
+        if c.baseline not in ("none", "target-only"):
+            raise ConfigError(f"unknown baseline {c.baseline!r} (choose from none, target-only)")
+        targets = ad.parse_targets(c.targets)
+        if c.knob == "per-group":
+            for group, names in GROUPS.items():
+                if not set(names) & set(targets):
+                    raise ConfigError(f"knob 'per-group' needs {group} modules among the LoRA targets "
+                                      f"(got {','.join(targets)}; use --targets attn+mlp)")
+        elif c.knob != "global":
+            raise ConfigError(f"unknown knob {c.knob!r} (choose from global, per-group)")
+        self.lora_spec = ad.LoraSpec(r=int(c.lora_r), alpha=float(c.lora_alpha), targets=targets,
+                                     dropout=float(c.lora_dropout))
+
+    def describe(self) -> dict[str, Any]:
+        cfg = asdict(self.cfg) if is_dataclass(self.cfg) else dict(vars(self.cfg))
+        return {"config": cfg, "knob": {"name": self.knob.name, "low": self.knob.low, "high": self.knob.high,
+                                        "dim": self.knob.dim, "labels": list(self.knob.labels)},
+                "backbone": self.backbone_name or self.cfg.backbone, **self.notes}
+
+    # ------------------------------------------------------------------ bookkeeping ----
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        before = PassCounter(**vars(self.counter))
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"{name}_s"
+            self.phase_seconds[key] = self.phase_seconds.get(key, 0.0) + time.perf_counter() - t0
+            done = {k: v - getattr(before, k) for k, v in vars(self.counter).items()}
+            acc = self.phase_passes.setdefault(name, {k: 0 for k in done})
+            for k, v in done.items():
+                acc[k] = acc.get(k, 0) + v
+
+    # ------------------------------------------------------------------ setup ----------
+    def _ensure_ready(self) -> None:
+        if self._ready:
+            return
+        with self._phase("load"):
+            self._load()
+        self._build_adapters()
+        self._ready = True
+        self.reset(self.seed)
+
+    def _load(self) -> None:
+        from hpctl.plugins.grasp_lora.data import SplitSizes, load_task_data
+
+        c = self.cfg
+        if self._given_backbone is not None:
+            self.model, self.tokenizer, self.backbone_name = self._given_backbone
+        else:
+            self.model, self.tokenizer, self.backbone_name = load_backbone(c.backbone, cache_dir=c.cache_dir)
+        self._backbone_params = dict(self.model.named_parameters())
+        sizes = SplitSizes(source_train=int(c.source_train), target_train=int(c.target_train),
+                           micro_dev=int(c.micro_dev), dev=int(c.dev), test=int(c.test))
+        if c.source_adapter:
+            sizes.source_train = 0
+        data = load_task_data(c.task, c.lang, data_dir=c.data_dir, seed=int(c.data_seed), sizes=sizes,
+                              max_context_chars=c.max_context_chars)
+        self.data = data
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        for name in EVAL_SPLITS:
+            self.splits[name] = self._encode(getattr(data, name))
+        for name in ("target_train", "micro_dev"):
+            if not self.splits[name].encoded:
+                raise ConfigError(f"the {name.replace('_', '-')} split is empty; raise --{name.replace('_', '-')}")
+        self.notes["split_sizes"] = data.sizes()
+
+    def _encode(self, examples: Sequence[Any]) -> _Split:
+        c = self.cfg
+        enc = [encode_example(self.tokenizer, e.prompt, e.target, max_len=int(c.max_len),
+                              max_target_len=int(c.max_target_len)) for e in examples]
+        prompts = [encode_prompt(self.tokenizer, e.prompt, int(c.max_len) - int(c.max_new_tokens)) for e in examples]
+        batches = [collate([enc[i] for i in idx], self.pad_id)
+                   for idx in length_batches([len(e.ids) for e in enc], int(c.eval_batch_size))] if enc else []
+        return _Split(enc, prompts, [list(e.references) for e in examples], [e.id for e in examples], batches)
+
+    def _fingerprint(self, role: str) -> str:
+        c = self.cfg
+        keys = {"role": role, "backbone": c.backbone, "task": c.task, "lang": c.lang, "data_dir": c.data_dir,
+                "data_seed": c.data_seed, "seed": self.seed, "spec": asdict(self.lora_spec),
+                "steps": c.source_steps if role == "source" else c.target_steps, "lr": c.adapter_lr,
+                "batch_size": c.batch_size, "max_len": c.max_len, "max_target_len": c.max_target_len,
+                "max_context_chars": c.max_context_chars,
+                "n": c.source_train if role == "source" else c.target_train, "weight_decay": c.weight_decay,
+                "grad_clip": c.grad_clip}
+        return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _adapter(self, peft_model: Any, role: str) -> Any:
+        """Train, reuse or load the source/target adapter as peft adapter ``role``."""
+        c = self.cfg
+        given = c.source_adapter if role == "source" else c.target_adapter
+        base = peft_model if peft_model is not None else self.model
+        if given:
+            self.notes[f"{role}_adapter"] = f"loaded from {given}"
+            return ad.load_lora(base, given, role)
+        folder = self.out_dir / f"{role}_adapter"
+        stamp = folder / "hpctl_fingerprint.txt"
+        fp = self._fingerprint(role)
+        if stamp.is_file() and stamp.read_text().strip() == fp:
+            self.notes[f"{role}_adapter"] = f"reused {folder}"
+            return ad.load_lora(base, folder, role)
+        data = self.splits["source_train" if role == "source" else "target_train"].encoded
+        steps = int(c.source_steps if role == "source" else c.target_steps)
+        if not data and steps > 0:
+            raise ConfigError(f"no {role} training examples (raise --{role}-train or pass --{role}-adapter)")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1000 + (1 if role == "source" else 2))
+            model = ad.attach_lora(base, role, self.lora_spec)
+        if steps > 0:
+            losses = ad.train_lora(model, role, data, steps=steps, lr=float(c.adapter_lr),
+                                   batch_size=int(c.batch_size), pad_id=self.pad_id,
+                                   seed=self.seed * 1000 + (11 if role == "source" else 12),
+                                   weight_decay=float(c.weight_decay), grad_clip=float(c.grad_clip) or None,
+                                   counter=self.counter, on_step=self._progress(f"{role} adapter", steps))
+            self.notes[f"{role}_adapter_loss"] = [round(losses[0], 4), round(float(np.mean(losses[-3:])), 4)]
+        ad.save_lora(model, role, folder)
+        stamp.write_text(fp + "\n")
+        self.notes[f"{role}_adapter"] = f"trained {steps} steps, saved to {folder}"
+        return model
+
+    def _build_adapters(self) -> None:
+        c = self.cfg
+        peft_model = None
+        with self._phase("source_adapter"):
+            peft_model = self._adapter(peft_model, "source")
+        with self._phase("target_adapter"):
+            peft_model = self._adapter(peft_model, "target")
+        with self._phase("merge"):
+            weights = None
+            if c.merge_weights:
+                try:
+                    weights = [float(x) for x in str(c.merge_weights).replace(";", ",").split(",") if x.strip()]
+                except ValueError:
+                    raise ConfigError(f"merge weights must be numbers like '0.5,0.5', got {c.merge_weights!r}") from None
+            ad.merge_adapters(peft_model, ["source", "target"], c.merge, weights=weights)
+            merged = ad.lora_factors(peft_model, "merged")
+            source = ad.lora_factors(peft_model, "source")
+            target = ad.lora_factors(peft_model, "target")
+            self.notes["merge_check_max_abs_error"] = self._merge_error(merged, source, target, weights)
+            self.model = ad.unload_lora(peft_model)
+            self.target_factors = target
+            self.merged_start = {k: f.clone() for k, f in merged.items()}
+            self.adapter = ad.DeltaAdapter(self.model, self.merged_start)
+            groups = {g: list(t) for g, t in GROUPS.items()} if c.knob == "per-group" else None
+            self.pruner = ad.GlobalMagnitudePruner(self.adapter, groups)
+            self.notes["merged_rank"] = int(next(iter(merged.values())).A.shape[0])
+            self.notes["adapter_entries"] = int(sum(m.out_features * m.in_features for m in self.adapter.modules.values()))
+
+    def _merge_error(self, merged: ad.Factors, source: ad.Factors, target: ad.Factors,
+                     weights: list[float] | None) -> float:
+        """Max |merged delta - rule(source, target)| over all modules (a self-check)."""
+        rule = self.cfg.merge
+        w = {"sum": (1.0, 1.0), "mean": (0.5, 0.5), "target_only": (0.0, 1.0), "source_only": (1.0, 0.0)}.get(
+            rule, tuple(weights or (1.0, 1.0)))
+        worst = 0.0
+        with torch.no_grad():
+            for name, f in merged.items():
+                expect = 0.0
+                if name in source and w[0]:
+                    expect = expect + w[0] * source[name].delta()
+                if name in target and w[1]:
+                    expect = expect + w[1] * target[name].delta()
+                worst = max(worst, float((f.delta() - expect).abs().max()))
+        return worst
+
+    # ------------------------------------------------------------------ protocol -------
+    def reset(self, seed: int | None = None) -> None:
+        if not self._ready:
+            self._ensure_ready()  # ends by calling reset(self.seed)
+            if seed is None or int(seed) == self.seed:
+                return
+        assert self.adapter is not None and self.pruner is not None
+        start = {}
+        for name, fac in self.merged_start.items():
+            start[f"{name}.lora_A"], start[f"{name}.lora_B"] = fac.A, fac.B
+        self.adapter.load_state_tensors(start)
+        params = self.adapter.parameters()
+        for p in params:
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(params, lr=float(self.cfg.lr), weight_decay=float(self.cfg.weight_decay))
+        order_seed = self.seed if seed is None else int(seed)
+        self.order = ad.DataOrder([len(e.ids) for e in self.splits["target_train"].encoded],
+                                  int(self.cfg.batch_size), order_seed * 1000 + 21)
+        self.steps_done = 0
+        self.pruner.clear_training_masks()
+        self.pruner.invalidate()
+
+    def _progress(self, label: str, steps: int):
+        """An ``on_step(step, loss)`` that reports about four times per phase on stderr."""
+        every = max(1, int(steps) // 4)
+        t0 = time.perf_counter()
+
+        def on_step(step: int, loss: float) -> None:
+            if (step + 1) % every == 0 or step + 1 == steps:
+                rate = (time.perf_counter() - t0) / (step + 1)
+                say(f"{label}: step {step + 1}/{steps}, loss {loss:.4f} ({rate:.1f} s/step)")
+
+        return on_step
+
+    def _train_steps(self, steps: int, ratio: np.ndarray | None, adapter: ad.DeltaAdapter,
+                     pruner: ad.GlobalMagnitudePruner | None, optimizer: torch.optim.Optimizer,
+                     order: ad.DataOrder, label: str | None = None) -> float:
+        params = adapter.parameters()
+        data = self.splits["target_train"].encoded
+        losses = []
+        report = self._progress(label, steps) if label else None
+        try:
+            for i in range(int(steps)):
+                if pruner is not None and ratio is not None and i % int(self.cfg.mask_every) == 0:
+                    pruner.set_training_masks(ratio)
+                batch = collate([data[j] for j in order.next()], self.pad_id)
+                losses.append(ad.adamw_step(self.model, batch, optimizer, params,
+                                            grad_clip=float(self.cfg.grad_clip) or None, counter=self.counter))
+                if report is not None:
+                    report(i, losses[-1])
+        finally:
+            if pruner is not None:
+                pruner.clear_training_masks()
+                pruner.invalidate()
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def train(self, steps: int, value: np.ndarray) -> float:
+        self._ensure_ready()
+        ratio = self.knob.validate(value)
+        with self._phase("train"):
+            loss = self._train_steps(steps, ratio, self.adapter, self.pruner, self.optimizer, self.order)
+        self.steps_done += int(steps)
+        return loss
+
+    def _split_loss(self, split: str) -> float:
+        return batched_loss(self.model, self.splits[split].batches, self.counter)
+
+    def _generate(self, split: str) -> list[str]:
+        s = self.splits[split]
+        return greedy_generate(self.model, self.tokenizer, s.prompts, max_new_tokens=int(self.cfg.max_new_tokens),
+                               batch_size=int(self.cfg.eval_batch_size), counter=self.counter)
+
+    def _score(self, split: str, value: np.ndarray) -> float:
+        """The probe measure on ``split`` at ``value`` (higher is better)."""
+        ratio = self.knob.validate(value)
+        with torch.no_grad(), self.pruner.applied(ratio):
+            if self.cfg.probe_metric == "loss":
+                return -self._split_loss(split)
+            from hpctl.plugins.grasp_lora.metrics import compute_metrics
+
+            preds = self._generate(split)
+            scores = compute_metrics(self.cfg.task, self.cfg.lang, preds, self.splits[split].references)
+            return float(scores[_primary(self.cfg.task)])
+
+    def probe(self, value: np.ndarray) -> float:
+        self._ensure_ready()
+        with self._phase("probe"):
+            return self._score("micro_dev", value)
+
+    def snapshot(self) -> dict[str, Any]:
+        self._ensure_ready()
+        return {"adapter": self.adapter.state_tensors(), "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "order": copy.deepcopy(self.order.state()), "steps_done": self.steps_done}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self._ensure_ready()
+        self.adapter.load_state_tensors(state["adapter"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.order.set_state(copy.deepcopy(state["order"]))
+        self.steps_done = int(state["steps_done"])
+        self.pruner.invalidate()
+
+    def _metrics(self, split: str) -> tuple[dict[str, float], list[str]]:
+        from hpctl.plugins.grasp_lora.metrics import compute_metrics
+
+        s = self.splits[split]
+        if not s.encoded:
+            raise ConfigError(f"the {split} split is empty; raise --{split.replace('_', '-')}")
+        preds = self._generate(split)
+        scores = compute_metrics(self.cfg.task, self.cfg.lang, preds, s.references)
+        scores["loss"] = self._split_loss(split)
+        scores["score"] = float(scores[_primary(self.cfg.task)])
+        return scores, preds
+
+    def evaluate(self, split: str, value: np.ndarray) -> dict[str, float]:
+        """Generation metrics, mean loss and ``score`` on ``split`` with the adapter masked at ``value``."""
+        self._ensure_ready()
+        if split not in EVAL_SPLITS:
+            raise ConfigError(f"unknown split {split!r} (choose from {', '.join(EVAL_SPLITS)})")
+        ratio = self.knob.validate(value)
+        with self._phase(f"eval_{split}"), torch.no_grad(), self.pruner.applied(ratio) as masks:
+            scores, preds = self._metrics(split)
+            scores.update({f"sparsity_{k}" if len(self.pruner.members) > 1 else "sparsity": v
+                           for k, v in self.pruner.sparsity(masks).items()})
+        self._last_predictions = (split, preds)
+        return scores
+
+    def full_run(self, value: np.ndarray) -> float:
+        """One grid point: fine-tune from the merged start at ``value``, return the dev score."""
+        self._ensure_ready()
+        self.reset()
+        self.train(self.total_steps, value)
+        split = "dev" if self.splits["dev"].encoded else "micro_dev"
+        with self._phase("grid_dev_eval"):
+            return self._score(split, value)
+
+    def finish(self, value: np.ndarray) -> dict[str, float]:
+        """Final merge-and-prune fine-tune at ``value`` from the merged start; test metrics."""
+        self._ensure_ready()
+        ratio = self.knob.validate(value)
+        self.reset(self.seed)
+        with self._phase("final_train"):
+            final_loss = self._train_steps(self.total_steps, ratio, self.adapter, self.pruner, self.optimizer,
+                                           self.order, label=f"final run at {self.knob.format(ratio)}")
+        self.steps_done = self.total_steps
+        with self._phase("export"):
+            masks = self.pruner.masks(ratio)
+            sparsity = self.pruner.sparsity(masks)
+            rank = int(self.cfg.export_rank) or None
+            info = ad.export_peft(self.adapter, self.out_dir / "final_adapter", masks=masks, rank=rank,
+                                  base_model_name_or_path=self.cfg.backbone,
+                                  metadata={"prune_ratio": self.knob.to_dict(ratio), "sparsity": sparsity,
+                                            "merge": self.cfg.merge, "lora": asdict(self.lora_spec),
+                                            "backbone": self.backbone_name, "task": self.cfg.task,
+                                            "lang": self.cfg.lang})
+            del masks
+        metrics = self.evaluate("test", ratio)
+        self._write_predictions("test_predictions.jsonl")
+        metrics["final_train_loss"] = final_loss
+        metrics["export_rel_error"] = float(info["rel_error"])
+        if self.cfg.baseline == "target-only":
+            metrics.update({f"target_only_{k}": v for k, v in self.target_only().items()})
+        metrics.update({k: float(v) for k, v in self.counter.as_dict().items()})
+        self._write_phases()
+        return metrics
+
+    # ------------------------------------------------------------------ baseline -------
+    def target_only(self) -> dict[str, float]:
+        """The target-only baseline: the target adapter alone, fine-tuned like the final run, tested.
+
+        The merged adapter is suspended (its wrappers taken out, untouched) meanwhile.
+        """
+        self._ensure_ready()
+        with self._phase("target_only"):
+            self._suspend_merged()
+            tmp = ad.DeltaAdapter(self.model, self.target_factors)
+            try:
+                params = tmp.parameters()
+                for p in params:
+                    p.requires_grad_(True)
+                opt = torch.optim.AdamW(params, lr=float(self.cfg.lr), weight_decay=float(self.cfg.weight_decay))
+                order = ad.DataOrder([len(e.ids) for e in self.splits["target_train"].encoded],
+                                     int(self.cfg.batch_size), self.seed * 1000 + 21)
+                loss = self._train_steps(self.total_steps, None, tmp, None, opt, order, label="target-only baseline")
+                with torch.no_grad():
+                    scores, preds = self._metrics("test")
+                scores["train_loss"] = loss
+                self._last_predictions = ("test", preds)
+                self._write_predictions("target_only_test_predictions.jsonl")
+            finally:
+                tmp.remove()
+                self._resume_merged()
+        return scores
+
+    def _suspend_merged(self) -> None:
+        for name, wrapper in self.adapter.modules.items():
+            parent_name, _, child = name.rpartition(".")
+            setattr(self.model.get_submodule(parent_name), child, wrapper.base)
+
+    def _resume_merged(self) -> None:
+        for name, wrapper in self.adapter.modules.items():
+            parent_name, _, child = name.rpartition(".")
+            setattr(self.model.get_submodule(parent_name), child, wrapper)
+
+    # ------------------------------------------------------------------ outputs --------
+    def _write_predictions(self, filename: str) -> None:
+        split, preds = getattr(self, "_last_predictions", (None, None))
+        if split is None:
+            return
+        s = self.splits[split]
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / filename, "w", encoding="utf-8") as fh:
+            for i, p, refs in zip(s.ids, preds, s.references):
+                fh.write(json.dumps({"id": i, "prediction": p, "references": refs}, ensure_ascii=False) + "\n")
+
+    def _write_phases(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "grasp_phases.json").write_text(json.dumps(
+            {"seconds": self.phase_seconds, "passes": self.phase_passes, "notes": self.notes,
+             "backbone": self.backbone_name}, indent=2, default=str) + "\n")
+
+    def artifacts(self) -> list[Path]:
+        """Adapter folders worth keeping with the run (final, source, target)."""
+        names = ("final_adapter", "source_adapter", "target_adapter")
+        return [self.out_dir / n for n in names if (self.out_dir / n).is_dir()]
+
+    def backbone_parameters(self) -> dict[str, torch.Tensor]:
+        """The frozen backbone's parameters by their original names (for checks)."""
+        self._ensure_ready()
+        return dict(self._backbone_params)
+
+    def close(self) -> None:
+        self.optimizer = None

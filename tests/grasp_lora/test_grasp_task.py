@@ -1,0 +1,229 @@
+"""GraspTask on the tiny backbone and smoke data: the Task contract, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# peft 0.21 calls a transformers 5.x API that warns on every PeftModel.from_pretrained
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+from hpctl.env import ControlEnv  # noqa: E402
+from hpctl.errors import ConfigError  # noqa: E402
+from hpctl.plugins.grasp_lora import GraspLoraConfig, GraspLoraPlugin, resolve_config  # noqa: E402
+from hpctl.plugins.grasp_lora.backbone import load_backbone  # noqa: E402
+
+
+def _make(tmp: Path, **overrides):
+    return GraspLoraPlugin().make_task(GraspLoraConfig(preset="smoke", **overrides), seed=0, out_dir=tmp)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    task = _make(tmp_path_factory.mktemp("grasp_task"))
+    task.reset(0)
+    frozen = {n: p.detach().clone() for n, p in task.backbone_parameters().items()}
+    yield task, frozen
+    task.close()
+
+
+def _assert_same(a, b) -> None:
+    """Bitwise equality of nested snapshots (tensors, dicts, lists, scalars)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    else:
+        assert a == b
+
+
+def test_knob_and_presets(smoke):
+    task, _ = smoke
+    assert task.knob.name == "prune_ratio" and task.knob.dim == 1
+    assert (task.knob.low, task.knob.high) == (0.0, 0.9)
+    assert task.knob.default_value[0] == pytest.approx(0.45)
+    cfg = resolve_config(GraspLoraConfig(preset="smoke", steps=7))
+    assert cfg.steps == 7 and cfg.backbone == "tiny" and cfg.lora_alpha == 2 * cfg.lora_r
+    assert resolve_config(GraspLoraConfig(task="xlsum")).max_new_tokens > resolve_config(GraspLoraConfig()).max_new_tokens
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"p_min": 0.5, "p_max": 0.5}, "p_min"),
+    ({"task": "xlsum", "probe_metric": "f1"}, "xlsum"),
+    ({"probe_metric": "rouge"}, "rouge"),
+    ({"knob": "per-group", "targets": "attn"}, "per-group"),
+    ({"steps": 0}, "steps"),
+    ({"max_len": 8}, "max-len"),
+])
+def test_bad_options_are_config_errors(tmp_path, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        _make(tmp_path, **overrides)
+
+
+def test_probe_leaves_the_state_bitwise_untouched(smoke):
+    task, _ = smoke
+    task.train(1, np.array([0.3]))
+    before = task.snapshot()
+    scores = [task.probe(np.array([r])) for r in (0.0, 0.45, 0.9)]
+    assert all(np.isfinite(scores)) and all(s < 0 for s in scores)
+    _assert_same(before, task.snapshot())
+    assert scores[0] != scores[2]  # the ratio matters
+
+
+def test_probe_raising_inside_restores_everything(smoke, monkeypatch):
+    task, _ = smoke
+    before = task.snapshot()
+    real = task._split_loss
+
+    def explode(split):
+        real(split)  # run the masked forward, then fail
+        raise RuntimeError("probe failed")
+
+    monkeypatch.setattr(task, "_split_loss", explode)
+    with pytest.raises(RuntimeError, match="probe failed"):
+        task.probe(np.array([0.6]))
+    _assert_same(before, task.snapshot())
+    for m in task.adapter.modules.values():
+        assert m.weight_override is None and m.mask is None
+
+
+def test_snapshot_restore_round_trips_training_exactly(smoke):
+    task, _ = smoke
+    value = np.array([0.35])
+    snap = task.snapshot()
+    first_loss = task.train(2, value)
+    first = task.snapshot()
+    task.restore(snap)
+    _assert_same(snap, task.snapshot())
+    second_loss = task.train(2, value)
+    assert first_loss == second_loss
+    _assert_same(first, task.snapshot())
+    torch.save(snap, Path(task.out_dir) / "snap.pt")  # picklable
+
+
+def test_control_env_probe_group_leaves_state_untouched(smoke):
+    task, _ = smoke
+    env = ControlEnv(task, group_size=3, steps_per_round=1)
+    env.reset(seed=0)
+    before = task.snapshot()
+    scores = env.probe_group([[0.1], [0.5], [0.8]])
+    assert scores.shape == (3,) and np.all(np.isfinite(scores))
+    _assert_same(before, task.snapshot())
+    env.baseline()
+    _assert_same(before, task.snapshot())
+    loss = env.advance()
+    assert np.isfinite(loss) and task.steps_done == 1
+    assert min(abs(env.current[0] - v) for v in (0.1, 0.5, 0.8, task.knob.default_value[0])) < 1e-9
+
+
+def test_evaluate_and_full_run(smoke):
+    task, _ = smoke
+    task.reset(0)
+    metrics = task.evaluate("dev", np.array([0.2]))
+    assert {"exact_match", "f1", "loss", "score", "sparsity"} <= set(metrics)
+    assert metrics["sparsity"] == pytest.approx(0.2, abs=1e-3)
+    score = task.full_run(np.array([0.2]))
+    assert np.isfinite(score) and score < 0
+    assert task.steps_done == task.total_steps
+    with pytest.raises(ConfigError):
+        task.evaluate("nope", np.array([0.2]))
+
+
+def test_finish_saves_a_peft_adapter_that_reproduces_the_model(smoke):
+    from peft import PeftModel
+
+    task, frozen = smoke
+    value = np.array([0.4])
+    metrics = task.finish(value)
+    for key in ("exact_match", "f1", "score", "loss", "sparsity", "target_only_f1", "target_only_exact_match",
+                "forward_passes", "backward_passes"):
+        assert key in metrics and np.isfinite(metrics[key]), key
+    assert metrics["sparsity"] == pytest.approx(0.4, abs=1e-3)
+    out = Path(task.out_dir)
+    assert (out / "final_adapter" / "adapter_config.json").is_file()
+    assert (out / "test_predictions.jsonl").is_file() and (out / "grasp_phases.json").is_file()
+    phases = json.loads((out / "grasp_phases.json").read_text())
+    assert phases["passes"]["final_train"]["backward"] == task.total_steps
+    assert {"load_s", "final_train_s", "export_s", "eval_test_s", "target_only_s"} <= set(task.phase_seconds)
+
+    # the saved adapter on a fresh copy of the backbone = the in-memory masked model
+    batch = task.splits["test"].batches[0]
+    with torch.no_grad(), task.pruner.applied(value):
+        want = task.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    fresh, _, _ = load_backbone("tiny")
+    loaded = PeftModel.from_pretrained(fresh, str(out / "final_adapter"))
+    with torch.no_grad():
+        got = loaded(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+    # the frozen backbone was never written: train, probe, finish, target-only
+    for name, p in task.backbone_parameters().items():
+        assert torch.equal(p, frozen[name]), name
+    assert not any(p.requires_grad for p in task.backbone_parameters().values())
+
+
+def test_per_group_knob(tmp_path):
+    task = _make(tmp_path, knob="per-group")
+    assert task.knob.dim == 2 and task.knob.labels == ("attn", "mlp")
+    task.reset(0)
+    before = task.snapshot()
+    assert np.isfinite(task.probe(np.array([0.2, 0.7])))
+    _assert_same(before, task.snapshot())
+    metrics = task.evaluate("micro_dev", np.array([0.2, 0.7]))
+    assert metrics["sparsity_attn"] == pytest.approx(0.2, abs=1e-3)
+    assert metrics["sparsity_mlp"] == pytest.approx(0.7, abs=1e-3)
+    assert np.isfinite(task.train(1, np.array([0.1, 0.5])))
+
+
+def test_same_out_dir_reuses_the_trained_adapters(smoke):
+    task, _ = smoke
+    again = _make(Path(task.out_dir))
+    again.reset(0)
+    assert again.notes["source_adapter"].startswith("reused")
+    assert again.notes["target_adapter"].startswith("reused")
+    _assert_same(task.merged_start and {k: (f.A, f.B) for k, f in task.merged_start.items()},
+                 {k: (f.A, f.B) for k, f in again.merged_start.items()})
+
+
+def test_cli_smoke_pipeline_and_eval(hpctl_main, tmp_path):
+    code, out, err = hpctl_main("run", "grasp_lora", "--preset", "smoke", "--out", "run", "--json",
+                                "--budget", "8", "--group-size", "3")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert 0.0 <= result["learned"]["prune_ratio"] <= 0.9
+    for key in ("f1", "exact_match", "target_only_f1", "sparsity"):
+        assert key in result["metrics"]
+    assert {"load_s", "source_adapter_s", "probe_s", "final_train_s"} <= set(result["phases"])
+    run = tmp_path / "run"
+    assert (run / "final_adapter" / "adapter_model.safetensors").is_file()
+
+    data = {"version": "1", "data": [{"title": "t", "paragraphs": [{
+        "context": "باريس هي عاصمة فرنسا.",
+        "qas": [{"id": "q1", "question": "ما هي عاصمة فرنسا؟", "answers": [{"text": "باريس", "answer_start": 0}]}]}]}]}
+    (tmp_path / "mini.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    code, out, err = hpctl_main("eval", str(run), "--data", str(tmp_path / "mini.json"), "--json")
+    assert code == 0, err
+    metrics = json.loads(out.strip().splitlines()[-1])
+    assert metrics["examples"] == 1.0 and "f1" in metrics and np.isfinite(metrics["loss"])
+
+
+def test_generation_based_probe(tmp_path):
+    task = _make(tmp_path, probe_metric="f1")
+    task.reset(0)
+    before = task.snapshot()
+    score = task.probe(np.array([0.3]))
+    assert 0.0 <= score <= 100.0
+    _assert_same(before, task.snapshot())
