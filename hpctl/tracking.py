@@ -15,6 +15,7 @@ the overhead can be reported.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import queue
@@ -52,6 +53,11 @@ class Tracker:
                  tags: dict[str, str] | None = None) -> None:
         t0 = time.perf_counter()
         import mlflow  # noqa: F401  (slow import, kept out of `import hpctl`)
+
+        # MLflow announces database creation/migration at INFO on stderr: keep the CLI's
+        # stderr for progress and one-line errors.
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or default_tracking_uri()

@@ -136,8 +136,9 @@ class GraspTask(Task):
     # ------------------------------------------------------------------ config checks --
     def _validate(self) -> None:
         c = self.cfg
-        if not 0.0 <= c.p_min < c.p_max <= 1.0:
-            raise ConfigError(f"need 0 <= p_min < p_max <= 1, got p_min={c.p_min}, p_max={c.p_max}")
+        if not 0.0 <= c.p_min < c.p_max < 1.0:
+            raise ConfigError(f"prune ratio bounds must satisfy 0 <= p_min < p_max < 1, "
+                              f"got p_min={c.p_min}, p_max={c.p_max}")
         if c.probe_metric not in PROBE_METRICS:
             raise ConfigError(f"unknown probe metric {c.probe_metric!r} (choose from {', '.join(PROBE_METRICS)})")
         if c.probe_metric == "f1" and c.task == "xlsum":
