@@ -33,8 +33,10 @@ def plot_run(history: Sequence[dict[str, Any]], names: Sequence[str], path: str 
             y = [float(e["value"][d]) for e in probes]
             ax1.scatter(x, y, s=10, alpha=0.45, color=c, label=f"{name} probed")
         if commits:
-            xs = [e["probe"] for e in commits]
-            ys = [float(e["value"][d]) for e in commits]
+            # the value training started at (before the first commit) is each probe's "current"
+            start = [(0, float(probes[0]["current"][d]))] if probes and "current" in probes[0] else []
+            xs = [x for x, _ in start] + [e["probe"] for e in commits]
+            ys = [y for _, y in start] + [float(e["value"][d]) for e in commits]
             ax1.step(xs, ys, where="post", color=c, lw=2, label=f"{name} committed (training)")
         if optimum is not None:
             ax1.axhline(float(optimum[d]), color=c, ls=":", lw=1, label=f"{name} optimum at end")

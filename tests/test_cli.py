@@ -60,6 +60,14 @@ def test_config_file_and_flags_compose(hpctl_main, tmp_path):
     assert res["optimum"]["x"] == pytest.approx(0.8)  # the file fills what no flag set
 
 
+def test_env_id_sets_the_landscape_and_flags_still_win(hpctl_main):
+    code, out, err = hpctl_main("run", "synthetic", "--env", "hpctl/Landscape2D-v0", "--optimum", "0.6",
+                                "-c", "random", "--budget", "16", "--json")
+    assert code == 0, err
+    res = _last_json(out)
+    assert res["optimum"] == {"x": pytest.approx(0.6), "y": pytest.approx(0.7)}
+
+
 def test_two_dimensional_knob_runs(hpctl_main):
     code, out, err = hpctl_main("run", "synthetic", "--optimum", "0.3", "--optimum2", "0.7", "-c", "random",
                                 "--budget", "32", "--json")
@@ -74,6 +82,7 @@ BAD_INPUTS = [
     (["run", "synthetic", "--optimum", "1.5"], "outside the knob's bounds"),
     (["run", "synthetic", "-c", "fixed", "--set", "value=1.7"], "outside its bounds"),
     (["run", "synthetic", "--shape", "round"], "round"),
+    (["run", "synthetic", "--env", "hpctl/Nope-v0"], "unknown env id 'hpctl/Nope-v0'"),
     (["run", "synthetic", "--budget", "0"], "budget must be > 0"),
     (["run", "synthetic", "--group-size", "1"], "group size must be >= 2"),
     (["run", "synthetic", "--config", "missing.yaml"], "does not exist"),

@@ -7,6 +7,7 @@ distance to the optimum.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ from hpctl.task import Plugin
 
 @dataclass
 class SyntheticConfig:
+    env: str | None = field(default=None, metadata={
+        "help": "start from a registered Gymnasium id's landscape (see `hpctl list`), e.g. hpctl/LandscapeDrift-v0; "
+                "options you set explicitly still win"})
     optimum: float = field(default=0.37, metadata={"help": "location of the best value (1-d)"})
     optimum2: float | None = field(default=None, metadata={"help": "second coordinate of the optimum: makes the knob 2-d"})
     noise: float = field(default=0.01, metadata={"help": "std of the Gaussian probe noise"})
@@ -30,6 +34,23 @@ class SyntheticConfig:
     probe_delay: float = field(default=0.0, metadata={"help": "seconds each probe sleeps (simulates an expensive probe)"})
 
 
+def with_env_defaults(config: SyntheticConfig) -> SyntheticConfig:
+    """Fill the options still at their defaults from the registered id ``config.env``."""
+    from hpctl.envs import LANDSCAPE_IDS
+
+    if config.env not in LANDSCAPE_IDS:
+        raise ConfigError(f"unknown env id {config.env!r} (registered: {', '.join(LANDSCAPE_IDS)})")
+    preset = dict(LANDSCAPE_IDS[config.env])
+    opt = preset.pop("optimum", None)
+    if isinstance(opt, (tuple, list)):
+        preset["optimum"], preset["optimum2"] = float(opt[0]), float(opt[1])
+    elif opt is not None:
+        preset["optimum"] = float(opt)
+    defaults = SyntheticConfig()
+    changes = {k: v for k, v in preset.items() if getattr(config, k) == getattr(defaults, k)}
+    return dataclasses.replace(config, **changes)
+
+
 class SyntheticPlugin(Plugin):
     name = "synthetic"
     description = "noisy synthetic probe landscape with a known optimum (microseconds per probe)"
@@ -40,6 +61,8 @@ class SyntheticPlugin(Plugin):
     primary_metric = "true_reward"
 
     def make_task(self, config: SyntheticConfig, *, seed: int, out_dir: Path) -> LandscapeTask:
+        if config.env is not None:
+            config = with_env_defaults(config)
         if not config.low < config.high:
             raise ConfigError(f"bounds out of order: low={config.low} must be < high={config.high}")
         optimum: tuple[float, ...] = (config.optimum,)
