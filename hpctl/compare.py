@@ -32,8 +32,24 @@ def median_iqr(values: list[float]) -> dict[str, float]:
 
 
 def trajectory(history: list[dict[str, Any]], learned: list[float], budget: int) -> list[tuple[int, list[float]]]:
-    """Committed values over probes; search controllers (no commits) end at their answer."""
-    traj = [(e["probe"], [float(v) for v in e["value"]]) for e in history if e["event"] == "commit"]
+    """The value a controller stands at over probes.
+
+    Training controllers: the committed value (from the starting value on). Search
+    controllers, which never commit: the best value probed so far. Both end at the answer.
+    """
+    probes = [e for e in history if e["event"] == "probe"]
+    commits = [e for e in history if e["event"] == "commit"]
+    traj: list[tuple[int, list[float]]] = []
+    if commits:
+        if probes and "current" in probes[0]:
+            traj.append((0, [float(v) for v in probes[0]["current"]]))
+        traj += [(e["probe"], [float(v) for v in e["value"]]) for e in commits]
+    else:
+        best = -float("inf")
+        for e in probes:
+            if e["kind"] == "candidate" and np.isfinite(e["score"]) and e["score"] > best:
+                best = e["score"]
+                traj.append((e["probe"], [float(v) for v in e["value"]]))
     traj.append((budget, list(learned)))
     return traj
 
