@@ -80,10 +80,12 @@ def compose(ctx: click.Context, plugin, kwargs: dict[str, Any]) -> tuple[RunOpti
     ctrl_cfg.update(parse_sets(kwargs.get("sets") or ()))
     common["controller_config"] = ctrl_cfg
     opts = RunOptions(**common)
-    for key, kind in (("seed", int), ("budget", int), ("group_size", int)):
+    for key, kind in (("seed", int), ("budget", int), ("group_size", int), ("controller", str), ("out", str),
+                      ("tracking_uri", str), ("commit_rule", str), ("reward", str), ("controller_config", dict)):
         value = getattr(opts, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+            what = {int: "an integer", str: "a string", dict: "a mapping"}[kind]
+            raise ConfigError(f"{key} must be {what}, got {value!r}")
     plugin_cfg = dict(file_plugin)
     for f in dataclasses.fields(plugin.Config):
         if kwargs.get(f.name) is not None:
@@ -176,6 +178,10 @@ def build_run_command(plugin) -> click.Command:
 
         resume = kwargs.pop("resume", None)
         if resume:
+            typed = [p.name for p in ctx.command.params if p.name not in ("resume", "as_json")
+                     and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+            if typed:
+                raise ConfigError(f"--resume continues a run exactly as it was started; drop --{typed[0].replace('_', '-')}")
             spec = read_spec(resume)
             if spec.plugin != plugin.name or spec.command != "run":
                 raise ConfigError(f"--resume {resume!r} belongs to `{spec.command} {spec.plugin}`, not `run {plugin.name}`")
@@ -342,8 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("hpctl: aborted", err=True)
+    except click.exceptions.Abort:  # click turns Ctrl-C into Abort when not standalone
+        click.echo("hpctl: interrupted; a started run keeps its last checkpoint (resume with --resume DIR)",
+                   err=True)
         return 130
     except click.ClickException as exc:
         msg = exc.format_message().replace("\n", " ")

@@ -68,6 +68,10 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
         raise ConfigError("--controllers is empty")
     for c in controllers:
         get_controller(c)  # fail fast on a typo, before any run
+    plain = sorted(k for k in base.controller_config if "." not in k)
+    if plain and base.controller not in controllers:
+        raise ConfigError(f"setting {plain[0]!r} names no controller: write it as CONTROLLER.{plain[0]} "
+                          f"(e.g. {controllers[0]}.{plain[0]}), or pass --controller to say which one it is for")
     plugin = load_plugin(plugin_name)
     out_dir = prepare_out_dir(out or f"runs/compare-{plugin_name}-{time.strftime('%Y%m%d-%H%M%S')}",
                               plugin_name, "compare", base.seed)

@@ -119,7 +119,11 @@ class RunRecorder:
     def checkpoint_flush(self, min_interval: float = 2.0) -> None:
         """Flush queued metrics at a checkpoint, at most every ``min_interval`` seconds."""
         if self.tracker is not None and time.perf_counter() - self.last_flush >= min_interval:
-            self.tracker.flush()
+            try:
+                self.tracker.flush()
+            except Exception as exc:  # noqa: BLE001 - a store hiccup must not stop training
+                _warn(self.tracker, f"metrics flush failed: {type(exc).__name__}: {exc}")
+                return  # `logged` stays: those events are logged again on resume
             self.logged = len(self.history)
             self.last_flush = time.perf_counter()
 
@@ -184,60 +188,69 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     t_start = time.perf_counter()
     opts = spec.options
     checkpoint: dict[str, Any] | None = None
+    tracking_uri = opts.tracking_uri
     if resume_dir is not None:
         out_dir = Path(resume_dir)
         checkpoint = load_checkpoint(out_dir, spec)
+        tracking_uri = checkpoint.get("tracking_uri") or tracking_uri  # the store the run lives in
     else:
         out_dir = prepare_out_dir(opts.out, spec.plugin, opts.controller or "default", opts.seed)
     plugin, config, task, env, controller, budget = build(spec, out_dir)
     names = task.knob.component_names
     run_id = checkpoint.get("mlflow_run_id") if checkpoint else None
-    tracker = Tracker(opts.tracking_uri, experiment or f"hpctl-{spec.plugin}",
-                      run_name=f"{spec.plugin}/{controller.name}/seed{opts.seed}",
-                      parent_run_id=parent_run_id, run_id=run_id,
-                      tags={"hpctl.plugin": spec.plugin, "hpctl.controller": controller.name})
+    try:
+        tracker = Tracker(tracking_uri, experiment or f"hpctl-{spec.plugin}",
+                          run_name=f"{spec.plugin}/{controller.name}/seed{opts.seed}",
+                          parent_run_id=parent_run_id, run_id=run_id,
+                          tags={"hpctl.plugin": spec.plugin, "hpctl.controller": controller.name})
+    except BaseException:
+        task.close()
+        raise
     recorder = RunRecorder(names, tracker)
     env.listeners.append(recorder)
     if progress is not None:
         env.listeners.append(lambda e: progress("probe", e) if e["event"] == "probe" else None)
-    if checkpoint is None:
-        atomic_write_json(out_dir / SPEC, spec.to_json())
-        tracker.log_params({"plugin": spec.plugin, "controller": controller.name, "seed": opts.seed,
-                            "budget": budget, "group_size": env.group_size, "steps_per_round": env.steps_per_round,
-                            "commit_rule": env.commit_rule, "reward": env.reward_mode,
-                            "knob": {"name": task.knob.name, "low": task.knob.low, "high": task.knob.high,
-                                     "dim": task.knob.dim},
-                            "plugin_config": dataclasses.asdict(config),
-                            "controller_config": dataclasses.asdict(controller.config),
-                            "task": task.describe()})
-        env.reset(seed=opts.seed)
-        save_checkpoint(out_dir, env, controller, recorder, tracker.run_id)
-    else:
-        env.load_state_dict(checkpoint["env"])
-        controller.load_state_dict(checkpoint["controller"])
-        recorder.history = list(checkpoint["history"])
-        recorder.faults = sum(1 for e in recorder.history if e["event"] == "fault")
-        # events the killed process had not flushed to MLflow yet are logged now
-        for event in recorder.history[checkpoint.get("logged", 0):]:
-            tracker.on_event(event, names)
-        recorder.logged = len(recorder.history)
-    if progress is not None:
-        progress("start", {"budget": budget, "done": env.probes, "out_dir": str(out_dir)})
-
-    last_checkpoint = [time.perf_counter()]
-
-    def on_round(ctrl: Controller) -> None:
-        step = env.probes
-        tracker.metrics({f"controller/{k}": v for k, v in ctrl.state().items()}, step)
-        # At most every CHECKPOINT_EVERY_S: a resumed run redoes the (deterministic) rounds
-        # since, so nothing is lost or repeated, and microsecond probes are not slowed down.
-        if time.perf_counter() - last_checkpoint[0] >= CHECKPOINT_EVERY_S:
-            recorder.checkpoint_flush()
-            save_checkpoint(out_dir, env, ctrl, recorder, tracker.run_id)
-            last_checkpoint[0] = time.perf_counter()
 
     status, error = "FINISHED", None
+    result: dict[str, Any] | None = None
     try:
+        if checkpoint is None:
+            atomic_write_json(out_dir / SPEC, spec.to_json())
+            tracker.log_params({"plugin": spec.plugin, "controller": controller.name, "seed": opts.seed,
+                                "budget": budget, "group_size": env.group_size,
+                                "steps_per_round": env.steps_per_round, "commit_rule": env.commit_rule,
+                                "reward": env.reward_mode,
+                                "knob": {"name": task.knob.name, "low": task.knob.low, "high": task.knob.high,
+                                         "dim": task.knob.dim},
+                                "plugin_config": dataclasses.asdict(config),
+                                "controller_config": dataclasses.asdict(controller.config),
+                                "task": task.describe()})
+            env.reset(seed=opts.seed)
+            save_checkpoint(out_dir, env, controller, recorder, tracker)
+        else:
+            controller.load_state_dict(checkpoint["controller"])
+            env.load_state_dict(checkpoint["env"])
+            recorder.history = list(checkpoint["history"])
+            recorder.faults = sum(1 for e in recorder.history if e["event"] == "fault")
+            # events the killed process had not flushed to MLflow yet are logged now
+            for event in recorder.history[checkpoint.get("logged", 0):]:
+                tracker.on_event(event, names)
+            recorder.checkpoint_flush(min_interval=0.0)
+        if progress is not None:
+            progress("start", {"budget": budget, "done": env.probes, "out_dir": str(out_dir)})
+
+        last_checkpoint = [time.perf_counter()]
+
+        def on_round(ctrl: Controller) -> None:
+            step = env.probes
+            tracker.metrics({f"controller/{k}": v for k, v in ctrl.state().items()}, step)
+            # At most every CHECKPOINT_EVERY_S: a resumed run redoes the (deterministic) rounds
+            # since, so nothing is lost or repeated, and microsecond probes are not slowed down.
+            if time.perf_counter() - last_checkpoint[0] >= CHECKPOINT_EVERY_S:
+                recorder.checkpoint_flush()
+                save_checkpoint(out_dir, env, ctrl, recorder, tracker)
+                last_checkpoint[0] = time.perf_counter()
+
         t0 = time.perf_counter()
         learned = controller.run(budget, on_round)
         learned = task.knob.validate(learned)
@@ -268,25 +281,9 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
             "mlflow_run_id": tracker.run_id,
             "tracking_uri": tracker.uri,
             "out_dir": str(out_dir),
+            "tracking_s": tracker.seconds - tracker.setup_seconds,
         }
-        result["tracking_s"] = tracker.seconds - tracker.setup_seconds
         atomic_write_json(out_dir / RESULT, result)  # the result is safe before anything else can fail
-        tracker.metrics({f"test/{k}": v for k, v in metrics.items()}, env.probes)
-        tracker.metrics({f"time/{k}": v for k, v in phases.items()})
-        try:
-            from hpctl.plots import plot_run
-
-            png = plot_run(recorder.history, names, out_dir / "run.png",
-                           title=f"{spec.plugin} / {controller.name} / seed {opts.seed}",
-                           optimum=None if optimum is None else optimum, learned=learned)
-            tracker.artifact(png)
-        except Exception as exc:  # noqa: BLE001 - a plot never costs a finished result
-            tracker.set_tags({"plot_error": str(exc)[:500]})
-        atomic_write_json(out_dir / "history.json", recorder.history)
-        tracker.artifact(out_dir / RESULT)
-        tracker.artifact(out_dir / "history.json")
-        log_outputs(tracker, getattr(task, "artifacts", lambda: [])())
-        return result
     except KeyboardInterrupt:
         # The checkpoint of the last finished round stays: it is consistent, a mid-round state is not.
         status, error = "KILLED", "interrupted (Ctrl-C); resume with --resume " + str(out_dir)
@@ -299,8 +296,52 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         (out_dir / "error.txt").write_text(traceback.format_exc())
         raise
     finally:
-        tracker.end(status, error)
+        if result is None:  # failed or interrupted: record it, then let the error through
+            _end_quietly(tracker, status, error)
+            task.close()
+    # The run is finished and its result is on disk: from here on, a failure to upload
+    # or plot is recorded as a warning tag and never turns the run into a crash.
+    try:
+        _record_outputs(tracker, task, recorder, result, out_dir, names, spec, learned, optimum)
+    except Exception as exc:  # noqa: BLE001
+        _warn(tracker, f"outputs not fully recorded: {type(exc).__name__}: {exc}")
+    finally:
+        _end_quietly(tracker, "FINISHED", None)
         task.close()
+    return result
+
+
+def _warn(tracker: Tracker, message: str) -> None:
+    try:
+        tracker.set_tags({"warning": message[:500]})
+    except Exception:  # noqa: BLE001 - the store itself is failing; the run directory has everything
+        pass
+
+
+def _end_quietly(tracker: Tracker, status: str, error: str | None) -> None:
+    try:
+        tracker.end(status, error)
+    except Exception:  # noqa: BLE001 - never mask the run's own outcome with a store failure
+        pass
+
+
+def _record_outputs(tracker: Tracker, task, recorder: RunRecorder, result: dict[str, Any], out_dir: Path,
+                    names: tuple[str, ...], spec: RunSpec, learned: np.ndarray, optimum: np.ndarray | None) -> None:
+    tracker.metrics({f"test/{k}": v for k, v in result["metrics"].items()}, result["probes"])
+    tracker.metrics({f"time/{k}": v for k, v in result["phases"].items()})
+    atomic_write_json(out_dir / "history.json", recorder.history)
+    try:
+        from hpctl.plots import plot_run
+
+        png = plot_run(recorder.history, names, out_dir / "run.png",
+                       title=f"{spec.plugin} / {result['controller']} / seed {result['seed']}",
+                       optimum=optimum, learned=learned)
+        tracker.artifact(png)
+    except Exception as exc:  # noqa: BLE001 - a plot never costs a finished result
+        _warn(tracker, f"plot failed: {exc}")
+    tracker.artifact(out_dir / RESULT)
+    tracker.artifact(out_dir / "history.json")
+    log_outputs(tracker, getattr(task, "artifacts", lambda: [])())
 
 
 def _size_mb(path: Path) -> float:
@@ -328,10 +369,10 @@ def log_outputs(tracker: Tracker, paths: list[Path]) -> None:
 
 
 def save_checkpoint(out_dir: Path, env: ControlEnv, controller: Controller, recorder: RunRecorder,
-                    run_id: str) -> None:
+                    tracker: Tracker) -> None:
     """Write ``checkpoint.pt`` atomically (pickle; tensors in task snapshots pickle as well)."""
     state = {"env": env.state_dict(), "controller": controller.state_dict(), "history": recorder.history,
-             "logged": recorder.logged, "mlflow_run_id": run_id}
+             "logged": recorder.logged, "mlflow_run_id": tracker.run_id, "tracking_uri": tracker.uri}
     atomic_write_bytes(out_dir / CHECKPOINT, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
 
 
@@ -340,6 +381,8 @@ def load_checkpoint(out_dir: Path, spec: RunSpec) -> dict[str, Any]:
         raise ResumeError(f"{str(out_dir)!r} is not an hpctl run directory (no {SPEC})")
     if not (out_dir / CHECKPOINT).is_file():
         raise ResumeError(f"{str(out_dir)!r} has no {CHECKPOINT} to resume from")
+    if (out_dir / RESULT).is_file():
+        raise ResumeError(f"the run in {str(out_dir)!r} has finished ({RESULT} exists); nothing to resume")
     try:
         with open(out_dir / CHECKPOINT, "rb") as fh:
             return pickle.load(fh)

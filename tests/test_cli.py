@@ -128,3 +128,27 @@ def test_list_shows_plugins_controllers_and_ids(hpctl_main):
     assert code == 0
     for word in ("synthetic", "grasp_lora", "grpo", "ppo", "grid", "hpctl/Landscape-v0"):
         assert word in out
+
+
+def test_resume_refuses_finished_runs_and_extra_flags(hpctl_main):
+    code, _, err = hpctl_main("run", "synthetic", "-c", "random", "--budget", "8", "--out", "done")
+    assert code == 0, err
+    code, _, err = hpctl_main("run", "synthetic", "--resume", "done")
+    assert code != 0 and "has finished" in err and len(err.strip().splitlines()) == 1
+    code, _, err = hpctl_main("run", "synthetic", "--resume", "done", "--budget", "9")
+    assert code != 0 and "drop --budget" in err
+
+
+def test_compare_rejects_a_setting_that_names_no_controller(hpctl_main):
+    code, _, err = hpctl_main("compare", "synthetic", "--controllers", "grpo,grid", "--set", "k=4")
+    assert code != 0 and "names no controller" in err and len(err.strip().splitlines()) == 1
+
+
+def test_config_values_are_type_checked(hpctl_main, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("out: 5\n")
+    code, _, err = hpctl_main("run", "synthetic", "--config", str(cfg))
+    assert code == 2 and "out must be a string" in err
+    cfg.write_text("controller: [grpo]\n")
+    code, _, err = hpctl_main("run", "synthetic", "--config", str(cfg))
+    assert code == 2 and "controller must be a string" in err

@@ -26,9 +26,9 @@ Anything SB3 accepts can be set with ``kwargs`` and ``policy_kwargs``.
 
 Seeding: ``seed`` goes to the SB3 model (python, numpy, torch and the action space);
 the same seed gives the same probes on CPU. Threads (``torch.set_num_threads``) are the
-caller's choice. Resume: the learner's weights and buffers are not checkpointed; a
-resumed run continues the env's training run with a fresh learner for the rest of the
-budget.
+caller's choice. Resume: the learner's weights and buffers are not checkpointed, so
+``--resume`` of an SB3 run is refused (a fresh learner would not end where the
+interrupted run would have).
 """
 
 from __future__ import annotations

@@ -221,7 +221,7 @@ class GraspTask(Task):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         for name in EVAL_SPLITS:
             self.splits[name] = self._encode(getattr(data, name))
-        for name in ("target_train", "micro_dev"):
+        for name in ("target_train", "micro_dev", "test"):
             if not self.splits[name].encoded:
                 raise ConfigError(f"the {name.replace('_', '-')} split is empty; raise --{name.replace('_', '-')}")
         self.notes["split_sizes"] = data.sizes()
@@ -498,9 +498,10 @@ class GraspTask(Task):
         """
         self._ensure_ready()
         with self._phase("target_only"):
-            self._suspend_merged()
-            tmp = ad.DeltaAdapter(self.model, self.target_factors)
+            tmp = None
             try:
+                self._suspend_merged()
+                tmp = ad.DeltaAdapter(self.model, self.target_factors)
                 params = tmp.parameters()
                 for p in params:
                     p.requires_grad_(True)
@@ -514,7 +515,8 @@ class GraspTask(Task):
                 self._last_predictions = ("test", preds)
                 self._write_predictions("target_only_test_predictions.jsonl")
             finally:
-                tmp.remove()
+                if tmp is not None:
+                    tmp.remove()
                 self._resume_merged()
         return scores
 

@@ -27,9 +27,15 @@ def _make(tmp: Path, **overrides):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
+    from hpctl.plugins.grasp_lora.backbone import load_backbone
+
     task = _make(tmp_path_factory.mktemp("grasp_task"))
     task.reset(0)
-    frozen = {n: p.detach().clone() for n, p in task.backbone_parameters().items()}
+    # the reference is a fresh load of the (deterministic) tiny backbone, so writes during
+    # the adapter-training phase of reset() would be caught too
+    fresh, _, _ = load_backbone("tiny")
+    frozen = {n: p.detach().clone() for n, p in fresh.named_parameters()}
+    assert set(frozen) == set(task.backbone_parameters())
     yield task, frozen
     task.close()
 
