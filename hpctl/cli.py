@@ -268,6 +268,8 @@ def build_compare_command(plugin) -> click.Command:
             while bars:
                 bars.pop().__exit__(None, None, None)
         console.print(summary_table(result))
+        for f in result.get("failures", []):
+            console.print(f"[red]failed[/red]: {f['controller']} seed {f['seed']}: {f['error']} ({f['out_dir']})")
         console.print(f"compare.json, compare.png in {result['out_dir']}; MLflow parent run {result['mlflow_run_id']}")
         if kwargs.get("as_json"):
             click.echo(json.dumps(result, default=str))

@@ -9,6 +9,7 @@ the plugin knows it), the probes spent and the wall time.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +18,7 @@ import numpy as np
 
 from hpctl.agents.base import get_controller
 from hpctl.config import RunOptions
-from hpctl.errors import ConfigError
+from hpctl.errors import ConfigError, HpctlError
 from hpctl.registry import load_plugin
 from hpctl.runner import RunSpec, atomic_write_json, prepare_out_dir, run
 from hpctl.tracking import Tracker
@@ -80,6 +81,7 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
     parent.log_params({"controllers": ",".join(controllers), "seeds": seeds, "budget": base.budget,
                        "plugin_config": plugin_config})
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in controllers}
+    failures: list[dict[str, Any]] = []
     trajs: dict[str, list] = {c: [] for c in controllers}
     status, error = "FINISHED", None
     try:
@@ -89,13 +91,21 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
                 opts = dataclasses.replace(base, controller=ctrl, seed=seed, out=str(out_dir / f"{ctrl}-s{seed}"),
                                            controller_config=settings_for(ctrl, base))
                 progress = on_run(ctrl, seed) if on_run else None
-                res = run(RunSpec(plugin=plugin_name, options=opts, plugin_config=plugin_config),
-                          parent_run_id=parent.run_id, progress=progress)
+                try:
+                    res = run(RunSpec(plugin=plugin_name, options=opts, plugin_config=plugin_config),
+                              parent_run_id=parent.run_id, progress=progress)
+                except HpctlError:
+                    raise  # the same bad input would fail every run
+                except Exception as exc:  # noqa: BLE001 - one crashed run does not cost the others
+                    failures.append({"controller": ctrl, "seed": seed, "error": f"{type(exc).__name__}: {exc}",
+                                     "out_dir": opts.out})
+                    continue
                 runs[ctrl].append(res)
-                import json
-
                 hist = json.loads((Path(res["out_dir"]) / "history.json").read_text())
                 trajs[ctrl].append(trajectory(hist, list(res["learned"].values()), res["probes"]))
+        if not any(runs.values()):
+            raise RuntimeError(f"every run failed; the first: {failures[0]['error']} (see {failures[0]['out_dir']})")
+        runs = {c: rs for c, rs in runs.items() if rs}
         metric = plugin.primary_metric
         summary = {}
         for ctrl, rs in runs.items():
@@ -113,7 +123,7 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
                   "primary_metric": metric, "optimum": first.get("optimum"), "summary": summary,
                   "runs": {c: [{k: r[k] for k in ("seed", "learned", "metrics", "probes", "wall_s", "mlflow_run_id")}
                                for r in rs] for c, rs in runs.items()},
-                  "mlflow_run_id": parent.run_id, "out_dir": str(out_dir)}
+                  "failures": failures, "mlflow_run_id": parent.run_id, "out_dir": str(out_dir)}
         atomic_write_json(out_dir / "compare.json", result)
         parent.artifact(out_dir / "compare.json")
         for ctrl, s in summary.items():

@@ -148,3 +148,23 @@ def test_nan_and_raising_probes_do_not_poison_the_controller(tmp_path):
     assert all(np.isfinite(v) for v in ctrl.state().values())
     assert len(faults) >= 10
     assert any("overflow" in f["error"] for f in faults)
+
+
+def test_compare_keeps_going_when_one_run_crashes(tmp_path, tracking_uri, monkeypatch):
+    import hpctl.agents.search as search
+    import hpctl.compare as cmp
+
+    original = search.RandomSearch.run
+
+    def crash_on_seed_1(self, budget, callback=None):
+        if self.seed == 1:
+            raise RuntimeError("simulated controller crash")
+        return original(self, budget, callback)
+
+    monkeypatch.setattr(search.RandomSearch, "run", crash_on_seed_1)
+    res = cmp.compare("synthetic", ["random", "grid"], 2, RunOptions(budget=8, tracking_uri=tracking_uri), {},
+                      out=str(tmp_path / "cmp"))
+    assert [f["seed"] for f in res["failures"]] == [1]
+    assert "simulated controller crash" in res["failures"][0]["error"]
+    assert len(res["runs"]["random"]) == 1 and len(res["runs"]["grid"]) == 2
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["failures"]
