@@ -8,6 +8,7 @@ soon as the result exists, before plots and artifact uploads) and ``run.png``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -208,6 +209,8 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         raise
     recorder = RunRecorder(names, tracker)
     env.listeners.append(recorder)
+    phases_runs = PhaseRuns(tracker, experiment or f"hpctl-{spec.plugin}")
+    task.phase_listener = phases_runs
     if progress is not None:
         env.listeners.append(lambda e: progress("probe", e) if e["event"] == "probe" else None)
 
@@ -252,8 +255,9 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
                 last_checkpoint[0] = time.perf_counter()
 
         t0 = time.perf_counter()
-        learned = controller.run(budget, on_round)
-        learned = task.knob.validate(learned)
+        with phases_runs.phase("controller"):
+            learned = controller.run(budget, on_round)
+            learned = task.knob.validate(learned)
         t_control = time.perf_counter() - t0
         if progress is not None:
             progress("phase", {"name": "final"})
@@ -309,6 +313,41 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         _end_quietly(tracker, "FINISHED", None)
         task.close()
     return result
+
+
+class PhaseRuns:
+    """Nested MLflow runs, one per long phase (the controller run, a plugin's adapter training).
+
+    Used as a task's ``phase_listener``; each child run gets the phase's wall time and
+    whatever counters the plugin reports. Tracking problems here only cost the child run.
+    """
+
+    def __init__(self, parent: Tracker, experiment: str) -> None:
+        self.parent = parent
+        self.experiment = experiment
+        self.open: dict[str, Tracker] = {}
+
+    def __call__(self, name: str, event: str, info: dict[str, Any]) -> None:
+        try:
+            if event == "start":
+                self.open[name] = Tracker(self.parent.uri, self.experiment, run_name=name,
+                                          parent_run_id=self.parent.run_id, tags={"hpctl.phase": name})
+            elif name in self.open:
+                child = self.open.pop(name)
+                child.metrics({k: v for k, v in info.items() if isinstance(v, (int, float))})
+                child.end(str(info.get("status", "FINISHED")))
+        except Exception as exc:  # noqa: BLE001
+            _warn(self.parent, f"nested run for phase {name!r} not recorded: {exc}")
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        t0, status = time.perf_counter(), "FAILED"
+        self(name, "start", {})
+        try:
+            yield
+            status = "FINISHED"
+        finally:
+            self(name, "end", {"seconds": time.perf_counter() - t0, "status": status})
 
 
 def _warn(tracker: Tracker, message: str) -> None:

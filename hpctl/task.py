@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -40,6 +40,10 @@ class Task(ABC):
     knob: Knob
     #: optimizer steps in one full training run
     total_steps: int = 100
+    #: set by the runner; a plugin calls ``phase_listener(name, "start", {})`` and
+    #: ``phase_listener(name, "end", {"seconds": ..., "status": "FINISHED"|"FAILED", ...})``
+    #: around its long phases (e.g. training an adapter), and each becomes a nested MLflow run
+    phase_listener: Callable[[str, str, dict[str, Any]], None] | None = None
 
     @abstractmethod
     def reset(self, seed: int | None = None) -> None:

@@ -74,6 +74,8 @@ from hpctl.plugins.grasp_lora.backbone import (
 from hpctl.task import Task
 
 EVAL_SPLITS = ("micro_dev", "dev", "test", "target_train", "source_train")
+#: phases long enough to get a nested MLflow run each (through ``Task.phase_listener``)
+NESTED_PHASES = ("source_adapter", "target_adapter", "final_train", "target_only")
 PROBE_METRICS = ("loss", "f1", "rouge")
 GROUPS = {"attn": ad.ATTN_TARGETS, "mlp": ad.MLP_TARGETS}
 
@@ -182,15 +184,23 @@ class GraspTask(Task):
     def _phase(self, name: str) -> Iterator[None]:
         before = PassCounter(**vars(self.counter))
         t0 = time.perf_counter()
+        listener = self.phase_listener if name in NESTED_PHASES else None
+        if listener is not None:
+            listener(name, "start", {})
+        status = "FAILED"
         try:
             yield
+            status = "FINISHED"
         finally:
             key = f"{name}_s"
-            self.phase_seconds[key] = self.phase_seconds.get(key, 0.0) + time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            self.phase_seconds[key] = self.phase_seconds.get(key, 0.0) + seconds
             done = {k: v - getattr(before, k) for k, v in vars(self.counter).items()}
             acc = self.phase_passes.setdefault(name, {k: 0 for k in done})
             for k, v in done.items():
                 acc[k] = acc.get(k, 0) + v
+            if listener is not None:
+                listener(name, "end", {"seconds": seconds, "status": status, **done})
 
     # ------------------------------------------------------------------ setup ----------
     def _ensure_ready(self) -> None:

@@ -216,6 +216,16 @@ def test_cli_smoke_pipeline_and_eval(hpctl_main, tmp_path):
     run = tmp_path / "run"
     assert (run / "final_adapter" / "adapter_model.safetensors").is_file()
 
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(result["tracking_uri"])
+    exp = client.get_run(result["mlflow_run_id"]).info.experiment_id
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}'")
+    names = {c.info.run_name: c for c in children}
+    assert {"source_adapter", "target_adapter", "controller", "final_train", "target_only"} <= set(names)
+    assert names["source_adapter"].data.metrics["backward"] > 0
+    assert all(c.info.status == "FINISHED" for c in children)
+
     data = {"version": "1", "data": [{"title": "t", "paragraphs": [{
         "context": "باريس هي عاصمة فرنسا.",
         "qas": [{"id": "q1", "question": "ما هي عاصمة فرنسا؟", "answers": [{"text": "باريس", "answer_start": 0}]}]}]}]}
