@@ -624,7 +624,7 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
                 tracker.metrics({f"controller/{k}": v for k, v in ctrl.state().items()}, env.probes)
                 if time.perf_counter() - last_checkpoint[0] >= CHECKPOINT_EVERY_S:
                     recorder.checkpoint_flush()
-                    save_checkpoint(out_dir, env, ctrl, recorder, tracker.run_id)
+                    save_checkpoint(out_dir, env, ctrl, recorder, tracker)
                     last_checkpoint[0] = time.perf_counter()
                 elapsed += time.perf_counter() - t0
                 tokens += task.counter.tokens - before

@@ -55,8 +55,13 @@ CASES = [
     (["--budget", "-3"], "budget must be > 0"),
     (["--knob", "dropout"], "dropout"),
     (["--out", "/proc/hpctl-cannot-write"], "not writable"),
-    (["--resume", "/tmp"], "not an hpctl run directory"),
+    (["--resume", "/tmp"], "drop --preset"),  # a resumed run takes no other flags
 ]
+
+
+def test_resume_of_a_directory_that_is_not_a_run(hpctl_main, tmp_path):
+    code, _, err = hpctl_main("run", "grasp_lora", "--resume", str(tmp_path))
+    assert code != 0 and "not an hpctl run directory" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("extra, message", CASES, ids=[" ".join(c[0]) for c in CASES])
