@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -27,7 +28,10 @@ COMMON_FLAGS = ("controller", "seed", "budget", "group_size", "commit_rule", "re
 def _console(stderr: bool = True):
     from rich.console import Console
 
-    return Console(stderr=stderr)
+    stream = sys.stderr if stderr else sys.stdout
+    # piped or captured output has no terminal width: rich would fold tables at 80 columns
+    width = None if stream.isatty() or "COLUMNS" in os.environ else 140
+    return Console(stderr=stderr, width=width)
 
 
 # --------------------------------------------------------------------- options --
