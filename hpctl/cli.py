@@ -20,7 +20,7 @@ import click
 from click.core import ParameterSource
 
 from hpctl.config import COMPARE_KEYS, RunOptions, field_type, load_yaml, split_config
-from hpctl.errors import ConfigError, HpctlError
+from hpctl.errors import ConfigError, HpctlError, one_line
 
 COMMON_FLAGS = ("controller", "seed", "budget", "group_size", "commit_rule", "reward", "out", "tracking_uri")
 
@@ -366,9 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("hpctl: interrupted; the run directory has a checkpoint (resume with --resume DIR)", err=True)
         return 130
     except Exception as exc:  # noqa: BLE001 - never a traceback on the terminal
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"hpctl: error: {type(exc).__name__}: {first} (details in the run directory's error.txt)",
-                   err=True)
+        click.echo(f"hpctl: error: {one_line(exc)} (details in the run directory's error.txt)", err=True)
         return 1
 
 

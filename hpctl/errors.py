@@ -23,3 +23,12 @@ class PluginError(HpctlError):
 
 class ResumeError(HpctlError):
     """`--resume` on a directory that is not a resumable run of this command."""
+
+
+def one_line(exc: BaseException, *, with_type: bool = True) -> str:
+    """``"Type: first line of the message"``: how an unexpected error is shown to a user."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if not with_type:
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}".rstrip(": ")

