@@ -175,6 +175,41 @@ def test_masked_forward_uses_exactly_w_plus_m_times_dw(installed):
         torch.testing.assert_close(mod(x), lora)
 
 
+def test_probe_and_training_paths_see_bit_identical_weights(installed):
+    _, _, adapter, _ = installed
+    pruner = ad.GlobalMagnitudePruner(adapter)
+    x = torch.randn(3, 4, next(iter(adapter.modules.values())).in_features)
+    for ratio in (0.0, 0.3, 0.8, 1.0):
+        with pruner.applied(ratio) as masks, torch.no_grad():
+            probe = {n: m(x) for n, m in adapter.modules.items() if m.in_features == x.shape[-1]}
+            kept = {n: masks[n] for n in probe}
+        train_masks = pruner.set_training_masks(ratio)
+        with torch.no_grad():
+            for n, want in probe.items():
+                assert torch.equal(adapter.modules[n](x), want), (ratio, n)
+                if kept[n] is not None:  # the float training mask is the probe's keep-mask
+                    assert torch.equal(train_masks[n].bool(), kept[n])
+        pruner.clear_training_masks()
+
+
+def test_masked_delta_gradient_is_the_chain_rule():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, dtype=torch.double, requires_grad=True)
+    A = torch.randn(2, 5, dtype=torch.double, requires_grad=True)
+    B = torch.randn(4, 2, dtype=torch.double, requires_grad=True)
+    W = torch.randn(4, 5, dtype=torch.double)
+    for mask in ((torch.rand(4, 5) > 0.5).double(), None):
+        assert torch.autograd.gradcheck(lambda x, A, B: ad._MaskedDeltaLinear.apply(x, A, B, W, None, mask, 1.7),
+                                        (x, A, B))
+        # and it matches autograd through the plain expression
+        out = ad._MaskedDeltaLinear.apply(x, A, B, W, None, mask, 1.7).sum()
+        ref = F.linear(x, W + (1 if mask is None else mask) * ((B * 1.7) @ A)).sum()
+        g1 = torch.autograd.grad(out, (x, A, B))
+        g2 = torch.autograd.grad(ref, (x, A, B))
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(a, b)
+
+
 def test_apply_and_undo_is_bit_exact_also_on_exceptions(installed):
     model, tok, adapter, originals = installed
     pruner = ad.GlobalMagnitudePruner(adapter)
