@@ -35,15 +35,25 @@ Every backbone parameter is frozen (``requires_grad=False``) and the model is in
 A missing or unreadable backbone raises :class:`~hpctl.errors.ConfigError` with a one-line
 message naming it. Progress messages of the long first load go to stderr.
 
+Device and dtype: ``load_backbone(..., dtype=, device=)`` loads the weights in ``dtype``
+(``float32`` by default; :data:`DTYPES` names the choices) and moves the model to ``device``
+(``cpu`` by default; ``cuda``, ``cuda:N``, ``mps``). The GGUF caches stay float32
+safetensors on disk and are cast while loading; the tiny model is built in float32 from its
+seed and then cast, so it is the same model in every dtype up to rounding.
+:func:`resolve_device` / :func:`resolve_dtype` turn the option strings into torch objects
+and raise a one-line ConfigError for an unknown name or a device that is not available
+(call them before loading anything).
+
 Running (used by the adapters and the task):
 
 * :func:`encode_example` / :func:`encode_prompt` tokenise ``prompt + target`` (BOS, target
   tokens, EOS), truncating long prompts from the left (after BOS) so the question and the
   ``Answer:`` cue stay in.
-* :func:`collate` right-pads a batch and marks the *label positions*; :func:`answer_loss`
-  runs the model with ``logits_to_keep`` set to that boolean mask, so the 262k-way LM head
-  is applied only where a target token is predicted (design.md: this halves step time), and
-  returns the summed token cross-entropy.
+* :func:`collate` right-pads a batch and marks the *label positions* (CPU tensors: batches
+  are built once and kept); :func:`answer_loss` moves the batch to the model's device, runs
+  the model with ``logits_to_keep`` set to that boolean mask, so the 262k-way LM head is
+  applied only where a target token is predicted (design.md: this halves step time), and
+  returns the summed token cross-entropy, computed in float32 whatever the model's dtype.
 * :func:`length_batches` groups examples of similar length; :func:`greedy_generate`
   left-pads prompts and decodes greedily.
 * :class:`PassCounter` counts backbone forward/backward passes for benchmarks.
@@ -90,6 +100,63 @@ TINY_CONFIG: dict[str, Any] = {
     "tie_word_embeddings": True,
 }
 TINY_SEED = 1234
+
+#: the ``--dtype`` choices
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: the ``--device`` spellings (``cuda:N`` picks one GPU)
+DEVICES = ("cpu", "cuda", "cuda:N", "mps")
+
+
+# ----------------------------------------------------------------------------- device and dtype
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"``, ``"bfloat16"`` or ``"float16"`` (or such a torch dtype) as a torch dtype; else ConfigError."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+    elif str(dtype).strip().lower() in DTYPES:
+        return DTYPES[str(dtype).strip().lower()]
+    raise ConfigError(f"unknown dtype {str(dtype)!r} (choose from {', '.join(DTYPES)})")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` as a torch device, checked to be usable here.
+
+    Raises a one-line ConfigError for another spelling or a device this machine (or this
+    torch build) does not have. Nothing is allocated on the device.
+    """
+    text = str(device).strip().lower()
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps") or (dev.type != "cuda" and dev.index not in (None, 0)):
+        raise ConfigError(f"unknown device {str(device)!r} (choose from {', '.join(DEVICES)})")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)")
+            raise ConfigError(f"device {text!r} is not available: {why} (torch {torch.__version__}); "
+                              "use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {text!r} is not available: {count} CUDA GPU(s) visible "
+                              f"(cuda:0 to cuda:{count - 1})")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"device {text!r} is not available: no Apple MPS backend on this machine "
+                              "or torch build; use --device cpu")
+        dev = torch.device("mps")
+    else:
+        dev = torch.device("cpu")
+    return dev
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device ``model``'s parameters live on (CPU for a model without any)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -273,45 +340,58 @@ def tiny_model(tokenizer, *, seed: int = TINY_SEED, dtype: torch.dtype = torch.f
 
 
 def load_backbone(spec: str = DEFAULT_BACKBONE, *, cache_dir: str | Path | None = None,
-                  dtype: torch.dtype = torch.float32):
+                  dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Load a frozen causal LM and its tokenizer: ``(model, tokenizer, name)``.
 
-    See the module docstring for the accepted ``spec`` values. The tokenizer object is shared
-    between loads of the same folder (treat it as read-only). Raises ConfigError when the
-    backbone is missing or unreadable.
+    See the module docstring for the accepted ``spec`` values. The weights are loaded in
+    ``dtype`` and the model is moved to ``device`` (both checked first, see
+    :func:`resolve_dtype` / :func:`resolve_device`). The tokenizer object is shared between
+    loads of the same folder (treat it as read-only). Raises ConfigError when the backbone is
+    missing or unreadable, or the dtype or device is unknown or unavailable.
     """
+    dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
     spec = str(spec).strip()
     if not spec:
         raise ConfigError("backbone is empty (use 'gemma3-270m', 'tiny', a local path or a hub id)")
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     try:
-        if spec in (DEFAULT_BACKBONE, TINY_BACKBONE):
-            if spec == TINY_BACKBONE:
-                tok_dir = _tokenizer_dir(cache, _assemble_default_gguf, DEFAULT_BACKBONE)
-                tokenizer = _cached_tokenizer(tok_dir)
-                return tiny_model(tokenizer, dtype=dtype), tokenizer, "tiny-gemma3 (random, 2 layers, d=64)"
-            folder = _model_dir(cache, _assemble_default_gguf, DEFAULT_BACKBONE)
-            return _load_hf_folder(folder, dtype, "gemma-3-270m (Q4_K_M GGUF, dequantised)")
-        path = Path(spec).expanduser()
-        if path.is_file() and path.suffix == ".gguf":
-            folder = _model_dir(cache, _gguf_file_source(path), _gguf_key(path))
-            return _load_hf_folder(folder, dtype, path.name)
-        if path.is_dir() and not (path / "config.json").exists():
-            ggufs = sorted(path.glob("*.gguf"))
-            if len(ggufs) == 1:
-                folder = _model_dir(cache, _gguf_file_source(ggufs[0]), _gguf_key(ggufs[0]))
-                return _load_hf_folder(folder, dtype, ggufs[0].name)
-            raise ConfigError(f"backbone {spec!r}: folder has no config.json"
-                              + (f" and {len(ggufs)} .gguf files (pass one file)" if ggufs else ""))
-        looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
-        if looks_like_path and not path.exists():
-            raise ConfigError(f"backbone {spec!r} does not exist (expected 'gemma3-270m', 'tiny', a local "
-                              "model folder, a .gguf file or a hub id)")
-        return _load_generic(spec, dtype)
+        model, tokenizer, name = _load_backbone(spec, cache, dtype)
+        if dev.type != "cpu":
+            model.to(dev)
+        return model, tokenizer, name
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure is "this backbone cannot be loaded"
-        raise ConfigError(f"backbone {spec!r} cannot be loaded: {one_line(exc)}") from None
+        raise ConfigError(f"backbone {spec!r} cannot be loaded{'' if dev.type == 'cpu' else f' on {dev}'}: "
+                          f"{one_line(exc)}") from None
+
+
+def _load_backbone(spec: str, cache: Path, dtype: torch.dtype):
+    """``load_backbone`` on the CPU (errors not yet turned into ConfigError)."""
+    if spec in (DEFAULT_BACKBONE, TINY_BACKBONE):
+        if spec == TINY_BACKBONE:
+            tok_dir = _tokenizer_dir(cache, _assemble_default_gguf, DEFAULT_BACKBONE)
+            tokenizer = _cached_tokenizer(tok_dir)
+            return tiny_model(tokenizer, dtype=dtype), tokenizer, "tiny-gemma3 (random, 2 layers, d=64)"
+        folder = _model_dir(cache, _assemble_default_gguf, DEFAULT_BACKBONE)
+        return _load_hf_folder(folder, dtype, "gemma-3-270m (Q4_K_M GGUF, dequantised)")
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        folder = _model_dir(cache, _gguf_file_source(path), _gguf_key(path))
+        return _load_hf_folder(folder, dtype, path.name)
+    if path.is_dir() and not (path / "config.json").exists():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            folder = _model_dir(cache, _gguf_file_source(ggufs[0]), _gguf_key(ggufs[0]))
+            return _load_hf_folder(folder, dtype, ggufs[0].name)
+        raise ConfigError(f"backbone {spec!r}: folder has no config.json"
+                          + (f" and {len(ggufs)} .gguf files (pass one file)" if ggufs else ""))
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+    if looks_like_path and not path.exists():
+        raise ConfigError(f"backbone {spec!r} does not exist (expected 'gemma3-270m', 'tiny', a local "
+                          "model folder, a .gguf file or a hub id)")
+    return _load_generic(spec, dtype)
 
 
 def _load_generic(spec: str, dtype: torch.dtype):
@@ -403,9 +483,19 @@ class Batch:
     def n_labels(self) -> int:
         return int(self.labels.numel())
 
+    def to(self, device: torch.device | str) -> "Batch":
+        """This batch on ``device`` (``self`` when it is there already)."""
+        device = torch.device(device)
+        if self.input_ids.device == device:
+            return self
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.keep, self.labels)))
+
 
 def collate(items: Sequence[Encoded], pad_id: int) -> Batch:
-    """Right-pad ``items``; labels are the target tokens in row-major order of ``keep``."""
+    """Right-pad ``items``; labels are the target tokens in row-major order of ``keep``.
+
+    The tensors are on the CPU; the functions that run the model move a batch to its device.
+    """
     width = max(len(e.ids) for e in items)
     ids = torch.full((len(items), width), int(pad_id), dtype=torch.long)
     att = torch.zeros((len(items), width), dtype=torch.long)
@@ -446,8 +536,10 @@ def label_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Logits at the label positions only, shape ``(n_labels, vocab)``.
 
     Passes the boolean ``keep`` mask as ``logits_to_keep`` so the LM head runs only there;
-    a model that ignores it (full logits back) is indexed afterwards.
+    a model that ignores it (full logits back) is indexed afterwards. The batch is moved to
+    the model's device first; the logits are in the model's dtype.
     """
+    batch = batch.to(model_device(model))
     try:
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                     logits_to_keep=batch.keep, use_cache=False)
@@ -462,16 +554,19 @@ def label_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def answer_loss(model: torch.nn.Module, batch: Batch, counter: PassCounter | None = None) -> torch.Tensor:
-    """Summed cross-entropy over the batch's target tokens (divide by ``batch.n_labels`` for the mean)."""
+    """Summed cross-entropy over the batch's target tokens (divide by ``batch.n_labels`` for the mean).
+
+    A float32 scalar on the model's device (the logits are upcast before the cross-entropy).
+    """
     logits = label_logits(model, batch)
     if counter is not None:
         counter.forward += 1
         counter.tokens += int(batch.attention_mask.sum())
-    return F.cross_entropy(logits.float(), batch.labels, reduction="sum")
+    return F.cross_entropy(logits.float(), batch.labels.to(logits.device), reduction="sum")
 
 
 def batched_loss(model: torch.nn.Module, batches: Sequence[Batch], counter: PassCounter | None = None) -> float:
-    """Mean token loss over fixed batches, without gradients."""
+    """Mean token loss over fixed batches, without gradients (float32 sums per batch, whatever the model's dtype)."""
     total, n = 0.0, 0
     with torch.no_grad():
         for b in batches:
@@ -485,7 +580,8 @@ def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[Sequenc
     """Greedy continuations of tokenised prompts (left-padded batches of similar length).
 
     The decoded text is stripped; with ``stop_at_newline`` it is cut at the first newline
-    (the prompts are line-structured, an answer or summary is one line).
+    (the prompts are line-structured, an answer or summary is one line). Runs on the model's
+    device.
     """
     from transformers import GenerationConfig
 
@@ -494,6 +590,7 @@ def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[Sequenc
                                   pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True)
     out: list[str] = [""] * len(prompts)
     order = length_batches([len(p) for p in prompts], batch_size)
+    device = model_device(model)
     with torch.no_grad():
         for idx in order:
             width = max(len(prompts[i]) for i in idx)
@@ -503,8 +600,9 @@ def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[Sequenc
                 p = list(prompts[i])
                 ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
                 att[row, width - len(p):] = 1
-            gen = model.generate(input_ids=ids, attention_mask=att, generation_config=gen_config)
-            new = gen[:, width:]
+            gen = model.generate(input_ids=ids.to(device), attention_mask=att.to(device),
+                                 generation_config=gen_config)
+            new = gen[:, width:].cpu()
             if counter is not None:
                 counter.generation_steps += int(new.shape[1])
                 counter.tokens += int(att.sum()) + int(new.numel())

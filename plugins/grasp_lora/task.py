@@ -35,6 +35,16 @@ Then the :class:`hpctl.task.Task` protocol:
     fine-tuned for the same number of steps on the same batches, no merging or pruning,
     tested the same way (``target_only_*`` keys).
 
+Device and dtype (``device``/``dtype``, default ``cpu``/``float32``): both are checked in the
+constructor (one-line ConfigError, before anything loads), then the frozen backbone is loaded
+in ``dtype`` on ``device``. Batches are built on the CPU and moved to the model where it runs
+(:mod:`.backbone`); every loss is a float32 cross-entropy on upcast logits. The trainable LoRA
+factors are *float32 master weights* whatever ``dtype`` is, cast to the backbone's dtype in
+the forward, so AdamW steps and its state stay float32: peft keeps the source/target adapters
+in float32 (``autocast_adapter_dtype``), and :class:`.adapters.DeltaLinear` does the same for the
+merged adapter. Snapshots hold the factors on ``device``; exported adapters are written from
+CPU tensors. The ``dtype`` is part of a reused adapter's fingerprint (except float32).
+
 Wall time per phase is in :attr:`GraspTask.phase_seconds` (merged into the run result) and
 backbone passes per phase in :attr:`GraspTask.phase_passes`; both are also written to
 ``out_dir/grasp_phases.json`` at the end.
@@ -69,6 +79,9 @@ from hpctl.plugins.grasp_lora.backbone import (
     greedy_generate,
     length_batches,
     load_backbone,
+    model_device,
+    resolve_device,
+    resolve_dtype,
     say,
 )
 from hpctl.task import Task
@@ -95,13 +108,44 @@ def _primary(task: str) -> str:
     return "rougeL" if task == "xlsum" else "f1"
 
 
+def encode_split(tokenizer, examples: Sequence[Any], cfg: Any, pad_id: int) -> _Split:
+    """Tokenise ``examples`` as the task and ``hpctl eval`` score them.
+
+    Teacher-forcing encodings (``max_len``/``max_target_len``) and their fixed evaluation
+    batches (``eval_batch_size``, by length), generation prompts (``max_len - max_new_tokens``),
+    references and ids. ``cfg`` is a resolved config.
+    """
+    enc = [encode_example(tokenizer, e.prompt, e.target, max_len=int(cfg.max_len),
+                          max_target_len=int(cfg.max_target_len)) for e in examples]
+    prompts = [encode_prompt(tokenizer, e.prompt, int(cfg.max_len) - int(cfg.max_new_tokens)) for e in examples]
+    batches = [collate([enc[i] for i in idx], pad_id)
+               for idx in length_batches([len(e.ids) for e in enc], int(cfg.eval_batch_size))] if enc else []
+    return _Split(enc, prompts, [list(e.references) for e in examples], [e.id for e in examples], batches)
+
+
+def split_metrics(model: Any, tokenizer, split: _Split, cfg: Any, lang: str,
+                  counter: PassCounter | None = None) -> tuple[dict[str, float], list[str]]:
+    """Greedy generations on ``split`` scored by :func:`.metrics.compute_metrics`, plus the mean ``loss``.
+
+    Returns ``(scores, predictions)``; the model runs as it is (masks, wrappers) on its device.
+    """
+    from hpctl.plugins.grasp_lora.metrics import compute_metrics
+
+    preds = greedy_generate(model, tokenizer, split.prompts, max_new_tokens=int(cfg.max_new_tokens),
+                            batch_size=int(cfg.eval_batch_size), counter=counter)
+    scores = compute_metrics(cfg.task, lang, preds, split.references)
+    scores["loss"] = batched_loss(model, split.batches, counter)
+    return scores, preds
+
+
 class GraspTask(Task):
     """GRASP LoRA on one task and target language; the knob is the global prune ratio.
 
     ``config`` is a resolved :class:`hpctl.plugins.grasp_lora.GraspLoraConfig` (no None
     left where a preset fills in). ``backbone`` optionally passes an already loaded
     ``(model, tokenizer, name)`` (tests share one); it is modified in place (wrappers)
-    but its parameters are never written.
+    but its parameters are never written, and it must already be in the config's dtype on
+    its device type (else ConfigError).
     """
 
     def __init__(self, config: Any, *, seed: int = 0, out_dir: str | Path = ".",
@@ -118,7 +162,9 @@ class GraspTask(Task):
         self.knob = Knob("prune_ratio", low=float(config.p_min), high=float(config.p_max),
                          default=start if dim == 1 else (start,) * dim, dim=dim, labels=labels,
                          units="fraction of merged-adapter delta entries pruned")
-        self.total_steps = int(config.steps)
+        #: the controller run (the env's episode); every fine-tune (final, grid point, baseline) is ``fine_tune_steps``
+        self.total_steps = int(config.controller_steps if config.controller_steps is not None else config.steps)
+        self.fine_tune_steps = int(config.steps)
         self.phase_seconds: dict[str, float] = {}
         self.phase_passes: dict[str, dict[str, int]] = {}
         self.counter = PassCounter()
@@ -147,8 +193,8 @@ class GraspTask(Task):
             raise ConfigError("probe metric 'f1' is for the QA tasks; use 'rouge' (or 'loss') for xlsum")
         if c.probe_metric == "rouge" and c.task != "xlsum":
             raise ConfigError(f"probe metric 'rouge' is for xlsum; use 'f1' (or 'loss') for {c.task}")
-        for name in ("steps", "batch_size", "eval_batch_size", "max_len", "max_target_len", "max_new_tokens",
-                     "mask_every", "lora_r"):
+        for name in ("steps", "controller_steps", "batch_size", "eval_batch_size", "max_len", "max_target_len",
+                     "max_new_tokens", "mask_every", "lora_r"):
             if int(getattr(c, name)) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
         for name in ("source_steps", "target_steps", "export_rank"):
@@ -162,6 +208,9 @@ class GraspTask(Task):
                 raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {getattr(c, name)}")
         if c.baseline not in ("none", "target-only"):
             raise ConfigError(f"unknown baseline {c.baseline!r} (choose from none, target-only)")
+        # before anything loads: an unknown dtype or an unavailable device is a one-line error
+        self.dtype = resolve_dtype(getattr(c, "dtype", "float32"))
+        self.device = resolve_device(getattr(c, "device", "cpu"))
         targets = ad.parse_targets(c.targets)
         if c.knob == "per-group":
             for group, names in GROUPS.items():
@@ -218,8 +267,13 @@ class GraspTask(Task):
         c = self.cfg
         if self._given_backbone is not None:
             self.model, self.tokenizer, self.backbone_name = self._given_backbone
+            dtype, device = next(self.model.parameters()).dtype, model_device(self.model)
+            if dtype != self.dtype or device.type != self.device.type:
+                raise ConfigError(f"the given backbone is {str(dtype).replace('torch.', '')} on {device}, "
+                                  f"but the config asks for {str(self.dtype).replace('torch.', '')} on {self.device}")
         else:
-            self.model, self.tokenizer, self.backbone_name = load_backbone(c.backbone, cache_dir=c.cache_dir)
+            self.model, self.tokenizer, self.backbone_name = load_backbone(c.backbone, cache_dir=c.cache_dir,
+                                                                           dtype=self.dtype, device=self.device)
         self._backbone_params = dict(self.model.named_parameters())
         sizes = SplitSizes(source_train=int(c.source_train), target_train=int(c.target_train),
                            micro_dev=int(c.micro_dev), dev=int(c.dev), test=int(c.test))
@@ -237,13 +291,7 @@ class GraspTask(Task):
         self.notes["split_sizes"] = data.sizes()
 
     def _encode(self, examples: Sequence[Any]) -> _Split:
-        c = self.cfg
-        enc = [encode_example(self.tokenizer, e.prompt, e.target, max_len=int(c.max_len),
-                              max_target_len=int(c.max_target_len)) for e in examples]
-        prompts = [encode_prompt(self.tokenizer, e.prompt, int(c.max_len) - int(c.max_new_tokens)) for e in examples]
-        batches = [collate([enc[i] for i in idx], self.pad_id)
-                   for idx in length_batches([len(e.ids) for e in enc], int(c.eval_batch_size))] if enc else []
-        return _Split(enc, prompts, [list(e.references) for e in examples], [e.id for e in examples], batches)
+        return encode_split(self.tokenizer, examples, self.cfg, self.pad_id)
 
     def _fingerprint(self, role: str) -> str:
         c = self.cfg
@@ -254,6 +302,8 @@ class GraspTask(Task):
                 "max_context_chars": c.max_context_chars,
                 "n": c.source_train if role == "source" else c.target_train, "weight_decay": c.weight_decay,
                 "grad_clip": c.grad_clip}
+        if self.dtype != torch.float32:  # float32 keeps the fingerprints (and reused adapters) of older runs
+            keys["dtype"] = str(self.dtype)
         return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _adapter(self, peft_model: Any, role: str) -> Any:
@@ -437,14 +487,10 @@ class GraspTask(Task):
         self.pruner.invalidate()
 
     def _metrics(self, split: str) -> tuple[dict[str, float], list[str]]:
-        from hpctl.plugins.grasp_lora.metrics import compute_metrics
-
         s = self.splits[split]
         if not s.encoded:
             raise ConfigError(f"the {split} split is empty; raise --{split.replace('_', '-')}")
-        preds = self._generate(split)
-        scores = compute_metrics(self.cfg.task, self.cfg.lang, preds, s.references)
-        scores["loss"] = self._split_loss(split)
+        scores, preds = split_metrics(self.model, self.tokenizer, s, self.cfg, self.cfg.lang, self.counter)
         scores["score"] = float(scores[_primary(self.cfg.task)])
         return scores, preds
 
@@ -465,7 +511,7 @@ class GraspTask(Task):
         """One grid point: fine-tune from the merged start at ``value``, return the dev score."""
         self._ensure_ready()
         self.reset()
-        self.train(self.total_steps, value)
+        self.train(self.fine_tune_steps, value)
         split = "dev" if self.splits["dev"].encoded else "micro_dev"
         with self._phase("grid_dev_eval"):
             return self._score(split, value)
@@ -476,9 +522,9 @@ class GraspTask(Task):
         ratio = self.knob.validate(value)
         self.reset(self.seed)
         with self._phase("final_train"):
-            final_loss = self._train_steps(self.total_steps, ratio, self.adapter, self.pruner, self.optimizer,
+            final_loss = self._train_steps(self.fine_tune_steps, ratio, self.adapter, self.pruner, self.optimizer,
                                            self.order, label=f"final run at {self.knob.format(ratio)}")
-        self.steps_done = self.total_steps
+        self.steps_done = self.fine_tune_steps
         with self._phase("export"):
             masks = self.pruner.masks(ratio)
             sparsity = self.pruner.sparsity(masks)
@@ -518,7 +564,8 @@ class GraspTask(Task):
                 opt = torch.optim.AdamW(params, lr=float(self.cfg.lr), weight_decay=float(self.cfg.weight_decay))
                 order = ad.DataOrder([len(e.ids) for e in self.splits["target_train"].encoded],
                                      int(self.cfg.batch_size), self.seed * 1000 + 21)
-                loss = self._train_steps(self.total_steps, None, tmp, None, opt, order, label="target-only baseline")
+                loss = self._train_steps(self.fine_tune_steps, None, tmp, None, opt, order,
+                                         label="target-only baseline")
                 with torch.no_grad():
                     scores, preds = self._metrics("test")
                 scores["train_loss"] = loss

@@ -100,7 +100,7 @@ def test_adapter_with_wrong_shapes_one_line(hpctl_main, tmp_path):
 
 
 def test_sigkill_then_resume_matches_uninterrupted_smoke(tmp_path, tracking_uri):
-    args = [*SMOKE, "-c", "grpo", "--seed", "2", "--budget", "15", "--steps", "12"]
+    args = [*SMOKE, "-c", "grpo", "--seed", "2", "--budget", "15", "--steps", "12", "--controller-steps", "12"]
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, HPCTL_MAX_ARTIFACT_MB="0")
     full = subprocess.run([sys.executable, "-m", "hpctl.cli", *args, "--out", str(tmp_path / "full"), "--json"],
                           env=env, capture_output=True, text=True, timeout=600)

@@ -143,7 +143,7 @@ def test_evaluate_and_full_run(smoke):
     assert metrics["sparsity"] == pytest.approx(0.2, abs=1e-3)
     score = task.full_run(np.array([0.2]))
     assert np.isfinite(score) and score < 0
-    assert task.steps_done == task.total_steps
+    assert task.steps_done == task.fine_tune_steps  # a grid point is a whole fine-tune
     with pytest.raises(ConfigError):
         task.evaluate("nope", np.array([0.2]))
 
@@ -234,6 +234,22 @@ def test_cli_smoke_pipeline_and_eval(hpctl_main, tmp_path):
     assert code == 0, err
     metrics = json.loads(out.strip().splitlines()[-1])
     assert metrics["examples"] == 1.0 and "f1" in metrics and np.isfinite(metrics["loss"])
+
+
+def test_controller_run_and_fine_tunes_have_their_own_lengths(tmp_path):
+    assert resolve_config(GraspLoraConfig(preset="default", steps=64)).controller_steps == 16
+    assert resolve_config(GraspLoraConfig(preset="smoke", steps=2)).controller_steps == 2  # never above steps
+    task = _make(tmp_path, steps=6, controller_steps=3, baseline="none")
+    assert (task.total_steps, task.fine_tune_steps) == (3, 6)
+    env = ControlEnv(task, group_size=2, steps_per_round=1)
+    env.reset(seed=0)
+    while not env.done:
+        env.advance(np.array([0.3]))
+    assert env.steps_done == 3 and task.phase_passes["train"]["backward"] == 3
+    task.finish(np.array([0.3]))
+    assert task.phase_passes["final_train"]["backward"] == 6
+    with pytest.raises(ConfigError, match="controller-steps"):
+        _make(tmp_path, controller_steps=0)
 
 
 def test_generation_based_probe(tmp_path):
