@@ -2,7 +2,13 @@
 
 Run:  python benchmarks/grasp_vs_grid.py --scale smoke|cpu|gpu [--seeds 1] [--out benchmarks/results]
 
-Per seed, on the same backbone, data split (``data_seed``), seed and step budget:
+Two training lengths: every *fine-tune* (each grid point, every arm's final run, the
+target-only adapter; ``GraspTask.fine_tune_steps``) is ``steps`` optimizer steps, GRASP's
+*controller run* (the training its probes are interleaved with, ``GraspTask.total_steps``)
+is ``controller_steps``, cut by the runner into rounds of ``controller_steps // (budget //
+(group_size + 1))`` steps.
+
+Per seed, on the same backbone, data split (``data_seed``), seed and step budgets:
 
 0. **shared adapters**: the source (English) and target adapters are trained *once*
    (:class:`GraspTask` setup, saved in peft format) and every arm loads them through the
@@ -15,7 +21,8 @@ Per seed, on the same backbone, data split (``data_seed``), seed and step budget
    plugin's final phase (fine-tune at that ratio, test metrics). The final phase repeats the
    winner's fine-tune bit for bit (the grid controller keeps no adapters), so the grid's
    time is also reported without that repeat.
-2. **GRASP (GRPO)**: the GRPO controller interleaved with training, then the final run.
+2. **GRASP (GRPO)**: the GRPO controller interleaved with the controller run's training
+   (``controller_steps``), then the final fine-tune at the learned ratio (``steps``).
 3. **GRASP (PPO)**: the same with the Stable-Baselines3 PPO controller.
 4. **target-only**: the target adapter alone (``merge=target_only``, ratio 0: no source,
    no pruning), fine-tuned for the same steps on the same batches and tested the same way
@@ -27,18 +34,25 @@ in total, backbone forward/backward passes and generation steps (the plugin's
 ``PassCounter``), the chosen/learned ratio, test metrics; then GRASP/grid time ratios in
 several accountings, pass ratios, metric differences with a paired bootstrap interval over
 test examples, and a cost model built from the measured phases that says how far the time
-ratio is from 4x and what would move it.
+ratio is from 4x and what would move it: longer fine-tunes (the grid's points and re-run,
+GRASP's final run) with the controller run and the probes kept as measured, and, separately,
+the controller run growing with them.
 
 Throughput (same process, alternating): tokens/s of the grasp_lora training loop as the
-controller run executes it (``ControlEnv.advance`` rounds with probe groups in between,
-training masks recomputed every ``mask_every`` steps, MLflow logging and the runner's
-checkpoint after every round; the probes themselves are not timed) against a plain
+controller run executes it (``ControlEnv.advance`` rounds of the controller run's steps per
+round, probe groups in between, training masks recomputed every ``mask_every`` steps, MLflow
+logging and the runner's checkpoint after every round; the probes themselves are not timed)
+against a plain
 peft + transformers loop on a second copy of the same backbone, same batches, LoRA of the
 merged adapter's rank on the same modules, AdamW, same clip: once with the usual
 ``labels=`` loss (logits at every position) and once with logits only at the label
 positions, as the grasp loop computes them. Also the cost of one probe's prune+restore
-(``GlobalMagnitudePruner.applied`` enter + exit) against its forward pass. Only ratios
-measured side by side are reported as findings, never single absolute times.
+(``GlobalMagnitudePruner.applied`` enter + exit) against its forward pass, on the micro-dev
+batches (what a probe of the run costs) and on the larger test split: the prune+restore is a
+fixed cost per probe while the forward grows with the examples, so the second measurement
+gives the forward's cost per example and the smallest micro-dev size at which prune+restore
+would be under 1 % of a probe. Only ratios measured side by side (and figures derived from
+them) are reported as findings, never single absolute times.
 
 Writes ``<out>/grasp_vs_grid_<scale>.json`` (command line, seeds, versions, configs, every
 figure), ``<out>/grasp_vs_grid_<scale>.md`` and ``<out>/grasp_vs_grid_<scale>_seed<N>.png``
@@ -46,9 +60,10 @@ figure), ``<out>/grasp_vs_grid_<scale>.md`` and ``<out>/grasp_vs_grid_<scale>_se
 folders (adapters, predictions) and the MLflow store go under ``--runs-dir``.
 
 Scales: ``smoke`` (tiny random backbone, minutes: checks the machinery, the metrics are
-meaningless), ``cpu`` (Gemma 3 270M, the plugin's ``default`` preset sizes, about an hour
-on 2 cores), ``gpu`` (a Llama-3-8B-class backbone with the ``full`` preset sizes;
-untested: the plugin needs device/dtype options it does not have yet, see ``--help``).
+meaningless), ``cpu`` (Gemma 3 270M, sizes pinned in ``CPU_SIZES``: 64-step fine-tunes, a
+16-step controller run, 16 micro-dev examples, masks every 4 steps; about 45 minutes on 2
+cores), ``gpu`` (a Llama-3-8B-class backbone with the ``full`` preset sizes; untested: it needs
+the plugin's device/dtype options and stops with one line where they are missing, see ``--help``).
 """
 
 from __future__ import annotations
@@ -94,31 +109,40 @@ class Scale:
     budget: int | None = None  # probes per controller run (None: the plugin's default)
     group_size: int | None = None  # None: the plugin's default
     tp_rounds: int = 2  # throughput: training rounds per measurement
-    tp_steps: int = 2  # throughput: optimizer steps per round
+    #: throughput: optimizer steps per round (None: the controller run's, as the runner computes it)
+    tp_steps: int | None = None
     tp_reps: int = 3  # throughput: A/B alternations
     probe_reps: int = 5  # prune+restore vs forward: repetitions
     note: str = ""
 
 
 #: sizes pinned here (not left to the moving presets) so a scale means the same run over time
-CPU_SIZES = dict(source_train=48, target_train=32, micro_dev=8, dev=16, test=48, steps=16, source_steps=16,
-                 target_steps=12, lr=5e-4, adapter_lr=5e-4, lora_r=8, batch_size=4, eval_batch_size=8, max_len=320,
-                 max_target_len=24, max_new_tokens=16, max_context_chars=700)
+CPU_SIZES = dict(source_train=48, target_train=32, micro_dev=16, dev=16, test=48, steps=64, controller_steps=16,
+                 source_steps=16, target_steps=12, lr=5e-4, adapter_lr=5e-4, lora_r=8, batch_size=4, eval_batch_size=8,
+                 max_len=320, max_target_len=24, max_new_tokens=16, max_context_chars=700, mask_every=4)
 GPU_SIZES = dict(source_train=256, target_train=64, micro_dev=32, dev=64, test=128, steps=120, source_steps=200,
                  target_steps=100, lr=2e-4, adapter_lr=2e-4, lora_r=8, batch_size=4, eval_batch_size=8, max_len=512,
                  max_target_len=32, max_new_tokens=24, max_context_chars=1200, export_rank=64)
 
 SCALES: dict[str, Scale] = {
-    "smoke": Scale("smoke", {"preset": "smoke"}, tp_rounds=2, tp_steps=2, tp_reps=3, probe_reps=5,
+    "smoke": Scale("smoke", {"preset": "smoke"}, tp_rounds=2, tp_steps=None, tp_reps=3, probe_reps=5,
                    note="tiny random 2-layer backbone: checks the machinery; metrics are meaningless"),
-    "cpu": Scale("cpu", {"preset": "default", "backbone": "gemma3-270m", **CPU_SIZES}, tp_rounds=2, tp_steps=1,
+    # tp_steps = the controller run's steps per round: 16 controller steps // (20 probes // (4 + 1)) = 4
+    "cpu": Scale("cpu", {"preset": "default", "backbone": "gemma3-270m", **CPU_SIZES}, tp_rounds=2, tp_steps=4,
                  tp_reps=3, probe_reps=3,
-                 note="Gemma 3 270M (embedded, offline), XQuAD en->ar, 16-step fine-tunes; about an hour on 2 cores"),
+                 note="Gemma 3 270M (embedded, offline), XQuAD en->ar, 64-step fine-tunes, a 16-step controller run "
+                      "(4 rounds of 4), 16 micro-dev examples; about 45 minutes on 2 cores"),
     "gpu": Scale("gpu", {"preset": "full", "backbone": "meta-llama/Meta-Llama-3-8B", "device": "cuda",
                          "dtype": "bfloat16", **GPU_SIZES}, tp_rounds=2, tp_steps=4, tp_reps=5, probe_reps=5,
                  note="Llama-3-8B-class backbone on one GPU, paper-like sizes (120-step fine-tunes, 128 test "
                       "examples, SVD-64 export); UNTESTED: needs plugin options device/dtype"),
 }
+
+
+def controller_steps_per_round(controller_steps: int, budget: int, group_size: int) -> int:
+    """Steps per round of the controller run, as :func:`hpctl.runner` computes them (+1: a round's baseline probe)."""
+    rounds = max(1, int(budget) // (int(group_size) + 1))
+    return max(1, int(controller_steps) // rounds)
 
 
 def plugin_fields() -> set[str]:
@@ -385,40 +409,77 @@ def time_ratios(grid: dict[str, Any], other: dict[str, Any], adapters_s: float) 
     }
 
 
+def _needed(scaled_grid: float, fixed_grid: float, scaled_grasp: float, fixed_grasp: float,
+            target: float) -> dict[str, Any]:
+    """``ratio(m) = (m * S_grid + F_grid) / (m * S_grasp + F_grasp)``: now (m = 1), its limit, the m that gives ``target``.
+
+    ``train_multiplier_needed`` is the m at which the ratio reaches ``target`` (below 1: it is reached already and
+    holds down to that length; <= 0: at any length), None when the limit is not above ``target``.
+    """
+    now = scaled_grasp + fixed_grasp
+    d: dict[str, Any] = {"scaled_grid_s": scaled_grid, "fixed_grid_s": fixed_grid, "scaled_grasp_s": scaled_grasp,
+                         "fixed_grasp_s": fixed_grasp,
+                         "ratio": (scaled_grid + fixed_grid) / now if now > 0 else float("nan"),
+                         "limit": scaled_grid / scaled_grasp if scaled_grasp > 0 else float("nan")}
+    den = scaled_grid - target * scaled_grasp
+    d["train_multiplier_needed"] = (target * fixed_grasp - fixed_grid) / den if scaled_grasp > 0 and den > 0 else None
+    return d
+
+
 def cost_model(grid: dict[str, Any], grasp: dict[str, Any], adapters_s: float, steps: int,
-               target: float = TARGET_SPEEDUP) -> dict[str, Any]:
+               controller_steps: int | None = None, target: float = TARGET_SPEEDUP) -> dict[str, Any]:
     """Why the time ratio is what it is, from the measured phases.
 
-    Each arm's total = fine-tune training (``train_s`` + ``final_train_s``) + the rest
-    (loading, probes or dev scoring, export, test, tracking). Training ``m`` times longer
-    gives ``ratio(m) = (m * T_grid + R_grid) / (m * T_grasp + R_grasp)``; its limit is
-    ``T_grid / T_grasp`` (the number of fine-tunes each pays, weighted by their measured cost).
+    What grows with the fine-tune length ``steps`` (*scaled*): the grid's ``k`` fine-tunes (its
+    ``train_s``), the grid's re-run of the winner (its ``final_train_s``) and GRASP's final
+    fine-tune (``final_train_s``). What does not (*fixed*): GRASP's controller run
+    (``controller_steps`` of training, its ``train_s``), its probes, and the rest of both arms
+    (loading, dev scoring, export, test, tracking). Fine-tunes ``m`` times longer give
+    ``ratio(m) = (m * S_grid + F_grid) / (m * S_grasp + F_grasp)``, limit ``S_grid / S_grasp``
+    (the grid's fine-tunes in units of GRASP's one). The main figures (``as_measured``,
+    ``grid_without_rerun``, ``with_shared_adapters``) keep the controller run at
+    ``controller_steps``; ``controller_scaled`` repeats them with the controller run growing
+    with the fine-tunes (``controller_steps`` kept at its fraction of ``steps``, as the
+    plugin's default ``steps // 4`` does). The target-only arm's fine-tune grows with ``steps``
+    too; it is not part of these grid/GRASP ratios. Every figure comes from the phases as
+    measured; ``steps``/``controller_steps`` only turn multipliers into step counts.
     """
+    steps = int(steps)
+    controller_steps = int(controller_steps if controller_steps is not None else steps)
     p_g, p_r = grid["phases"], grasp["phases"]
-    rerun = float(p_g.get("final_train_s", 0.0))
-    t_grid = float(p_g.get("train_s", 0.0)) + rerun
-    t_grasp = float(p_r.get("train_s", 0.0)) + float(p_r.get("final_train_s", 0.0))
-    out: dict[str, Any] = {"steps": steps, "target": target}
-    for name, tg, rg, extra in (("as_measured", t_grid, grid["wall_s"] - t_grid, 0.0),
-                                ("grid_without_rerun", t_grid - rerun, grid["wall_s"] - t_grid, 0.0),
-                                ("with_shared_adapters", t_grid, grid["wall_s"] - t_grid, adapters_s)):
-        rg += extra
-        rr = grasp["wall_s"] - t_grasp + extra
-        d: dict[str, Any] = {"train_grid_s": tg, "rest_grid_s": rg, "train_grasp_s": t_grasp, "rest_grasp_s": rr,
-                             "ratio": (tg + rg) / (t_grasp + rr) if t_grasp + rr > 0 else float("nan"),
-                             "limit": tg / t_grasp if t_grasp > 0 else float("nan")}
-        if t_grasp > 0 and d["limit"] > target and tg - target * t_grasp > 0:
-            m = max(1.0, (target * rr - rg) / (tg - target * t_grasp))
-            d["train_multiplier_needed"] = m
-            d["steps_needed"] = int(math.ceil(m * steps))
-        else:
-            d["train_multiplier_needed"] = None
-            d["steps_needed"] = None
+    g = lambda p, k: float(p.get(k, 0.0))  # noqa: E731
+    grid_points, rerun = g(p_g, "train_s"), g(p_g, "final_train_s")
+    ctrl_train, final = g(p_r, "train_s"), g(p_r, "final_train_s")
+    s_grid = grid_points + rerun
+    f_grid = grid["wall_s"] - s_grid
+    f_grasp = grasp["wall_s"] - final
+    probe_s = g(p_r, "probe_s")
+    out: dict[str, Any] = {
+        "steps": steps, "controller_steps": controller_steps, "target": target,
+        "scaled": {"grid_fine_tunes_s": grid_points, "grid_rerun_s": rerun, "grasp_final_s": final},
+        "fixed": {"grasp_controller_train_s": ctrl_train, "grasp_probes_s": probe_s,
+                  "grid_rest_s": f_grid, "grasp_rest_s": f_grasp - ctrl_train - probe_s, "adapters_s": adapters_s},
+    }
+    variants = (("as_measured", s_grid, f_grid, 0.0), ("grid_without_rerun", s_grid - rerun, f_grid, 0.0),
+                ("with_shared_adapters", s_grid, f_grid, adapters_s))
+    for name, sg, fg, extra in variants:
+        d = _needed(sg, fg + extra, final, f_grasp + extra, target)
+        m = d["train_multiplier_needed"]
+        d["steps_needed"] = None if m is None else max(0, int(math.ceil(m * steps)))
         out[name] = d
+    # the controller run growing with the fine-tunes (its training moves from fixed to scaled)
+    cs: dict[str, Any] = {}
+    for name, sg, fg, extra in variants:
+        d = _needed(sg, fg + extra, final + ctrl_train, f_grasp - ctrl_train + extra, target)
+        m = d["train_multiplier_needed"]
+        d["steps_needed"] = None if m is None else max(0, int(math.ceil(m * steps)))
+        d["controller_steps_needed"] = None if m is None else max(0, int(math.ceil(m * controller_steps)))
+        cs[name] = d
+    out["controller_scaled"] = cs
     # the grid scored on dev by generation (as the test metric is), at the measured generation cost
     sizes = (grid.get("notes") or {}).get("split_sizes") or {}
     n_test, n_dev = sizes.get("test"), sizes.get("dev")
-    eval_test = float(p_g.get("eval_test_s", 0.0))
+    eval_test = g(p_g, "eval_test_s")
     k = len(grid.get("grid_points") or [])
     if n_test and n_dev and eval_test > 0 and k:
         per_point = eval_test * n_dev / n_test
@@ -426,23 +487,29 @@ def cost_model(grid: dict[str, Any], grasp: dict[str, Any], adapters_s: float, s
         out["grid_generation_dev"] = {"per_point_s": per_point, "points": k, "extra_s": extra,
                                       "ratio": (grid["wall_s"] + extra) / grasp["wall_s"],
                                       "ratio_without_rerun": (grid["wall_s"] - rerun + extra) / grasp["wall_s"]}
-    # the probes in units of GRASP's own training steps
+    # per-step costs (steps counted by the backward passes of each phase where recorded) and the probes in
+    # units of the controller run's training steps
     pp = grasp.get("phase_passes") or {}
-    n_steps = sum(int((pp.get(k) or {}).get("backward", 0)) for k in ("train", "final_train")) or 2 * int(steps)
-    probe_s = float(p_r.get("probe_s", 0.0))
-    if t_grasp > 0 and n_steps:
-        out["probes"] = {"probe_s": probe_s, "probes": grasp.get("probes"), "train_steps": n_steps,
-                         "step_s": t_grasp / n_steps, "train_step_equivalents": probe_s / (t_grasp / n_steps)}
+    n_ctrl = int((pp.get("train") or {}).get("backward", 0)) or controller_steps
+    n_final = int((pp.get("final_train") or {}).get("backward", 0)) or steps
+    out["per_step"] = {"controller_steps": n_ctrl, "fine_tune_steps": n_final,
+                       "controller_step_s": ctrl_train / n_ctrl if n_ctrl else float("nan"),
+                       "fine_tune_step_s": final / n_final if n_final else float("nan")}
+    if ctrl_train > 0 and n_ctrl:
+        step_s = ctrl_train / n_ctrl
+        out["probes"] = {"probe_s": probe_s, "probes": grasp.get("probes"), "train_steps": n_ctrl,
+                         "step_s": step_s, "train_step_equivalents": probe_s / step_s}
     # fine-tunes each side pays, in units of the grasp final fine-tune
-    ft = float(p_r.get("final_train_s", 0.0))
-    if ft > 0:
-        out["fine_tunes"] = {"grid": t_grid / ft, "grasp": t_grasp / ft}
+    if final > 0:
+        out["fine_tunes"] = {"grid": s_grid / final, "grid_points": grid_points / final, "grid_rerun": rerun / final,
+                             "grasp": 1.0, "grasp_controller_run": ctrl_train / final,
+                             "grasp_with_controller_run": (final + ctrl_train) / final}
     return out
 
 
 def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int, dict[str, Any]],
-              task: str, lang: str, steps: int) -> dict[str, Any]:
-    """Tables and comparisons per seed, plus medians over seeds."""
+              task: str, lang: str, steps: int, controller_steps: int | None = None) -> dict[str, Any]:
+    """Tables and comparisons per seed, plus medians over seeds (``controller_steps`` None: ``steps``)."""
     per_seed: dict[int, dict[str, Any]] = {}
     for seed, arms in records.items():
         a_s = float(adapters[seed]["train_s"]) if seed in adapters else 0.0
@@ -466,7 +533,7 @@ def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int,
                      "score_diff_bootstrap": paired_bootstrap(per_example_scores(task, lang, rec["out_dir"]),
                                                               grid_scores, seed=seed)}
                 if arm in GRASP_ARMS:
-                    c["cost_model"] = cost_model(grid, rec, a_s, steps)
+                    c["cost_model"] = cost_model(grid, rec, a_s, steps, controller_steps)
                 comps[arm] = c
         per_seed[seed] = {"rows": rows, "vs_grid": comps, "adapters_train_s": a_s}
     # medians over seeds
@@ -518,9 +585,27 @@ def criteria(summary: dict[str, Any], throughput: dict[str, Any] | None) -> dict
         pc = throughput.get("probe_cost") or {}
         if pc:
             v = pc["amortised_fraction"]["median"]
-            out["prune_restore_fraction"] = {"value": v, "target": TARGET_PRUNE_FRACTION,
-                                             "pass": v < TARGET_PRUNE_FRACTION,
-                                             "cold": pc["cold_fraction"]["median"], "warm": pc["warm_fraction"]["median"]}
+            group = throughput.get("group_size")
+            n = pc.get("micro_dev_examples")
+            acc = (f"a round of {group + 1} probes" if group else "a round of probes") + \
+                (f" on the run's {n} micro-dev examples" if n else " on the run's micro-dev")
+            sc = pc.get("scaling") or {}
+            c: dict[str, Any] = {"value": v, "target": TARGET_PRUNE_FRACTION, "pass": v < TARGET_PRUNE_FRACTION,
+                                 "cold": pc["cold_fraction"]["median"], "warm": pc["warm_fraction"]["median"]}
+            if sc:
+                c["min_examples_for_target"] = sc.get("min_examples_for_target")
+                c["forward_per_example_s"] = sc.get("forward_per_example_s")
+                c["prune_restore_amortised_s"] = sc.get("prune_restore_amortised_s")
+                need = sc.get("min_examples_for_target")
+                acc += (f"; prune+restore is a fixed {1e3 * sc['prune_restore_amortised_s']:.1f} ms per probe over a "
+                        f"round (first at a state {1e3 * sc['prune_restore_cold_s']:.1f}, later "
+                        f"{1e3 * sc['prune_restore_warm_s']:.1f}) "
+                        f"vs {1e3 * sc['forward_per_example_s']:.1f} ms of forward per example (on the "
+                        f"{sc['large_examples']} {sc['large_split']} examples)")
+                if need is not None:
+                    acc += f": under {100 * TARGET_PRUNE_FRACTION:.0f} % from {need} micro-dev examples"
+            c["accounting"] = acc
+            out["prune_restore_fraction"] = c
     return out
 
 
@@ -544,7 +629,7 @@ def hf_labels(batch) -> "Any":
 
 def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int, *, rounds: int, steps: int,
                        reps: int, probe_reps: int, out_dir: Path, tracking_uri: str,
-                       parent_run_id: str | None = None, ratio: float | None = None,
+                       parent_run_id: str | None = None, ratio: float | None = None, group_size: int = 4,
                        say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Tokens/s of the grasp_lora training loop vs plain peft loops, alternating; probe prune+restore cost.
 
@@ -554,7 +639,15 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
        timed, as the runner pays it.
     B1: plain peft LoRA + transformers ``labels=`` loss; B2: the same with logits only at the
        label positions (``logits_to_keep``), i.e. the grasp loop's loss without masks/wrappers.
-    All three see the same batches (same ``DataOrder`` seed per alternation).
+    All three see the same batches (same ``DataOrder`` seed per alternation). Pass ``steps`` = the controller
+    run's steps per round (:func:`controller_steps_per_round`) to time the loop the controller run executes.
+
+    Probe cost: one probe's prune+restore (``applied`` enter + exit) against its forward pass, first on the
+    micro-dev batches (what a probe of the run pays; the ``probe_cost`` fractions), then on the test split's
+    batches. Prune+restore does not depend on the examples, the forward does; ``probe_cost["scaling"]`` has
+    the forward's cost per example (test split), the fixed prune+restore cost (both measurements pooled) and
+    the smallest micro-dev size at which the round's prune+restore would be under ``TARGET_PRUNE_FRACTION``
+    of its forwards.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -568,12 +661,14 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
     from hpctl.tracking import Tracker
 
     say = say or (lambda s: None)
+    # the env's episode (the controller run) is exactly the measured rounds
     cfg = resolved(dict(base, baseline="none", source_adapter=adapters["source_adapter"],
-                        target_adapter=adapters["target_adapter"], steps=rounds * steps))
+                        target_adapter=adapters["target_adapter"], steps=rounds * steps,
+                        controller_steps=rounds * steps))
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     task = GraspTask(cfg, seed=seed, out_dir=out_dir)
-    group = 4
+    group = int(group_size)
     env = ControlEnv(task, group_size=group, steps_per_round=steps)
     tracker = Tracker(tracking_uri, EXPERIMENT, run_name=f"throughput / seed{seed}", parent_run_id=parent_run_id,
                       tags={"hpctl.plugin": "grasp_lora", "hpctl.benchmark": "grasp_vs_grid", "arm": "throughput"})
@@ -655,7 +750,7 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
             return time.perf_counter() - t0, tokens
 
         say("throughput: warm-up ...")
-        grasp_loop(10_000 + seed, 1, 1)
+        grasp_loop(10_000 + seed, 1, steps)
         plain_loop(10_000 + seed, 1, True)
         plain_loop(10_000 + seed, 1, False)
         runs: list[dict[str, Any]] = []
@@ -678,33 +773,80 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
                 f"grasp/plain(label-only) {runs[-1]['ratio_vs_plain_label_only']:.3f}")
         del peft_model, plain_model, plain_opt
 
-        # one probe: prune+restore (applied() enter + exit) vs its forward pass on the micro-dev batches
-        pruner, batches = task.pruner, task.splits["micro_dev"].batches
-        probe_runs = []
-        for rep in range(probe_reps):
-            r = float(np.clip(rho + rng.normal(0.0, 0.1), task.knob.low, task.knob.high))
-            row = {}
-            for kind in ("cold", "warm"):  # cold: first probe at a new training state (index rebuilt)
-                if kind == "cold":
-                    pruner.invalidate()
-                t0 = time.perf_counter()
-                ctx = pruner.applied(np.array([r]))
-                ctx.__enter__()
-                t1 = time.perf_counter()
-                try:
-                    batched_loss(task.model, batches)
-                finally:
-                    t2 = time.perf_counter()
-                    ctx.__exit__(None, None, None)
-                    t3 = time.perf_counter()
-                row[f"{kind}_prune_restore_s"] = (t1 - t0) + (t3 - t2)
-                row[f"{kind}_forward_s"] = t2 - t1
-            row["cold_fraction"] = row["cold_prune_restore_s"] / row["cold_forward_s"]
-            row["warm_fraction"] = row["warm_prune_restore_s"] / row["warm_forward_s"]
-            # a round probes group + 1 values at one state: one cold, the rest warm
-            row["amortised_fraction"] = ((row["cold_prune_restore_s"] + group * row["warm_prune_restore_s"])
-                                         / (row["cold_forward_s"] + group * row["warm_forward_s"]))
-            probe_runs.append(row)
+        # one probe: prune+restore (applied() enter + exit) vs its forward pass, on the micro-dev batches (the
+        # run's probe) and on the test split's (a larger forward; prune+restore does not depend on the examples)
+        pruner = task.pruner
+
+        def probe_cost(batches: Sequence[Any], n_reps: int) -> list[dict[str, float]]:
+            out = []
+            for _ in range(n_reps):
+                r = float(np.clip(rho + rng.normal(0.0, 0.1), task.knob.low, task.knob.high))
+                row = {}
+                for kind in ("cold", "warm"):  # cold: first probe at a new training state (index rebuilt)
+                    if kind == "cold":
+                        pruner.invalidate()
+                    t0 = time.perf_counter()
+                    ctx = pruner.applied(np.array([r]))
+                    ctx.__enter__()
+                    t1 = time.perf_counter()
+                    try:
+                        batched_loss(task.model, batches)
+                    finally:
+                        t2 = time.perf_counter()
+                        ctx.__exit__(None, None, None)
+                        t3 = time.perf_counter()
+                    row[f"{kind}_prune_restore_s"] = (t1 - t0) + (t3 - t2)
+                    row[f"{kind}_forward_s"] = t2 - t1
+                row["cold_fraction"] = row["cold_prune_restore_s"] / row["cold_forward_s"]
+                row["warm_fraction"] = row["warm_prune_restore_s"] / row["warm_forward_s"]
+                # a round probes group + 1 values at one state: one cold, the rest warm
+                row["amortised_fraction"] = ((row["cold_prune_restore_s"] + group * row["warm_prune_restore_s"])
+                                             / (row["cold_forward_s"] + group * row["warm_forward_s"]))
+                out.append(row)
+            return out
+
+        def examples(batches: Sequence[Any]) -> tuple[int, int]:
+            return (sum(int(b.input_ids.shape[0]) for b in batches),
+                    sum(int(b.attention_mask.sum()) for b in batches))
+
+        batches = task.splits["micro_dev"].batches
+        probe_runs = probe_cost(batches, probe_reps)
+        large_name = "test" if task.splits["test"].batches else "dev"
+        large = task.splits[large_name].batches
+        say(f"probe cost: prune+restore vs a forward over the {large_name} split ...")
+        large_runs = probe_cost(large, probe_reps)
+        n_micro, tok_micro = examples(batches)
+        n_large, tok_large = examples(large)
+        fwd = lambda rows: float(np.median([r[f"{k}_forward_s"] for r in rows for k in ("cold", "warm")]))  # noqa: E731
+        pr = lambda k: float(np.median([r[f"{k}_prune_restore_s"] for r in probe_runs + large_runs]))  # noqa: E731
+        per_example = fwd(large_runs) / max(1, n_large)
+        cold_s, warm_s = pr("cold"), pr("warm")
+        amortised_s = (cold_s + group * warm_s) / (group + 1)  # per probe, over a round of group + 1 probes
+
+        def min_examples(fixed_s: float) -> int | None:
+            # fraction(n) = fixed / (n * per_example) < target  <=>  n > fixed / (target * per_example)
+            if not per_example > 0:
+                return None
+            return int(math.floor(fixed_s / (TARGET_PRUNE_FRACTION * per_example))) + 1
+
+        scaling = {
+            "large_split": large_name, "large_examples": n_large, "large_tokens": tok_large,
+            "micro_dev_examples": n_micro, "micro_dev_tokens": tok_micro,
+            "forward_per_example_s": per_example,
+            "forward_per_example_micro_dev_s": fwd(probe_runs) / max(1, n_micro),
+            "forward_per_token_s": fwd(large_runs) / max(1, tok_large),
+            "prune_restore_cold_s": cold_s, "prune_restore_warm_s": warm_s, "prune_restore_amortised_s": amortised_s,
+            "prune_restore_cold_s_micro_dev": float(np.median([r["cold_prune_restore_s"] for r in probe_runs])),
+            "prune_restore_cold_s_large": float(np.median([r["cold_prune_restore_s"] for r in large_runs])),
+            "prune_restore_warm_s_micro_dev": float(np.median([r["warm_prune_restore_s"] for r in probe_runs])),
+            "prune_restore_warm_s_large": float(np.median([r["warm_prune_restore_s"] for r in large_runs])),
+            "target": TARGET_PRUNE_FRACTION,
+            "min_examples_for_target": min_examples(amortised_s),
+            "min_examples_for_target_cold": min_examples(cold_s),
+            "min_examples_for_target_warm": min_examples(warm_s),
+            "predicted_fraction_at_micro_dev": (amortised_s / (n_micro * per_example)
+                                                if n_micro and per_example > 0 else float("nan")),
+        }
         result = {
             "seed": seed, "ratio": rho, "rounds": rounds, "steps_per_round": steps, "alternations": reps,
             "batch_size": int(cfg.batch_size), "max_len": int(cfg.max_len), "lora_rank_plain": rank,
@@ -712,14 +854,22 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
             "runs": runs,
             "ratio_vs_plain_hf_loss": _stats([r["ratio_vs_plain_hf_loss"] for r in runs]),
             "ratio_vs_plain_label_only": _stats([r["ratio_vs_plain_label_only"] for r in runs]),
-            "probe_cost": {"runs": probe_runs, "micro_dev_batches": len(batches),
+            "probe_cost": {"runs": probe_runs, "micro_dev_batches": len(batches), "micro_dev_examples": n_micro,
                            **{k: _stats([r[k] for r in probe_runs])
-                              for k in ("cold_fraction", "warm_fraction", "amortised_fraction")}},
+                              for k in ("cold_fraction", "warm_fraction", "amortised_fraction")},
+                           "large": {"split": large_name, "batches": len(large), "examples": n_large,
+                                     "runs": large_runs,
+                                     **{k: _stats([r[k] for r in large_runs])
+                                        for k in ("cold_fraction", "warm_fraction", "amortised_fraction")}},
+                           "scaling": scaling},
             "mlflow_run_id": tracker.run_id,
         }
         tracker.metrics({"throughput/ratio_vs_plain_hf_loss": result["ratio_vs_plain_hf_loss"]["median"],
                          "throughput/ratio_vs_plain_label_only": result["ratio_vs_plain_label_only"]["median"],
-                         "probe/amortised_fraction": result["probe_cost"]["amortised_fraction"]["median"]})
+                         "probe/amortised_fraction": result["probe_cost"]["amortised_fraction"]["median"],
+                         "probe/forward_per_example_s": per_example, "probe/prune_restore_amortised_s": amortised_s,
+                         **({"probe/min_micro_dev_for_target": scaling["min_examples_for_target"]}
+                            if scaling["min_examples_for_target"] is not None else {})})
         status = "FINISHED"
         return result
     finally:
@@ -795,30 +945,60 @@ COMP_HEADER = ["arm", "grid/arm time (as run)", "incl. shared adapters", "grid w
                "EM diff", "test loss diff"]
 
 
+def _steps_text(d: dict[str, Any], cm: dict[str, Any], target_text: str, controller: bool = False) -> str:
+    """What one accounting of the cost model says about reaching the target by the fine-tune length."""
+    m, steps = d["train_multiplier_needed"], cm["steps"]
+    ctrl = (f", the controller run {d['controller_steps_needed']} steps instead of {cm['controller_steps']}"
+            if controller and m is not None else "")
+    if m is None:
+        return f"{d['ratio']:.2f}x now; {target_text} is out of reach by longer training alone (limit {d['limit']:.2f}x)"
+    if m <= 0:
+        return f"{d['ratio']:.2f}x now; {target_text} holds at any fine-tune length (limit {d['limit']:.2f}x)"
+    if m <= 1:
+        return (f"{d['ratio']:.2f}x now; {target_text} holds down to fine-tunes {m:.2f}x as long (about "
+                f"{d['steps_needed']} steps instead of {steps}{ctrl})")
+    return (f"{d['ratio']:.2f}x now; {target_text} needs fine-tunes {m:.2f}x longer (about {d['steps_needed']} steps "
+            f"instead of {steps}{ctrl})")
+
+
 def explanation(cm: dict[str, Any], label: str) -> list[str]:
     """Sentences (with the measured numbers) on the time ratio and what would change it."""
-    a = cm["as_measured"]
-    lines = [f"{label}: fine-tune training is {a['train_grid_s']:.1f} s of the grid's {a['train_grid_s'] + a['rest_grid_s']:.1f} s "
-             f"and {a['train_grasp_s']:.1f} s of GRASP's {a['train_grasp_s'] + a['rest_grasp_s']:.1f} s; the rest "
-             f"(loading, probes or dev scoring, export, test, tracking) is {a['rest_grid_s']:.1f} s vs {a['rest_grasp_s']:.1f} s."]
+    a, sc, fx = cm["as_measured"], cm["scaled"], cm["fixed"]
+    tgt = f"{cm['target']:.0f}x"
+    lines = [f"{label}: what grows with the fine-tune length ({cm['steps']} steps) is {a['scaled_grid_s']:.1f} s of the "
+             f"grid's {a['scaled_grid_s'] + a['fixed_grid_s']:.1f} s (its fine-tunes {sc['grid_fine_tunes_s']:.1f} s + "
+             f"the re-run {sc['grid_rerun_s']:.1f} s) and {a['scaled_grasp_s']:.1f} s of GRASP's "
+             f"{a['scaled_grasp_s'] + a['fixed_grasp_s']:.1f} s (its final fine-tune); fixed: GRASP's controller run "
+             f"({cm['controller_steps']} steps, {fx['grasp_controller_train_s']:.1f} s of training) and its probes "
+             f"({fx['grasp_probes_s']:.1f} s), and the rest (loading, dev scoring, export, test, tracking) "
+             f"{fx['grid_rest_s']:.1f} s vs {fx['grasp_rest_s']:.1f} s."]
+    ps = cm.get("per_step")
+    if ps:
+        lines.append(f"Per optimizer step: {ps['fine_tune_step_s']:.2f} s in GRASP's final fine-tune "
+                     f"({ps['fine_tune_steps']} steps), {ps['controller_step_s']:.2f} s in its controller run "
+                     f"({ps['controller_steps']} steps, probes not included).")
     ft = cm.get("fine_tunes")
     if ft:
-        lines.append(f"In units of GRASP's final fine-tune the grid trains {ft['grid']:.2f} fine-tunes and GRASP "
-                     f"{ft['grasp']:.2f} (controller run + final run), so with training dominating the ratio tends to "
+        lines.append(f"In units of GRASP's final fine-tune the grid trains {ft['grid']:.2f} fine-tunes "
+                     f"({ft['grid_points']:.2f} + the re-run {ft['grid_rerun']:.2f}) and GRASP 1 plus a controller run "
+                     f"worth {ft['grasp_controller_run']:.2f}; with the fine-tunes dominating the ratio tends to "
                      f"{a['limit']:.2f}x as run, {cm['grid_without_rerun']['limit']:.2f}x without the grid's re-run.")
     pr = cm.get("probes")
     if pr and pr["probe_s"] > 0:
         lines.append(f"GRASP's {pr['probes']} probes took {pr['probe_s']:.1f} s, the time of {pr['train_step_equivalents']:.1f} "
-                     f"of its training steps ({pr['step_s']:.2f} s each; it trained {pr['train_steps']}).")
+                     f"of its controller-run training steps ({pr['step_s']:.2f} s each; the controller run trained "
+                     f"{pr['train_steps']}).")
     for key, text in (("as_measured", "as run"), ("grid_without_rerun", "without the grid's re-run"),
                       ("with_shared_adapters", "with the shared adapters")):
-        d = cm[key]
-        if d["steps_needed"] is not None:
-            lines.append(f"{text}: {d['ratio']:.2f}x now; {cm['target']:.0f}x needs fine-tunes {d['train_multiplier_needed']:.2f}x "
-                         f"longer (about {d['steps_needed']} steps instead of {cm['steps']}) at these per-step costs.")
-        else:
-            lines.append(f"{text}: {d['ratio']:.2f}x now; {cm['target']:.0f}x is out of reach by longer training alone "
-                         f"(limit {d['limit']:.2f}x).")
+        lines.append(f"{text}: {_steps_text(cm[key], cm, tgt)}, the controller run kept at {cm['controller_steps']} "
+                     f"steps and the probes as measured, at these per-step costs.")
+    cs = cm.get("controller_scaled")
+    if cs:
+        parts = [f"{text}: {_steps_text(cs[key], cm, tgt, controller=True)}"
+                 for key, text in (("as_measured", "as run"), ("grid_without_rerun", "without the re-run"),
+                                   ("with_shared_adapters", "with the shared adapters"))]
+        lines.append(f"If the controller run grew with the fine-tunes (kept at {cm['controller_steps']}/{cm['steps']} of "
+                     f"their length; probes and the rest as measured): " + "; ".join(parts) + ".")
     g = cm.get("grid_generation_dev")
     if g:
         lines.append(f"If the grid chose its point by generation on dev (the test metric; {g['per_point_s']:.1f} s per point "
@@ -844,8 +1024,11 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], throughput: dict[str
     L = [f"# GRASP LoRA vs the {meta['k']}-point grid ({meta['scale']} scale)", "",
          f"`{meta['command']}`", "",
          f"Scale: {meta['scale_note']}. Backbone: {meta.get('backbone_name', meta['plugin_config'].get('backbone'))}. "
-         f"Task {meta['task']} ({meta['lang']}), seeds {meta['seeds']}, {meta['steps']} optimizer steps per fine-tune, "
-         f"controller budget {meta['budget']} probes (groups of {meta['group_size']}), grid k = {meta['k']}.", "",
+         f"Task {meta['task']} ({meta['lang']}), seeds {meta['seeds']}, {meta['steps']} optimizer steps per fine-tune "
+         f"(every grid point, every final run, target-only), "
+         + (f"a controller run of {meta['controller_steps']} steps ({meta['steps_per_round']} per round) for GRASP, "
+            if meta.get("controller_steps") is not None and meta.get("steps_per_round") is not None else "")
+         + f"controller budget {meta['budget']} probes (groups of {meta['group_size']}), grid k = {meta['k']}.", "",
          "**The source and target adapters are trained once per seed and shared by every arm** (loaded through "
          "`source_adapter`/`target_adapter`); their training time is listed once below, excluded from each arm's "
          "`total s` and added in `total + adapters s`. The grid's final phase re-trains the chosen point (the grid "
@@ -890,7 +1073,12 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], throughput: dict[str
         L += ["## Training throughput and probe cost", "",
               f"Same process, alternating ({throughput['alternations']} alternations, order flipped every other one), "
               f"same batches (batch {throughput['batch_size']}, max length {throughput['max_len']}), "
-              f"{throughput['rounds']} rounds x {throughput['steps_per_round']} steps per measurement, backbone "
+              f"{throughput['rounds']} rounds x {throughput['steps_per_round']} steps per measurement"
+              + (" (= the controller run's steps per round)"
+                 if meta.get("steps_per_round") == throughput["steps_per_round"] else
+                 f" (NOT the controller run's rounds of {meta['steps_per_round']} steps)"
+                 if meta.get("steps_per_round") is not None else "")
+              + ", backbone "
               f"{throughput['backbone']}. grasp loop = `ControlEnv.advance` rounds at ratio {throughput['ratio']:.3f} "
               f"(training masks every {throughput['mask_every']} step(s), MLflow logging, the runner's checkpoint; "
               f"a candidate and a baseline probe between rounds, not timed). Plain = peft LoRA r={throughput['lora_rank_plain']} + "
@@ -910,6 +1098,31 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], throughput: dict[str
                           ("amortised_fraction", f"a round of {throughput['group_size'] + 1} probes")):
             st = pc[key]
             L.append(f"| {text} | {100 * st['median']:.2f} % [{100 * st['min']:.2f}, {100 * st['max']:.2f}] |")
+        sc = pc.get("scaling")
+        if sc:
+            lg = pc["large"]
+            st = lg["amortised_fraction"]
+            need = sc["min_examples_for_target"]
+            L += ["", f"Prune+restore does not depend on the examples a probe scores; the forward does. The same "
+                  f"measurement against a forward over the {sc['large_examples']} {sc['large_split']} examples "
+                  f"(instead of the run's {sc['micro_dev_examples']} micro-dev examples) gives:", "",
+                  "| probe cost | value |", "|---|---|",
+                  f"| forward per example ({sc['large_split']} split; micro-dev) | {1e3 * sc['forward_per_example_s']:.1f} ms; "
+                  f"{1e3 * sc['forward_per_example_micro_dev_s']:.1f} ms |",
+                  f"| prune+restore per probe, first at a state / later / a round's mean (both measurements) | "
+                  f"{1e3 * sc['prune_restore_cold_s']:.1f} / {1e3 * sc['prune_restore_warm_s']:.1f} / "
+                  f"{1e3 * sc['prune_restore_amortised_s']:.1f} ms |",
+                  f"| prune+restore on micro-dev / on {sc['large_split']} (first at a state; later) | "
+                  f"{1e3 * sc['prune_restore_cold_s_micro_dev']:.1f} / {1e3 * sc['prune_restore_cold_s_large']:.1f} ms; "
+                  f"{1e3 * sc['prune_restore_warm_s_micro_dev']:.1f} / {1e3 * sc['prune_restore_warm_s_large']:.1f} ms |",
+                  f"| a round of {throughput['group_size'] + 1} probes over the {sc['large_split']} split "
+                  f"(median [min, max]) | {100 * st['median']:.2f} % [{100 * st['min']:.2f}, {100 * st['max']:.2f}] |",
+                  f"| a round on the micro-dev, predicted from the two figures above (measured above) | "
+                  f"{100 * sc['predicted_fraction_at_micro_dev']:.2f} % ({100 * pc['amortised_fraction']['median']:.2f} %) |",
+                  f"| smallest micro-dev for prune+restore < {100 * sc['target']:.0f} % of a round's forwards "
+                  f"(first probe at a state alone; later probes alone) | "
+                  f"{need if need is not None else '-'} examples ({sc['min_examples_for_target_cold'] or '-'}; "
+                  f"{sc['min_examples_for_target_warm'] or '-'}) |"]
         L += [""]
     if crit:
         L += ["## Checks against the issue's targets", ""]
@@ -963,6 +1176,12 @@ def print_tables(console, meta: dict[str, Any], summary: dict[str, Any], through
             st = throughput["probe_cost"][key]
             t.add_row(f"prune+restore / forward, {key}",
                       f"{100 * st['median']:.2f} % [{100 * st['min']:.2f}, {100 * st['max']:.2f}]")
+        sc = throughput["probe_cost"].get("scaling")
+        if sc:
+            t.add_row(f"forward per example ({sc['large_split']} split)", f"{1e3 * sc['forward_per_example_s']:.1f} ms")
+            t.add_row("prune+restore per probe (round mean)", f"{1e3 * sc['prune_restore_amortised_s']:.1f} ms")
+            t.add_row(f"micro-dev examples for < {100 * sc['target']:.0f} % (run: {sc['micro_dev_examples']})",
+                      str(sc["min_examples_for_target"] if sc["min_examples_for_target"] is not None else "-"))
         console.print(t)
     for k, c in crit.items():
         console.print(f"  check {k}: {c['value']:.4g} vs target {c['target']}: {'pass' if c['pass'] else 'FAIL'}",
@@ -1104,6 +1323,11 @@ def _main(args: argparse.Namespace, argv: list[str] | None, console) -> int:
     plugin = GraspLoraPlugin()
     budget = scale.budget or plugin.default_budget
     group = scale.group_size or plugin.default_group_size
+    steps_per_round = controller_steps_per_round(int(cfg.controller_steps), budget, group)
+    tp_steps = int(scale.tp_steps) if scale.tp_steps is not None else steps_per_round
+    if tp_steps != steps_per_round:
+        console.print(f"note: throughput rounds of {tp_steps} step(s), the controller run's are {steps_per_round}",
+                      highlight=False, markup=False)
     runs_dir = Path(args.runs_dir or Path("runs") / f"grasp_vs_grid-{scale.name}").resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
@@ -1116,7 +1340,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, console) -> int:
     parent = Tracker(tracking_uri, EXPERIMENT, run_name=f"grasp_vs_grid {scale.name}",
                      tags={"hpctl.plugin": "grasp_lora", "hpctl.benchmark": "grasp_vs_grid", "scale": scale.name})
     parent.log_params({"command": command, "seeds": seeds, "scale": scale.name, "k": scale.k, "budget": budget,
-                       "group_size": group, "plugin_config": scale.plugin_config, "arms": arms})
+                       "group_size": group, "steps_per_round": steps_per_round, "plugin_config": scale.plugin_config, "arms": arms})
     status = "FAILED"
     t_all = time.perf_counter()
     try:
@@ -1143,26 +1367,27 @@ def _main(args: argparse.Namespace, argv: list[str] | None, console) -> int:
                 tid = prog.note("throughput and probe cost")
                 learned = records[seeds[0]].get("grpo", {}).get("learned")
                 throughput = measure_throughput(
-                    scale.plugin_config, adapters[seeds[0]], seeds[0], rounds=scale.tp_rounds, steps=scale.tp_steps,
+                    scale.plugin_config, adapters[seeds[0]], seeds[0], rounds=scale.tp_rounds, steps=tp_steps,
                     reps=scale.tp_reps, probe_reps=scale.probe_reps, out_dir=runs_dir / stamp / "throughput",
                     tracking_uri=tracking_uri, parent_run_id=parent.run_id,
-                    ratio=None if not learned else float(list(learned.values())[0]),
+                    ratio=None if not learned else float(list(learned.values())[0]), group_size=group,
                     say=lambda s: prog.bar.update(tid, info=s))
                 prog.done(tid)
-        summary = summarise(records, adapters, cfg.task, cfg.lang, int(cfg.steps))
+        summary = summarise(records, adapters, cfg.task, cfg.lang, int(cfg.steps), int(cfg.controller_steps))
         crit = criteria(summary, throughput)
         first = next(iter(records.values()))
         backbone_name = next((r["backbone"] for r in first.values() if r.get("backbone")), None)
         meta = {
             "benchmark": "grasp_vs_grid", "scale": scale.name, "scale_note": scale.note, "command": command,
             "argv": list(sys.argv[1:] if argv is None else argv), "seeds": seeds, "created_utc": stamp,
-            "k": scale.k, "budget": budget, "group_size": group, "steps": int(cfg.steps), "arms": arms,
+            "k": scale.k, "budget": budget, "group_size": group, "steps": int(cfg.steps),
+            "controller_steps": int(cfg.controller_steps), "steps_per_round": steps_per_round, "arms": arms,
             "task": cfg.task, "lang": cfg.lang, "plugin_config": scale.plugin_config,
             "resolved_plugin_config": dataclasses.asdict(cfg),
             "arm_specs": {a: arm_spec(a, scale.plugin_config, adapters[seeds[0]], seeds[0], scale, Path("<run>"),
                                       tracking_uri).to_json() for a in arms},
-            "throughput_config": {"rounds": scale.tp_rounds, "steps": scale.tp_steps, "reps": scale.tp_reps,
-                                  "probe_reps": scale.probe_reps},
+            "throughput_config": {"rounds": scale.tp_rounds, "steps": tp_steps, "reps": scale.tp_reps,
+                                  "probe_reps": scale.probe_reps, "controller_steps_per_round": steps_per_round},
             "tracking_uri": tracking_shown, "mlflow_parent_run_id": parent.run_id, "runs_dir": _rel(runs_dir / stamp),
             "versions": versions(), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "adapters": {str(s): a for s, a in adapters.items()},

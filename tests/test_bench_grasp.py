@@ -89,21 +89,55 @@ def test_tables_ratios_and_checks_from_fake_results(bench, tmp_path):
     # per-example F1 from the prediction files: grpo gets q2 right where the grid does not
     b = c["score_diff_bootstrap"]
     assert b["n"] == 4 and b["mean"] == pytest.approx(25.0) and b["lo"] <= 25.0 <= b["hi"]
-    # cost model: training 720 s (8 runs + re-run) vs 160 s -> limit 4.5x; the rest 110 vs 60 s
+    # cost model: what grows with the fine-tune length is the grid's 8 runs + re-run (720 s) and GRASP's
+    # final fine-tune (80 s); GRASP's controller run (80 s of training), its probes and the rest stay fixed
     cm = c["cost_model"]
-    assert cm["as_measured"]["limit"] == pytest.approx(720 / 160)
-    assert cm["grid_without_rerun"]["limit"] == pytest.approx(640 / 160)
-    m = cm["as_measured"]["train_multiplier_needed"]
+    assert cm["scaled"] == pytest.approx({"grid_fine_tunes_s": 640.0, "grid_rerun_s": 80.0, "grasp_final_s": 80.0})
+    assert cm["fixed"]["grasp_controller_train_s"] == 80.0 and cm["fixed"]["grasp_probes_s"] == 20.0
+    assert cm["fixed"]["grid_rest_s"] == pytest.approx(110.0) and cm["fixed"]["grasp_rest_s"] == pytest.approx(40.0)
+    a = cm["as_measured"]
+    assert (a["scaled_grid_s"], a["fixed_grid_s"], a["scaled_grasp_s"], a["fixed_grasp_s"]) == pytest.approx(
+        (720.0, 110.0, 80.0, 140.0))
+    assert a["ratio"] == pytest.approx(830 / 220) and a["limit"] == pytest.approx(720 / 80)
+    assert cm["grid_without_rerun"]["limit"] == pytest.approx(640 / 80)
+    m = a["train_multiplier_needed"]
+    assert (m * 720 + 110) / (m * 80 + 140) == pytest.approx(4.0)
+    assert a["steps_needed"] == math.ceil(m * 16)
+    # with the adapters' 30 s on both sides (fixed)
+    w = cm["with_shared_adapters"]
+    m = w["train_multiplier_needed"]
+    assert w["fixed_grid_s"] == pytest.approx(140.0) and (m * 720 + 140) / (m * 80 + 170) == pytest.approx(4.0)
+    # the controller run growing with the fine-tunes: GRASP's scaled part is 160 s, limit 4.5x / 4.0x
+    cs = cm["controller_scaled"]
+    assert cs["as_measured"]["scaled_grasp_s"] == pytest.approx(160.0)
+    assert cs["as_measured"]["limit"] == pytest.approx(720 / 160)
+    m = cs["as_measured"]["train_multiplier_needed"]
     assert (m * 720 + 110) / (m * 160 + 60) == pytest.approx(4.0)
-    assert cm["grid_without_rerun"]["steps_needed"] is None  # limit 4.0 is not above 4: out of reach
+    assert cs["as_measured"]["controller_steps_needed"] == math.ceil(m * 16)
+    assert cs["grid_without_rerun"]["steps_needed"] is None  # limit 4.0 is not above 4: out of reach
     assert cm["grid_generation_dev"]["per_point_s"] == pytest.approx(25.0 * 2 / 4)
-    # 20 s of probes at 160 s / 32 training steps = 4 steps' worth
+    # 20 s of probes at 80 s / 16 controller-run steps = 4 steps' worth
     assert cm["probes"]["train_step_equivalents"] == pytest.approx(4.0)
+    assert cm["fine_tunes"]["grid"] == pytest.approx(9.0) and cm["fine_tunes"]["grasp_controller_run"] == 1.0
     # the breakdown puts each measured phase in its column; the untimed rest is "other"
     t = s["rows"]["grid"]["times"]
     assert (t["setup_s"], t["search_s"], t["final_train_s"], t["export_test_s"]) == pytest.approx((10.0, 700.0, 80.0, 30.0))
     assert t["other_s"] == pytest.approx(10.0)
     assert t["total_with_adapters_s"] == pytest.approx(860.0)
+
+    # a controller run a quarter of the fine-tune length: step counts follow, the seconds are as measured
+    s4 = bench.summarise(records, adapters, "xquad", "en", steps=64, controller_steps=16)
+    cm4 = s4["per_seed"][0]["vs_grid"]["grpo"]["cost_model"]
+    assert cm4["steps"] == 64 and cm4["controller_steps"] == 16
+    assert cm4["as_measured"]["train_multiplier_needed"] == pytest.approx(cm["as_measured"]["train_multiplier_needed"])
+    assert cm4["per_step"]["controller_step_s"] == pytest.approx(80 / 16)
+    assert cm4["per_step"]["fine_tune_step_s"] == pytest.approx(80 / 64)
+    text = "\n".join(bench.explanation(cm4, "GRASP (GRPO)"))
+    assert "controller run kept at 16 steps" in text and "instead of 64" in text and "out of reach" in text
+    # a ratio above the target: the explanation says how short the fine-tunes could get
+    short = bench.cost_model({**records[0]["grid"], "wall_s": 900.0}, records[0]["grpo"], 0.0, 64, 16)
+    assert short["as_measured"]["ratio"] > 4 and 0 < short["as_measured"]["train_multiplier_needed"] < 1
+    assert "holds down to fine-tunes" in "\n".join(bench.explanation(short, "x"))
 
     crit = bench.criteria(summary, None)
     assert crit["speedup_headline"]["value"] == pytest.approx(860 / 250) and not crit["speedup_headline"]["pass"]
@@ -121,16 +155,36 @@ def test_tables_ratios_and_checks_from_fake_results(bench, tmp_path):
     crit3 = bench.criteria(summary, tp)
     assert not crit3["throughput_like_for_like"]["pass"] and crit3["throughput_vs_hf_loss"]["pass"]
     assert crit3["prune_restore_fraction"]["pass"]
+    # with the scaling figures: the check stays on the run's micro-dev, the text says where 1 % is reached
+    frac = lambda v: {"cold_fraction": bench._stats([v]), "warm_fraction": bench._stats([v]),  # noqa: E731
+                      "amortised_fraction": bench._stats([v])}
+    tp["probe_cost"].update(micro_dev_examples=16, large={"split": "test", "batches": 6, "examples": 48, "runs": [],
+                                                         **frac(0.004)},
+                            scaling={"large_split": "test", "large_examples": 48, "micro_dev_examples": 16,
+                                     "forward_per_example_s": 0.2, "forward_per_example_micro_dev_s": 0.21,
+                                     "prune_restore_cold_s": 0.135, "prune_restore_warm_s": 0.065,
+                                     "prune_restore_amortised_s": 0.079, "prune_restore_cold_s_micro_dev": 0.13,
+                                     "prune_restore_cold_s_large": 0.14, "prune_restore_warm_s_micro_dev": 0.065,
+                                     "prune_restore_warm_s_large": 0.065, "target": 0.01,
+                                     "min_examples_for_target": 40, "min_examples_for_target_cold": 68,
+                                     "min_examples_for_target_warm": 33, "predicted_fraction_at_micro_dev": 0.0247})
+    crit3 = bench.criteria(summary, tp)
+    pr = crit3["prune_restore_fraction"]
+    assert pr["value"] == 0.005 and pr["min_examples_for_target"] == 40
+    assert "16 micro-dev examples" in pr["accounting"] and "from 40 micro-dev examples" in pr["accounting"]
 
     meta = {"k": 8, "scale": "smoke", "command": "python benchmarks/grasp_vs_grid.py --scale smoke",
             "scale_note": "fake", "plugin_config": {"backbone": "tiny"}, "task": "xquad", "lang": "en", "seeds": [0],
-            "steps": 16, "budget": 20, "group_size": 4, "adapters": {"0": adapters[0]},
+            "steps": 16, "controller_steps": 16, "steps_per_round": 1, "budget": 20, "group_size": 4,
+            "adapters": {"0": adapters[0]},
             "grid_points": {"0": records[0]["grid"]["grid_points"]}, "tracking_uri": "sqlite:///x.db",
             "mlflow_parent_run_id": "p", "runs_dir": "runs/x", "versions": {"python": "3"}}
     png = bench.plot_seed(tmp_path / "p.png", records[0], "fake")
     md = bench.markdown(meta, summary, tp, crit3, [str(png)])
     assert f"{830 / 220:.2f}x" in md and "shared by every arm" in md and "![p](p.png)" in md
     assert "| grid (full runs) | 0.3000 |" in md and "FAIL" in md
+    assert "a controller run of 16 steps (1 per round)" in md and "(= the controller run's steps per round)" in md
+    assert "| 40 examples (68; 33) |" in md and "from 40 micro-dev examples" in md
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = bench._jsonable({"summary": summary, "criteria": crit3, "nan": float("nan")})
     back = json.loads(json.dumps(doc))
@@ -164,7 +218,8 @@ def test_throughput_one_alternation_on_the_tiny_backbone(bench, tmp_path, tracki
     base = {"preset": "smoke", "steps": 2}
     adapters = bench.train_shared_adapters(base, 0, tmp_path / "adapters", tracking_uri, None)
     assert adapters["train_s"] > 0 and Path(adapters["source_adapter"], "adapter_config.json").is_file()
-    tp = bench.measure_throughput(base, adapters, 0, rounds=1, steps=1, reps=1, probe_reps=1,
+    # 2 rounds x 4 steps: more than the controller run the plugin would give steps=8 by default (8 // 4 -> 4)
+    tp = bench.measure_throughput(base, adapters, 0, rounds=2, steps=4, reps=1, probe_reps=1,
                                   out_dir=tmp_path / "tp", tracking_uri=tracking_uri)
     (run,) = tp["runs"]
     assert run["tokens"] > 0 and set(run["seconds"]) == {"A", "B1", "B2"}
@@ -175,3 +230,26 @@ def test_throughput_one_alternation_on_the_tiny_backbone(bench, tmp_path, tracki
         assert 0 < pc[key]["median"] < 10
     assert pc["runs"][0]["cold_forward_s"] > 0 and tp["lora_rank_plain"] == 2 * 4
     assert np.isfinite(tp["ratio"])
+    # the same prune+restore against a forward over the test split: per-example cost, fixed cost, 1 % size
+    sc = pc["scaling"]
+    assert sc["large_split"] == "test" and sc["large_examples"] == pc["large"]["examples"] > 0
+    assert sc["forward_per_example_s"] > 0 and sc["prune_restore_amortised_s"] > 0
+    n = sc["min_examples_for_target"]
+    assert isinstance(n, int) and n > 0
+    assert sc["prune_restore_amortised_s"] / (n * sc["forward_per_example_s"]) < 0.01
+    assert n == 1 or sc["prune_restore_amortised_s"] / ((n - 1) * sc["forward_per_example_s"]) >= 0.01
+
+
+def test_cpu_scale_sizes_and_throughput_rounds(bench):
+    """The cpu scale's pinned sizes resolve as intended and its throughput rounds are the controller run's."""
+    from hpctl.plugins.grasp_lora import GraspLoraPlugin
+
+    scale = bench.SCALES["cpu"]
+    cfg = bench.resolved(scale.plugin_config)
+    assert (cfg.steps, cfg.controller_steps, cfg.micro_dev, cfg.mask_every) == (64, 16, 16, 4)
+    plugin = GraspLoraPlugin()
+    budget = scale.budget or plugin.default_budget
+    group = scale.group_size or plugin.default_group_size
+    assert scale.tp_steps == bench.controller_steps_per_round(cfg.controller_steps, budget, group) == 4
+    assert (scale.tp_rounds, scale.tp_reps) == (2, 3)
+    assert "64-step fine-tunes" in scale.note and "16-step controller run" in scale.note
