@@ -296,8 +296,10 @@ cli.add_command(PluginCommands("compare", builder=build_compare_command,
 @click.argument("run_dir")
 @click.option("--data", required=True, help="data file in the task's format")
 @click.option("--lang", default=None, help="language of the data (default: the run's)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override one of the run's plugin options for scoring, e.g. --set device=cpu (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as one JSON line")
-def eval_cmd(run_dir: str, data: str, lang: str | None, as_json: bool) -> None:
+def eval_cmd(run_dir: str, data: str, lang: str | None, sets: tuple[str, ...], as_json: bool) -> None:
     """Score a finished run's final artifact (e.g. grasp_lora's adapter) on any data file."""
     from rich.table import Table
 
@@ -307,7 +309,8 @@ def eval_cmd(run_dir: str, data: str, lang: str | None, as_json: bool) -> None:
 
     spec = read_spec(run_dir)
     plugin = load_plugin(spec.plugin)
-    config = build_dataclass(plugin.Config, spec.plugin_config, what=f"plugin {spec.plugin!r}")
+    overrides = {k.replace("-", "_"): v for k, v in parse_sets(sets).items()}
+    config = build_dataclass(plugin.Config, {**spec.plugin_config, **overrides}, what=f"plugin {spec.plugin!r}")
     metrics = plugin.eval_run(Path(run_dir), config, data=data, lang=lang)
     table = Table(title=f"{spec.plugin} run {run_dir} on {data}")
     table.add_column("metric")

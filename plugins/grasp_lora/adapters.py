@@ -792,7 +792,12 @@ class GlobalMagnitudePruner:
         if x is None:
             w = m.base.weight.detach()
             x = self._buffer(name, "xor", w, _int_view(w).dtype)
-            torch.bitwise_xor(_int_view(m.effective_weight(idx.delta[name]).to(w.dtype)), _int_view(w), out=x)
+            d = idx.delta[name]
+            if d.dtype == w.dtype:  # W + dW straight into the buffer (= effective_weight(d)), then XOR W in place
+                torch.add(w, d, out=x.view(w.dtype))
+                x.bitwise_xor_(_int_view(w))
+            else:  # float32 factors on a bf16/fp16 backbone: W + dW in float32, rounded once (as in training)
+                torch.bitwise_xor(_int_view(m.effective_weight(d).to(w.dtype)), _int_view(w), out=x)
             idx.xor[name] = x
         return x
 
