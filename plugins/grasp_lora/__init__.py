@@ -10,12 +10,12 @@ target-only baseline. See :mod:`.task` for the phases, :mod:`.adapters` for merg
 pruning, :mod:`.backbone` for loading and the fast label-only loss::
 
     hpctl run grasp_lora --preset smoke            # tiny random model, whole pipeline in seconds
-    hpctl run grasp_lora --task xquad --lang ar     # Gemma 3 270M, ~10 min on 2 CPU cores
+    hpctl run grasp_lora --task xquad --lang ar     # Gemma 3 270M, ~8 min on 2 CPU cores
     hpctl eval RUN_DIR --data xquad.ar.json         # score the saved final adapter on any file
 
 Presets fill every option left unset: ``smoke`` (tiny backbone and data: the whole
-pipeline, for tests), ``default`` (Gemma 3 270M sized for about 10 minutes on two CPU
-cores, at most 20 including the first-time model caching) and ``full`` (the data module's
+pipeline, for tests), ``default`` (Gemma 3 270M sized for about 8 minutes on two CPU
+cores, about 9 including the first-time model caching) and ``full`` (the data module's
 default split sizes and longer training; hours on a CPU).
 """
 
@@ -43,7 +43,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   steps=4, source_steps=2, target_steps=2, lr=1e-3, adapter_lr=1e-3, lora_r=4,
                   batch_size=2, eval_batch_size=4, max_len=160, max_target_len=12, max_new_tokens=6,
                   max_context_chars=300, baseline="target-only"),
-    "default": dict(backbone="gemma3-270m", source_train=96, target_train=48, micro_dev=16, dev=16, test=48,
+    "default": dict(backbone="gemma3-270m", source_train=96, target_train=48, micro_dev=48, dev=16, test=48,
                     steps=24, source_steps=24, target_steps=16, lr=5e-4, adapter_lr=5e-4, lora_r=8,
                     batch_size=4, eval_batch_size=8, max_len=320, max_target_len=24, max_new_tokens=16,
                     max_context_chars=700, baseline="target-only"),
@@ -65,7 +65,7 @@ class GraspLoraConfig:
     task: str = field(default="xquad", metadata={"help": "task data", "choices": list(TASKS)})
     lang: str = field(default="ar", metadata={"help": "target language", "choices": list(LANGS)})
     preset: str = field(default="default", metadata={
-        "help": "sizes for unset options: smoke (tiny model, seconds), default (Gemma 3 270M, ~10 min on "
+        "help": "sizes for unset options: smoke (tiny model, seconds), default (Gemma 3 270M, ~8 min on "
                 "2 CPU cores), full (paper-like sizes, hours)", "choices": list(PRESET_NAMES)})
     backbone: str | None = field(default=None, metadata={
         "help": "frozen backbone: gemma3-270m (offline, from PyPI), tiny (random test model), a .gguf file, "
