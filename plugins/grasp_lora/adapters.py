@@ -227,17 +227,27 @@ def load_lora(model: nn.Module, path: str | Path, name: str, *, trainable: bool 
 def save_lora(model: nn.Module, name: str, path: str | Path) -> Path:
     """Save adapter ``name`` in peft format directly in ``path`` (replacing it)."""
     dest = Path(path)
+    with _replacing_folder(dest) as tmp:
+        model.save_pretrained(str(tmp), selected_adapters=[name])
+        if (tmp / name / "adapter_config.json").is_file():  # peft nests non-default adapters in a subfolder
+            for item in (tmp / name).iterdir():
+                shutil.move(str(item), str(tmp / item.name))
+            (tmp / name).rmdir()
+    return dest
+
+
+@contextlib.contextmanager
+def _replacing_folder(dest: Path) -> Iterator[Path]:
+    """A temporary sibling folder to fill; it replaces ``dest`` only if the block finishes."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        model.save_pretrained(str(tmp), selected_adapters=[name])
-        src = tmp / name if (tmp / name / "adapter_config.json").is_file() else tmp
+        yield tmp
         if dest.exists():
             shutil.rmtree(dest)
-        shutil.move(str(src), str(dest))
+        shutil.move(str(tmp), str(dest))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
 
 def unload_lora(model: nn.Module) -> nn.Module:
@@ -858,7 +868,6 @@ def export_peft(adapter: DeltaAdapter, path: str | Path, *, masks: Mapping[str, 
     from safetensors.torch import save_file
 
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     rank_pattern: dict[str, int] = {}
     err2 = ref2 = 0.0
@@ -892,16 +901,10 @@ def export_peft(adapter: DeltaAdapter, path: str | Path, *, masks: Mapping[str, 
     config = LoraConfig(r=max_r, lora_alpha=max_r, target_modules=suffixes, lora_dropout=0.0, bias="none",
                         task_type="CAUSAL_LM", rank_pattern=dict(rank_pattern), alpha_pattern=dict(rank_pattern),
                         base_model_name_or_path=base_model_name_or_path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    with _replacing_folder(dest) as tmp:
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         info = {"rel_error": math.sqrt(err2 / ref2) if ref2 > 0 else 0.0, "params": float(n_params)}
         meta = {"export": "exact" if rank is None else f"svd-rank-{rank}", **info, **dict(metadata or {})}
         (tmp / "grasp_lora.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        shutil.move(str(tmp), str(dest))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return info
