@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from hpctl.agents.base import get_controller
+from hpctl.controllers.base import get_controller
 from hpctl.envs import make_landscape_env
 
 CONTROLLERS = ["grpo", "ppo", "sac", "a2c", "td3", "random", "grid"]

@@ -652,8 +652,8 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from hpctl.agents.base import get_controller
-    from hpctl.env import ControlEnv
+    from hpctl.controllers.base import get_controller
+    from hpctl.control_env import ControlEnv
     from hpctl.plugins.grasp_lora import GraspTask
     from hpctl.plugins.grasp_lora import adapters as ad
     from hpctl.plugins.grasp_lora.backbone import batched_loss, collate, load_backbone

@@ -11,7 +11,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from hpctl.env import ControlEnv
+from hpctl.control_env import ControlEnv
 from hpctl.envs.landscapes import SHAPES, Landscape, LandscapeTask
 
 #: id -> default landscape keyword arguments

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hpctl.agents.base import get_controller
-from hpctl.env import ControlEnv
+from hpctl.controllers.base import get_controller
+from hpctl.control_env import ControlEnv
 from hpctl.knob import Knob
 from hpctl.task import Plugin, Task
 

@@ -2,11 +2,11 @@
 
 Core pieces: :class:`~hpctl.knob.Knob` (a bounded control variable),
 :class:`~hpctl.task.Task`/:class:`~hpctl.task.Plugin` (what a training loop implements),
-:class:`~hpctl.env.ControlEnv` (the Gymnasium environment over a task), controllers in
-:mod:`hpctl.agents`, MLflow tracking in :mod:`hpctl.tracking`, the CLI in :mod:`hpctl.cli`.
+:class:`~hpctl.control_env.ControlEnv` (the Gymnasium environment over a task), controllers in
+:mod:`hpctl.controllers`, MLflow tracking in :mod:`hpctl.tracking`, the CLI in :mod:`hpctl.cli`.
 """
 
-from hpctl.env import ControlEnv
+from hpctl.control_env import ControlEnv
 from hpctl.errors import ConfigError, DataError, HpctlError
 from hpctl.knob import Knob
 from hpctl.task import Plugin, Task

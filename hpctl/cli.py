@@ -327,7 +327,7 @@ def list_cmd() -> None:
     """Installed plugins, controllers and registered Gymnasium ids."""
     from rich.table import Table
 
-    from hpctl.agents.base import controller_names
+    from hpctl.controllers.base import controller_names
     from hpctl.envs import env_ids
     from hpctl.registry import load_plugin, plugin_entry_points
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hpctl.agents.base import get_controller
+from hpctl.controllers.base import get_controller
 from hpctl.config import RunOptions
 from hpctl.errors import ConfigError, HpctlError
 from hpctl.registry import load_plugin

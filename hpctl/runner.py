@@ -24,9 +24,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hpctl.agents.base import Controller, get_controller
+from hpctl.controllers.base import Controller, get_controller
 from hpctl.config import RunOptions, build_dataclass
-from hpctl.env import ControlEnv
+from hpctl.control_env import ControlEnv
 from hpctl.errors import ConfigError, HpctlError, ResumeError
 from hpctl.registry import load_plugin
 from hpctl.tracking import Tracker

@@ -1,7 +1,7 @@
 """What a plugin implements: a training loop with a knob, probes, and state.
 
 A :class:`Task` is one training run whose knob a controller sets. The environment
-(:mod:`hpctl.env`) drives it in rounds: a few probes of candidate values at the *same*
+(:mod:`hpctl.control_env`) drives it in rounds: a few probes of candidate values at the *same*
 training state, then ``train(steps, value)`` at the committed value.
 
 A :class:`Plugin` is the factory the CLI finds through the ``hpctl.plugins`` entry-point
@@ -123,7 +123,7 @@ class Plugin(ABC):
         """Build a task. Raise :class:`hpctl.errors.HpctlError` for bad user input."""
 
     def env_kwargs(self, config: Any) -> dict[str, Any]:
-        """Extra :class:`hpctl.env.ControlEnv` keyword arguments for this plugin."""
+        """Extra :class:`hpctl.control_env.ControlEnv` keyword arguments for this plugin."""
         return {}
 
     def eval_run(self, run_dir: Path, config: Any, *, data: str, lang: str | None = None) -> dict[str, float]:

@@ -176,7 +176,7 @@ class Tracker:
 
     # ---------------------------------------------------------------- env events --
     def on_event(self, event: dict[str, Any], names: tuple[str, ...]) -> None:
-        """Listener for :class:`hpctl.env.ControlEnv` events."""
+        """Listener for :class:`hpctl.control_env.ControlEnv` events."""
         kind = event["event"]
         if kind == "probe":
             step = event["probe"]

@@ -8,7 +8,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import hpctl.envs as henvs
-from hpctl.env import ControlEnv
+from hpctl.control_env import ControlEnv
 from hpctl.envs.landscapes import Landscape, LandscapeTask
 from hpctl.errors import ConfigError
 from hpctl.knob import Knob

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from hpctl.agents.base import get_controller
-from hpctl.agents.grpo import (
+from hpctl.controllers.base import get_controller
+from hpctl.controllers.grpo import (
     GRPO,
     GRPOConfig,
     gaussian_logp,
@@ -16,7 +16,7 @@ from hpctl.agents.grpo import (
     kl_old_new,
     objective_grads,
 )
-from hpctl.env import ControlEnv
+from hpctl.control_env import ControlEnv
 from hpctl.envs import make_landscape_env
 from hpctl.envs.landscapes import Landscape, LandscapeTask
 from hpctl.errors import ConfigError

@@ -111,7 +111,7 @@ def test_probe_restores_bit_exact_when_it_raises(monkeypatch, where):
 
 
 def test_probe_fault_through_the_env_is_recorded_and_state_kept(monkeypatch):
-    from hpctl.env import ControlEnv
+    from hpctl.control_env import ControlEnv
 
     task = small_task()
     env = ControlEnv(task, group_size=4, steps_per_round=20)

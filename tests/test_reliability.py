@@ -136,8 +136,8 @@ class NaNTask(LandscapeTask):
 
 
 def test_nan_and_raising_probes_do_not_poison_the_controller(tmp_path):
-    from hpctl.agents.base import get_controller
-    from hpctl.env import ControlEnv
+    from hpctl.controllers.base import get_controller
+    from hpctl.control_env import ControlEnv
 
     task = NaNTask(Landscape(optimum=(0.6,)), noise=0.0, total_steps=800)
     env = ControlEnv(task, group_size=8, steps_per_round=100)
@@ -153,7 +153,7 @@ def test_nan_and_raising_probes_do_not_poison_the_controller(tmp_path):
 
 
 def test_compare_keeps_going_when_one_run_crashes(tmp_path, tracking_uri, monkeypatch):
-    import hpctl.agents.search as search
+    import hpctl.controllers.search as search
     import hpctl.compare as cmp
 
     original = search.RandomSearch.run

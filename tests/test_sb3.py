@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 
-from hpctl.agents.base import get_controller  # noqa: E402
-from hpctl.agents.sb3 import UnitActionWrapper  # noqa: E402
-from hpctl.env import ControlEnv  # noqa: E402
+from hpctl.controllers.base import get_controller  # noqa: E402
+from hpctl.controllers.sb3 import UnitActionWrapper  # noqa: E402
+from hpctl.control_env import ControlEnv  # noqa: E402
 from hpctl.envs import make_landscape_env  # noqa: E402
 from hpctl.envs.landscapes import Landscape, LandscapeTask  # noqa: E402
 from hpctl.knob import Knob  # noqa: E402

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hpctl.agents.base import get_controller
-from hpctl.agents.search import Fixed, Grid, RandomSearch, grid_points
-from hpctl.env import ControlEnv
+from hpctl.controllers.base import get_controller
+from hpctl.controllers.search import Fixed, Grid, RandomSearch, grid_points
+from hpctl.control_env import ControlEnv
 from hpctl.envs import make_landscape_env
 from hpctl.envs.landscapes import Landscape, LandscapeTask
 from hpctl.errors import ConfigError

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # peft 0.21 calls a transformers 5.x API that warns on every PeftModel.from_pretrained
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
-from hpctl.env import ControlEnv  # noqa: E402
+from hpctl.control_env import ControlEnv  # noqa: E402
 from hpctl.errors import ConfigError  # noqa: E402
 from hpctl.plugins.grasp_lora import GraspLoraConfig, GraspLoraPlugin, resolve_config  # noqa: E402
 from hpctl.plugins.grasp_lora.backbone import load_backbone  # noqa: E402

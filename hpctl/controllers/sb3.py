@@ -41,8 +41,8 @@ import numpy as np
 from gymnasium import spaces
 
 from hpctl.errors import ResumeError
-from hpctl.agents.base import Controller, register
-from hpctl.env import ControlEnv
+from hpctl.controllers.base import Controller, register
+from hpctl.control_env import ControlEnv
 
 
 class UnitActionWrapper(gym.ActionWrapper):

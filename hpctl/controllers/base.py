@@ -8,7 +8,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from hpctl.env import ControlEnv
+from hpctl.control_env import ControlEnv
 from hpctl.errors import ConfigError
 
 
@@ -96,7 +96,7 @@ def _load_builtin() -> None:
     # Imported lazily so `import hpctl` stays cheap (SB3 pulls in torch).
     import importlib
 
-    for mod in ("hpctl.agents.search", "hpctl.agents.grpo", "hpctl.agents.sb3"):
+    for mod in ("hpctl.controllers.search", "hpctl.controllers.grpo", "hpctl.controllers.sb3"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -65,8 +65,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hpctl.agents.base import Controller, register
-from hpctl.env import ControlEnv
+from hpctl.controllers.base import Controller, register
+from hpctl.control_env import ControlEnv
 from hpctl.errors import ResumeError
 
 COMMIT_CHECKS = ("probe", "nearest", "none")

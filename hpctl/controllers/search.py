@@ -8,7 +8,7 @@ knob gets points evenly spaced in log space.
 
 ``grid`` with ``full_runs=True`` is the paper's grid baseline: each point costs one whole
 fine-tune at that value (``task.full_run``), scored on its dev set; each counts as one
-probe of the budget and is recorded with :meth:`hpctl.env.ControlEnv.record`.
+probe of the budget and is recorded with :meth:`hpctl.control_env.ControlEnv.record`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hpctl.agents.base import Controller, register
-from hpctl.env import ControlEnv
+from hpctl.controllers.base import Controller, register
+from hpctl.control_env import ControlEnv
 from hpctl.errors import ConfigError, ResumeError
 
 
