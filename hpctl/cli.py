@@ -19,6 +19,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from hpctl.control_env import COMMIT_RULES, REWARDS
 from hpctl.config import COMPARE_KEYS, RunOptions, field_type, load_yaml, split_config
 from hpctl.errors import ConfigError, HpctlError, one_line
 
@@ -177,7 +178,7 @@ class PluginCommands(click.Group):
 def build_run_command(plugin) -> click.Command:
     @click.pass_context
     def callback(ctx: click.Context, **kwargs: Any) -> None:
-        from hpctl.runner import RunSpec, read_spec
+        from hpctl.rundir import RunSpec, read_spec
         from hpctl.runner import run as run_one
 
         resume = kwargs.pop("resume", None)
@@ -211,9 +212,9 @@ def common_run_options(cmd: click.Command) -> click.Command:
         click.Option(["--budget"], default=None, type=int, help="probe budget (default: the plugin's)"),
         click.Option(["--group-size"], default=None, type=int, help="probes per round at the same training state"),
         click.Option(["--commit-rule"], default="best", show_default=True,
-                     type=click.Choice(["best", "last", "mean", "stay"]),
+                     type=click.Choice(COMMIT_RULES),
                      help="which value training continues with after a round of step() probes"),
-        click.Option(["--reward"], default="score", show_default=True, type=click.Choice(["score", "improvement"]),
+        click.Option(["--reward"], default="score", show_default=True, type=click.Choice(REWARDS),
                      help="reward of a step(): the probe score or its improvement over the current value"),
         click.Option(["--config", "config_file"], default=None, help="YAML config file (flags win)"),
         click.Option(["--set", "sets"], multiple=True, metavar="KEY=VALUE",
@@ -305,7 +306,7 @@ def eval_cmd(run_dir: str, data: str, lang: str | None, sets: tuple[str, ...], a
 
     from hpctl.config import build_dataclass
     from hpctl.registry import load_plugin
-    from hpctl.runner import read_spec
+    from hpctl.rundir import read_spec
 
     spec = read_spec(run_dir)
     plugin = load_plugin(spec.plugin)

@@ -20,7 +20,8 @@ from hpctl.controllers.base import get_controller
 from hpctl.config import RunOptions
 from hpctl.errors import ConfigError, HpctlError
 from hpctl.registry import load_plugin
-from hpctl.runner import RunSpec, atomic_write_json, prepare_out_dir, run
+from hpctl.rundir import RunSpec, atomic_write_json, prepare_out_dir
+from hpctl.runner import run
 from hpctl.tracking import Tracker
 
 

@@ -26,8 +26,6 @@ from typing import Any, Union
 
 from hpctl.errors import ConfigError
 
-COMMON_KEYS = ("controller", "seed", "budget", "group_size", "commit_rule", "reward", "out",
-               "tracking_uri", "controller_config")
 #: keys only `hpctl compare` reads (`hpctl run` ignores them)
 COMPARE_KEYS = ("controllers", "seeds")
 
@@ -45,6 +43,10 @@ class RunOptions:
     out: str | None = None
     tracking_uri: str | None = None
     controller_config: dict[str, Any] = field(default_factory=dict)
+
+
+#: the config-file keys every run takes: the fields of :class:`RunOptions`
+COMMON_KEYS = tuple(f.name for f in dataclasses.fields(RunOptions))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -104,18 +104,6 @@ class Knob:
             return np.exp(math.log(self.low) + arr * (math.log(self.high) - math.log(self.low)))
         return self.low + arr * (self.high - self.low)
 
-    def with_bounds(self, low: float | None = None, high: float | None = None) -> "Knob":
-        """A copy with other bounds (the default is clipped into them)."""
-        lo = self.low if low is None else float(low)
-        hi = self.high if high is None else float(high)
-        if not lo < hi:
-            raise ConfigError(f"knob {self.name!r}: bounds out of order: low={lo} must be < high={hi}")
-        default = np.clip(self.as_array(self.default), lo, hi)
-        return Knob(
-            name=self.name, low=lo, high=hi, default=tuple(default.tolist()), dim=self.dim,
-            log=self.log, units=self.units, labels=self.labels,
-        )
-
     def format(self, value: np.ndarray | float) -> str:
         arr = self.as_array(value)
         if self.dim == 1:

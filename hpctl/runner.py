@@ -1,60 +1,31 @@
 """One controller run over one plugin: build, learn, finish, record.
 
 :func:`run` is what ``hpctl run`` calls; ``hpctl compare`` calls it once per controller
-and seed under a parent MLflow run. A run directory holds ``spec.json`` (what was asked),
-``checkpoint.pt`` (after every round, written atomically), ``result.json`` (written as
-soon as the result exists, before plots and artifact uploads) and ``run.png``.
+and seed under a parent MLflow run. What lands in the run directory, and how it is read
+back for ``--resume``, is :mod:`hpctl.rundir`; the MLflow side is :mod:`hpctl.tracking`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import math
-import os
-import pickle
 import random
 import time
 import traceback
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from hpctl.controllers.base import Controller, get_controller
-from hpctl.config import RunOptions, build_dataclass
+from hpctl.config import build_dataclass
 from hpctl.control_env import ControlEnv
-from hpctl.errors import ConfigError, HpctlError, ResumeError
+from hpctl.controllers.base import Controller, get_controller
+from hpctl.errors import ConfigError, HpctlError
 from hpctl.registry import load_plugin
-from hpctl.tracking import Tracker
+from hpctl.rundir import (CHECKPOINT_EVERY_S, RESULT, SPEC, RunSpec, atomic_write_json, load_checkpoint,
+                          prepare_out_dir, save_checkpoint)
+from hpctl.tracking import PhaseRuns, RunRecorder, Tracker, end_quietly, log_outputs, warn
 
-CHECKPOINT = "checkpoint.pt"
-SPEC = "spec.json"
-RESULT = "result.json"
-#: minimum seconds between two checkpoints (every round of a real training run is longer)
-CHECKPOINT_EVERY_S = 0.25
-
-
-@dataclass
-class RunSpec:
-    """Everything that defines a run (saved as ``spec.json`` for ``--resume``)."""
-
-    plugin: str
-    options: RunOptions = field(default_factory=RunOptions)
-    plugin_config: dict[str, Any] = field(default_factory=dict)
-    command: str = "run"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"plugin": self.plugin, "options": dataclasses.asdict(self.options),
-                "plugin_config": self.plugin_config, "command": self.command}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "RunSpec":
-        return cls(plugin=data["plugin"], options=RunOptions(**data["options"]),
-                   plugin_config=dict(data["plugin_config"]), command=data.get("command", "run"))
+__all__ = ["RoundHook", "RunSpec", "build", "controller_settings", "run", "seed_everything", "steps_per_round"]
 
 
 def seed_everything(seed: int) -> None:
@@ -68,72 +39,40 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def prepare_out_dir(out: str | None, plugin: str, controller: str, seed: int) -> Path:
-    if out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        out = os.path.join("runs", f"{plugin}-{controller}-s{seed}-{stamp}")
-    path = Path(out)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output directory {str(path)!r} is not writable: {exc.strerror or exc}") from None
-    return path
+def steps_per_round(total_steps: int, budget: int, group_size: int) -> int:
+    """Training steps between two rounds so that ``budget`` probes span ``total_steps``.
+
+    A round spends ``group_size`` candidate probes plus one baseline probe.
+    """
+    rounds = max(1, int(budget) // (int(group_size) + 1))
+    return max(1, int(total_steps) // rounds)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def checkpoint_state(env: ControlEnv, controller: Controller, recorder: RunRecorder,
+                     tracker: Tracker) -> dict[str, Any]:
+    """What ``--resume`` needs: env and task state, controller, history, where the MLflow run is."""
+    return {"env": env.state_dict(), "controller": controller.state_dict(), "history": recorder.history,
+            "logged": recorder.logged, "mlflow_run_id": tracker.run_id, "tracking_uri": tracker.uri}
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+class RoundHook:
+    """Called after every controller round: controller state to MLflow, and a checkpoint.
 
+    The checkpoint is written at most every :data:`~hpctl.rundir.CHECKPOINT_EVERY_S`: a
+    resumed run redoes the (deterministic) rounds since, so nothing is lost or repeated,
+    and microsecond probes are not slowed down.
+    """
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
+    def __init__(self, out_dir: Path, env: ControlEnv, recorder: RunRecorder, tracker: Tracker) -> None:
+        self.out_dir, self.env, self.recorder, self.tracker = out_dir, env, recorder, tracker
+        self.last_checkpoint = time.perf_counter()
 
-
-class RunRecorder:
-    """Env listener: keeps the history (for plots, checkpoints) and forwards to MLflow."""
-
-    def __init__(self, names: tuple[str, ...], tracker: Tracker | None) -> None:
-        self.names = names
-        self.tracker = tracker
-        self.history: list[dict[str, Any]] = []
-        self.faults = 0
-        self.logged = 0  # history events already flushed to MLflow (for resume)
-        self.last_flush = time.perf_counter()
-
-    def checkpoint_flush(self, min_interval: float = 2.0) -> None:
-        """Flush queued metrics at a checkpoint, at most every ``min_interval`` seconds."""
-        if self.tracker is not None and time.perf_counter() - self.last_flush >= min_interval:
-            try:
-                self.tracker.flush()
-            except Exception as exc:  # noqa: BLE001 - a store hiccup must not stop training
-                _warn(self.tracker, f"metrics flush failed: {type(exc).__name__}: {exc}")
-                return  # `logged` stays: those events are logged again on resume
-            self.logged = len(self.history)
-            self.last_flush = time.perf_counter()
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        self.history.append(event)
-        if event["event"] == "fault":
-            self.faults += 1
-        if self.tracker is not None:
-            self.tracker.on_event(event, self.names)
+    def __call__(self, ctrl: Controller) -> None:
+        self.tracker.metrics({f"controller/{k}": v for k, v in ctrl.state().items()}, self.env.probes)
+        if time.perf_counter() - self.last_checkpoint >= CHECKPOINT_EVERY_S:
+            self.recorder.checkpoint_flush()
+            save_checkpoint(self.out_dir, checkpoint_state(self.env, ctrl, self.recorder, self.tracker))
+            self.last_checkpoint = time.perf_counter()
 
 
 def controller_settings(plugin, name: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -171,8 +110,7 @@ def build(spec: RunSpec, out_dir: Path):
     env_kwargs = {"group_size": group, "commit_rule": opts.commit_rule, "reward": opts.reward}
     env_kwargs.update(plugin.env_kwargs(config))
     if "steps_per_round" not in env_kwargs:
-        rounds = max(1, budget // (group + 1))  # +1: the baseline probe of each round
-        env_kwargs["steps_per_round"] = max(1, task.total_steps // rounds)
+        env_kwargs["steps_per_round"] = steps_per_round(task.total_steps, budget, group)
     env = ControlEnv(task, **env_kwargs)
     controller = ctrl_cls(env, config=ctrl_config, seed=opts.seed)
     return plugin, config, task, env, controller, budget
@@ -192,7 +130,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     tracking_uri = opts.tracking_uri
     if resume_dir is not None:
         out_dir = Path(resume_dir)
-        checkpoint = load_checkpoint(out_dir, spec)
+        checkpoint = load_checkpoint(out_dir)
         tracking_uri = checkpoint.get("tracking_uri") or tracking_uri  # the store the run lives in
     else:
         out_dir = prepare_out_dir(opts.out, spec.plugin, opts.controller or "default", opts.seed)
@@ -229,7 +167,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
                                 "controller_config": dataclasses.asdict(controller.config),
                                 "task": task.describe()})
             env.reset(seed=opts.seed)
-            save_checkpoint(out_dir, env, controller, recorder, tracker)
+            save_checkpoint(out_dir, checkpoint_state(env, controller, recorder, tracker))
         else:
             controller.load_state_dict(checkpoint["controller"])
             env.load_state_dict(checkpoint["env"])
@@ -242,17 +180,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         if progress is not None:
             progress("start", {"budget": budget, "done": env.probes, "out_dir": str(out_dir)})
 
-        last_checkpoint = [time.perf_counter()]
-
-        def on_round(ctrl: Controller) -> None:
-            step = env.probes
-            tracker.metrics({f"controller/{k}": v for k, v in ctrl.state().items()}, step)
-            # At most every CHECKPOINT_EVERY_S: a resumed run redoes the (deterministic) rounds
-            # since, so nothing is lost or repeated, and microsecond probes are not slowed down.
-            if time.perf_counter() - last_checkpoint[0] >= CHECKPOINT_EVERY_S:
-                recorder.checkpoint_flush()
-                save_checkpoint(out_dir, env, ctrl, recorder, tracker)
-                last_checkpoint[0] = time.perf_counter()
+        on_round = RoundHook(out_dir, env, recorder, tracker)
 
         t0 = time.perf_counter()
         with phases_runs.phase("controller"):
@@ -268,7 +196,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         if optimum is not None:
             metrics.setdefault("distance", float(np.linalg.norm(learned - optimum)))
         phases = {"controller_s": t_control, "final_s": t_final}
-        phases.update(getattr(task, "phase_seconds", {}) or {})
+        phases.update(task.phase_seconds)
         result = {
             "plugin": spec.plugin,
             "controller": controller.name,
@@ -301,67 +229,18 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         raise
     finally:
         if result is None:  # failed or interrupted: record it, then let the error through
-            _end_quietly(tracker, status, error)
+            end_quietly(tracker, status, error)
             task.close()
     # The run is finished and its result is on disk: from here on, a failure to upload
     # or plot is recorded as a warning tag and never turns the run into a crash.
     try:
         _record_outputs(tracker, task, recorder, result, out_dir, names, spec, learned, optimum)
     except Exception as exc:  # noqa: BLE001
-        _warn(tracker, f"outputs not fully recorded: {type(exc).__name__}: {exc}")
+        warn(tracker, f"outputs not fully recorded: {type(exc).__name__}: {exc}")
     finally:
-        _end_quietly(tracker, "FINISHED", None)
+        end_quietly(tracker, "FINISHED", None)
         task.close()
     return result
-
-
-class PhaseRuns:
-    """Nested MLflow runs, one per long phase (the controller run, a plugin's adapter training).
-
-    Used as a task's ``phase_listener``; each child run gets the phase's wall time and
-    whatever counters the plugin reports. Tracking problems here only cost the child run.
-    """
-
-    def __init__(self, parent: Tracker, experiment: str) -> None:
-        self.parent = parent
-        self.experiment = experiment
-        self.open: dict[str, Tracker] = {}
-
-    def __call__(self, name: str, event: str, info: dict[str, Any]) -> None:
-        try:
-            if event == "start":
-                self.open[name] = Tracker(self.parent.uri, self.experiment, run_name=name,
-                                          parent_run_id=self.parent.run_id, tags={"hpctl.phase": name})
-            elif name in self.open:
-                child = self.open.pop(name)
-                child.metrics({k: v for k, v in info.items() if isinstance(v, (int, float))})
-                child.end(str(info.get("status", "FINISHED")))
-        except Exception as exc:  # noqa: BLE001
-            _warn(self.parent, f"nested run for phase {name!r} not recorded: {exc}")
-
-    @contextlib.contextmanager
-    def phase(self, name: str):
-        t0, status = time.perf_counter(), "FAILED"
-        self(name, "start", {})
-        try:
-            yield
-            status = "FINISHED"
-        finally:
-            self(name, "end", {"seconds": time.perf_counter() - t0, "status": status})
-
-
-def _warn(tracker: Tracker, message: str) -> None:
-    try:
-        tracker.set_tags({"warning": message[:500]})
-    except Exception:  # noqa: BLE001 - the store itself is failing; the run directory has everything
-        pass
-
-
-def _end_quietly(tracker: Tracker, status: str, error: str | None) -> None:
-    try:
-        tracker.end(status, error)
-    except Exception:  # noqa: BLE001 - never mask the run's own outcome with a store failure
-        pass
 
 
 def _record_outputs(tracker: Tracker, task, recorder: RunRecorder, result: dict[str, Any], out_dir: Path,
@@ -377,67 +256,7 @@ def _record_outputs(tracker: Tracker, task, recorder: RunRecorder, result: dict[
                        optimum=optimum, learned=learned)
         tracker.artifact(png)
     except Exception as exc:  # noqa: BLE001 - a plot never costs a finished result
-        _warn(tracker, f"plot failed: {exc}")
+        warn(tracker, f"plot failed: {exc}")
     tracker.artifact(out_dir / RESULT)
     tracker.artifact(out_dir / "history.json")
-    log_outputs(tracker, getattr(task, "artifacts", lambda: [])())
-
-
-def _size_mb(path: Path) -> float:
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return sum(p.stat().st_size for p in files) / 2**20
-
-
-def log_outputs(tracker: Tracker, paths: list[Path]) -> None:
-    """Upload a task's outputs (e.g. adapters) under ``outputs/<name>``.
-
-    Outputs over ``$HPCTL_MAX_ARTIFACT_MB`` (default 100) stay only in the run directory,
-    and a tag records where, so a large exact adapter is not copied into the store on
-    every run.
-    """
-    limit = float(os.environ.get("HPCTL_MAX_ARTIFACT_MB", "100"))
-    for path in map(Path, paths):
-        size = _size_mb(path)
-        if size > limit:
-            tracker.set_tags({f"output.{path.name}": f"{path.resolve()} ({size:.0f} MB, over "
-                                                     f"HPCTL_MAX_ARTIFACT_MB={limit:g}: not uploaded)"})
-        elif path.is_dir():
-            tracker.artifact(path, f"outputs/{path.name}")
-        else:
-            tracker.artifact(path, "outputs")
-
-
-def save_checkpoint(out_dir: Path, env: ControlEnv, controller: Controller, recorder: RunRecorder,
-                    tracker: Tracker) -> None:
-    """Write ``checkpoint.pt`` atomically (pickle; tensors in task snapshots pickle as well)."""
-    state = {"env": env.state_dict(), "controller": controller.state_dict(), "history": recorder.history,
-             "logged": recorder.logged, "mlflow_run_id": tracker.run_id, "tracking_uri": tracker.uri}
-    atomic_write_bytes(out_dir / CHECKPOINT, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def load_checkpoint(out_dir: Path, spec: RunSpec) -> dict[str, Any]:
-    if not (out_dir / SPEC).is_file():
-        raise ResumeError(f"{str(out_dir)!r} is not an hpctl run directory (no {SPEC})")
-    if not (out_dir / CHECKPOINT).is_file():
-        raise ResumeError(f"{str(out_dir)!r} has no {CHECKPOINT} to resume from")
-    if (out_dir / RESULT).is_file():
-        raise ResumeError(f"the run in {str(out_dir)!r} has finished ({RESULT} exists); nothing to resume")
-    try:
-        with open(out_dir / CHECKPOINT, "rb") as fh:
-            return pickle.load(fh)
-    except Exception as exc:  # noqa: BLE001
-        raise ResumeError(f"checkpoint in {str(out_dir)!r} cannot be read: {exc}") from None
-
-
-def read_spec(out_dir: str | Path) -> RunSpec:
-    p = Path(out_dir) / SPEC
-    if not p.is_file():
-        raise ResumeError(f"{str(out_dir)!r} is not an hpctl run directory (no {SPEC})")
-    try:
-        return RunSpec.from_json(json.loads(p.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ResumeError(f"{str(p)!r} is not a valid run spec: {exc}") from None
-
-
-def finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+    log_outputs(tracker, task.artifacts())

@@ -14,10 +14,10 @@ Task from them. A third-party package registers one in its own ``pyproject.toml`
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
@@ -44,6 +44,10 @@ class Task(ABC):
     #: ``phase_listener(name, "end", {"seconds": ..., "status": "FINISHED"|"FAILED", ...})``
     #: around its long phases (e.g. training an adapter), and each becomes a nested MLflow run
     phase_listener: Callable[[str, str, dict[str, Any]], None] | None = None
+    #: wall seconds of the plugin's own phases (e.g. ``{"adapters_s": 41.2}``); the runner
+    #: adds them to ``result.json``'s ``phases`` beside ``controller_s`` and ``final_s``.
+    #: A task that records any assigns its own dict (this shared default is read-only).
+    phase_seconds: Mapping[str, float] = MappingProxyType({})
 
     @abstractmethod
     def reset(self, seed: int | None = None) -> None:
@@ -88,6 +92,10 @@ class Task(ABC):
         """The known best value (synthetic tasks only), else None."""
         return None
 
+    def artifacts(self) -> list[Path]:
+        """Files or folders the run produced (e.g. adapters); logged as MLflow artifacts."""
+        return []
+
     def describe(self) -> dict[str, Any]:
         """Parameters worth logging."""
         return {}
@@ -131,7 +139,3 @@ class Plugin(ABC):
         from hpctl.errors import ConfigError
 
         raise ConfigError(f"plugin {self.name!r} does not support `hpctl eval`")
-
-    @classmethod
-    def config_fields(cls) -> list[dataclasses.Field]:
-        return list(dataclasses.fields(cls.Config))

@@ -206,3 +206,109 @@ class Tracker:
                     self.set_tags({"error": error})
                 self.client.set_terminated(self.run_id, status=status)
                 self.ended = True
+
+
+# ------------------------------------------------------- run-level recorders ---
+class RunRecorder:
+    """Env listener: keeps the history (for plots, checkpoints) and forwards to MLflow."""
+
+    def __init__(self, names: tuple[str, ...], tracker: Tracker | None) -> None:
+        self.names = names
+        self.tracker = tracker
+        self.history: list[dict[str, Any]] = []
+        self.faults = 0
+        self.logged = 0  # history events already flushed to MLflow (for resume)
+        self.last_flush = time.perf_counter()
+
+    def checkpoint_flush(self, min_interval: float = 2.0) -> None:
+        """Flush queued metrics at a checkpoint, at most every ``min_interval`` seconds."""
+        if self.tracker is not None and time.perf_counter() - self.last_flush >= min_interval:
+            try:
+                self.tracker.flush()
+            except Exception as exc:  # noqa: BLE001 - a store hiccup must not stop training
+                warn(self.tracker, f"metrics flush failed: {type(exc).__name__}: {exc}")
+                return  # `logged` stays: those events are logged again on resume
+            self.logged = len(self.history)
+            self.last_flush = time.perf_counter()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.history.append(event)
+        if event["event"] == "fault":
+            self.faults += 1
+        if self.tracker is not None:
+            self.tracker.on_event(event, self.names)
+
+
+class PhaseRuns:
+    """Nested MLflow runs, one per long phase (the controller run, a plugin's adapter training).
+
+    Used as a task's ``phase_listener``; each child run gets the phase's wall time and
+    whatever counters the plugin reports. Tracking problems here only cost the child run.
+    """
+
+    def __init__(self, parent: Tracker, experiment: str) -> None:
+        self.parent = parent
+        self.experiment = experiment
+        self.open: dict[str, Tracker] = {}
+
+    def __call__(self, name: str, event: str, info: dict[str, Any]) -> None:
+        try:
+            if event == "start":
+                self.open[name] = Tracker(self.parent.uri, self.experiment, run_name=name,
+                                          parent_run_id=self.parent.run_id, tags={"hpctl.phase": name})
+            elif name in self.open:
+                child = self.open.pop(name)
+                child.metrics({k: v for k, v in info.items() if isinstance(v, (int, float))})
+                child.end(str(info.get("status", "FINISHED")))
+        except Exception as exc:  # noqa: BLE001
+            warn(self.parent, f"nested run for phase {name!r} not recorded: {exc}")
+
+    @contextmanager
+    def phase(self, name: str):
+        t0, status = time.perf_counter(), "FAILED"
+        self(name, "start", {})
+        try:
+            yield
+            status = "FINISHED"
+        finally:
+            self(name, "end", {"seconds": time.perf_counter() - t0, "status": status})
+
+
+def warn(tracker: Tracker, message: str) -> None:
+    try:
+        tracker.set_tags({"warning": message[:500]})
+    except Exception:  # noqa: BLE001 - the store itself is failing; the run directory has everything
+        pass
+
+
+def end_quietly(tracker: Tracker, status: str, error: str | None) -> None:
+    try:
+        tracker.end(status, error)
+    except Exception:  # noqa: BLE001 - never mask the run's own outcome with a store failure
+        pass
+
+
+def _size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
+def log_outputs(tracker: Tracker, paths: list[Path]) -> None:
+    """Upload a task's outputs (e.g. adapters) under ``outputs/<name>``.
+
+    Outputs over ``$HPCTL_MAX_ARTIFACT_MB`` (default 100) stay only in the run directory,
+    and a tag records where, so a large exact adapter is not copied into the store on
+    every run.
+    """
+    limit = float(os.environ.get("HPCTL_MAX_ARTIFACT_MB", "100"))
+    for path in map(Path, paths):
+        size = _size_mb(path)
+        if size > limit:
+            tracker.set_tags({f"output.{path.name}": f"{path.resolve()} ({size:.0f} MB, over "
+                                                     f"HPCTL_MAX_ARTIFACT_MB={limit:g}: not uploaded)"})
+        elif path.is_dir():
+            tracker.artifact(path, f"outputs/{path.name}")
+        else:
+            tracker.artifact(path, "outputs")
+
+

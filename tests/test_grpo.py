@@ -22,6 +22,7 @@ from hpctl.envs.landscapes import Landscape, LandscapeTask
 from hpctl.errors import ConfigError
 from hpctl.knob import Knob
 from hpctl.task import Task
+from hpctl.runner import steps_per_round
 
 PLAIN = dict(lambda_reg=0.0, clip_eps=0.0, beta_kl=0.0, entropy_coef=0.0)
 
@@ -270,9 +271,8 @@ def test_a_round_with_fewer_than_two_valid_candidates_makes_no_update():
 
 # ------------------------------------------------------------ landscape targets -----
 def _run(optimum, seed, *, G=8, budget=64, noise=0.01, drift=0.0, config=None, track=None):
-    rounds = max(1, budget // (G + 1))  # the runner's steps_per_round rule
     env = make_landscape_env(optimum=optimum, noise=noise, drift=drift, group_size=G,
-                             steps_per_round=1000 // rounds)
+                             steps_per_round=steps_per_round(1000, budget, G))
     ctrl = GRPO(env, config, seed=seed)
     env.reset(seed=seed)
     cb = None if track is None else (lambda c: track.append(abs(env.current - env.task.optimum(env.progress)).max()))

@@ -15,6 +15,7 @@ from hpctl.control_env import ControlEnv  # noqa: E402
 from hpctl.envs import make_landscape_env  # noqa: E402
 from hpctl.envs.landscapes import Landscape, LandscapeTask  # noqa: E402
 from hpctl.knob import Knob  # noqa: E402
+from hpctl.runner import steps_per_round  # noqa: E402
 
 AGENTS = ["ppo", "a2c", "sac", "td3"]
 
@@ -31,8 +32,7 @@ def _one_torch_thread():
 
 
 def _run(name: str, seed: int, budget: int = 32, optimum=0.37, G: int = 8, config=None):
-    rounds = max(1, budget // (G + 1))
-    env = make_landscape_env(optimum=optimum, noise=0.01, group_size=G, steps_per_round=1000 // rounds)
+    env = make_landscape_env(optimum=optimum, noise=0.01, group_size=G, steps_per_round=steps_per_round(1000, budget, G))
     events: list[dict] = []
     env.listeners.append(events.append)
     cls = get_controller(name)
