@@ -1,8 +1,7 @@
-"""benchmarks/grasp_vs_grid.py: the cheap pieces (tiny backbone throughput, tables from fake results)."""
+"""benchmarks/grasp_vs_grid: the cheap pieces (tiny backbone throughput, tables from fake results)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -12,23 +11,18 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
 
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_grasp_vs_grid", ROOT / "benchmarks" / "grasp_vs_grid.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from benchmarks.grasp_vs_grid import analysis, arms, cli, report, throughput  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- fake results
-def _rec(bench, arm, wall, phases, metrics, passes, out_dir, learned=0.4, grid_points=(), trajectory=()):
+def _rec(arm, wall, phases, metrics, passes, out_dir, learned=0.4, grid_points=(), trajectory=()):
     probes = [{"probe": i + 1, "step": 0, "value": [p], "score": s, "kind": "candidate"}
               for i, (p, s) in enumerate(grid_points)]
     return {
-        "arm": arm, "label": bench.ARM_LABELS[arm], "seed": 0, "controller": arm, "learned": {"prune_ratio": learned},
+        "arm": arm, "label": arms.ARM_LABELS[arm], "seed": 0, "controller": arm, "learned": {"prune_ratio": learned},
         "wall_s": wall, "phases": phases, "phase_passes": {}, "metrics": {**metrics, **passes},
         "passes": passes, "probes": len(probes), "budget": 8, "faults": 0, "controller_state": {},
         "mlflow_run_id": "x", "out_dir": str(out_dir), "backbone": "fake",
@@ -46,7 +40,7 @@ def _predictions(folder: Path, preds: list[str]) -> None:
             fh.write(json.dumps({"id": f"q{i}", "prediction": p, "references": [r]}) + "\n")
 
 
-def _fake(bench, tmp_path, grpo_score=50.0):
+def _fake(tmp_path, grpo_score=50.0):
     passes = lambda f, b: {"forward_passes": f, "backward_passes": b, "generation_steps": 10, "tokens": 1000}  # noqa: E731
     grid_phases = {"controller_s": 700.0, "final_s": 110.0, "load_s": 10.0, "train_s": 640.0, "grid_dev_eval_s": 60.0,
                    "final_train_s": 80.0, "export_s": 5.0, "eval_test_s": 25.0}
@@ -57,15 +51,15 @@ def _fake(bench, tmp_path, grpo_score=50.0):
     _predictions(tmp_path / "ppo", ["the red car", "x", "x", "y"])
     _predictions(tmp_path / "target-only", ["x", "x", "x", "x"])
     recs = {
-        "grid": _rec(bench, "grid", 830.0, grid_phases, {"score": 50.0, "f1": 50.0, "exact_match": 50.0, "loss": 2.0},
+        "grid": _rec("grid", 830.0, grid_phases, {"score": 50.0, "f1": 50.0, "exact_match": 50.0, "loss": 2.0},
                      passes(900, 800), tmp_path / "grid", learned=0.3,
                      grid_points=[(0.0, -2.2), (0.3, -2.0), (0.6, -2.1), (0.9, -2.5)]),
-        "grpo": _rec(bench, "grpo", 220.0, grasp_phases, {"score": grpo_score, "f1": grpo_score, "exact_match": 75.0,
+        "grpo": _rec("grpo", 220.0, grasp_phases, {"score": grpo_score, "f1": grpo_score, "exact_match": 75.0,
                                                           "loss": 1.9}, passes(300, 200), tmp_path / "grpo",
                      learned=0.37, trajectory=[(2, 0.45), (4, 0.4), (6, 0.37)]),
-        "ppo": _rec(bench, "ppo", 240.0, grasp_phases, {"score": 25.0, "f1": 25.0, "exact_match": 25.0, "loss": 2.1},
+        "ppo": _rec("ppo", 240.0, grasp_phases, {"score": 25.0, "f1": 25.0, "exact_match": 25.0, "loss": 2.1},
                     passes(300, 200), tmp_path / "ppo", learned=0.5, trajectory=[(2, 0.5)]),
-        "target-only": _rec(bench, "target-only", 120.0, {"controller_s": 1.0, "final_s": 110.0, "load_s": 9.0,
+        "target-only": _rec("target-only", 120.0, {"controller_s": 1.0, "final_s": 110.0, "load_s": 9.0,
                                                            "final_train_s": 80.0},
                             {"score": 0.0, "f1": 0.0, "exact_match": 0.0, "loss": 2.4}, passes(100, 100),
                             tmp_path / "target-only", learned=0.0),
@@ -74,9 +68,9 @@ def _fake(bench, tmp_path, grpo_score=50.0):
     return {0: recs}, adapters
 
 
-def test_tables_ratios_and_checks_from_fake_results(bench, tmp_path):
-    records, adapters = _fake(bench, tmp_path)
-    summary = bench.summarise(records, adapters, "xquad", "en", steps=16)
+def test_tables_ratios_and_checks_from_fake_results(tmp_path):
+    records, adapters = _fake(tmp_path)
+    summary = analysis.summarise(records, adapters, "xquad", "en", steps=16)
     s = summary["per_seed"][0]
     c = s["vs_grid"]["grpo"]
     # time ratios: grid / arm in every accounting
@@ -126,38 +120,38 @@ def test_tables_ratios_and_checks_from_fake_results(bench, tmp_path):
     assert t["total_with_adapters_s"] == pytest.approx(860.0)
 
     # a controller run a quarter of the fine-tune length: step counts follow, the seconds are as measured
-    s4 = bench.summarise(records, adapters, "xquad", "en", steps=64, controller_steps=16)
+    s4 = analysis.summarise(records, adapters, "xquad", "en", steps=64, controller_steps=16)
     cm4 = s4["per_seed"][0]["vs_grid"]["grpo"]["cost_model"]
     assert cm4["steps"] == 64 and cm4["controller_steps"] == 16
     assert cm4["as_measured"]["train_multiplier_needed"] == pytest.approx(cm["as_measured"]["train_multiplier_needed"])
     assert cm4["per_step"]["controller_step_s"] == pytest.approx(80 / 16)
     assert cm4["per_step"]["fine_tune_step_s"] == pytest.approx(80 / 64)
-    text = "\n".join(bench.explanation(cm4, "GRASP (GRPO)"))
+    text = "\n".join(report.explanation(cm4, "GRASP (GRPO)"))
     assert "controller run kept at 16 steps" in text and "instead of 64" in text and "out of reach" in text
     # a ratio above the target: the explanation says how short the fine-tunes could get
-    short = bench.cost_model({**records[0]["grid"], "wall_s": 900.0}, records[0]["grpo"], 0.0, 64, 16)
+    short = analysis.cost_model({**records[0]["grid"], "wall_s": 900.0}, records[0]["grpo"], 0.0, 64, 16)
     assert short["as_measured"]["ratio"] > 4 and 0 < short["as_measured"]["train_multiplier_needed"] < 1
-    assert "holds down to fine-tunes" in "\n".join(bench.explanation(short, "x"))
+    assert "holds down to fine-tunes" in "\n".join(report.explanation(short, "x"))
 
-    crit = bench.criteria(summary, None)
+    crit = analysis.criteria(summary, None)
     assert crit["speedup_headline"]["value"] == pytest.approx(860 / 250) and not crit["speedup_headline"]["pass"]
     assert crit["score_gap"]["pass"]
     # a GRASP score 0.6 points below the grid fails the score check
-    records2, _ = _fake(bench, tmp_path / "b", grpo_score=49.4)
-    crit2 = bench.criteria(bench.summarise(records2, adapters, "xquad", "en", steps=16), None)
+    records2, _ = _fake(tmp_path / "b", grpo_score=49.4)
+    crit2 = analysis.criteria(analysis.summarise(records2, adapters, "xquad", "en", steps=16), None)
     assert not crit2["score_gap"]["pass"]
 
     tp = {"alternations": 1, "batch_size": 2, "max_len": 8, "rounds": 1, "steps_per_round": 1, "backbone": "fake",
           "ratio": 0.4, "mask_every": 1, "lora_rank_plain": 8, "group_size": 4,
-          "ratio_vs_plain_hf_loss": bench._stats([1.5]), "ratio_vs_plain_label_only": bench._stats([0.9]),
-          "probe_cost": {k: bench._stats([v]) for k, v in (("cold_fraction", 0.02), ("warm_fraction", 0.001),
+          "ratio_vs_plain_hf_loss": analysis._stats([1.5]), "ratio_vs_plain_label_only": analysis._stats([0.9]),
+          "probe_cost": {k: analysis._stats([v]) for k, v in (("cold_fraction", 0.02), ("warm_fraction", 0.001),
                                                             ("amortised_fraction", 0.005))}}
-    crit3 = bench.criteria(summary, tp)
+    crit3 = analysis.criteria(summary, tp)
     assert not crit3["throughput_like_for_like"]["pass"] and crit3["throughput_vs_hf_loss"]["pass"]
     assert crit3["prune_restore_fraction"]["pass"]
     # with the scaling figures: the check stays on the run's micro-dev, the text says where 1 % is reached
-    frac = lambda v: {"cold_fraction": bench._stats([v]), "warm_fraction": bench._stats([v]),  # noqa: E731
-                      "amortised_fraction": bench._stats([v])}
+    frac = lambda v: {"cold_fraction": analysis._stats([v]), "warm_fraction": analysis._stats([v]),  # noqa: E731
+                      "amortised_fraction": analysis._stats([v])}
     tp["probe_cost"].update(micro_dev_examples=16, large={"split": "test", "batches": 6, "examples": 48, "runs": [],
                                                          **frac(0.004)},
                             scaling={"large_split": "test", "large_examples": 48, "micro_dev_examples": 16,
@@ -168,58 +162,58 @@ def test_tables_ratios_and_checks_from_fake_results(bench, tmp_path):
                                      "prune_restore_warm_s_large": 0.065, "target": 0.01,
                                      "min_examples_for_target": 40, "min_examples_for_target_cold": 68,
                                      "min_examples_for_target_warm": 33, "predicted_fraction_at_micro_dev": 0.0247})
-    crit3 = bench.criteria(summary, tp)
+    crit3 = analysis.criteria(summary, tp)
     pr = crit3["prune_restore_fraction"]
     assert pr["value"] == 0.005 and pr["min_examples_for_target"] == 40
     assert "16 micro-dev examples" in pr["accounting"] and "from 40 micro-dev examples" in pr["accounting"]
 
-    meta = {"k": 8, "scale": "smoke", "command": "python benchmarks/grasp_vs_grid.py --scale smoke",
+    meta = {"k": 8, "scale": "smoke", "command": "python -m benchmarks.grasp_vs_grid --scale smoke",
             "scale_note": "fake", "plugin_config": {"backbone": "tiny"}, "task": "xquad", "lang": "en", "seeds": [0],
             "steps": 16, "controller_steps": 16, "steps_per_round": 1, "budget": 20, "group_size": 4,
             "adapters": {"0": adapters[0]},
             "grid_points": {"0": records[0]["grid"]["grid_points"]}, "tracking_uri": "sqlite:///x.db",
             "mlflow_parent_run_id": "p", "runs_dir": "runs/x", "versions": {"python": "3"}}
-    png = bench.plot_seed(tmp_path / "p.png", records[0], "fake")
-    md = bench.markdown(meta, summary, tp, crit3, [str(png)])
+    png = report.plot_seed(tmp_path / "p.png", records[0], "fake")
+    md = report.markdown(meta, summary, tp, crit3, [str(png)])
     assert f"{830 / 220:.2f}x" in md and "shared by every arm" in md and "![p](p.png)" in md
     assert "| grid (full runs) | 0.3000 |" in md and "FAIL" in md
     assert "a controller run of 16 steps (1 per round)" in md and "(= the controller run's steps per round)" in md
     assert "| 40 examples (68; 33) |" in md and "from 40 micro-dev examples" in md
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    doc = bench._jsonable({"summary": summary, "criteria": crit3, "nan": float("nan")})
+    doc = report._jsonable({"summary": summary, "criteria": crit3, "nan": float("nan")})
     back = json.loads(json.dumps(doc))
     assert back["nan"] is None and back["summary"]["per_seed"]["0"]["vs_grid"]["grpo"]["metric_diff"]["score"] == 0.0
 
 
-def test_options_are_checked_before_anything_runs(bench, capsys):
-    assert bench.parse_seeds("3") == [0, 1, 2] and bench.parse_seeds("0,5") == [0, 5]
+def test_options_are_checked_before_anything_runs(capsys):
+    assert cli.parse_seeds("3") == [0, 1, 2] and cli.parse_seeds("0,5") == [0, 5]
     with pytest.raises(Exception, match="--seeds"):
-        bench.parse_seeds("x")
-    assert bench.parse_sets(["steps=3", "lora-r=2"]) == {"steps": "3", "lora_r": "2"}
-    assert bench.main(["--scale", "smoke", "--arms", "grid,nope"]) == 2
+        cli.parse_seeds("x")
+    assert cli.parse_sets(["steps=3", "lora-r=2"]) == {"steps": "3", "lora_r": "2"}
+    assert cli.main(["--scale", "smoke", "--arms", "grid,nope"]) == 2
     assert "unknown arm" in capsys.readouterr().err
-    assert bench.main(["--scale", "smoke", "--set", "no_such_option=1"]) == 2
-    missing = {"device", "dtype"} - bench.plugin_fields()
+    assert cli.main(["--scale", "smoke", "--set", "no_such_option=1"]) == 2
+    missing = {"device", "dtype"} - arms.plugin_fields()
     if missing:  # the gpu scale needs plugin options this version lacks: one clear line, no loading
         with pytest.raises(Exception, match="device"):
-            bench.check_plugin_config(bench.SCALES["gpu"].plugin_config, "gpu")
+            arms.check_plugin_config(arms.SCALES["gpu"].plugin_config, "gpu")
 
 
-def test_hf_labels_mark_exactly_the_target_tokens(bench):
+def test_hf_labels_mark_exactly_the_target_tokens():
     from hpctl.plugins.grasp_lora.backbone import Encoded, collate
 
     batch = collate([Encoded((2, 5, 6, 7, 1), 3), Encoded((2, 9, 8, 1), 2)], pad_id=0)
-    labels = bench.hf_labels(batch)
+    labels = throughput.hf_labels(batch)
     assert labels[labels != -100].tolist() == batch.labels.tolist() == [7, 1, 8, 1]
     assert labels.tolist() == [[-100, -100, -100, 7, 1], [-100, -100, 8, 1, -100]]
 
 
-def test_throughput_one_alternation_on_the_tiny_backbone(bench, tmp_path, tracking_uri):
+def test_throughput_one_alternation_on_the_tiny_backbone(tmp_path, tracking_uri):
     base = {"preset": "smoke", "steps": 2}
-    adapters = bench.train_shared_adapters(base, 0, tmp_path / "adapters", tracking_uri, None)
+    adapters = arms.train_shared_adapters(base, 0, tmp_path / "adapters", tracking_uri, None)
     assert adapters["train_s"] > 0 and Path(adapters["source_adapter"], "adapter_config.json").is_file()
     # 2 rounds x 4 steps: more than the controller run the plugin would give steps=8 by default (8 // 4 -> 4)
-    tp = bench.measure_throughput(base, adapters, 0, rounds=2, steps=4, reps=1, probe_reps=1,
+    tp = throughput.measure_throughput(base, adapters, 0, rounds=2, steps=4, reps=1, probe_reps=1,
                                   out_dir=tmp_path / "tp", tracking_uri=tracking_uri)
     (run,) = tp["runs"]
     assert run["tokens"] > 0 and set(run["seconds"]) == {"A", "B1", "B2"}
@@ -240,16 +234,16 @@ def test_throughput_one_alternation_on_the_tiny_backbone(bench, tmp_path, tracki
     assert n == 1 or sc["prune_restore_amortised_s"] / ((n - 1) * sc["forward_per_example_s"]) >= 0.01
 
 
-def test_cpu_scale_sizes_and_throughput_rounds(bench):
+def test_cpu_scale_sizes_and_throughput_rounds():
     """The cpu scale's pinned sizes resolve as intended and its throughput rounds are the controller run's."""
     from hpctl.plugins.grasp_lora import GraspLoraPlugin
 
-    scale = bench.SCALES["cpu"]
-    cfg = bench.resolved(scale.plugin_config)
+    scale = arms.SCALES["cpu"]
+    cfg = arms.resolved(scale.plugin_config)
     assert (cfg.steps, cfg.controller_steps, cfg.micro_dev, cfg.mask_every) == (64, 16, 16, 4)
     plugin = GraspLoraPlugin()
     budget = scale.budget or plugin.default_budget
     group = scale.group_size or plugin.default_group_size
-    assert scale.tp_steps == bench.controller_steps_per_round(cfg.controller_steps, budget, group) == 4
+    assert scale.tp_steps == arms.controller_steps_per_round(cfg.controller_steps, budget, group) == 4
     assert (scale.tp_rounds, scale.tp_reps) == (2, 3)
     assert "64-step fine-tunes" in scale.note and "16-step controller run" in scale.note

@@ -1,0 +1,73 @@
+"""Benchmark: GRASP LoRA (GRPO / PPO controller) against the 8-point grid and the target-only adapter.
+
+Run:  python -m benchmarks.grasp_vs_grid --scale smoke|cpu|gpu [--seeds 1] [--out benchmarks/results]
+
+Two training lengths: every *fine-tune* (each grid point, every arm's final run, the
+target-only adapter; ``GraspTask.fine_tune_steps``) is ``steps`` optimizer steps, GRASP's
+*controller run* (the training its probes are interleaved with, ``GraspTask.total_steps``)
+is ``controller_steps``, cut by the runner into rounds of ``controller_steps // (budget //
+(group_size + 1))`` steps.
+
+Per seed, on the same backbone, data split (``data_seed``), seed and step budgets:
+
+0. **shared adapters**: the source (English) and target adapters are trained *once*
+   (:class:`GraspTask` setup, saved in peft format) and every arm loads them through the
+   plugin's ``source_adapter`` / ``target_adapter`` options, as a practitioner would reuse
+   them. Their training time is reported once, separately, and the totals are given both
+   without it and with it added to every arm (each pipeline needs the adapters once).
+1. **grid**: controller ``grid`` with ``full_runs=True``, ``k`` points (default 8) evenly
+   over ``[p_min, p_max]``: one whole merge-and-prune fine-tune per point, scored on dev
+   (the plugin's probe measure on the dev split); the best point then goes through the
+   plugin's final phase (fine-tune at that ratio, test metrics). The final phase repeats the
+   winner's fine-tune bit for bit (the grid controller keeps no adapters), so the grid's
+   time is also reported without that repeat.
+2. **GRASP (GRPO)**: the GRPO controller interleaved with the controller run's training
+   (``controller_steps``), then the final fine-tune at the learned ratio (``steps``).
+3. **GRASP (PPO)**: the same with the Stable-Baselines3 PPO controller.
+4. **target-only**: the target adapter alone (``merge=target_only``, ratio 0: no source,
+   no pruning), fine-tuned for the same steps on the same batches and tested the same way
+   (controller ``fixed`` at 0; its single probe is one micro-dev forward).
+
+Every arm is one :func:`hpctl.runner.run` (so one MLflow run, nested under a parent run
+in a sqlite store next to the run folders). Reported per arm: wall time of every phase and
+in total, backbone forward/backward passes and generation steps (the plugin's
+``PassCounter``), the chosen/learned ratio, test metrics; then GRASP/grid time ratios in
+several accountings, pass ratios, metric differences with a paired bootstrap interval over
+test examples, and a cost model built from the measured phases that says how far the time
+ratio is from 4x and what would move it: longer fine-tunes (the grid's points and re-run,
+GRASP's final run) with the controller run and the probes kept as measured, and, separately,
+the controller run growing with them.
+
+Throughput (same process, alternating): tokens/s of the grasp_lora training loop as the
+controller run executes it (``ControlEnv.advance`` rounds of the controller run's steps per
+round, probe groups in between, training masks recomputed every ``mask_every`` steps, MLflow
+logging and the runner's checkpoint after every round; the probes themselves are not timed)
+against a plain
+peft + transformers loop on a second copy of the same backbone, same batches, LoRA of the
+merged adapter's rank on the same modules, AdamW, same clip: once with the usual
+``labels=`` loss (logits at every position) and once with logits only at the label
+positions, as the grasp loop computes them. Also the cost of one probe's prune+restore
+(``GlobalMagnitudePruner.applied`` enter + exit) against its forward pass, on the micro-dev
+batches (what a probe of the run costs) and on the larger test split: the prune+restore is a
+fixed cost per probe while the forward grows with the examples, so the second measurement
+gives the forward's cost per example and the smallest micro-dev size at which prune+restore
+would be under 1 % of a probe. Only ratios measured side by side (and figures derived from
+them) are reported as findings, never single absolute times.
+
+Writes ``<out>/grasp_vs_grid_<scale>.json`` (command line, seeds, versions, configs, every
+figure), ``<out>/grasp_vs_grid_<scale>.md`` and ``<out>/grasp_vs_grid_<scale>_seed<N>.png``
+(grid dev score vs ratio with the controllers' ratio trajectories drawn over it). Run
+folders (adapters, predictions) and the MLflow store go under ``--runs-dir``.
+
+Scales: ``smoke`` (tiny random backbone, minutes: checks the machinery, the metrics are
+meaningless), ``cpu`` (Gemma 3 270M, sizes pinned in ``CPU_SIZES``: 64-step fine-tunes, a
+16-step controller run, 16 micro-dev examples, masks every 4 steps; about 45 minutes on 2
+cores), ``gpu`` (a Llama-3-8B-class backbone with the ``full`` preset sizes, ``--device cuda
+--dtype bfloat16``; not run yet: no GPU was available to this project's sessions).
+
+Modules: :mod:`.arms` (scales, the arms' run specs, running them, the shared adapters),
+:mod:`.analysis` (pure: time breakdowns and ratios, the cost model, the bootstrap, summaries,
+the checks), :mod:`.throughput` (the training-loop and probe-cost micro-benchmark),
+:mod:`.report` (markdown, tables, plots, JSON) and :mod:`.cli` (the command line;
+``__main__`` runs it).
+"""

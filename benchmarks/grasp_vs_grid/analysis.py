@@ -1,0 +1,281 @@
+"""Pure analysis of the arms' records: time breakdowns and ratios, the cost model, bootstrap, summaries, checks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .arms import ARMS, GRASP_ARMS
+
+#: the issue's targets (checked and printed, never used to compute anything)
+TARGET_SPEEDUP = 4.0
+TARGET_SCORE_GAP = 0.5
+TARGET_THROUGHPUT = 0.95
+TARGET_PRUNE_FRACTION = 0.01
+METRIC_KEYS = ("score", "f1", "exact_match", "rougeL", "rouge1", "rouge2", "bleu4", "loss", "sparsity")
+
+
+def breakdown(rec: dict[str, Any], adapters_s: float) -> dict[str, float]:
+    """An arm's wall time cut into setup / search / final fine-tune / export+test / other."""
+    p = rec["phases"]
+    g = lambda k: float(p.get(k, 0.0))  # noqa: E731
+    setup = g("load_s") + g("source_adapter_s") + g("target_adapter_s") + g("merge_s")
+    search = g("controller_s")
+    final = g("final_s")
+    return {
+        "setup_s": setup, "search_s": search, "search_train_s": g("train_s"),
+        "search_scoring_s": g("probe_s") + g("grid_dev_eval_s"), "final_train_s": g("final_train_s"),
+        "export_test_s": final - g("final_train_s"), "other_s": rec["wall_s"] - setup - search - final,
+        "total_s": rec["wall_s"], "total_with_adapters_s": rec["wall_s"] + adapters_s,
+    }
+
+
+def per_example_scores(task: str, lang: str, out_dir: str, filename: str = "test_predictions.jsonl") -> dict[str, float]:
+    """The primary metric per test example (id -> percent) from a run's predictions file."""
+    from hpctl.plugins.grasp_lora.metrics import compute_metrics
+
+    path = Path(out_dir) / filename
+    if not path.is_file():
+        return {}
+    key = "rougeL" if task == "xlsum" else "f1"
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out[row["id"]] = float(compute_metrics(task, lang, [row["prediction"]], [row["references"]])[key])
+    return out
+
+
+def paired_bootstrap(a: dict[str, float], b: dict[str, float], n: int = 2000, seed: int = 0) -> dict[str, float] | None:
+    """Mean of a - b over shared ids and a 95 % percentile bootstrap interval."""
+    ids = sorted(set(a) & set(b))
+    if not ids:
+        return None
+    d = np.array([a[i] - b[i] for i in ids], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(d.mean()), "lo": float(lo), "hi": float(hi), "n": len(ids), "sd": float(d.std(ddof=1))
+            if len(d) > 1 else 0.0}
+
+
+def time_ratios(grid: dict[str, Any], other: dict[str, Any], adapters_s: float) -> dict[str, float]:
+    """grid time / arm time in four accountings (>1: the arm is faster)."""
+    rerun = float(grid["phases"].get("final_train_s", 0.0))
+    g, o = grid["wall_s"], other["wall_s"]
+    return {
+        "as_measured": g / o,
+        "with_shared_adapters": (g + adapters_s) / (o + adapters_s),
+        "grid_without_rerun": (g - rerun) / o,
+        "grid_without_rerun_with_shared_adapters": (g - rerun + adapters_s) / (o + adapters_s),
+    }
+
+
+def _needed(scaled_grid: float, fixed_grid: float, scaled_grasp: float, fixed_grasp: float,
+            target: float) -> dict[str, Any]:
+    """``ratio(m) = (m * S_grid + F_grid) / (m * S_grasp + F_grasp)``: now (m = 1), its limit, the m that gives ``target``.
+
+    ``train_multiplier_needed`` is the m at which the ratio reaches ``target`` (below 1: it is reached already and
+    holds down to that length; <= 0: at any length), None when the limit is not above ``target``.
+    """
+    now = scaled_grasp + fixed_grasp
+    d: dict[str, Any] = {"scaled_grid_s": scaled_grid, "fixed_grid_s": fixed_grid, "scaled_grasp_s": scaled_grasp,
+                         "fixed_grasp_s": fixed_grasp,
+                         "ratio": (scaled_grid + fixed_grid) / now if now > 0 else float("nan"),
+                         "limit": scaled_grid / scaled_grasp if scaled_grasp > 0 else float("nan")}
+    den = scaled_grid - target * scaled_grasp
+    d["train_multiplier_needed"] = (target * fixed_grasp - fixed_grid) / den if scaled_grasp > 0 and den > 0 else None
+    return d
+
+
+def cost_model(grid: dict[str, Any], grasp: dict[str, Any], adapters_s: float, steps: int,
+               controller_steps: int | None = None, target: float = TARGET_SPEEDUP) -> dict[str, Any]:
+    """Why the time ratio is what it is, from the measured phases.
+
+    What grows with the fine-tune length ``steps`` (*scaled*): the grid's ``k`` fine-tunes (its
+    ``train_s``), the grid's re-run of the winner (its ``final_train_s``) and GRASP's final
+    fine-tune (``final_train_s``). What does not (*fixed*): GRASP's controller run
+    (``controller_steps`` of training, its ``train_s``), its probes, and the rest of both arms
+    (loading, dev scoring, export, test, tracking). Fine-tunes ``m`` times longer give
+    ``ratio(m) = (m * S_grid + F_grid) / (m * S_grasp + F_grasp)``, limit ``S_grid / S_grasp``
+    (the grid's fine-tunes in units of GRASP's one). The main figures (``as_measured``,
+    ``grid_without_rerun``, ``with_shared_adapters``) keep the controller run at
+    ``controller_steps``; ``controller_scaled`` repeats them with the controller run growing
+    with the fine-tunes (``controller_steps`` kept at its fraction of ``steps``, as the
+    plugin's default ``steps // 4`` does). The target-only arm's fine-tune grows with ``steps``
+    too; it is not part of these grid/GRASP ratios. Every figure comes from the phases as
+    measured; ``steps``/``controller_steps`` only turn multipliers into step counts.
+    """
+    steps = int(steps)
+    controller_steps = int(controller_steps if controller_steps is not None else steps)
+    p_g, p_r = grid["phases"], grasp["phases"]
+    g = lambda p, k: float(p.get(k, 0.0))  # noqa: E731
+    grid_points, rerun = g(p_g, "train_s"), g(p_g, "final_train_s")
+    ctrl_train, final = g(p_r, "train_s"), g(p_r, "final_train_s")
+    s_grid = grid_points + rerun
+    f_grid = grid["wall_s"] - s_grid
+    f_grasp = grasp["wall_s"] - final
+    probe_s = g(p_r, "probe_s")
+    out: dict[str, Any] = {
+        "steps": steps, "controller_steps": controller_steps, "target": target,
+        "scaled": {"grid_fine_tunes_s": grid_points, "grid_rerun_s": rerun, "grasp_final_s": final},
+        "fixed": {"grasp_controller_train_s": ctrl_train, "grasp_probes_s": probe_s,
+                  "grid_rest_s": f_grid, "grasp_rest_s": f_grasp - ctrl_train - probe_s, "adapters_s": adapters_s},
+    }
+    variants = (("as_measured", s_grid, f_grid, 0.0), ("grid_without_rerun", s_grid - rerun, f_grid, 0.0),
+                ("with_shared_adapters", s_grid, f_grid, adapters_s))
+    for name, sg, fg, extra in variants:
+        d = _needed(sg, fg + extra, final, f_grasp + extra, target)
+        m = d["train_multiplier_needed"]
+        d["steps_needed"] = None if m is None else max(0, int(math.ceil(m * steps)))
+        out[name] = d
+    # the controller run growing with the fine-tunes (its training moves from fixed to scaled)
+    cs: dict[str, Any] = {}
+    for name, sg, fg, extra in variants:
+        d = _needed(sg, fg + extra, final + ctrl_train, f_grasp - ctrl_train + extra, target)
+        m = d["train_multiplier_needed"]
+        d["steps_needed"] = None if m is None else max(0, int(math.ceil(m * steps)))
+        d["controller_steps_needed"] = None if m is None else max(0, int(math.ceil(m * controller_steps)))
+        cs[name] = d
+    out["controller_scaled"] = cs
+    # the grid scored on dev by generation (as the test metric is), at the measured generation cost
+    sizes = (grid.get("notes") or {}).get("split_sizes") or {}
+    n_test, n_dev = sizes.get("test"), sizes.get("dev")
+    eval_test = g(p_g, "eval_test_s")
+    k = len(grid.get("grid_points") or [])
+    if n_test and n_dev and eval_test > 0 and k:
+        per_point = eval_test * n_dev / n_test
+        extra = k * per_point
+        out["grid_generation_dev"] = {"per_point_s": per_point, "points": k, "extra_s": extra,
+                                      "ratio": (grid["wall_s"] + extra) / grasp["wall_s"],
+                                      "ratio_without_rerun": (grid["wall_s"] - rerun + extra) / grasp["wall_s"]}
+    # per-step costs (steps counted by the backward passes of each phase where recorded) and the probes in
+    # units of the controller run's training steps
+    pp = grasp.get("phase_passes") or {}
+    n_ctrl = int((pp.get("train") or {}).get("backward", 0)) or controller_steps
+    n_final = int((pp.get("final_train") or {}).get("backward", 0)) or steps
+    out["per_step"] = {"controller_steps": n_ctrl, "fine_tune_steps": n_final,
+                       "controller_step_s": ctrl_train / n_ctrl if n_ctrl else float("nan"),
+                       "fine_tune_step_s": final / n_final if n_final else float("nan")}
+    if ctrl_train > 0 and n_ctrl:
+        step_s = ctrl_train / n_ctrl
+        out["probes"] = {"probe_s": probe_s, "probes": grasp.get("probes"), "train_steps": n_ctrl,
+                         "step_s": step_s, "train_step_equivalents": probe_s / step_s}
+    # fine-tunes each side pays, in units of the grasp final fine-tune
+    if final > 0:
+        out["fine_tunes"] = {"grid": s_grid / final, "grid_points": grid_points / final, "grid_rerun": rerun / final,
+                             "grasp": 1.0, "grasp_controller_run": ctrl_train / final,
+                             "grasp_with_controller_run": (final + ctrl_train) / final}
+    return out
+
+
+def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int, dict[str, Any]],
+              task: str, lang: str, steps: int, controller_steps: int | None = None) -> dict[str, Any]:
+    """Tables and comparisons per seed, plus medians over seeds (``controller_steps`` None: ``steps``)."""
+    per_seed: dict[int, dict[str, Any]] = {}
+    for seed, arms in records.items():
+        a_s = float(adapters[seed]["train_s"]) if seed in adapters else 0.0
+        rows = {}
+        for arm, rec in arms.items():
+            rows[arm] = {"arm": arm, "label": rec["label"], "learned": rec["learned"],
+                         "times": breakdown(rec, a_s), "passes": rec["passes"],
+                         "metrics": {k: rec["metrics"][k] for k in METRIC_KEYS if k in rec["metrics"]},
+                         "probes": rec["probes"], "phases": rec["phases"]}
+        comps = {}
+        if "grid" in arms:
+            grid = arms["grid"]
+            grid_scores = per_example_scores(task, lang, grid["out_dir"])
+            for arm in [a for a in arms if a != "grid"]:
+                rec = arms[arm]
+                c = {"time_ratio": time_ratios(grid, rec, a_s),
+                     "pass_ratio": {k: (grid["passes"][k] / rec["passes"][k]) if rec["passes"].get(k) else None
+                                    for k in ("forward_passes", "backward_passes")},
+                     "metric_diff": {k: rec["metrics"][k] - grid["metrics"][k] for k in METRIC_KEYS
+                                     if k in rec["metrics"] and k in grid["metrics"]},
+                     "score_diff_bootstrap": paired_bootstrap(per_example_scores(task, lang, rec["out_dir"]),
+                                                              grid_scores, seed=seed)}
+                if arm in GRASP_ARMS:
+                    c["cost_model"] = cost_model(grid, rec, a_s, steps, controller_steps)
+                comps[arm] = c
+        per_seed[seed] = {"rows": rows, "vs_grid": comps, "adapters_train_s": a_s}
+    # medians over seeds
+    med: dict[str, Any] = {}
+    seeds = list(per_seed)
+    arms_all = [a for a in ARMS if any(a in per_seed[s]["rows"] for s in seeds)]
+    for arm in arms_all:
+        rs = [per_seed[s]["rows"][arm] for s in seeds if arm in per_seed[s]["rows"]]
+        med[arm] = {"n": len(rs),
+                    "total_s": _med([r["times"]["total_s"] for r in rs]),
+                    "total_with_adapters_s": _med([r["times"]["total_with_adapters_s"] for r in rs]),
+                    "learned": {n: _med([r["learned"][n] for r in rs]) for n in rs[0]["learned"]},
+                    "metrics": {k: _med([r["metrics"].get(k) for r in rs]) for k in rs[0]["metrics"]}}
+        cs = [per_seed[s]["vs_grid"][arm] for s in seeds if arm in per_seed[s]["vs_grid"]]
+        if cs:
+            med[arm]["time_ratio"] = {k: _med([c["time_ratio"][k] for c in cs]) for k in cs[0]["time_ratio"]}
+            med[arm]["metric_diff"] = {k: _med([c["metric_diff"].get(k) for c in cs]) for k in cs[0]["metric_diff"]}
+    return {"per_seed": per_seed, "median": med}
+
+
+def _med(values: Sequence[float | None]) -> float:
+    arr = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.median(arr)) if arr else float("nan")
+
+
+def criteria(summary: dict[str, Any], throughput: dict[str, Any] | None) -> dict[str, Any]:
+    """The issue's done-when checks, evaluated on the medians (GRPO arm)."""
+    out: dict[str, Any] = {}
+    med = summary["median"].get("grpo", {})
+    tr = med.get("time_ratio") or {}
+    if tr:
+        out["speedup_headline"] = {"value": tr["with_shared_adapters"], "target": TARGET_SPEEDUP,
+                                   "accounting": "end to end incl. the shared adapters' training, grid as run",
+                                   "pass": tr["with_shared_adapters"] >= TARGET_SPEEDUP}
+        worst = min(tr.values())
+        out["speedup_conservative"] = {"value": worst, "target": TARGET_SPEEDUP,
+                                       "accounting": "the lowest of the four accountings",
+                                       "pass": worst >= TARGET_SPEEDUP}
+    diff = (med.get("metric_diff") or {}).get("score")
+    if diff is not None and np.isfinite(diff):
+        out["score_gap"] = {"value": diff, "target": -TARGET_SCORE_GAP, "pass": diff >= -TARGET_SCORE_GAP}
+    if throughput:
+        r = throughput.get("ratio_vs_plain_label_only", {}).get("median")
+        r2 = throughput.get("ratio_vs_plain_hf_loss", {}).get("median")
+        if r is not None:
+            out["throughput_like_for_like"] = {"value": r, "target": TARGET_THROUGHPUT, "pass": r >= TARGET_THROUGHPUT}
+        if r2 is not None:
+            out["throughput_vs_hf_loss"] = {"value": r2, "target": TARGET_THROUGHPUT, "pass": r2 >= TARGET_THROUGHPUT}
+        pc = throughput.get("probe_cost") or {}
+        if pc:
+            v = pc["amortised_fraction"]["median"]
+            group = throughput.get("group_size")
+            n = pc.get("micro_dev_examples")
+            acc = (f"a round of {group + 1} probes" if group else "a round of probes") + \
+                (f" on the run's {n} micro-dev examples" if n else " on the run's micro-dev")
+            sc = pc.get("scaling") or {}
+            c: dict[str, Any] = {"value": v, "target": TARGET_PRUNE_FRACTION, "pass": v < TARGET_PRUNE_FRACTION,
+                                 "cold": pc["cold_fraction"]["median"], "warm": pc["warm_fraction"]["median"]}
+            if sc:
+                c["min_examples_for_target"] = sc.get("min_examples_for_target")
+                c["forward_per_example_s"] = sc.get("forward_per_example_s")
+                c["prune_restore_amortised_s"] = sc.get("prune_restore_amortised_s")
+                need = sc.get("min_examples_for_target")
+                acc += (f"; prune+restore is a fixed {1e3 * sc['prune_restore_amortised_s']:.1f} ms per probe over a "
+                        f"round (first at a state {1e3 * sc['prune_restore_cold_s']:.1f}, later "
+                        f"{1e3 * sc['prune_restore_warm_s']:.1f}) "
+                        f"vs {1e3 * sc['forward_per_example_s']:.1f} ms of forward per example (on the "
+                        f"{sc['large_examples']} {sc['large_split']} examples)")
+                if need is not None:
+                    acc += f": under {100 * TARGET_PRUNE_FRACTION:.0f} % from {need} micro-dev examples"
+            c["accounting"] = acc
+            out["prune_restore_fraction"] = c
+    return out
+
+
+def _stats(values: Sequence[float]) -> dict[str, Any]:
+    arr = np.asarray(values, dtype=np.float64)
+    return {"median": float(np.median(arr)), "min": float(arr.min()), "max": float(arr.max()),
+            "values": [float(v) for v in arr]}

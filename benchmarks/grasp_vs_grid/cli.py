@@ -1,0 +1,288 @@
+"""The command line: ``python -m benchmarks.grasp_vs_grid --scale smoke|cpu|gpu ...``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import __doc__ as DOC
+from .analysis import criteria, summarise
+from .arms import (ARMS, EXPERIMENT, SCALES, arm_spec, check_plugin_config, controller_steps_per_round, resolved,
+                   run_arm, train_shared_adapters, warm_up_metrics)
+from .report import _jsonable, markdown, plot_seed, print_tables
+from .throughput import measure_throughput
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    from hpctl.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--set needs KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"3"`` -> seeds 0, 1, 2; ``"0,5"`` -> seeds 0 and 5."""
+    from hpctl.errors import ConfigError
+
+    text = str(text).strip()
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise ConfigError(f"--seeds must be a count (3) or a comma list (0,5), got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise ConfigError(f"--seeds must name at least one seed >= 0, got {text!r}")
+    return seeds
+
+
+# ----------------------------------------------------------------------------- progress
+class Progress:
+    """One rich progress bar per arm over its probes (stderr), as ``hpctl run`` shows them."""
+
+    def __init__(self, console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+
+        self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+
+    def __enter__(self) -> "Progress":
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def callback(self, label: str) -> Callable[[str, dict[str, Any]], None]:
+        state: dict[str, Any] = {"id": None}
+
+        def on(kind: str, info: dict[str, Any]) -> None:
+            if kind == "start":
+                state["id"] = self.bar.add_task(label, total=info["budget"], completed=info.get("done", 0), info="")
+            elif state["id"] is None:
+                return
+            elif kind == "probe":
+                val = ", ".join(f"{v:.3f}" for v in info["value"])
+                self.bar.update(state["id"], completed=info["probe"], info=f"ratio {val} -> {info['score']:.4g}")
+            elif kind == "phase":
+                self.bar.update(state["id"], info=f"phase: {info['name']}")
+
+        return on
+
+    def note(self, text: str) -> int:
+        return self.bar.add_task(text, total=None, info="")
+
+    def done(self, task_id: int, info: str = "") -> None:
+        self.bar.update(task_id, total=1, completed=1, info=info)
+
+
+def _rel(path: Path | str) -> str:
+    """``path`` relative to the working directory when it lies under it (for committed markdown)."""
+    try:
+        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else str(path)
+    except ValueError:
+        return str(path)
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("hpctl", "torch", "transformers", "peft", "mlflow", "stable-baselines3", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "?"
+    out["platform"] = platform.platform()
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.grasp_vs_grid",
+                                description=(DOC or "").split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Scales:\n" + "\n".join(f"  {s.name}: {s.note}" for s in SCALES.values()))
+    p.add_argument("--scale", choices=list(SCALES), default="smoke")
+    p.add_argument("--seeds", default="1", help="a count (3 -> seeds 0,1,2) or a comma list (0,5)")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results"),
+                   help="where the JSON, markdown and PNGs go")
+    p.add_argument("--runs-dir", default=None, help="run folders and the MLflow store (default runs/grasp_vs_grid-<scale>)")
+    p.add_argument("--backbone", default=None, help="override the scale's backbone (an HF id or a local path)")
+    p.add_argument("--k", type=int, default=None, help="grid points (default 8, as in the paper)")
+    p.add_argument("--budget", type=int, default=None, help="probes per GRASP controller run (default: the plugin's)")
+    p.add_argument("--group-size", type=int, default=None)
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma list of {', '.join(ARMS)}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a grasp_lora option (repeatable)")
+    p.add_argument("--throughput-reps", type=int, default=None, help="A/B alternations (0: skip throughput)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    from hpctl.errors import HpctlError
+
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        return _main(args, argv, console)
+    except HpctlError as exc:
+        console.print(f"error: {exc}", highlight=False, markup=False)
+        return 2
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None, console) -> int:
+    import torch
+    from rich.console import Console
+
+    from hpctl.errors import ConfigError
+    from hpctl.tracking import Tracker
+
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    base_scale = SCALES[args.scale]
+    scale = dataclasses.replace(base_scale, plugin_config=dict(base_scale.plugin_config))
+    if args.k is not None:
+        if args.k < 2:
+            raise ConfigError(f"--k must be >= 2, got {args.k}")
+        scale.k = args.k
+    if args.budget is not None:
+        scale.budget = args.budget
+    if args.group_size is not None:
+        scale.group_size = args.group_size
+    if args.throughput_reps is not None:
+        scale.tp_reps = max(0, args.throughput_reps)
+    if args.backbone:
+        scale.plugin_config["backbone"] = args.backbone
+    scale.plugin_config.update(parse_sets(args.set))
+    check_plugin_config(scale.plugin_config, scale.name)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    bad = [a for a in arms if a not in ARMS]
+    if bad or not arms:
+        raise ConfigError(f"unknown arm(s) {bad} (choose from {', '.join(ARMS)})")
+    seeds = parse_seeds(args.seeds)
+    cfg = resolved(scale.plugin_config)  # validates every option before anything runs
+    from hpctl.plugins.grasp_lora import GraspLoraPlugin
+
+    plugin = GraspLoraPlugin()
+    budget = scale.budget or plugin.default_budget
+    group = scale.group_size or plugin.default_group_size
+    steps_per_round = controller_steps_per_round(int(cfg.controller_steps), budget, group)
+    tp_steps = int(scale.tp_steps) if scale.tp_steps is not None else steps_per_round
+    if tp_steps != steps_per_round:
+        console.print(f"note: throughput rounds of {tp_steps} step(s), the controller run's are {steps_per_round}",
+                      highlight=False, markup=False)
+    runs_dir = Path(args.runs_dir or Path("runs") / f"grasp_vs_grid-{scale.name}").resolve()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tracking_uri = f"sqlite:///{runs_dir / 'mlflow.db'}"
+    tracking_shown = f"sqlite:///{_rel(runs_dir / 'mlflow.db')}"
+    command = " ".join(["python -m benchmarks.grasp_vs_grid",
+                        *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    parent = Tracker(tracking_uri, EXPERIMENT, run_name=f"grasp_vs_grid {scale.name}",
+                     tags={"hpctl.plugin": "grasp_lora", "hpctl.benchmark": "grasp_vs_grid", "scale": scale.name})
+    parent.log_params({"command": command, "seeds": seeds, "scale": scale.name, "k": scale.k, "budget": budget,
+                       "group_size": group, "steps_per_round": steps_per_round, "plugin_config": scale.plugin_config, "arms": arms})
+    status = "FAILED"
+    t_all = time.perf_counter()
+    try:
+        adapters: dict[int, dict[str, Any]] = {}
+        records: dict[int, dict[str, dict[str, Any]]] = {}
+        throughput = None
+        with Progress(console) as prog:
+            for seed in seeds:
+                sd = runs_dir / stamp / f"seed{seed}"
+                tid = prog.note(f"seed {seed}: shared source + target adapters")
+                adapters[seed] = train_shared_adapters(scale.plugin_config, seed, sd / "adapters", tracking_uri,
+                                                       parent.run_id)
+                prog.done(tid, f"{adapters[seed]['train_s']:.1f} s of training")
+                if seed == seeds[0]:
+                    warm_up_metrics(cfg.task, cfg.lang)
+                records[seed] = {}
+                for arm in arms:
+                    spec = arm_spec(arm, scale.plugin_config, adapters[seed], seed, scale, sd / arm, tracking_uri)
+                    records[seed][arm] = run_arm(arm, spec, prog, parent.run_id)
+                    # what is done so far, in case a later arm fails (the run folders keep the rest)
+                    (runs_dir / stamp / "progress.json").write_text(json.dumps(_jsonable(
+                        {"command": command, "adapters": adapters, "runs": records}), indent=1) + "\n")
+            if scale.tp_reps > 0:
+                tid = prog.note("throughput and probe cost")
+                learned = records[seeds[0]].get("grpo", {}).get("learned")
+                throughput = measure_throughput(
+                    scale.plugin_config, adapters[seeds[0]], seeds[0], rounds=scale.tp_rounds, steps=tp_steps,
+                    reps=scale.tp_reps, probe_reps=scale.probe_reps, out_dir=runs_dir / stamp / "throughput",
+                    tracking_uri=tracking_uri, parent_run_id=parent.run_id,
+                    ratio=None if not learned else float(list(learned.values())[0]), group_size=group,
+                    say=lambda s: prog.bar.update(tid, info=s))
+                prog.done(tid)
+        summary = summarise(records, adapters, cfg.task, cfg.lang, int(cfg.steps), int(cfg.controller_steps))
+        crit = criteria(summary, throughput)
+        first = next(iter(records.values()))
+        backbone_name = next((r["backbone"] for r in first.values() if r.get("backbone")), None)
+        meta = {
+            "benchmark": "grasp_vs_grid", "scale": scale.name, "scale_note": scale.note, "command": command,
+            "argv": list(sys.argv[1:] if argv is None else argv), "seeds": seeds, "created_utc": stamp,
+            "k": scale.k, "budget": budget, "group_size": group, "steps": int(cfg.steps),
+            "controller_steps": int(cfg.controller_steps), "steps_per_round": steps_per_round, "arms": arms,
+            "task": cfg.task, "lang": cfg.lang, "plugin_config": scale.plugin_config,
+            "resolved_plugin_config": dataclasses.asdict(cfg),
+            "arm_specs": {a: arm_spec(a, scale.plugin_config, adapters[seeds[0]], seeds[0], scale, Path("<run>"),
+                                      tracking_uri).to_json() for a in arms},
+            "throughput_config": {"rounds": scale.tp_rounds, "steps": tp_steps, "reps": scale.tp_reps,
+                                  "probe_reps": scale.probe_reps, "controller_steps_per_round": steps_per_round},
+            "tracking_uri": tracking_shown, "mlflow_parent_run_id": parent.run_id, "runs_dir": _rel(runs_dir / stamp),
+            "versions": versions(), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "adapters": {str(s): a for s, a in adapters.items()},
+            "grid_points": {str(s): r["grid"]["grid_points"] for s, r in records.items() if "grid" in r},
+            "backbone_name": backbone_name,
+        }
+        plots = []
+        for seed, arms_rec in records.items():
+            try:
+                png = plot_seed(out / f"grasp_vs_grid_{scale.name}_seed{seed}.png", arms_rec,
+                                f"grasp_vs_grid {scale.name}, seed {seed}: grid dev score and controller ratios")
+                if png:
+                    plots.append(str(png))
+                    parent.artifact(png)
+            except Exception as exc:  # noqa: BLE001 - a plot never costs the results
+                console.print(f"plot failed: {exc}", markup=False)
+        meta["wall_s"] = time.perf_counter() - t_all
+        doc = {**meta, "summary": summary, "throughput": throughput, "criteria": crit, "plots": plots,
+               "runs": {str(s): r for s, r in records.items()}}
+        js = out / f"grasp_vs_grid_{scale.name}.json"
+        md = out / f"grasp_vs_grid_{scale.name}.md"
+        js.write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
+        md.write_text(markdown(meta, summary, throughput, crit, plots))
+        parent.artifact(js)
+        parent.artifact(md)
+        med = summary["median"]
+        for arm, m in med.items():
+            parent.metrics({f"{arm}/total_s": m["total_s"], f"{arm}/score": m["metrics"].get("score", float("nan"))})
+            for k, v in (m.get("time_ratio") or {}).items():
+                parent.metric(f"{arm}/time_ratio_{k}", v)
+        print_tables(Console(width=max(160, Console().width)), meta, summary, throughput, crit)
+        console.print(f"wrote {js}, {md}" + (f", {', '.join(plots)}" if plots else "") +
+                      f" in {meta['wall_s']:.0f} s", highlight=False)
+        status = "FINISHED"
+        return 0
+    finally:
+        parent.end(status)
