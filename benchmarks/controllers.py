@@ -35,6 +35,7 @@ import numpy as np
 
 from hpctl.controllers.base import get_controller
 from hpctl.envs import make_landscape_env
+from hpctl.runner import steps_per_round
 
 CONTROLLERS = ["grpo", "ppo", "sac", "a2c", "td3", "random", "grid"]
 SUCCESS = 0.02
@@ -57,8 +58,8 @@ SCENARIOS = [
 
 
 def run_one(controller: str, scenario: Scenario, seed: int, budget: int, group_size: int) -> dict[str, Any]:
-    rounds = max(1, budget // (group_size + 1))
-    env = make_landscape_env(group_size=group_size, steps_per_round=max(1, 1000 // rounds), **scenario.kwargs)
+    env = make_landscape_env(group_size=group_size, steps_per_round=steps_per_round(1000, budget, group_size),
+                             **scenario.kwargs)
     cls = get_controller(controller)
     ctrl = cls(env, cls.make_config({}), seed=seed)
     env.reset(seed=seed)

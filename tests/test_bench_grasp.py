@@ -233,17 +233,3 @@ def test_throughput_one_alternation_on_the_tiny_backbone(tmp_path, tracking_uri)
     assert sc["prune_restore_amortised_s"] / (n * sc["forward_per_example_s"]) < 0.01
     assert n == 1 or sc["prune_restore_amortised_s"] / ((n - 1) * sc["forward_per_example_s"]) >= 0.01
 
-
-def test_cpu_scale_sizes_and_throughput_rounds():
-    """The cpu scale's pinned sizes resolve as intended and its throughput rounds are the controller run's."""
-    from hpctl.plugins.grasp_lora import GraspLoraPlugin
-
-    scale = arms.SCALES["cpu"]
-    cfg = arms.resolved(scale.plugin_config)
-    assert (cfg.steps, cfg.controller_steps, cfg.micro_dev, cfg.mask_every) == (64, 16, 16, 4)
-    plugin = GraspLoraPlugin()
-    budget = scale.budget or plugin.default_budget
-    group = scale.group_size or plugin.default_group_size
-    assert scale.tp_steps == arms.controller_steps_per_round(cfg.controller_steps, budget, group) == 4
-    assert (scale.tp_rounds, scale.tp_reps) == (2, 3)
-    assert "64-step fine-tunes" in scale.note and "16-step controller run" in scale.note

@@ -30,7 +30,7 @@ class Scale:
     budget: int | None = None  # probes per controller run (None: the plugin's default)
     group_size: int | None = None  # None: the plugin's default
     tp_rounds: int = 2  # throughput: training rounds per measurement
-    #: throughput: optimizer steps per round (None: the controller run's, as the runner computes it)
+    #: throughput: optimizer steps per round (None: the controller run's, :func:`hpctl.runner.steps_per_round`)
     tp_steps: int | None = None
     tp_reps: int = 3  # throughput: A/B alternations
     probe_reps: int = 5  # prune+restore vs forward: repetitions
@@ -58,12 +58,6 @@ SCALES: dict[str, Scale] = {
                  note="Llama-3-8B-class backbone on one GPU in bfloat16, paper-like sizes (120-step fine-tunes, a "
                       "30-step controller run, 128 test examples, SVD-64 export); not run yet (no GPU here)"),
 }
-
-
-def controller_steps_per_round(controller_steps: int, budget: int, group_size: int) -> int:
-    """Steps per round of the controller run, as :func:`hpctl.runner` computes them (+1: a round's baseline probe)."""
-    rounds = max(1, int(budget) // (int(group_size) + 1))
-    return max(1, int(controller_steps) // rounds)
 
 
 def plugin_fields() -> set[str]:

@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 
 from . import __doc__ as DOC
 from .analysis import criteria, summarise
-from .arms import (ARMS, EXPERIMENT, SCALES, arm_spec, check_plugin_config, controller_steps_per_round, resolved,
-                   run_arm, train_shared_adapters, warm_up_metrics)
+from .arms import (ARMS, EXPERIMENT, SCALES, arm_spec, check_plugin_config, resolved, run_arm, train_shared_adapters,
+                   warm_up_metrics)
 from .report import _jsonable, markdown, plot_seed, print_tables
 from .throughput import measure_throughput
 
@@ -153,6 +153,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, console) -> int:
     from rich.console import Console
 
     from hpctl.errors import ConfigError
+    from hpctl.runner import steps_per_round as runner_steps_per_round
     from hpctl.tracking import Tracker
 
     if args.threads:
@@ -184,7 +185,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, console) -> int:
     plugin = GraspLoraPlugin()
     budget = scale.budget or plugin.default_budget
     group = scale.group_size or plugin.default_group_size
-    steps_per_round = controller_steps_per_round(int(cfg.controller_steps), budget, group)
+    steps_per_round = runner_steps_per_round(int(cfg.controller_steps), budget, group)
     tp_steps = int(scale.tp_steps) if scale.tp_steps is not None else steps_per_round
     if tp_steps != steps_per_round:
         console.print(f"note: throughput rounds of {tp_steps} step(s), the controller run's are {steps_per_round}",

@@ -33,12 +33,12 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
 
     A: ``ControlEnv.advance`` rounds of ``steps`` steps (the loop the controller run drives),
        a candidate probe and the baseline probe before each round (untimed), after each round what the runner's
-       ``on_round`` does (MLflow metrics; a checkpoint at most every ``CHECKPOINT_EVERY_S``),
+       :class:`hpctl.runner.RoundHook` does (MLflow metrics; a checkpoint at most every ``CHECKPOINT_EVERY_S``),
        timed, as the runner pays it.
     B1: plain peft LoRA + transformers ``labels=`` loss; B2: the same with logits only at the
        label positions (``logits_to_keep``), i.e. the grasp loop's loss without masks/wrappers.
     All three see the same batches (same ``DataOrder`` seed per alternation). Pass ``steps`` = the controller
-    run's steps per round (:func:`controller_steps_per_round`) to time the loop the controller run executes.
+    run's steps per round (:func:`hpctl.runner.steps_per_round`) to time the loop the controller run executes.
 
     Probe cost: one probe's prune+restore (``applied`` enter + exit) against its forward pass, first on the
     micro-dev batches (what a probe of the run pays; the ``probe_cost`` fractions), then on the test split's
@@ -55,8 +55,8 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
     from hpctl.plugins.grasp_lora import GraspTask
     from hpctl.plugins.grasp_lora import adapters as ad
     from hpctl.plugins.grasp_lora.backbone import batched_loss, collate, load_backbone
-    from hpctl.runner import CHECKPOINT_EVERY_S, RunRecorder, save_checkpoint, seed_everything
-    from hpctl.tracking import Tracker
+    from hpctl.runner import RoundHook, seed_everything
+    from hpctl.tracking import RunRecorder, Tracker
 
     say = say or (lambda s: None)
     # the env's episode (the controller run) is exactly the measured rounds
@@ -96,7 +96,7 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
         pad = task.pad_id
         data = task.splits["target_train"].encoded
 
-        last_checkpoint = [time.perf_counter()]
+        on_round = RoundHook(out_dir, env, recorder, tracker)  # what the runner calls after every round
 
         def grasp_loop(order_seed: int, n_rounds: int, n_steps: int) -> tuple[float, int]:
             if env.done or env.steps_done + n_rounds * n_steps > task.total_steps:
@@ -113,12 +113,7 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
                 before = task.counter.tokens
                 t0 = time.perf_counter()
                 env.advance(np.array([rho]))
-                # what the runner's on_round does after every round
-                tracker.metrics({f"controller/{k}": v for k, v in ctrl.state().items()}, env.probes)
-                if time.perf_counter() - last_checkpoint[0] >= CHECKPOINT_EVERY_S:
-                    recorder.checkpoint_flush()
-                    save_checkpoint(out_dir, env, ctrl, recorder, tracker)
-                    last_checkpoint[0] = time.perf_counter()
+                on_round(ctrl)
                 elapsed += time.perf_counter() - t0
                 tokens += task.counter.tokens - before
             return elapsed, tokens
