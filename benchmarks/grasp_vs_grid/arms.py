@@ -60,27 +60,8 @@ SCALES: dict[str, Scale] = {
 }
 
 
-def plugin_fields() -> set[str]:
-    from hpctl.plugins.grasp_lora import GraspLoraConfig
-
-    return {f.name for f in dataclasses.fields(GraspLoraConfig)}
-
-
-def check_plugin_config(values: dict[str, Any], scale: str) -> None:
-    """Fail early (one line) on options this version of the plugin does not have."""
-    from hpctl.errors import ConfigError
-
-    missing = sorted(set(values) - plugin_fields())
-    if missing:
-        extra = ""
-        if scale == "gpu" and set(missing) & {"device", "dtype"}:
-            extra = (" - the gpu scale needs GraspLoraConfig options 'device' and 'dtype' (GraspTask runs in "
-                     "float32 on the CPU in this version; an 8B backbone would need 32 GB and days there)")
-        raise ConfigError(f"grasp_lora has no option(s) {', '.join(missing)}{extra}")
-
-
 def resolved(values: dict[str, Any]):
-    """The resolved GraspLoraConfig of plugin options (type-checked like the CLI does)."""
+    """The resolved GraspLoraConfig of plugin options; the dataclass raises ConfigError on a bad one (as the CLI)."""
     from hpctl.config import build_dataclass
     from hpctl.plugins.grasp_lora import GraspLoraConfig, resolve_config
 

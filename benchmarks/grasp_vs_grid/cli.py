@@ -16,8 +16,7 @@ from typing import Any, Callable, Sequence
 
 from . import __doc__ as DOC
 from .analysis import criteria, summarise
-from .arms import (ARMS, EXPERIMENT, SCALES, arm_spec, check_plugin_config, resolved, run_arm, train_shared_adapters,
-                   warm_up_metrics)
+from .arms import ARMS, EXPERIMENT, SCALES, arm_spec, resolved, run_arm, train_shared_adapters, warm_up_metrics
 from .report import _jsonable, markdown, plot_seed, print_tables
 from .throughput import measure_throughput
 
@@ -173,13 +172,12 @@ def _main(args: argparse.Namespace, argv: list[str] | None, console) -> int:
     if args.backbone:
         scale.plugin_config["backbone"] = args.backbone
     scale.plugin_config.update(parse_sets(args.set))
-    check_plugin_config(scale.plugin_config, scale.name)
+    cfg = resolved(scale.plugin_config)  # validates every option before anything runs
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     bad = [a for a in arms if a not in ARMS]
     if bad or not arms:
         raise ConfigError(f"unknown arm(s) {bad} (choose from {', '.join(ARMS)})")
     seeds = parse_seeds(args.seeds)
-    cfg = resolved(scale.plugin_config)  # validates every option before anything runs
     from hpctl.plugins.grasp_lora import GraspLoraPlugin
 
     plugin = GraspLoraPlugin()
