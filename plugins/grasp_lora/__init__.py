@@ -15,7 +15,7 @@ pruning, :mod:`.backbone` for loading and the fast label-only loss::
 
 Presets fill every option left unset: ``smoke`` (tiny backbone and data: the whole
 pipeline, for tests), ``default`` (Gemma 3 270M sized for about 8 minutes on two CPU
-cores, about 9 including the first-time model caching) and ``full`` (the data module's
+cores, about 9 including the first-time model caching) and ``full`` (:mod:`.corpora`'s
 default split sizes and longer training; hours on a CPU).
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 from hpctl.errors import ConfigError, DataError
 from hpctl.plugins.grasp_lora.adapters import MERGE_RULES
 from hpctl.plugins.grasp_lora.backbone import DTYPES
-from hpctl.plugins.grasp_lora.data import LANGS, TASKS
+from hpctl.plugins.grasp_lora.corpora import LANGS, TASKS
 from hpctl.plugins.grasp_lora.task import PROBE_METRICS, GraspTask
 from hpctl.task import Plugin
 
@@ -190,7 +190,7 @@ class GraspLoraPlugin(Plugin):
 
         from hpctl.plugins.grasp_lora.adapters import load_lora
         from hpctl.plugins.grasp_lora.backbone import load_backbone, resolve_device, resolve_dtype
-        from hpctl.plugins.grasp_lora.data import read_examples
+        from hpctl.plugins.grasp_lora.corpora import read_examples
         from hpctl.plugins.grasp_lora.task import encode_split, split_metrics
 
         cfg = resolve_config(config)

@@ -2,7 +2,7 @@
 
 Setup (lazily, on the first call that needs the model; each part is timed):
 
-1. load the frozen backbone (:mod:`.backbone`) and the task data (:mod:`.data`);
+1. load the frozen backbone (:mod:`.backbone`) and the task data (:mod:`.corpora`);
 2. train (or load) the *source* adapter on English ``source_train`` and the *target*
    adapter on ``target_train`` with peft, saving both in peft format under ``out_dir``
    (a later run in the same ``out_dir`` with the same settings, e.g. ``--resume``, loads
@@ -262,7 +262,7 @@ class GraspTask(Task):
         self.reset(self.seed)
 
     def _load(self) -> None:
-        from hpctl.plugins.grasp_lora.data import SplitSizes, load_task_data
+        from hpctl.plugins.grasp_lora.corpora import SplitSizes, load_task_data
 
         c = self.cfg
         if self._given_backbone is not None:

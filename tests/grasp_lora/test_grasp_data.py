@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from hpctl.errors import ConfigError, DataError
-from hpctl.plugins.grasp_lora import data as D
-from hpctl.plugins.grasp_lora.data import (
+from hpctl.plugins.grasp_lora import corpora as D
+from hpctl.plugins.grasp_lora.corpora import (
     LANGS,
     SPLITS,
     SplitSizes,
