@@ -67,7 +67,6 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +78,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hpctl.errors import ConfigError, one_line
-from hpctl.plugins.grasp_lora.backbone import Batch, Encoded, PassCounter, answer_loss, collate, length_batches
+from hpctl.plugins.grasp_lora.fsutil import replacing_folder
+from hpctl.plugins.grasp_lora.lm import Batch, Encoded, PassCounter, answer_loss, collate, length_batches
 
 ATTN_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_TARGETS: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
@@ -227,27 +227,13 @@ def load_lora(model: nn.Module, path: str | Path, name: str, *, trainable: bool 
 def save_lora(model: nn.Module, name: str, path: str | Path) -> Path:
     """Save adapter ``name`` in peft format directly in ``path`` (replacing it)."""
     dest = Path(path)
-    with _replacing_folder(dest) as tmp:
+    with replacing_folder(dest) as tmp:
         model.save_pretrained(str(tmp), selected_adapters=[name])
         if (tmp / name / "adapter_config.json").is_file():  # peft nests non-default adapters in a subfolder
             for item in (tmp / name).iterdir():
                 shutil.move(str(item), str(tmp / item.name))
             (tmp / name).rmdir()
     return dest
-
-
-@contextlib.contextmanager
-def _replacing_folder(dest: Path) -> Iterator[Path]:
-    """A temporary sibling folder to fill; it replaces ``dest`` only if the block finishes."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        yield tmp
-        if dest.exists():
-            shutil.rmtree(dest)
-        shutil.move(str(tmp), str(dest))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def unload_lora(model: nn.Module) -> nn.Module:
@@ -901,7 +887,7 @@ def export_peft(adapter: DeltaAdapter, path: str | Path, *, masks: Mapping[str, 
     config = LoraConfig(r=max_r, lora_alpha=max_r, target_modules=suffixes, lora_dropout=0.0, bias="none",
                         task_type="CAUSAL_LM", rank_pattern=dict(rank_pattern), alpha_pattern=dict(rank_pattern),
                         base_model_name_or_path=base_model_name_or_path)
-    with _replacing_folder(dest) as tmp:
+    with replacing_folder(dest) as tmp:
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         info = {"rel_error": math.sqrt(err2 / ref2) if ref2 > 0 else 0.0, "params": float(n_params)}

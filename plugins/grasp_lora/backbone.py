@@ -1,4 +1,4 @@
-"""The frozen causal-LM backbone: loading (offline, cached) and running it cheaply.
+"""The frozen causal-LM backbone: loading (offline, cached), device and dtype.
 
 Loading (:func:`load_backbone`), by ``spec``:
 
@@ -44,39 +44,23 @@ seed and then cast, so it is the same model in every dtype up to rounding.
 and raise a one-line ConfigError for an unknown name or a device that is not available
 (call them before loading anything).
 
-Running (used by the adapters and the task):
-
-* :func:`encode_example` / :func:`encode_prompt` tokenise ``prompt + target`` (BOS, target
-  tokens, EOS), truncating long prompts from the left (after BOS) so the question and the
-  ``Answer:`` cue stay in.
-* :func:`collate` right-pads a batch and marks the *label positions* (CPU tensors: batches
-  are built once and kept); :func:`answer_loss` moves the batch to the model's device, runs
-  the model with ``logits_to_keep`` set to that boolean mask, so the 262k-way LM head is
-  applied only where a target token is predicted (design.md: this halves step time), and
-  returns the summed token cross-entropy, computed in float32 whatever the model's dtype.
-* :func:`length_batches` groups examples of similar length; :func:`greedy_generate`
-  left-pads prompts and decodes greedily.
-* :class:`PassCounter` counts backbone forward/backward passes for benchmarks.
+Running the loaded model (tokenising, batching, the label-only loss, generation) is :mod:`.lm`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import random
 import shutil
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from hpctl.errors import ConfigError, one_line
+from hpctl.plugins.grasp_lora.fsutil import replacing_folder
 
 DEFAULT_BACKBONE = "gemma3-270m"
 TINY_BACKBONE = "tiny"
@@ -191,29 +175,9 @@ def _complete(folder: Path) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _building(final: Path) -> Iterator[Path]:
-    """A temporary sibling of ``final`` to build a cache folder in, renamed into place at the end."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-        (tmp / _MARKER).write_text(json.dumps({"version": CACHE_VERSION, "created": time.time()}))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a cache is readable like any model folder
-        for item in tmp.iterdir():
-            if item.is_file():
-                os.chmod(item, 0o644)
-        if final.exists():  # a stale or concurrent build: replace a stale one, keep a complete one
-            if _complete(final):
-                return
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not _complete(final):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _mark_complete(folder: Path) -> None:
+    """The last file a cache build writes (:func:`_complete` looks for it)."""
+    (folder / _MARKER).write_text(json.dumps({"version": CACHE_VERSION, "created": time.time()}))
 
 
 def _cached_tokenizer(folder: Path):
@@ -281,10 +245,11 @@ def _gguf_model(gguf: Path, out: Path) -> None:
 def _tokenizer_dir(cache: Path, gguf_source: Callable[[Path], Path], key: str) -> Path:
     folder = cache / f"{key}-tokenizer"
     if not _complete(folder):
-        with _building(folder) as tmp:
+        with replacing_folder(folder, keep=_complete) as tmp:  # a complete cache built meanwhile is kept
             gguf = gguf_source(tmp)
             _gguf_tokenizer(gguf, tmp)
             gguf.unlink(missing_ok=True)
+            _mark_complete(tmp)
     return folder
 
 
@@ -292,13 +257,14 @@ def _model_dir(cache: Path, gguf_source: Callable[[Path], Path], key: str) -> Pa
     folder = cache / key
     if not _complete(folder):
         tok_dir = _tokenizer_dir(cache, gguf_source, key)
-        with _building(folder) as tmp:
+        with replacing_folder(folder, keep=_complete) as tmp:
             gguf = gguf_source(tmp)
             _gguf_model(gguf, tmp)
             gguf.unlink(missing_ok=True)
             for item in tok_dir.iterdir():
                 if item.name != _MARKER and item.is_file():
                     shutil.copy2(item, tmp / item.name)
+            _mark_complete(tmp)
     return folder
 
 
@@ -406,209 +372,3 @@ def _load_generic(spec: str, dtype: torch.dtype):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return freeze(model), tokenizer, spec
-
-
-# ----------------------------------------------------------------------------- running
-@dataclass
-class PassCounter:
-    """Backbone passes, for benchmarks: teacher-forced forwards, backwards, generation steps."""
-
-    forward: int = 0
-    backward: int = 0
-    generation_steps: int = 0
-    tokens: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {"forward_passes": self.forward, "backward_passes": self.backward,
-                "generation_steps": self.generation_steps, "tokens": self.tokens}
-
-    def add(self, other: "PassCounter") -> None:
-        self.forward += other.forward
-        self.backward += other.backward
-        self.generation_steps += other.generation_steps
-        self.tokens += other.tokens
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """One tokenised example: ``ids = prompt ids + target ids`` (the target ends with EOS)."""
-
-    ids: tuple[int, ...]
-    n_prompt: int
-
-    @property
-    def n_target(self) -> int:
-        return len(self.ids) - self.n_prompt
-
-    @property
-    def prompt(self) -> tuple[int, ...]:
-        return self.ids[: self.n_prompt]
-
-
-def encode_prompt(tokenizer, prompt: str, max_prompt_len: int) -> list[int]:
-    """Prompt ids with BOS; longer prompts lose tokens from the left (after BOS)."""
-    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    if len(ids) > max_prompt_len:
-        bos = tokenizer.bos_token_id
-        head = [ids[0]] if bos is not None and ids and ids[0] == bos else []
-        ids = head + ids[len(ids) - (max_prompt_len - len(head)):]
-    return list(ids)
-
-
-def encode_example(tokenizer, prompt: str, target: str, *, max_len: int, max_target_len: int,
-                   add_eos: bool = True) -> Encoded:
-    """Tokenise ``prompt`` and ``target`` separately (as generation sees them) and join them."""
-    if max_target_len < 1 or max_len <= max_target_len:
-        raise ConfigError(f"need 1 <= max_target_len < max_len, got {max_target_len} and {max_len}")
-    tgt = tokenizer(target, add_special_tokens=False)["input_ids"]
-    tgt = list(tgt[: max_target_len - (1 if add_eos else 0)])
-    if add_eos and tokenizer.eos_token_id is not None:
-        tgt.append(tokenizer.eos_token_id)
-    if not tgt:
-        tgt = [tokenizer.eos_token_id]
-    prompt_ids = encode_prompt(tokenizer, prompt, max_len - len(tgt))
-    return Encoded(ids=tuple(prompt_ids + tgt), n_prompt=len(prompt_ids))
-
-
-@dataclass
-class Batch:
-    """A right-padded teacher-forcing batch; ``keep`` marks positions whose next token is a label."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    keep: torch.Tensor
-    labels: torch.Tensor
-
-    @property
-    def n_labels(self) -> int:
-        return int(self.labels.numel())
-
-    def to(self, device: torch.device | str) -> "Batch":
-        """This batch on ``device`` (``self`` when it is there already)."""
-        device = torch.device(device)
-        if self.input_ids.device == device:
-            return self
-        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.keep, self.labels)))
-
-
-def collate(items: Sequence[Encoded], pad_id: int) -> Batch:
-    """Right-pad ``items``; labels are the target tokens in row-major order of ``keep``.
-
-    The tensors are on the CPU; the functions that run the model move a batch to its device.
-    """
-    width = max(len(e.ids) for e in items)
-    ids = torch.full((len(items), width), int(pad_id), dtype=torch.long)
-    att = torch.zeros((len(items), width), dtype=torch.long)
-    keep = torch.zeros((len(items), width), dtype=torch.bool)
-    labels: list[int] = []
-    for row, e in enumerate(items):
-        n = len(e.ids)
-        ids[row, :n] = torch.tensor(e.ids, dtype=torch.long)
-        att[row, :n] = 1
-        keep[row, e.n_prompt - 1: n - 1] = True
-        labels.extend(e.ids[e.n_prompt:])
-    return Batch(ids, att, keep, torch.tensor(labels, dtype=torch.long))
-
-
-def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random | None = None,
-                   pool: int = 8) -> list[list[int]]:
-    """Indices grouped into batches of similar length.
-
-    Without ``rng``: sorted by length, cut into batches (deterministic; for evaluation).
-    With ``rng``: shuffled, then sorted by length within pools of ``pool`` batches, cut, and
-    the batch order shuffled (one training epoch).
-    """
-    idx = list(range(len(lengths)))
-    if rng is None:
-        idx.sort(key=lambda i: (lengths[i], i))
-        return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
-    rng.shuffle(idx)
-    batches: list[list[int]] = []
-    span = batch_size * max(1, pool)
-    for start in range(0, len(idx), span):
-        chunk = sorted(idx[start:start + span], key=lambda i: lengths[i])
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return batches
-
-
-def label_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Logits at the label positions only, shape ``(n_labels, vocab)``.
-
-    Passes the boolean ``keep`` mask as ``logits_to_keep`` so the LM head runs only there;
-    a model that ignores it (full logits back) is indexed afterwards. The batch is moved to
-    the model's device first; the logits are in the model's dtype.
-    """
-    batch = batch.to(model_device(model))
-    try:
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    logits_to_keep=batch.keep, use_cache=False)
-    except TypeError:  # a model without logits_to_keep
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    logits = out.logits
-    if logits.dim() == 3:
-        logits = logits[batch.keep] if logits.shape[1] == batch.keep.shape[1] else logits.reshape(-1, logits.shape[-1])
-    if logits.shape[0] != batch.n_labels:
-        raise RuntimeError(f"expected logits for {batch.n_labels} label positions, got {tuple(logits.shape)}")
-    return logits
-
-
-def answer_loss(model: torch.nn.Module, batch: Batch, counter: PassCounter | None = None) -> torch.Tensor:
-    """Summed cross-entropy over the batch's target tokens (divide by ``batch.n_labels`` for the mean).
-
-    A float32 scalar on the model's device (the logits are upcast before the cross-entropy).
-    """
-    logits = label_logits(model, batch)
-    if counter is not None:
-        counter.forward += 1
-        counter.tokens += int(batch.attention_mask.sum())
-    return F.cross_entropy(logits.float(), batch.labels.to(logits.device), reduction="sum")
-
-
-def batched_loss(model: torch.nn.Module, batches: Sequence[Batch], counter: PassCounter | None = None) -> float:
-    """Mean token loss over fixed batches, without gradients (float32 sums per batch, whatever the model's dtype)."""
-    total, n = 0.0, 0
-    with torch.no_grad():
-        for b in batches:
-            total += float(answer_loss(model, b, counter))
-            n += b.n_labels
-    return total / max(1, n)
-
-
-def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                    batch_size: int, counter: PassCounter | None = None, stop_at_newline: bool = True) -> list[str]:
-    """Greedy continuations of tokenised prompts (left-padded batches of similar length).
-
-    The decoded text is stripped; with ``stop_at_newline`` it is cut at the first newline
-    (the prompts are line-structured, an answer or summary is one line). Runs on the model's
-    device.
-    """
-    from transformers import GenerationConfig
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    gen_config = GenerationConfig(max_new_tokens=int(max_new_tokens), do_sample=False, num_beams=1,
-                                  pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True)
-    out: list[str] = [""] * len(prompts)
-    order = length_batches([len(p) for p in prompts], batch_size)
-    device = model_device(model)
-    with torch.no_grad():
-        for idx in order:
-            width = max(len(prompts[i]) for i in idx)
-            ids = torch.full((len(idx), width), int(pad), dtype=torch.long)
-            att = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                p = list(prompts[i])
-                ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-                att[row, width - len(p):] = 1
-            gen = model.generate(input_ids=ids.to(device), attention_mask=att.to(device),
-                                 generation_config=gen_config)
-            new = gen[:, width:].cpu()
-            if counter is not None:
-                counter.generation_steps += int(new.shape[1])
-                counter.tokens += int(att.sum()) + int(new.numel())
-            for row, i in enumerate(idx):
-                text = tokenizer.decode(new[row], skip_special_tokens=True)
-                if stop_at_newline:
-                    text = text.split("\n", 1)[0]
-                out[i] = text.strip()
-    return out

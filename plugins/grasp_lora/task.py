@@ -68,7 +68,8 @@ import torch
 from hpctl.errors import ConfigError
 from hpctl.knob import Knob
 from hpctl.plugins.grasp_lora import adapters as ad
-from hpctl.plugins.grasp_lora.backbone import (
+from hpctl.plugins.grasp_lora.backbone import load_backbone, model_device, resolve_device, resolve_dtype, say
+from hpctl.plugins.grasp_lora.lm import (
     Batch,
     Encoded,
     PassCounter,
@@ -78,11 +79,6 @@ from hpctl.plugins.grasp_lora.backbone import (
     encode_prompt,
     greedy_generate,
     length_batches,
-    load_backbone,
-    model_device,
-    resolve_device,
-    resolve_dtype,
-    say,
 )
 from hpctl.task import Task
 

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:Fu
 
 from hpctl.errors import ConfigError  # noqa: E402
 from hpctl.plugins.grasp_lora import adapters as ad  # noqa: E402
-from hpctl.plugins.grasp_lora.backbone import collate, encode_example, load_backbone  # noqa: E402
+from hpctl.plugins.grasp_lora.backbone import load_backbone  # noqa: E402
+from hpctl.plugins.grasp_lora.lm import collate, encode_example  # noqa: E402
 
 TARGETS = ad.ATTN_TARGETS + ad.MLP_TARGETS
 

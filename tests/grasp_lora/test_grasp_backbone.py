@@ -11,7 +11,8 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hpctl.errors import ConfigError  # noqa: E402
-from hpctl.plugins.grasp_lora.backbone import (  # noqa: E402
+from hpctl.plugins.grasp_lora.backbone import load_backbone  # noqa: E402
+from hpctl.plugins.grasp_lora.lm import (  # noqa: E402
     Encoded,
     answer_loss,
     collate,
@@ -20,7 +21,7 @@ from hpctl.plugins.grasp_lora.backbone import (  # noqa: E402
     greedy_generate,
     label_logits,
     length_batches,
-    load_backbone,
+    takes_logits_to_keep,
 )
 
 
@@ -81,6 +82,44 @@ def test_label_logits_equal_full_logits_and_padding_is_neutral(tiny):
         # the summed loss of the padded batch = the sum of each example alone
         alone = sum(float(answer_loss(model, collate([e], tok.pad_token_id))) for e in items)
         assert float(answer_loss(model, batch)) == pytest.approx(alone, rel=1e-5)
+
+
+class _NoLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward has no ``logits_to_keep``: full logits from the wrapped model."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+def test_label_logits_without_logits_to_keep_index_the_full_logits(tiny):
+    model, tok, _ = tiny
+    assert takes_logits_to_keep(model)
+    plain = _NoLogitsToKeep(model)
+    assert not takes_logits_to_keep(plain)
+    items = [encode_example(tok, f"Question {i}?\nAnswer:", f" a{i}", max_len=32, max_target_len=4) for i in range(2)]
+    batch = collate(items, tok.pad_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(label_logits(plain, batch), label_logits(model, batch), rtol=1e-5, atol=1e-5)
+
+
+def test_errors_inside_a_forward_are_not_retried(tiny, monkeypatch):
+    """A TypeError raised by the model itself propagates (no silent second forward without logits_to_keep)."""
+    model, tok, _ = tiny
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(kwargs)
+        raise TypeError("a bug inside the model")
+
+    monkeypatch.setattr(model, "forward", broken)
+    batch = collate([encode_example(tok, "Q?\nAnswer:", " a", max_len=16, max_target_len=4)], tok.pad_token_id)
+    with pytest.raises(TypeError, match="a bug inside the model"):
+        label_logits(model, batch)
+    assert len(calls) == 1 and "logits_to_keep" in calls[0]
 
 
 def test_length_batches_cover_everything_once():

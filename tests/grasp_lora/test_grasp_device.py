@@ -19,7 +19,8 @@ from hpctl.errors import ConfigError  # noqa: E402
 from hpctl.plugins.grasp_lora import GraspLoraConfig, GraspLoraPlugin  # noqa: E402
 from hpctl.plugins.grasp_lora import adapters as ad  # noqa: E402
 from hpctl.plugins.grasp_lora import task as task_module  # noqa: E402
-from hpctl.plugins.grasp_lora.backbone import collate, load_backbone, resolve_device, resolve_dtype  # noqa: E402
+from hpctl.plugins.grasp_lora.backbone import load_backbone, resolve_device, resolve_dtype  # noqa: E402
+from hpctl.plugins.grasp_lora.lm import collate  # noqa: E402
 
 SMOKE = ["run", "grasp_lora", "--preset", "smoke"]
 NO_CUDA = not torch.cuda.is_available()
@@ -128,7 +129,7 @@ def test_bfloat16_smoke_run_on_cpu(tmp_path):
 
 
 def test_batches_move_to_the_model_device():
-    from hpctl.plugins.grasp_lora.backbone import Encoded
+    from hpctl.plugins.grasp_lora.lm import Encoded
 
     batch = collate([Encoded(ids=(2, 5, 6, 1), n_prompt=2)], pad_id=0)
     assert batch.to("cpu") is batch  # no copy where it already is
