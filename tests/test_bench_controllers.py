@@ -1,0 +1,87 @@
+"""benchmarks/controllers.py on a tiny configuration: two scenarios, two seeds, a 12-probe budget (a few seconds)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import controllers  # noqa: E402
+
+CONTROLLERS = ["grid", "random", "grpo"]
+SCENARIOS = ["peaked 0.37 n0.01", "2-D (0.3,0.7)"]
+BUDGET, GROUP = 12, 3
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("controllers")
+    code = controllers.main(["--seeds", "2", "--budget", str(BUDGET), "--group-size", str(GROUP),
+                             "--controllers", ",".join(CONTROLLERS), "--scenarios", ",".join(SCENARIOS),
+                             "--out", str(out)])
+    assert code == 0
+    doc = json.loads((out / "controllers.json").read_text())
+    doc["_md"] = (out / "controllers.md").read_text()
+    return doc
+
+
+def test_every_controller_scenario_and_seed_is_one_run(result):
+    assert result["seeds"] == [0, 1] and result["budget"] == BUDGET and result["group_size"] == GROUP
+    assert [s["name"] for s in result["scenarios"]] == SCENARIOS
+    runs = result["runs"]
+    assert sorted((r["scenario"], r["controller"], r["seed"]) for r in runs) == sorted(
+        (s, c, seed) for s in SCENARIOS for c in CONTROLLERS for seed in (0, 1))
+    for r in runs:
+        dim = 2 if r["scenario"].startswith("2-D") else 1
+        assert len(r["learned"]) == len(r["optimum_end"]) == dim
+        assert all(0.0 <= v <= 1.0 for v in r["learned"])
+        assert 0 < r["probes"] <= BUDGET
+        # the recorded distance and reward are the landscape's at the learned value (peaked, width 0.15)
+        d = math.dist(r["learned"], r["optimum_end"])
+        assert r["distance"] == pytest.approx(d)
+        assert r["true_reward"] == pytest.approx(math.exp(-0.5 * (d / 0.15) ** 2))
+
+
+def test_the_grid_lands_where_its_points_put_it(result):
+    # 1-D: k = 8 points i/7 over [0, 1]; the one nearest 0.37 is 3/7 (its reward beats 2/7's by 0.07, noise 0.01)
+    # 2-D: a 12-probe budget pays for floor(sqrt(12)) = 3 points per axis {0, 0.5, 1}; the best is (0.5, 0.5)
+    grid = {(r["scenario"], r["seed"]): r for r in result["runs"] if r["controller"] == "grid"}
+    for seed in (0, 1):
+        one, two = grid[(SCENARIOS[0], seed)], grid[(SCENARIOS[1], seed)]
+        assert one["learned"] == pytest.approx([3 / 7]) and one["distance"] == pytest.approx(3 / 7 - 0.37)
+        assert one["probes"] == 8
+        assert two["learned"] == pytest.approx([0.5, 0.5]) and two["distance"] == pytest.approx(math.sqrt(0.08))
+        assert two["probes"] == 9
+
+
+def test_summary_rows_agree_with_the_runs(result):
+    rows = {(r["scenario"], r["controller"]): r for r in result["summary"]}
+    assert set(rows) == {(s, c) for s in SCENARIOS for c in CONTROLLERS}
+    for (scenario, ctrl), row in rows.items():
+        runs = [r for r in result["runs"] if r["scenario"] == scenario and r["controller"] == ctrl]
+        dists = sorted(r["distance"] for r in runs)
+        assert row["n"] == 2
+        assert row["dist_median"] == pytest.approx(sum(dists) / 2)
+        assert row["dist_q25"] <= row["dist_median"] <= row["dist_q75"]
+        assert row["success"] == sum(d <= controllers.SUCCESS for d in dists) / 2
+        assert row["probes_max"] == max(r["probes"] for r in runs)
+    assert rows[(SCENARIOS[0], "grid")]["success"] == 0.0  # 3/7 is 0.059 away, over the 0.02 threshold
+    totals = {t["controller"]: t for t in result["overall"]}
+    assert set(totals) == set(CONTROLLERS) and all(t["runs"] == 4 for t in totals.values())
+    assert totals["grpo"]["time_vs_grpo"] == pytest.approx(1.0)
+    assert "| grid | 4 |" in result["_md"] and "## Per scenario" in result["_md"]
+
+
+def test_time_is_relative_to_grpo_and_absent_without_it():
+    runs = [{"controller": c, "scenario": "s", "seed": 0, "distance": dist, "true_reward": 1.0, "probes": 4,
+             "wall_s": w} for c, dist, w in (("grpo", 0.01, 2.0), ("grid", 0.03, 1.0))]
+    (grpo, grid) = controllers.summarise(runs, ["grpo", "grid"], ["s"])
+    assert grid["time_vs_grpo"] == pytest.approx(0.5) and (grpo["success"], grid["success"]) == (1.0, 0.0)
+    assert controllers.overall(runs[1:], ["grid"])[0]["time_vs_grpo"] is None
