@@ -187,6 +187,11 @@ class ControlEnv(gym.Env):
         terminated = self.done
         return self._obs(), float(reward), terminated, False, self._info()
 
+    def close(self) -> None:
+        """Release the task's resources (:meth:`hpctl.task.Task.close`; the runner calls that itself)."""
+        self.task.close()
+        super().close()
+
     # --------------------------------------------------------- group API ---------
     def probe(self, value: Any, kind: str = "candidate") -> float:
         """Score one value at the current training state; counts against the budget.

@@ -48,17 +48,18 @@ from hpctl.control_env import ControlEnv
 class UnitActionWrapper(gym.ActionWrapper):
     """Actions in ``[-1, 1]^dim`` for a :class:`ControlEnv` whose actions are knob values.
 
+    ``env`` is a :class:`ControlEnv`, bare or wrapped (``gymnasium.make("hpctl/MagnitudePrune-v0")``).
     ``a -> knob.from_unit((a + 1) / 2)``. ``reset`` does not start a new training run
     when the wrapped env is already mid-run on the first call (the runner reset it, or
     the run is resumed), nor once ``budget`` probes are spent (so SB3's automatic reset
     after the last step leaves the trained state alone).
     """
 
-    def __init__(self, env: ControlEnv, budget: int | None = None) -> None:
+    def __init__(self, env: gym.Env, budget: int | None = None) -> None:
         super().__init__(env)
-        self.control: ControlEnv = env
+        self.control: ControlEnv = env.unwrapped  # also under gymnasium.make's wrappers
         self.budget = budget
-        dim = env.knob.dim
+        dim = self.control.knob.dim
         self.action_space = spaces.Box(low=-1.0, high=1.0, shape=(dim,), dtype=np.float32)
         self._attached = False
 

@@ -194,6 +194,25 @@ def test_per_group_knob(tmp_path):
     assert np.isfinite(task.train(1, np.array([0.1, 0.5])))
 
 
+def test_registered_gymnasium_id_builds_the_smoke_task(smoke):
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    import hpctl  # noqa: F401  registers the ids
+
+    task, _ = smoke
+    env = gym.make("hpctl/GraspLoraSmoke-v0", out_dir=task.out_dir)  # the fixture's adapters are reused
+    base = env.unwrapped
+    assert isinstance(base, ControlEnv) and base.task.cfg == task.cfg  # the smoke preset, resolved
+    assert base.knob.name == task.knob.name and base.group_size == 4  # the plugin's group size
+    env.reset(seed=0)
+    assert base.task.notes["source_adapter"].startswith("reused")
+    _, reward, _, _, info = env.step(np.array([0.3], dtype=np.float32))
+    assert np.isfinite(reward) and base.probes == 1
+    check_env(base, skip_render_check=True)
+    env.close()
+
+
 def test_same_out_dir_reuses_the_trained_adapters(smoke):
     task, _ = smoke
     again = _make(Path(task.out_dir))
