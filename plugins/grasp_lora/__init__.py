@@ -6,8 +6,9 @@ set; the two are merged (exactly: the deltas add up) and the merged adapter is p
 global magnitude at a ratio the controller learns while the merged adapter is fine-tuned
 on the target data. The final phase repeats that fine-tune once at the learned ratio and
 reports test metrics (EM/F1 for XQuAD/MLQA, ROUGE/BLEU for XL-Sum), next to the
-target-only baseline. See :mod:`.task` for the phases, :mod:`.adapters` for merging and
-pruning, :mod:`.backbone` for loading and the fast label-only loss::
+target-only baseline. See :mod:`.task` for the phases, :mod:`.lora` for the adapters and
+their merge, :mod:`.pruner` for the global pruning, :mod:`.backbone` for loading and
+:mod:`.lm` for the fast label-only loss::
 
     hpctl run grasp_lora --preset smoke            # tiny random model, whole pipeline in seconds
     hpctl run grasp_lora --task xquad --lang ar     # Gemma 3 270M, ~8 min on 2 CPU cores
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hpctl.errors import ConfigError, DataError
-from hpctl.plugins.grasp_lora.adapters import MERGE_RULES
+from hpctl.plugins.grasp_lora.lora import MERGE_RULES
 from hpctl.plugins.grasp_lora.backbone import DTYPES
 from hpctl.plugins.grasp_lora.corpora import LANGS, TASKS
 from hpctl.plugins.grasp_lora.task import PROBE_METRICS, GraspTask
@@ -188,7 +189,7 @@ class GraspLoraPlugin(Plugin):
         """
         import torch
 
-        from hpctl.plugins.grasp_lora.adapters import load_lora
+        from hpctl.plugins.grasp_lora.lora import load_lora
         from hpctl.plugins.grasp_lora.backbone import load_backbone, resolve_device, resolve_dtype
         from hpctl.plugins.grasp_lora.corpora import read_examples
         from hpctl.plugins.grasp_lora.task import encode_split, split_metrics

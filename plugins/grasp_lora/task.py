@@ -7,8 +7,8 @@ Setup (lazily, on the first call that needs the model; each part is timed):
    adapter on ``target_train`` with peft, saving both in peft format under ``out_dir``
    (a later run in the same ``out_dir`` with the same settings, e.g. ``--resume``, loads
    them instead of retraining);
-3. merge them (:func:`.adapters.merge_adapters`, exact for every rule) and install the
-   merged adapter as dense-delta wrappers with a :class:`.adapters.GlobalMagnitudePruner`.
+3. merge them (:func:`.lora.merge_adapters`, exact for every rule) and install the
+   merged adapter as dense-delta wrappers with a :class:`.pruner.GlobalMagnitudePruner`.
 
 Then the :class:`hpctl.task.Task` protocol:
 
@@ -41,7 +41,7 @@ in ``dtype`` on ``device``. Batches are built on the CPU and moved to the model 
 (:mod:`.backbone`); every loss is a float32 cross-entropy on upcast logits. The trainable LoRA
 factors are *float32 master weights* whatever ``dtype`` is, cast to the backbone's dtype in
 the forward, so AdamW steps and its state stay float32: peft keeps the source/target adapters
-in float32 (``autocast_adapter_dtype``), and :class:`.adapters.DeltaLinear` does the same for the
+in float32 (``autocast_adapter_dtype``), and :class:`.delta.DeltaLinear` does the same for the
 merged adapter. Snapshots hold the factors on ``device``; exported adapters are written from
 CPU tensors. The ``dtype`` is part of a reused adapter's fingerprint (except float32).
 
@@ -67,8 +67,8 @@ import torch
 
 from hpctl.errors import ConfigError
 from hpctl.knob import Knob
-from hpctl.plugins.grasp_lora import adapters as ad
 from hpctl.plugins.grasp_lora.backbone import load_backbone, model_device, resolve_device, resolve_dtype, say
+from hpctl.plugins.grasp_lora.delta import DeltaAdapter
 from hpctl.plugins.grasp_lora.lm import (
     Batch,
     Encoded,
@@ -80,13 +80,29 @@ from hpctl.plugins.grasp_lora.lm import (
     greedy_generate,
     length_batches,
 )
+from hpctl.plugins.grasp_lora.lora import (
+    ATTN_TARGETS,
+    MLP_TARGETS,
+    Factors,
+    LoraSpec,
+    attach_lora,
+    export_peft,
+    load_lora,
+    lora_factors,
+    merge_adapters,
+    parse_targets,
+    save_lora,
+    unload_lora,
+)
+from hpctl.plugins.grasp_lora.pruner import GlobalMagnitudePruner
+from hpctl.plugins.grasp_lora.training import DataOrder, adamw_step, train_lora
 from hpctl.task import Task
 
 EVAL_SPLITS = ("micro_dev", "dev", "test", "target_train", "source_train")
 #: phases long enough to get a nested MLflow run each (through ``Task.phase_listener``)
 NESTED_PHASES = ("source_adapter", "target_adapter", "final_train", "target_only")
 PROBE_METRICS = ("loss", "f1", "rouge")
-GROUPS = {"attn": ad.ATTN_TARGETS, "mlp": ad.MLP_TARGETS}
+GROUPS = {"attn": ATTN_TARGETS, "mlp": MLP_TARGETS}
 
 
 @dataclass
@@ -170,10 +186,10 @@ class GraspTask(Task):
         self.model: Any = None
         self.tokenizer: Any = None
         self.backbone_name = ""
-        self.adapter: ad.DeltaAdapter | None = None
-        self.pruner: ad.GlobalMagnitudePruner | None = None
+        self.adapter: DeltaAdapter | None = None
+        self.pruner: GlobalMagnitudePruner | None = None
         self.optimizer: torch.optim.Optimizer | None = None
-        self.order: ad.DataOrder | None = None
+        self.order: DataOrder | None = None
         self.steps_done = 0
         self.splits: dict[str, _Split] = {}
 
@@ -207,7 +223,7 @@ class GraspTask(Task):
         # before anything loads: an unknown dtype or an unavailable device is a one-line error
         self.dtype = resolve_dtype(getattr(c, "dtype", "float32"))
         self.device = resolve_device(getattr(c, "device", "cpu"))
-        targets = ad.parse_targets(c.targets)
+        targets = parse_targets(c.targets)
         if c.knob == "per-group":
             for group, names in GROUPS.items():
                 if not set(names) & set(targets):
@@ -215,8 +231,8 @@ class GraspTask(Task):
                                       f"(got {','.join(targets)}; use --targets attn+mlp)")
         elif c.knob != "global":
             raise ConfigError(f"unknown knob {c.knob!r} (choose from global, per-group)")
-        self.lora_spec = ad.LoraSpec(r=int(c.lora_r), alpha=float(c.lora_alpha), targets=targets,
-                                     dropout=float(c.lora_dropout))
+        self.lora_spec = LoraSpec(r=int(c.lora_r), alpha=float(c.lora_alpha), targets=targets,
+                                  dropout=float(c.lora_dropout))
 
     def describe(self) -> dict[str, Any]:
         cfg = asdict(self.cfg) if is_dataclass(self.cfg) else dict(vars(self.cfg))
@@ -309,28 +325,28 @@ class GraspTask(Task):
         base = peft_model if peft_model is not None else self.model
         if given:
             self.notes[f"{role}_adapter"] = f"loaded from {given}"
-            return ad.load_lora(base, given, role)
+            return load_lora(base, given, role)
         folder = self.out_dir / f"{role}_adapter"
         stamp = folder / "hpctl_fingerprint.txt"
         fp = self._fingerprint(role)
         if stamp.is_file() and stamp.read_text().strip() == fp:
             self.notes[f"{role}_adapter"] = f"reused {folder}"
-            return ad.load_lora(base, folder, role)
+            return load_lora(base, folder, role)
         data = self.splits["source_train" if role == "source" else "target_train"].encoded
         steps = int(c.source_steps if role == "source" else c.target_steps)
         if not data and steps > 0:
             raise ConfigError(f"no {role} training examples (raise --{role}-train or pass --{role}-adapter)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1000 + (1 if role == "source" else 2))
-            model = ad.attach_lora(base, role, self.lora_spec)
+            model = attach_lora(base, role, self.lora_spec)
         if steps > 0:
-            losses = ad.train_lora(model, role, data, steps=steps, lr=float(c.adapter_lr),
-                                   batch_size=int(c.batch_size), pad_id=self.pad_id,
-                                   seed=self.seed * 1000 + (11 if role == "source" else 12),
-                                   weight_decay=float(c.weight_decay), grad_clip=float(c.grad_clip) or None,
-                                   counter=self.counter, on_step=self._progress(f"{role} adapter", steps))
+            losses = train_lora(model, role, data, steps=steps, lr=float(c.adapter_lr),
+                                batch_size=int(c.batch_size), pad_id=self.pad_id,
+                                seed=self.seed * 1000 + (11 if role == "source" else 12),
+                                weight_decay=float(c.weight_decay), grad_clip=float(c.grad_clip) or None,
+                                counter=self.counter, on_step=self._progress(f"{role} adapter", steps))
             self.notes[f"{role}_adapter_loss"] = [round(losses[0], 4), round(float(np.mean(losses[-3:])), 4)]
-        ad.save_lora(model, role, folder)
+        save_lora(model, role, folder)
         stamp.write_text(fp + "\n")
         self.notes[f"{role}_adapter"] = f"trained {steps} steps, saved to {folder}"
         return model
@@ -349,21 +365,21 @@ class GraspTask(Task):
                     weights = [float(x) for x in str(c.merge_weights).replace(";", ",").split(",") if x.strip()]
                 except ValueError:
                     raise ConfigError(f"merge weights must be numbers like '0.5,0.5', got {c.merge_weights!r}") from None
-            ad.merge_adapters(peft_model, ["source", "target"], c.merge, weights=weights)
-            merged = ad.lora_factors(peft_model, "merged")
-            source = ad.lora_factors(peft_model, "source")
-            target = ad.lora_factors(peft_model, "target")
+            merge_adapters(peft_model, ["source", "target"], c.merge, weights=weights)
+            merged = lora_factors(peft_model, "merged")
+            source = lora_factors(peft_model, "source")
+            target = lora_factors(peft_model, "target")
             self.notes["merge_check_max_abs_error"] = self._merge_error(merged, source, target, weights)
-            self.model = ad.unload_lora(peft_model)
+            self.model = unload_lora(peft_model)
             self.target_factors = target
             self.merged_start = {k: f.clone() for k, f in merged.items()}
-            self.adapter = ad.DeltaAdapter(self.model, self.merged_start)
+            self.adapter = DeltaAdapter(self.model, self.merged_start)
             groups = {g: list(t) for g, t in GROUPS.items()} if c.knob == "per-group" else None
-            self.pruner = ad.GlobalMagnitudePruner(self.adapter, groups)
+            self.pruner = GlobalMagnitudePruner(self.adapter, groups)
             self.notes["merged_rank"] = int(next(iter(merged.values())).A.shape[0])
             self.notes["adapter_entries"] = int(sum(m.out_features * m.in_features for m in self.adapter.modules.values()))
 
-    def _merge_error(self, merged: ad.Factors, source: ad.Factors, target: ad.Factors,
+    def _merge_error(self, merged: Factors, source: Factors, target: Factors,
                      weights: list[float] | None) -> float:
         """Max |merged delta - rule(source, target)| over all modules (a self-check)."""
         rule = self.cfg.merge
@@ -396,8 +412,8 @@ class GraspTask(Task):
             p.requires_grad_(True)
         self.optimizer = torch.optim.AdamW(params, lr=float(self.cfg.lr), weight_decay=float(self.cfg.weight_decay))
         order_seed = self.seed if seed is None else int(seed)
-        self.order = ad.DataOrder([len(e.ids) for e in self.splits["target_train"].encoded],
-                                  int(self.cfg.batch_size), order_seed * 1000 + 21)
+        self.order = DataOrder([len(e.ids) for e in self.splits["target_train"].encoded],
+                               int(self.cfg.batch_size), order_seed * 1000 + 21)
         self.steps_done = 0
         self.pruner.clear_training_masks()
         self.pruner.invalidate()
@@ -414,9 +430,9 @@ class GraspTask(Task):
 
         return on_step
 
-    def _train_steps(self, steps: int, ratio: np.ndarray | None, adapter: ad.DeltaAdapter,
-                     pruner: ad.GlobalMagnitudePruner | None, optimizer: torch.optim.Optimizer,
-                     order: ad.DataOrder, label: str | None = None) -> float:
+    def _train_steps(self, steps: int, ratio: np.ndarray | None, adapter: DeltaAdapter,
+                     pruner: GlobalMagnitudePruner | None, optimizer: torch.optim.Optimizer,
+                     order: DataOrder, label: str | None = None) -> float:
         params = adapter.parameters()
         data = self.splits["target_train"].encoded
         losses = []
@@ -426,8 +442,8 @@ class GraspTask(Task):
                 if pruner is not None and ratio is not None and i % int(self.cfg.mask_every) == 0:
                     pruner.set_training_masks(ratio)
                 batch = collate([data[j] for j in order.next()], self.pad_id)
-                losses.append(ad.adamw_step(self.model, batch, optimizer, params,
-                                            grad_clip=float(self.cfg.grad_clip) or None, counter=self.counter))
+                losses.append(adamw_step(self.model, batch, optimizer, params,
+                                         grad_clip=float(self.cfg.grad_clip) or None, counter=self.counter))
                 if report is not None:
                     report(i, losses[-1])
         finally:
@@ -525,12 +541,12 @@ class GraspTask(Task):
             masks = self.pruner.masks(ratio)
             sparsity = self.pruner.sparsity(masks)
             rank = int(self.cfg.export_rank) or None
-            info = ad.export_peft(self.adapter, self.out_dir / "final_adapter", masks=masks, rank=rank,
-                                  base_model_name_or_path=self.cfg.backbone,
-                                  metadata={"prune_ratio": self.knob.to_dict(ratio), "sparsity": sparsity,
-                                            "merge": self.cfg.merge, "lora": asdict(self.lora_spec),
-                                            "backbone": self.backbone_name, "task": self.cfg.task,
-                                            "lang": self.cfg.lang})
+            info = export_peft(self.adapter, self.out_dir / "final_adapter", masks=masks, rank=rank,
+                               base_model_name_or_path=self.cfg.backbone,
+                               metadata={"prune_ratio": self.knob.to_dict(ratio), "sparsity": sparsity,
+                                         "merge": self.cfg.merge, "lora": asdict(self.lora_spec),
+                                         "backbone": self.backbone_name, "task": self.cfg.task,
+                                         "lang": self.cfg.lang})
             del masks
         metrics = self.evaluate("test", ratio)
         self._write_predictions("test_predictions.jsonl")
@@ -549,17 +565,15 @@ class GraspTask(Task):
         The merged adapter is suspended (its wrappers taken out, untouched) meanwhile.
         """
         self._ensure_ready()
-        with self._phase("target_only"):
-            tmp = None
+        with self._phase("target_only"), self.adapter.suspended():
+            tmp = DeltaAdapter(self.model, self.target_factors)
             try:
-                self._suspend_merged()
-                tmp = ad.DeltaAdapter(self.model, self.target_factors)
                 params = tmp.parameters()
                 for p in params:
                     p.requires_grad_(True)
                 opt = torch.optim.AdamW(params, lr=float(self.cfg.lr), weight_decay=float(self.cfg.weight_decay))
-                order = ad.DataOrder([len(e.ids) for e in self.splits["target_train"].encoded],
-                                     int(self.cfg.batch_size), self.seed * 1000 + 21)
+                order = DataOrder([len(e.ids) for e in self.splits["target_train"].encoded],
+                                  int(self.cfg.batch_size), self.seed * 1000 + 21)
                 loss = self._train_steps(self.fine_tune_steps, None, tmp, None, opt, order,
                                          label="target-only baseline")
                 with torch.no_grad():
@@ -568,20 +582,8 @@ class GraspTask(Task):
                 self._last_predictions = ("test", preds)
                 self._write_predictions("target_only_test_predictions.jsonl")
             finally:
-                if tmp is not None:
-                    tmp.remove()
-                self._resume_merged()
+                tmp.remove()
         return scores
-
-    def _suspend_merged(self) -> None:
-        for name, wrapper in self.adapter.modules.items():
-            parent_name, _, child = name.rpartition(".")
-            setattr(self.model.get_submodule(parent_name), child, wrapper.base)
-
-    def _resume_merged(self) -> None:
-        for name, wrapper in self.adapter.modules.items():
-            parent_name, _, child = name.rpartition(".")
-            setattr(self.model.get_submodule(parent_name), child, wrapper)
 
     # ------------------------------------------------------------------ outputs --------
     def _write_predictions(self, filename: str) -> None:

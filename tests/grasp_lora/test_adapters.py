@@ -15,11 +15,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 from hpctl.errors import ConfigError  # noqa: E402
-from hpctl.plugins.grasp_lora import adapters as ad  # noqa: E402
 from hpctl.plugins.grasp_lora.backbone import load_backbone  # noqa: E402
+from hpctl.plugins.grasp_lora.delta import DeltaAdapter, DeltaLinear, _MaskedDeltaLinear  # noqa: E402
 from hpctl.plugins.grasp_lora.lm import collate, encode_example  # noqa: E402
+from hpctl.plugins.grasp_lora.lora import (  # noqa: E402
+    ATTN_TARGETS,
+    MLP_TARGETS,
+    LoraSpec,
+    LowRank,
+    attach_lora,
+    export_peft,
+    load_lora,
+    lora_deltas,
+    lora_factors,
+    merge_adapters,
+    parse_targets,
+    save_lora,
+    unload_lora,
+)
+from hpctl.plugins.grasp_lora.pruner import GlobalMagnitudePruner  # noqa: E402
+from hpctl.plugins.grasp_lora.training import DataOrder  # noqa: E402
 
-TARGETS = ad.ATTN_TARGETS + ad.MLP_TARGETS
+TARGETS = ATTN_TARGETS + MLP_TARGETS
 
 
 def _randomise(model, name: str, seed: int) -> None:
@@ -36,8 +53,8 @@ def peft_pair():
     """A tiny backbone with a source (r=4) and a target (r=2) adapter on attn+mlp."""
     model, tok, _ = load_backbone("tiny")
     torch.manual_seed(0)
-    pm = ad.attach_lora(model, "source", ad.LoraSpec(r=4, alpha=8, targets=TARGETS))
-    pm = ad.attach_lora(pm, "target", ad.LoraSpec(r=2, alpha=6, targets=TARGETS))
+    pm = attach_lora(model, "source", LoraSpec(r=4, alpha=8, targets=TARGETS))
+    pm = attach_lora(pm, "target", LoraSpec(r=2, alpha=6, targets=TARGETS))
     _randomise(pm, "source", 1)
     _randomise(pm, "target", 2)
     return pm, tok
@@ -49,9 +66,9 @@ def peft_pair():
 ])
 def test_merged_delta_is_the_weighted_sum_per_module(peft_pair, rule, weights, expect):
     pm, _ = peft_pair
-    src, tgt = ad.lora_deltas(pm, "source"), ad.lora_deltas(pm, "target")
-    name = ad.merge_adapters(pm, ["source", "target"], rule, weights=weights, new_name=f"m_{rule}")
-    merged = ad.lora_deltas(pm, name)
+    src, tgt = lora_deltas(pm, "source"), lora_deltas(pm, "target")
+    name = merge_adapters(pm, ["source", "target"], rule, weights=weights, new_name=f"m_{rule}")
+    merged = lora_deltas(pm, name)
     assert set(merged) == set(src) == set(tgt) and len(merged) == 2 * 7
     for mod in merged:
         want = expect[0] * src[mod] + expect[1] * tgt[mod]
@@ -62,22 +79,22 @@ def test_merged_delta_is_the_weighted_sum_per_module(peft_pair, rule, weights, e
 def test_merge_rejects_unknown_rule_and_bad_weights(peft_pair):
     pm, _ = peft_pair
     with pytest.raises(ConfigError):
-        ad.merge_adapters(pm, ["source", "target"], "svd")
+        merge_adapters(pm, ["source", "target"], "svd")
     with pytest.raises(ConfigError):
-        ad.merge_adapters(pm, ["source", "target"], "weighted", weights=[1.0])
+        merge_adapters(pm, ["source", "target"], "weighted", weights=[1.0])
 
 
 def test_save_and_load_lora_round_trip(peft_pair, tmp_path):
     pm, _ = peft_pair
-    path = ad.save_lora(pm, "target", tmp_path / "target")
+    path = save_lora(pm, "target", tmp_path / "target")
     assert (path / "adapter_config.json").is_file()
     base, _, _ = load_backbone("tiny")
-    loaded = ad.load_lora(base, path, "t2")
-    want, got = ad.lora_deltas(pm, "target"), ad.lora_deltas(loaded, "t2")
+    loaded = load_lora(base, path, "t2")
+    want, got = lora_deltas(pm, "target"), lora_deltas(loaded, "t2")
     for mod in want:
         assert torch.equal(want[mod], got[mod])
     with pytest.raises(ConfigError, match="not a peft adapter"):
-        ad.load_lora(base, tmp_path, "nope")
+        load_lora(base, tmp_path, "nope")
 
 
 @pytest.fixture
@@ -85,15 +102,15 @@ def installed():
     """A plain tiny backbone with a merged (sum) attn+mlp adapter installed as dense-delta wrappers."""
     model, tok, _ = load_backbone("tiny")
     torch.manual_seed(0)
-    pm = ad.attach_lora(model, "source", ad.LoraSpec(r=4, alpha=8, targets=TARGETS))
-    pm = ad.attach_lora(pm, "target", ad.LoraSpec(r=4, alpha=8, targets=TARGETS))
+    pm = attach_lora(model, "source", LoraSpec(r=4, alpha=8, targets=TARGETS))
+    pm = attach_lora(pm, "target", LoraSpec(r=4, alpha=8, targets=TARGETS))
     _randomise(pm, "source", 3)
     _randomise(pm, "target", 4)
-    ad.merge_adapters(pm, ["source", "target"], "sum")
-    factors = ad.lora_factors(pm, "merged")
-    base = ad.unload_lora(pm)
+    merge_adapters(pm, ["source", "target"], "sum")
+    factors = lora_factors(pm, "merged")
+    base = unload_lora(pm)
     originals = {n: p.detach().clone() for n, p in base.named_parameters()}
-    adapter = ad.DeltaAdapter(base, factors)
+    adapter = DeltaAdapter(base, factors)
     yield base, tok, adapter, originals
     adapter.remove()
 
@@ -105,7 +122,7 @@ def _pruned_count(masks) -> int:
 @pytest.mark.parametrize("ratio", [0.0, 0.013, 0.25, 0.37, 0.5, 0.777, 0.9, 1.0])
 def test_global_prune_hits_the_ratio_within_one_weight(installed, ratio):
     _, _, adapter, _ = installed
-    pruner = ad.GlobalMagnitudePruner(adapter)
+    pruner = GlobalMagnitudePruner(adapter)
     masks = pruner.masks(ratio)
     total = sum(m.out_features * m.in_features for m in adapter.modules.values())
     assert abs(_pruned_count(masks) - ratio * total) <= 1
@@ -119,7 +136,7 @@ def test_global_prune_hits_the_ratio_within_one_weight(installed, ratio):
 
 def test_prune_is_global_not_per_matrix(installed):
     _, _, adapter, _ = installed
-    pruner = ad.GlobalMagnitudePruner(adapter)
+    pruner = GlobalMagnitudePruner(adapter)
     masks = pruner.masks(0.5)
     per_module = [1 - float(m.float().mean()) for m in masks.values()]
     assert max(per_module) - min(per_module) > 0.05  # modules get different sparsity
@@ -131,7 +148,7 @@ def test_ties_at_the_threshold_still_hit_the_count(installed):
     with torch.no_grad():  # two modules with an all-zero delta: thousands of ties at |dW| = 0
         list(adapter.modules.values())[0].lora_B.zero_()
         list(adapter.modules.values())[5].lora_B.zero_()
-    pruner = ad.GlobalMagnitudePruner(adapter)
+    pruner = GlobalMagnitudePruner(adapter)
     total = sum(m.out_features * m.in_features for m in adapter.modules.values())
     for ratio in (0.01, 0.05, 0.3):
         assert abs(_pruned_count(pruner.masks(ratio)) - ratio * total) <= 1
@@ -139,7 +156,7 @@ def test_ties_at_the_threshold_still_hit_the_count(installed):
 
 def test_per_group_ratios_are_global_within_each_group(installed):
     _, _, adapter, _ = installed
-    pruner = ad.GlobalMagnitudePruner(adapter, {"attn": ad.ATTN_TARGETS, "mlp": ad.MLP_TARGETS})
+    pruner = GlobalMagnitudePruner(adapter, {"attn": ATTN_TARGETS, "mlp": MLP_TARGETS})
     masks = pruner.masks([0.2, 0.7])
     sp = pruner.sparsity(masks)
     assert sp["attn"] == pytest.approx(0.2, abs=1e-3) and sp["mlp"] == pytest.approx(0.7, abs=1e-3)
@@ -149,7 +166,7 @@ def test_per_group_ratios_are_global_within_each_group(installed):
     with pytest.raises(ConfigError):
         pruner.masks([0.1, 0.2, 0.3])
     with pytest.raises(ConfigError):
-        ad.GlobalMagnitudePruner(adapter, {"attn": ad.ATTN_TARGETS})  # mlp modules in no group
+        GlobalMagnitudePruner(adapter, {"attn": ATTN_TARGETS})  # mlp modules in no group
 
 
 def _batch(tok):
@@ -160,7 +177,7 @@ def _batch(tok):
 
 def test_masked_forward_uses_exactly_w_plus_m_times_dw(installed):
     model, tok, adapter, _ = installed
-    pruner = ad.GlobalMagnitudePruner(adapter)
+    pruner = GlobalMagnitudePruner(adapter)
     name, mod = next(iter(adapter.modules.items()))
     x = torch.randn(2, 5, mod.in_features)
     with pruner.applied(0.4) as masks, torch.no_grad():
@@ -178,7 +195,7 @@ def test_masked_forward_uses_exactly_w_plus_m_times_dw(installed):
 
 def test_probe_and_training_paths_see_bit_identical_weights(installed):
     _, _, adapter, _ = installed
-    pruner = ad.GlobalMagnitudePruner(adapter)
+    pruner = GlobalMagnitudePruner(adapter)
     x = torch.randn(3, 4, next(iter(adapter.modules.values())).in_features)
     for ratio in (0.0, 0.3, 0.8, 1.0):
         with pruner.applied(ratio) as masks, torch.no_grad():
@@ -200,10 +217,10 @@ def test_masked_delta_gradient_is_the_chain_rule():
     B = torch.randn(4, 2, dtype=torch.double, requires_grad=True)
     W = torch.randn(4, 5, dtype=torch.double)
     for mask in ((torch.rand(4, 5) > 0.5).double(), None):
-        assert torch.autograd.gradcheck(lambda x, A, B: ad._MaskedDeltaLinear.apply(x, A, B, W, None, mask, 1.7),
+        assert torch.autograd.gradcheck(lambda x, A, B: _MaskedDeltaLinear.apply(x, A, B, W, None, mask, 1.7),
                                         (x, A, B))
         # and it matches autograd through the plain expression
-        out = ad._MaskedDeltaLinear.apply(x, A, B, W, None, mask, 1.7).sum()
+        out = _MaskedDeltaLinear.apply(x, A, B, W, None, mask, 1.7).sum()
         ref = F.linear(x, W + (1 if mask is None else mask) * ((B * 1.7) @ A)).sum()
         g1 = torch.autograd.grad(out, (x, A, B))
         g2 = torch.autograd.grad(ref, (x, A, B))
@@ -213,7 +230,7 @@ def test_masked_delta_gradient_is_the_chain_rule():
 
 def test_apply_and_undo_is_bit_exact_also_on_exceptions(installed):
     model, tok, adapter, originals = installed
-    pruner = ad.GlobalMagnitudePruner(adapter)
+    pruner = GlobalMagnitudePruner(adapter)
     batch = _batch(tok)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with torch.no_grad():
@@ -238,7 +255,7 @@ def test_apply_and_undo_is_bit_exact_also_on_exceptions(installed):
 def test_prune_and_restore_is_cheap_relative_to_a_forward(installed):
     """The per-ratio cost after the per-state index: no full sort per probe."""
     _, _, adapter, _ = installed
-    pruner = ad.GlobalMagnitudePruner(adapter)
+    pruner = GlobalMagnitudePruner(adapter)
     pruner.index()
     builds = pruner.index_builds
     for r in (0.1, 0.5, 0.8):
@@ -256,11 +273,11 @@ def test_exported_adapter_loads_with_peft_and_matches(installed, tmp_path, rank)
     from peft import PeftModel
 
     model, tok, adapter, _ = installed
-    pruner = ad.GlobalMagnitudePruner(adapter)
+    pruner = GlobalMagnitudePruner(adapter)
     batch = _batch(tok)
     with pruner.applied(0.45) as masks, torch.no_grad():
         want = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        info = ad.export_peft(adapter, tmp_path / "final", masks=masks, rank=rank)
+        info = export_peft(adapter, tmp_path / "final", masks=masks, rank=rank)
     fresh, _, _ = load_backbone("tiny")
     loaded = PeftModel.from_pretrained(fresh, str(tmp_path / "final"))
     with torch.no_grad():
@@ -277,24 +294,42 @@ def test_exported_adapter_loads_with_peft_and_matches(installed, tmp_path, rank)
 def test_delta_adapter_rejects_mismatched_factors(installed):
     model, _, adapter, _ = installed
     name = next(iter(adapter.modules))
-    bad = ad.LowRank(torch.zeros(2, 3), torch.zeros(4, 2), 1.0)
+    bad = LowRank(torch.zeros(2, 3), torch.zeros(4, 2), 1.0)
     adapter.remove()
     with pytest.raises(ConfigError, match="do not fit"):
-        ad.DeltaAdapter(model, {name: bad})
+        DeltaAdapter(model, {name: bad})
     # nothing stays installed after the failure
-    assert not any(isinstance(m, ad.DeltaLinear) for m in model.modules())
+    assert not any(isinstance(m, DeltaLinear) for m in model.modules())
+
+
+def test_suspended_adapter_gives_the_plain_layers_back_and_returns(installed):
+    model, tok, adapter, _ = installed
+    batch = _batch(tok)
+    wrapped = dict(adapter.modules)
+    with torch.no_grad():
+        with_adapter = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    with pytest.raises(RuntimeError, match="inside"):
+        with adapter.suspended():
+            assert not any(isinstance(m, DeltaLinear) for m in model.modules())
+            raise RuntimeError("inside")
+    assert {n: m for n, m in model.named_modules() if isinstance(m, DeltaLinear)} == wrapped
+    with adapter.suspended(), torch.no_grad():
+        plain = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    with torch.no_grad():
+        again = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert not torch.equal(plain, with_adapter) and torch.equal(again, with_adapter)
 
 
 def test_parse_targets():
-    assert ad.parse_targets("attn") == ad.ATTN_TARGETS
-    assert ad.parse_targets("attn+mlp") == ad.ATTN_TARGETS + ad.MLP_TARGETS
-    assert ad.parse_targets("q_proj, v_proj") == ("q_proj", "v_proj")
+    assert parse_targets("attn") == ATTN_TARGETS
+    assert parse_targets("attn+mlp") == ATTN_TARGETS + MLP_TARGETS
+    assert parse_targets("q_proj, v_proj") == ("q_proj", "v_proj")
     with pytest.raises(ConfigError):
-        ad.parse_targets(" ")
+        parse_targets(" ")
 
 
 def test_data_order_state_round_trip():
-    order = ad.DataOrder([3, 1, 2, 5, 4], 2, seed=7)
+    order = DataOrder([3, 1, 2, 5, 4], 2, seed=7)
     order.next()
     state = order.state()
     a = [order.next() for _ in range(6)]

@@ -17,10 +17,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:Fu
 
 from hpctl.errors import ConfigError  # noqa: E402
 from hpctl.plugins.grasp_lora import GraspLoraConfig, GraspLoraPlugin  # noqa: E402
-from hpctl.plugins.grasp_lora import adapters as ad  # noqa: E402
 from hpctl.plugins.grasp_lora import task as task_module  # noqa: E402
 from hpctl.plugins.grasp_lora.backbone import load_backbone, resolve_device, resolve_dtype  # noqa: E402
+from hpctl.plugins.grasp_lora.delta import DeltaLinear  # noqa: E402
 from hpctl.plugins.grasp_lora.lm import collate  # noqa: E402
+from hpctl.plugins.grasp_lora.lora import LowRank  # noqa: E402
 
 SMOKE = ["run", "grasp_lora", "--preset", "smoke"]
 NO_CUDA = not torch.cuda.is_available()
@@ -37,7 +38,7 @@ def _one_line(code: int, out: str, err: str) -> str:
 def test_factors_stay_float32_on_a_bfloat16_layer():
     """float32 master factors (and so float32 AdamW state) whatever the backbone's dtype."""
     base = torch.nn.Linear(4, 3).to(torch.bfloat16)
-    wrapped = ad.DeltaLinear(base, ad.LowRank(torch.zeros(2, 4), torch.zeros(3, 2), 1.0))
+    wrapped = DeltaLinear(base, LowRank(torch.zeros(2, 4), torch.zeros(3, 2), 1.0))
     assert wrapped.lora_A.dtype == wrapped.lora_B.dtype == torch.float32
 
 
