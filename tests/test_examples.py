@@ -26,6 +26,7 @@ import yaml
 from conftest import ROOT, run_cli
 
 EXAMPLES = ROOT / "examples"
+DOCS = ROOT / "docs"
 CONFIGS = EXAMPLES / "configs"
 
 #: config file -> (command, plugin, extra flags that keep the check short); None: parse and key check only
@@ -77,7 +78,34 @@ def test_custom_knob_script(tmp_path, tracking_uri):
     lr, probes = float(m.group(1)), int(m.group(2))
     assert 0.02 < lr <= 0.5  # moved up from the default 0.01 towards the edge of stability (~0.2)
     assert 0 < probes <= 90 + 9
-    assert "default lr 0.01" in proc.stdout and "learned lr" in proc.stdout
+    scores = dict(re.findall(r"^(default|learned) lr [0-9.e+-]+: micro-dev score after a full run ([0-9.+-]+)$",
+                             proc.stdout, re.M))
+    assert float(scores["learned"]) - float(scores["default"]) > 1.0  # the docs: "a far lower error"
+    # the docs show this run's output verbatim
+    quoted = quoted_output(DOCS / "add_your_own_knob.md", "python examples/custom_knob.py")
+    assert proc.stdout.strip().splitlines() == quoted, (
+        "docs/add_your_own_knob.md quotes another output than examples/custom_knob.py prints; paste this "
+        "output into its console block:\n" + proc.stdout)
+
+
+def quoted_output(doc: Path, command: str) -> list[str]:
+    """The lines a ```console block of ``doc`` shows after ``$ command``."""
+    m = re.search(r"```console\n\$ " + re.escape(command) + r"\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
+    assert m, f"{doc.name} has no console block for {command!r}"
+    return m.group(1).strip().splitlines()
+
+
+#: (document, command) of every console block that quotes an example's output; each is
+#: compared with a real run above
+CHECKED_QUOTES = {("docs/add_your_own_knob.md", "python examples/custom_knob.py")}
+
+
+def test_every_quoted_example_output_is_checked():
+    found = set()
+    for doc in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for command in re.findall(r"```console\n\$ (python examples/[^\n]*)\n", doc.read_text(encoding="utf-8")):
+            found.add((str(doc.relative_to(ROOT)), command))
+    assert found == CHECKED_QUOTES
 
 
 def test_compare_controllers_script(tmp_path, tracking_uri):
