@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -18,19 +18,17 @@ from typing import Callable, Iterator
 def replacing_folder(dest: Path, *, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """A temporary sibling folder of ``dest`` to fill; it replaces ``dest`` only if the block finishes.
 
-    The finished folder gets the permissions of any other folder (``mkdtemp`` makes it private):
-    0755, its files 0644. ``keep``: a ``dest`` that already exists and passes ``keep(dest)`` (a
+    The temporary folder is made with ``mkdir`` (not ``mkdtemp``, whose folders are private,
+    0700), so the finished folder and its files get the usual modes under the umask (0755 and
+    0644 under umask 022), like any other output. ``keep``: a ``dest`` that already exists and passes ``keep(dest)`` (a
     complete cache that a concurrent build finished first) stays, and the new folder is dropped;
     one that does not is replaced. If the block raises, ``dest`` is left as it was.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()  # mode 0777 less the umask; a unique name, so no race with another writer
     try:
         yield tmp
-        os.chmod(tmp, 0o755)
-        for item in tmp.iterdir():
-            if item.is_file():
-                os.chmod(item, 0o644)
         if dest.exists():
             if keep is not None and keep(dest):
                 return

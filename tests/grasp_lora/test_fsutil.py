@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 
 import pytest
@@ -11,6 +12,25 @@ from hpctl.plugins.grasp_lora.fsutil import replacing_folder
 
 def _mode(path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_finished_folder_has_the_usual_modes_under_the_umask(tmp_path, umask):
+    """Not mkdtemp's private 0700: what mkdir and open give any other output (0755/0644 under 022)."""
+    before = os.umask(umask)
+    try:
+        with replacing_folder(tmp_path / "adapter") as tmp:
+            (tmp / "weights.bin").write_bytes(b"x")
+    finally:
+        os.umask(before)
+    assert _mode(tmp_path / "adapter") == 0o777 & ~umask
+    assert _mode(tmp_path / "adapter" / "weights.bin") == 0o666 & ~umask
 
 
 def test_folder_replaced_only_when_the_block_finishes(tmp_path):
@@ -25,7 +45,7 @@ def test_folder_replaced_only_when_the_block_finishes(tmp_path):
     with replacing_folder(dest) as tmp:
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in dest.iterdir()] == ["new.txt"]
-    assert _mode(dest) == 0o755 and _mode(dest / "new.txt") == 0o644
+    assert _mode(dest) == 0o777 & ~_umask() and _mode(dest / "new.txt") == 0o666 & ~_umask()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
 
 
