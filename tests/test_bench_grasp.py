@@ -199,7 +199,7 @@ def test_options_are_checked_before_anything_runs(capsys):
 
 
 def test_hf_labels_mark_exactly_the_target_tokens():
-    from hpctl.plugins.grasp_lora.backbone import Encoded, collate
+    from hpctl.plugins.grasp_lora.lm import Encoded, collate
 
     batch = collate([Encoded((2, 5, 6, 7, 1), 3), Encoded((2, 9, 8, 1), 2)], pad_id=0)
     labels = throughput.hf_labels(batch)

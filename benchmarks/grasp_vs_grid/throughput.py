@@ -53,8 +53,10 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
     from hpctl.controllers.base import get_controller
     from hpctl.control_env import ControlEnv
     from hpctl.plugins.grasp_lora import GraspTask
-    from hpctl.plugins.grasp_lora import adapters as ad
-    from hpctl.plugins.grasp_lora.backbone import batched_loss, collate, load_backbone
+    from hpctl.plugins.grasp_lora.backbone import load_backbone
+    from hpctl.plugins.grasp_lora.lm import batched_loss, collate
+    from hpctl.plugins.grasp_lora.lora import parse_targets
+    from hpctl.plugins.grasp_lora.training import DataOrder
     from hpctl.runner import RoundHook, seed_everything
     from hpctl.tracking import RunRecorder, Tracker
 
@@ -87,7 +89,7 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             peft_model = get_peft_model(plain_model, LoraConfig(r=rank, lora_alpha=float(rank), lora_dropout=0.0,
-                                                                target_modules=list(ad.parse_targets(cfg.targets)),
+                                                                target_modules=list(parse_targets(cfg.targets)),
                                                                 bias="none", task_type="CAUSAL_LM"))
         peft_model.train(False)  # eval mode (no dropout), as the grasp loop runs the backbone
         plain_params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -101,7 +103,7 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
         def grasp_loop(order_seed: int, n_rounds: int, n_steps: int) -> tuple[float, int]:
             if env.done or env.steps_done + n_rounds * n_steps > task.total_steps:
                 env.reset(seed=seed)
-            task.order = ad.DataOrder(lengths, int(cfg.batch_size), order_seed)
+            task.order = DataOrder(lengths, int(cfg.batch_size), order_seed)
             elapsed, tokens = 0.0, 0
             for _ in range(n_rounds):
                 lo, hi = task.knob.low, task.knob.high
@@ -119,7 +121,7 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
             return elapsed, tokens
 
         def plain_loop(order_seed: int, n: int, label_only: bool) -> tuple[float, int]:
-            order = ad.DataOrder(lengths, int(cfg.batch_size), order_seed)
+            order = DataOrder(lengths, int(cfg.batch_size), order_seed)
             batches = [collate([data[j] for j in order.next()], pad) for _ in range(n)]
             tokens = sum(int(b.attention_mask.sum()) for b in batches)
             t0 = time.perf_counter()
