@@ -1,4 +1,5 @@
-"""pyproject.toml's explicit package list matches the source tree.
+"""pyproject.toml's explicit package list matches the source tree, and its dependencies
+cover every third-party module the code imports.
 
 setuptools is given the package list by hand (plugins/ and envs/ install as hpctl.plugins
 and hpctl.envs); a new sub-package missing from it would import in a checkout and fail
@@ -7,6 +8,10 @@ in an installed copy.
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
+import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -51,3 +56,68 @@ def test_package_data_globs_match_files():
         folder = _folder(package, cfg["package-dir"])
         for pattern in globs:
             assert list(folder.glob(pattern)), f"{package}: {pattern!r} matches no file in {folder}"
+
+
+def _declared() -> set[str]:
+    """Distribution names in ``[project] dependencies`` and every extra, normalized."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    for extra in project.get("optional-dependencies", {}).values():
+        reqs += extra
+    return {_norm(re.match(r"[A-Za-z0-9._-]+", r).group(0)) for r in reqs}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _imported_top_level() -> dict[str, str]:
+    """Third-party top-level modules that hpctl/, plugins/ and envs/ import -> one file importing it."""
+    found: dict[str, str] = {}
+    for folder in ("hpctl", "plugins", "envs"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in sys.stdlib_module_names and top != "hpctl":
+                        found.setdefault(top, str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_imported_module_is_declared():
+    """A module the code imports comes from a distribution pyproject.toml names, not from
+    whatever another package happens to pull in (jieba and nltk once arrived that way)."""
+    declared = _declared()
+    dists = importlib.metadata.packages_distributions()
+    missing = []
+    for module, where in sorted(_imported_top_level().items()):
+        owners = {_norm(d) for d in dists.get(module, [])} or {_norm(module)}
+        if not owners & declared:
+            missing.append(f"{module} (imported in {where}; from {', '.join(sorted(owners))})")
+    assert not missing, "undeclared imports: " + "; ".join(missing)
+    # runtime needs that no import names: transformers reads GGUF files only with accelerate
+    assert {"accelerate", "gguf", "torch"} <= declared
+
+
+def test_ci_and_quick_start_install_the_pinned_cpu_torch():
+    """torch is a range (hpctl fits an environment with its own torch); the `cpu` extra pins
+    the CPU wheel the suite runs on, and CI and the README's Quick start both install it."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    torch_req = next(Requirement(r) for r in project["dependencies"] if Requirement(r).name == "torch")
+    (pin,) = [Requirement(r) for r in project["optional-dependencies"]["cpu"]]
+    assert pin.name == "torch" and str(pin.specifier).startswith("==") and str(pin.specifier).endswith("+cpu")
+    assert str(pin.specifier)[2:] in torch_req.specifier  # the pin lies inside the declared range
+    assert len(torch_req.specifier) > 0 and not str(torch_req.specifier).startswith("==")
+    ci = (ROOT / ".ci" / "run").read_text()
+    quick = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert re.search(r'pip install (--quiet )?-e "\.\[cpu,test\]"', ci)
+    assert 'pip install -e ".[cpu,test]"' in quick and "python -m pytest" in quick
+    assert ci.rstrip().splitlines()[-1] == "python -m pytest"  # the README's test command
