@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,9 +19,10 @@ from typing import Callable, Iterator
 def replacing_folder(dest: Path, *, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """A temporary sibling folder of ``dest`` to fill; it replaces ``dest`` only if the block finishes.
 
-    The temporary folder is made with ``mkdir`` (not ``mkdtemp``, whose folders are private,
-    0700), so the finished folder and its files get the usual modes under the umask (0755 and
-    0644 under umask 022), like any other output. ``keep``: a ``dest`` that already exists and passes ``keep(dest)`` (a
+    The finished folder and its files get the usual modes under the umask (0755 and 0644
+    under umask 022), like any other output: the folder is made with ``mkdir`` (``mkdtemp``'s
+    are private, 0700), and every file gets the mode ``open`` gives a new file (safetensors
+    writes its files 0600). ``keep``: a ``dest`` that already exists and passes ``keep(dest)`` (a
     complete cache that a concurrent build finished first) stays, and the new folder is dropped;
     one that does not is replaced. If the block raises, ``dest`` is left as it was.
     """
@@ -29,6 +31,7 @@ def replacing_folder(dest: Path, *, keep: Callable[[Path], bool] | None = None) 
     tmp.mkdir()  # mode 0777 less the umask; a unique name, so no race with another writer
     try:
         yield tmp
+        _usual_file_modes(tmp)
         if dest.exists():
             if keep is not None and keep(dest):
                 return
@@ -40,3 +43,14 @@ def replacing_folder(dest: Path, *, keep: Callable[[Path], bool] | None = None) 
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _usual_file_modes(folder: Path) -> None:
+    """Give every file under ``folder`` the mode a file made by ``open`` gets (0666 less the umask)."""
+    probe = folder / f".mode-probe-{uuid.uuid4().hex[:12]}"
+    probe.touch()
+    mode = stat.S_IMODE(probe.stat().st_mode)  # the umask, read without changing it
+    probe.unlink()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) != mode:
+            os.chmod(path, mode)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
+import numpy as np
 import pytest
 
 from hpctl.plugins.grasp_lora.fsutil import replacing_folder
@@ -23,14 +24,23 @@ def _umask() -> int:
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
 def test_finished_folder_has_the_usual_modes_under_the_umask(tmp_path, umask):
     """Not mkdtemp's private 0700: what mkdir and open give any other output (0755/0644 under 022)."""
+    from safetensors.numpy import save_file
+
     before = os.umask(umask)
     try:
         with replacing_folder(tmp_path / "adapter") as tmp:
-            (tmp / "weights.bin").write_bytes(b"x")
+            (tmp / "config.json").write_text("{}")
+            save_file({"w": np.zeros(2)}, str(tmp / "adapter_model.safetensors"))  # safetensors writes 0600
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "private.bin").write_bytes(b"x")
+            os.chmod(tmp / "sub" / "private.bin", 0o600)
     finally:
         os.umask(before)
-    assert _mode(tmp_path / "adapter") == 0o777 & ~umask
-    assert _mode(tmp_path / "adapter" / "weights.bin") == 0o666 & ~umask
+    out = tmp_path / "adapter"
+    assert _mode(out) == _mode(out / "sub") == 0o777 & ~umask
+    for name in ("config.json", "adapter_model.safetensors", "sub/private.bin"):
+        assert _mode(out / name) == 0o666 & ~umask, name
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_model.safetensors", "config.json", "sub"]
 
 
 def test_folder_replaced_only_when_the_block_finishes(tmp_path):
