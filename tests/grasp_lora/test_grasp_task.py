@@ -161,8 +161,6 @@ def test_finish_saves_a_peft_adapter_that_reproduces_the_model(smoke):
     out = Path(task.out_dir)
     assert (out / "final_adapter" / "adapter_config.json").is_file()
     assert (out / "test_predictions.jsonl").is_file() and (out / "grasp_phases.json").is_file()
-    phases = json.loads((out / "grasp_phases.json").read_text())
-    assert phases["passes"]["final_train"]["backward"] == task.total_steps
     assert {"load_s", "final_train_s", "export_s", "eval_test_s", "target_only_s"} <= set(task.phase_seconds)
 
     # the saved adapter on a fresh copy of the backbone = the in-memory masked model
@@ -269,6 +267,9 @@ def test_controller_run_and_fine_tunes_have_their_own_lengths(tmp_path):
         env.advance(np.array([0.3]))
     assert env.steps_done == 3 and task.phase_passes["train"]["backward"] == 3
     task.finish(np.array([0.3]))
+    # the final run is a whole fine-tune (6 steps), not the controller run's 3
+    phases = json.loads((tmp_path / "grasp_phases.json").read_text())
+    assert phases["passes"]["final_train"]["backward"] == task.fine_tune_steps == 6
     assert task.phase_passes["final_train"]["backward"] == 6
     with pytest.raises(ConfigError, match="controller-steps"):
         _make(tmp_path, controller_steps=0)
