@@ -23,20 +23,28 @@ default split sizes and longer training; hours on a CPU).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hpctl.errors import ConfigError, DataError
-from hpctl.plugins.grasp_lora.lora import MERGE_RULES
-from hpctl.plugins.grasp_lora.backbone import DTYPES
-from hpctl.plugins.grasp_lora.corpora import LANGS, TASKS
-from hpctl.plugins.grasp_lora.task import PROBE_METRICS, GraspTask
+from hpctl.plugins.grasp_lora.backbone import DTYPES, resolve_dtype
+from hpctl.plugins.grasp_lora.corpora import LANGS, TASKS, SplitSizes, check_lang, check_max_chars, check_task
+from hpctl.plugins.grasp_lora.lora import GROUPS, MERGE_RULES, LoraSpec, merge_weights, parse_merge_weights, parse_targets
+from hpctl.plugins.grasp_lora.task import GraspTask
 from hpctl.task import Plugin
 
 __all__ = ["GraspLoraConfig", "GraspLoraPlugin", "GraspTask", "PRESETS", "resolve_config"]
 
 PRESET_NAMES = ("smoke", "default", "full")
+PROBE_METRICS = ("loss", "f1", "rouge")
+KNOBS = ("global", "per-group")
+BASELINES = ("none", "target-only")
+#: options that must be >= 1 / >= 0 when set
+POSITIVE = ("steps", "controller_steps", "batch_size", "eval_batch_size", "max_len", "max_target_len",
+            "max_new_tokens", "mask_every", "lora_r")
+NON_NEGATIVE = ("source_steps", "target_steps", "export_rank")
 
 #: values a preset gives the options the user left unset (None)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -87,7 +95,7 @@ class GraspLoraConfig:
     start_ratio: float | None = field(default=None, metadata={
         "help": "prune ratio training starts at (default: the middle of [p-min, p-max])"})
     knob: str = field(default="global", metadata={
-        "help": "one global ratio, or one ratio per module group (attn, mlp)", "choices": ["global", "per-group"]})
+        "help": "one global ratio, or one ratio per module group (attn, mlp)", "choices": list(KNOBS)})
     merge: str = field(default="sum", metadata={
         "help": "how the source and target adapters merge (exact in every case): sum of deltas, mean, "
                 "weighted (see --merge-weights), target_only, source_only", "choices": list(MERGE_RULES)})
@@ -136,15 +144,81 @@ class GraspLoraConfig:
         "help": "peft adapter folder to use as the target adapter instead of training one"})
     baseline: str | None = field(default=None, metadata={
         "help": "also run the target-only baseline in the final phase (preset: target-only)",
-        "choices": ["none", "target-only"]})
+        "choices": list(BASELINES)})
     export_rank: int = field(default=0, metadata={
         "help": "rank of the saved final adapter: 0 = exact (identity-factor LoRA), k = truncated SVD"})
+
+    def __post_init__(self) -> None:
+        """Check every option that is set (None: the preset fills it in); a one-line ConfigError.
+
+        Runs on the config as given and again on :func:`resolve_config`'s filled-in copy, so
+        the task gets a valid config and checks nothing itself. Only whether ``device`` is
+        available on this machine is left to where it is used (the task, ``hpctl eval``): a
+        config is also read back on other machines.
+        """
+        check_task(self.task)
+        check_lang(self.lang)
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r} (choose from {', '.join(PRESET_NAMES)})")
+        resolve_dtype(self.dtype)
+        if not 0.0 <= self.p_min < self.p_max < 1.0:
+            raise ConfigError(f"prune ratio bounds must satisfy 0 <= p_min < p_max < 1, "
+                              f"got p_min={self.p_min}, p_max={self.p_max}")
+        if self.knob not in KNOBS:
+            raise ConfigError(f"unknown knob {self.knob!r} (choose from {', '.join(KNOBS)})")
+        merge_weights(self.merge, parse_merge_weights(self.merge_weights))
+        self._check_probe_metric()
+        self._check_counts()
+        for name in ("lr", "adapter_lr"):
+            value = getattr(self, name)
+            if value is not None and not (float(value) > 0 and math.isfinite(float(value))):
+                raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {value}")
+        for name in ("weight_decay", "grad_clip"):
+            if not float(getattr(self, name)) >= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.baseline is not None and self.baseline not in BASELINES:
+            raise ConfigError(f"unknown baseline {self.baseline!r} (choose from {', '.join(BASELINES)})")
+        check_max_chars(self.max_context_chars)
+        if self.targets is not None:
+            targets = parse_targets(self.targets)
+            if self.knob == "per-group":
+                for group, names in GROUPS.items():
+                    if not set(names) & set(targets):
+                        raise ConfigError(f"knob 'per-group' needs {group} modules among the LoRA targets "
+                                          f"(got {','.join(targets)}; use --targets attn+mlp)")
+        if None not in (self.lora_r, self.lora_alpha, self.targets):
+            self.lora_spec()
+
+    def _check_probe_metric(self) -> None:
+        if self.probe_metric not in PROBE_METRICS:
+            raise ConfigError(f"unknown probe metric {self.probe_metric!r} (choose from {', '.join(PROBE_METRICS)})")
+        if self.probe_metric == "f1" and self.task == "xlsum":
+            raise ConfigError("probe metric 'f1' is for the QA tasks; use 'rouge' (or 'loss') for xlsum")
+        if self.probe_metric == "rouge" and self.task != "xlsum":
+            raise ConfigError(f"probe metric 'rouge' is for xlsum; use 'f1' (or 'loss') for {self.task}")
+
+    def _check_counts(self) -> None:
+        for names, least in ((POSITIVE, 1), (NON_NEGATIVE, 0)):
+            for name in names:
+                value = getattr(self, name)
+                if value is not None and int(value) < least:
+                    raise ConfigError(f"{name.replace('_', '-')} must be >= {least}, got {value}")
+        if None not in (self.max_len, self.max_target_len, self.max_new_tokens) and (
+                self.max_target_len >= self.max_len or self.max_new_tokens >= self.max_len):
+            raise ConfigError(f"max-len ({self.max_len}) must exceed max-target-len ({self.max_target_len}) "
+                              f"and max-new-tokens ({self.max_new_tokens})")
+        sizes = {f.name: getattr(self, f.name) for f in dataclasses.fields(SplitSizes)}
+        if None not in sizes.values():
+            SplitSizes(**sizes).validate()
+
+    def lora_spec(self) -> LoraSpec:
+        """The shape of the source and target adapters (needs ``lora_r``, ``lora_alpha``, ``targets`` set)."""
+        return LoraSpec(r=int(self.lora_r), alpha=float(self.lora_alpha), targets=parse_targets(self.targets),
+                        dropout=float(self.lora_dropout))
 
 
 def resolve_config(config: GraspLoraConfig) -> GraspLoraConfig:
     """A copy with every unset option filled in from the preset (and the task's overrides)."""
-    if config.preset not in PRESETS:
-        raise ConfigError(f"unknown preset {config.preset!r} (choose from {', '.join(PRESET_NAMES)})")
     fill = dict(PRESETS[config.preset])
     fill.update(TASK_OVERRIDES.get(config.task, {}))
     values = {}

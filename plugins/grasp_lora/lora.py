@@ -11,8 +11,8 @@ Pipeline pieces, in the order GRASP LoRA uses them:
 3. **Merge** (:func:`merge_adapters`) with peft's ``add_weighted_adapter(...,
    combination_type="cat")``: concatenating ``w_i * s_i * A_i`` and ``B_i`` gives an adapter
    whose delta is *exactly* ``sum_i w_i * s_i * B_i @ A_i`` (rank ``sum r_i``, scale 1).
-   Rules: ``sum`` (w = 1, 1), ``mean`` (1/n each), ``weighted`` (given weights),
-   ``target_only`` / ``source_only`` (one adapter, unchanged).
+   Rules (:data:`MERGE_WEIGHTS`): ``sum`` (w = 1, 1), ``mean`` (0.5 each), ``weighted``
+   (given weights), ``target_only`` / ``source_only`` (one adapter, unchanged).
 4. **Prune** the merged adapter by global magnitude: its factors (:func:`lora_factors`) are
    installed as dense-delta wrappers (:mod:`.delta`) and masked by
    :class:`.pruner.GlobalMagnitudePruner`.
@@ -52,7 +52,18 @@ if TYPE_CHECKING:  # only a type here: delta.py imports this module
 
 ATTN_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_TARGETS: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
-MERGE_RULES: tuple[str, ...] = ("sum", "mean", "weighted", "target_only", "source_only")
+#: module groups of the per-group knob (one prune ratio each)
+GROUPS: dict[str, tuple[str, ...]] = {"attn": ATTN_TARGETS, "mlp": MLP_TARGETS}
+#: weights of the (source, target) adapters per merge rule; None leaves that adapter out of the
+#: merge (so its rank is not part of the merged adapter either); ``weighted`` takes two given weights
+MERGE_WEIGHTS: dict[str, tuple[float | None, float | None] | None] = {
+    "sum": (1.0, 1.0),
+    "mean": (0.5, 0.5),
+    "weighted": None,
+    "target_only": (None, 1.0),
+    "source_only": (1.0, None),
+}
+MERGE_RULES: tuple[str, ...] = tuple(MERGE_WEIGHTS)
 
 
 # --------------------------------------------------------------------------- specs
@@ -204,33 +215,46 @@ def unload_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+def parse_merge_weights(text: str | None) -> list[float] | None:
+    """``"0.3,1.0"`` (or ``;``-separated) as a list of floats; None for no text; else ConfigError."""
+    if not text:
+        return None
+    try:
+        return [float(x) for x in str(text).replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"merge weights must be numbers like '0.5,0.5', got {text!r}") from None
+
+
+def merge_weights(rule: str, weights: Sequence[float] | None = None) -> tuple[float | None, float | None]:
+    """The (source, target) weights of ``rule`` (:data:`MERGE_WEIGHTS`; ``weights`` for ``weighted``).
+
+    ConfigError for an unknown rule, or ``weighted`` without exactly two weights.
+    """
+    if rule not in MERGE_WEIGHTS:
+        raise ConfigError(f"unknown merge rule {rule!r} (choose from {', '.join(MERGE_RULES)})")
+    fixed = MERGE_WEIGHTS[rule]
+    if fixed is not None:
+        return fixed
+    if weights is None or len(weights) != 2:
+        raise ConfigError(f"merge rule 'weighted' needs 2 weights, got {weights!r}")
+    return float(weights[0]), float(weights[1])
+
+
 def merge_adapters(model: nn.Module, names: Sequence[str], rule: str = "sum", *,
                    weights: Sequence[float] | None = None, new_name: str = "merged") -> str:
     """Add adapter ``new_name`` = the merge of ``names`` (``[source, target]``) under ``rule``.
 
     Every rule uses peft's ``add_weighted_adapter(combination_type="cat")``, which is exact:
-    the new delta per module is ``sum_i w_i * delta_i``.
+    the new delta per module is ``sum_i w_i * delta_i`` with the weights of :func:`merge_weights`.
     """
     names = list(names)
-    if rule not in MERGE_RULES:
-        raise ConfigError(f"unknown merge rule {rule!r} (choose from {', '.join(MERGE_RULES)})")
-    if rule == "sum":
-        use, w = names, [1.0] * len(names)
-    elif rule == "mean":
-        use, w = names, [1.0 / len(names)] * len(names)
-    elif rule == "weighted":
-        if weights is None or len(weights) != len(names):
-            raise ConfigError(f"merge rule 'weighted' needs {len(names)} weights, got {weights!r}")
-        use, w = names, [float(x) for x in weights]
-    elif rule == "target_only":
-        use, w = names[-1:], [1.0]
-    else:
-        use, w = names[:1], [1.0]
+    if len(names) != 2:
+        raise ConfigError(f"a merge takes a source and a target adapter, got {names}")
+    use = [(n, w) for n, w in zip(names, merge_weights(rule, weights)) if w is not None]
     if new_name in model.peft_config:
         model.delete_adapter(new_name)
-    model.add_weighted_adapter(use, w, new_name, combination_type="cat")
+    model.add_weighted_adapter([n for n, _ in use], [w for _, w in use], new_name, combination_type="cat")
     return new_name
-
 
 
 # --------------------------------------------------------------------------- export

@@ -35,9 +35,9 @@ Then the :class:`hpctl.task.Task` protocol:
     fine-tuned for the same number of steps on the same batches, no merging or pruning,
     tested the same way (``target_only_*`` keys).
 
-Device and dtype (``device``/``dtype``, default ``cpu``/``float32``): both are checked in the
-constructor (one-line ConfigError, before anything loads), then the frozen backbone is loaded
-in ``dtype`` on ``device``. Batches are built on the CPU and moved to the model where it runs
+Device and dtype (``device``/``dtype``, default ``cpu``/``float32``): the config checks the
+dtype's name, the constructor whether the device is available here (one-line ConfigError,
+before anything loads), then the frozen backbone is loaded in ``dtype`` on ``device``. Batches are built on the CPU and moved to the model where it runs
 (:mod:`.backbone`); every loss is a float32 cross-entropy on upcast logits. The trainable LoRA
 factors are *float32 master weights* whatever ``dtype`` is, cast to the backbone's dtype in
 the forward, so AdamW steps and its state stay float32: peft keeps the source/target adapters
@@ -56,7 +56,6 @@ import contextlib
 import copy
 import hashlib
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -81,16 +80,15 @@ from hpctl.plugins.grasp_lora.lm import (
     length_batches,
 )
 from hpctl.plugins.grasp_lora.lora import (
-    ATTN_TARGETS,
-    MLP_TARGETS,
+    GROUPS,
     Factors,
-    LoraSpec,
     attach_lora,
     export_peft,
     load_lora,
     lora_factors,
     merge_adapters,
-    parse_targets,
+    merge_weights,
+    parse_merge_weights,
     save_lora,
     unload_lora,
 )
@@ -101,8 +99,6 @@ from hpctl.task import Task
 EVAL_SPLITS = ("micro_dev", "dev", "test", "target_train", "source_train")
 #: phases long enough to get a nested MLflow run each (through ``Task.phase_listener``)
 NESTED_PHASES = ("source_adapter", "target_adapter", "final_train", "target_only")
-PROBE_METRICS = ("loss", "f1", "rouge")
-GROUPS = {"attn": ATTN_TARGETS, "mlp": MLP_TARGETS}
 
 
 @dataclass
@@ -165,7 +161,10 @@ class GraspTask(Task):
         self.cfg = config
         self.seed = int(seed)
         self.out_dir = Path(out_dir)
-        self._validate()
+        # the config checked its values; whether the device is usable here is checked before anything loads
+        self.dtype = resolve_dtype(config.dtype)
+        self.device = resolve_device(config.device)
+        self.lora_spec = config.lora_spec()
         labels: tuple[str, ...] = ()
         dim = 1
         if config.knob == "per-group":
@@ -192,47 +191,8 @@ class GraspTask(Task):
         self.order: DataOrder | None = None
         self.steps_done = 0
         self.splits: dict[str, _Split] = {}
-
-    # ------------------------------------------------------------------ config checks --
-    def _validate(self) -> None:
-        c = self.cfg
-        if not 0.0 <= c.p_min < c.p_max < 1.0:
-            raise ConfigError(f"prune ratio bounds must satisfy 0 <= p_min < p_max < 1, "
-                              f"got p_min={c.p_min}, p_max={c.p_max}")
-        if c.probe_metric not in PROBE_METRICS:
-            raise ConfigError(f"unknown probe metric {c.probe_metric!r} (choose from {', '.join(PROBE_METRICS)})")
-        if c.probe_metric == "f1" and c.task == "xlsum":
-            raise ConfigError("probe metric 'f1' is for the QA tasks; use 'rouge' (or 'loss') for xlsum")
-        if c.probe_metric == "rouge" and c.task != "xlsum":
-            raise ConfigError(f"probe metric 'rouge' is for xlsum; use 'f1' (or 'loss') for {c.task}")
-        for name in ("steps", "controller_steps", "batch_size", "eval_batch_size", "max_len", "max_target_len",
-                     "max_new_tokens", "mask_every", "lora_r"):
-            if int(getattr(c, name)) < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
-        for name in ("source_steps", "target_steps", "export_rank"):
-            if int(getattr(c, name)) < 0:
-                raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {getattr(c, name)}")
-        if c.max_target_len >= c.max_len or c.max_new_tokens >= c.max_len:
-            raise ConfigError(f"max-len ({c.max_len}) must exceed max-target-len ({c.max_target_len}) "
-                              f"and max-new-tokens ({c.max_new_tokens})")
-        for name in ("lr", "adapter_lr"):
-            if not (float(getattr(c, name)) > 0 and math.isfinite(float(getattr(c, name)))):
-                raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {getattr(c, name)}")
-        if c.baseline not in ("none", "target-only"):
-            raise ConfigError(f"unknown baseline {c.baseline!r} (choose from none, target-only)")
-        # before anything loads: an unknown dtype or an unavailable device is a one-line error
-        self.dtype = resolve_dtype(getattr(c, "dtype", "float32"))
-        self.device = resolve_device(getattr(c, "device", "cpu"))
-        targets = parse_targets(c.targets)
-        if c.knob == "per-group":
-            for group, names in GROUPS.items():
-                if not set(names) & set(targets):
-                    raise ConfigError(f"knob 'per-group' needs {group} modules among the LoRA targets "
-                                      f"(got {','.join(targets)}; use --targets attn+mlp)")
-        elif c.knob != "global":
-            raise ConfigError(f"unknown knob {c.knob!r} (choose from global, per-group)")
-        self.lora_spec = LoraSpec(r=int(c.lora_r), alpha=float(c.lora_alpha), targets=targets,
-                                  dropout=float(c.lora_dropout))
+        #: (split, predictions) of the last evaluation, for :meth:`_write_predictions`
+        self._last_predictions: tuple[str, list[str]] | None = None
 
     def describe(self) -> dict[str, Any]:
         cfg = asdict(self.cfg) if is_dataclass(self.cfg) else dict(vars(self.cfg))
@@ -359,12 +319,7 @@ class GraspTask(Task):
         with self._phase("target_adapter"):
             peft_model = self._adapter(peft_model, "target")
         with self._phase("merge"):
-            weights = None
-            if c.merge_weights:
-                try:
-                    weights = [float(x) for x in str(c.merge_weights).replace(";", ",").split(",") if x.strip()]
-                except ValueError:
-                    raise ConfigError(f"merge weights must be numbers like '0.5,0.5', got {c.merge_weights!r}") from None
+            weights = parse_merge_weights(c.merge_weights)
             merge_adapters(peft_model, ["source", "target"], c.merge, weights=weights)
             merged = lora_factors(peft_model, "merged")
             source = lora_factors(peft_model, "source")
@@ -382,9 +337,7 @@ class GraspTask(Task):
     def _merge_error(self, merged: Factors, source: Factors, target: Factors,
                      weights: list[float] | None) -> float:
         """Max |merged delta - rule(source, target)| over all modules (a self-check)."""
-        rule = self.cfg.merge
-        w = {"sum": (1.0, 1.0), "mean": (0.5, 0.5), "target_only": (0.0, 1.0), "source_only": (1.0, 0.0)}.get(
-            rule, tuple(weights or (1.0, 1.0)))
+        w = merge_weights(self.cfg.merge, weights)  # None: not merged
         worst = 0.0
         with torch.no_grad():
             for name, f in merged.items():
@@ -587,9 +540,9 @@ class GraspTask(Task):
 
     # ------------------------------------------------------------------ outputs --------
     def _write_predictions(self, filename: str) -> None:
-        split, preds = getattr(self, "_last_predictions", (None, None))
-        if split is None:
+        if self._last_predictions is None:
             return
+        split, preds = self._last_predictions
         s = self.splits[split]
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / filename, "w", encoding="utf-8") as fh:

@@ -73,10 +73,26 @@ def test_knob_and_presets(smoke):
     ({"knob": "per-group", "targets": "attn"}, "per-group"),
     ({"steps": 0}, "steps"),
     ({"max_len": 8}, "max-len"),
+    ({"merge": "weighted"}, "merge rule 'weighted' needs 2 weights"),
+    ({"merge": "weighted", "merge_weights": "0.5,x"}, "merge weights must be numbers"),
+    ({"micro_dev": -1}, "split size micro_dev"),
+    ({"grad_clip": -1.0}, "grad-clip"),
+    ({"lora_dropout": 1.0}, "LoRA dropout"),
 ])
 def test_bad_options_are_config_errors(tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
         _make(tmp_path, **overrides)
+
+
+def test_the_config_checks_itself_before_and_after_the_preset_fills_it():
+    with pytest.raises(ConfigError, match="p_min < p_max"):
+        GraspLoraConfig(p_min=0.6, p_max=0.2)  # no task needed
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
+        GraspLoraConfig(steps=0)
+    unset = GraspLoraConfig(preset="smoke", max_len=8)  # max-target-len is the preset's: checked once filled in
+    with pytest.raises(ConfigError, match="max-len"):
+        resolve_config(unset)
+    assert resolve_config(GraspLoraConfig(preset="smoke", merge="weighted", merge_weights="0.3;1")).merge == "weighted"
 
 
 def test_probe_leaves_the_state_bitwise_untouched(smoke):
