@@ -258,15 +258,15 @@ class GraspLoraPlugin(Plugin):
     def eval_run(self, run_dir: Path, config: GraspLoraConfig, *, data: str, lang: str | None = None) -> dict[str, float]:
         """Score ``run_dir/final_adapter`` on a data file (SQuAD JSON or XL-Sum JSON lines).
 
-        Encoded and scored exactly as the task scores a split (:func:`.task.encode_split`,
-        :func:`.task.split_metrics`), on the run's ``device`` in its ``dtype``.
+        Encoded and scored exactly as the task scores a split (:func:`.splits.encode_split`,
+        :func:`.splits.split_metrics`), on the run's ``device`` in its ``dtype``.
         """
         import torch
 
         from hpctl.plugins.grasp_lora.lora import load_lora
         from hpctl.plugins.grasp_lora.backbone import load_backbone, resolve_device, resolve_dtype
         from hpctl.plugins.grasp_lora.corpora import read_examples
-        from hpctl.plugins.grasp_lora.task import encode_split, split_metrics
+        from hpctl.plugins.grasp_lora.splits import encode_split, split_metrics
 
         cfg = resolve_config(config)
         dtype, device = resolve_dtype(cfg.dtype), resolve_device(cfg.device)  # before anything loads

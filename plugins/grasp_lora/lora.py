@@ -257,6 +257,23 @@ def merge_adapters(model: nn.Module, names: Sequence[str], rule: str = "sum", *,
     return new_name
 
 
+def merge_error(merged: Factors, source: Factors, target: Factors, rule: str,
+                weights: Sequence[float] | None = None) -> float:
+    """Max ``|merged delta - rule(source, target)|`` over all modules (a self-check of :func:`merge_adapters`)."""
+    w = merge_weights(rule, weights)  # None: left out of the merge
+    worst = 0.0
+    with torch.no_grad():
+        for name, f in merged.items():
+            expect = 0.0
+            if name in source and w[0]:
+                expect = expect + w[0] * source[name].delta()
+            if name in target and w[1]:
+                expect = expect + w[1] * target[name].delta()
+            worst = max(worst, float((f.delta() - expect).abs().max()))
+    return worst
+
+
+
 # --------------------------------------------------------------------------- export
 def export_peft(adapter: DeltaAdapter, path: str | Path, *, masks: Mapping[str, torch.Tensor | None] | None = None,
                 rank: int | None = None, base_model_name_or_path: str | None = None,

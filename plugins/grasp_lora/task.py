@@ -2,11 +2,12 @@
 
 Setup (lazily, on the first call that needs the model; each part is timed):
 
-1. load the frozen backbone (:mod:`.backbone`) and the task data (:mod:`.corpora`);
+1. load the frozen backbone (:mod:`.backbone`) and the task data (:mod:`.corpora`),
+   tokenised per split (:mod:`.splits`);
 2. train (or load) the *source* adapter on English ``source_train`` and the *target*
    adapter on ``target_train`` with peft, saving both in peft format under ``out_dir``
    (a later run in the same ``out_dir`` with the same settings, e.g. ``--resume``, loads
-   them instead of retraining);
+   them instead of retraining; :mod:`.sources`);
 3. merge them (:func:`.lora.merge_adapters`, exact for every rule) and install the
    merged adapter as dense-delta wrappers with a :class:`.pruner.GlobalMagnitudePruner`.
 
@@ -38,7 +39,7 @@ Then the :class:`hpctl.task.Task` protocol:
 Device and dtype (``device``/``dtype``, default ``cpu``/``float32``): the config checks the
 dtype's name, the constructor whether the device is available here (one-line ConfigError,
 before anything loads), then the frozen backbone is loaded in ``dtype`` on ``device``. Batches are built on the CPU and moved to the model where it runs
-(:mod:`.backbone`); every loss is a float32 cross-entropy on upcast logits. The trainable LoRA
+(:mod:`.lm`); every loss is a float32 cross-entropy on upcast logits. The trainable LoRA
 factors are *float32 master weights* whatever ``dtype`` is, cast to the backbone's dtype in
 the forward, so AdamW steps and its state stay float32: peft keeps the source/target adapters
 in float32 (``autocast_adapter_dtype``), and :class:`.delta.DeltaLinear` does the same for the
@@ -54,10 +55,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -68,82 +68,24 @@ from hpctl.errors import ConfigError
 from hpctl.knob import Knob
 from hpctl.plugins.grasp_lora.backbone import load_backbone, model_device, resolve_device, resolve_dtype, say
 from hpctl.plugins.grasp_lora.delta import DeltaAdapter
-from hpctl.plugins.grasp_lora.lm import (
-    Batch,
-    Encoded,
-    PassCounter,
-    batched_loss,
-    collate,
-    encode_example,
-    encode_prompt,
-    greedy_generate,
-    length_batches,
-)
+from hpctl.plugins.grasp_lora.lm import PassCounter, batched_loss, collate, greedy_generate
 from hpctl.plugins.grasp_lora.lora import (
     GROUPS,
-    Factors,
-    attach_lora,
     export_peft,
-    load_lora,
     lora_factors,
     merge_adapters,
-    merge_weights,
+    merge_error,
     parse_merge_weights,
-    save_lora,
     unload_lora,
 )
 from hpctl.plugins.grasp_lora.pruner import GlobalMagnitudePruner
-from hpctl.plugins.grasp_lora.training import DataOrder, adamw_step, train_lora
+from hpctl.plugins.grasp_lora.sources import prepare_adapter
+from hpctl.plugins.grasp_lora.splits import EVAL_SPLITS, Split, encode_split, primary_metric, split_metrics
+from hpctl.plugins.grasp_lora.training import DataOrder, adamw_step
 from hpctl.task import Task
 
-EVAL_SPLITS = ("micro_dev", "dev", "test", "target_train", "source_train")
 #: phases long enough to get a nested MLflow run each (through ``Task.phase_listener``)
 NESTED_PHASES = ("source_adapter", "target_adapter", "final_train", "target_only")
-
-
-@dataclass
-class _Split:
-    """One data split, tokenised for teacher forcing and for generation."""
-
-    encoded: list[Encoded]
-    prompts: list[list[int]]
-    references: list[list[str]]
-    ids: list[str]
-    batches: list[Batch]
-
-
-def _primary(task: str) -> str:
-    return "rougeL" if task == "xlsum" else "f1"
-
-
-def encode_split(tokenizer, examples: Sequence[Any], cfg: Any, pad_id: int) -> _Split:
-    """Tokenise ``examples`` as the task and ``hpctl eval`` score them.
-
-    Teacher-forcing encodings (``max_len``/``max_target_len``) and their fixed evaluation
-    batches (``eval_batch_size``, by length), generation prompts (``max_len - max_new_tokens``),
-    references and ids. ``cfg`` is a resolved config.
-    """
-    enc = [encode_example(tokenizer, e.prompt, e.target, max_len=int(cfg.max_len),
-                          max_target_len=int(cfg.max_target_len)) for e in examples]
-    prompts = [encode_prompt(tokenizer, e.prompt, int(cfg.max_len) - int(cfg.max_new_tokens)) for e in examples]
-    batches = [collate([enc[i] for i in idx], pad_id)
-               for idx in length_batches([len(e.ids) for e in enc], int(cfg.eval_batch_size))] if enc else []
-    return _Split(enc, prompts, [list(e.references) for e in examples], [e.id for e in examples], batches)
-
-
-def split_metrics(model: Any, tokenizer, split: _Split, cfg: Any, lang: str,
-                  counter: PassCounter | None = None) -> tuple[dict[str, float], list[str]]:
-    """Greedy generations on ``split`` scored by :func:`.metrics.compute_metrics`, plus the mean ``loss``.
-
-    Returns ``(scores, predictions)``; the model runs as it is (masks, wrappers) on its device.
-    """
-    from hpctl.plugins.grasp_lora.metrics import compute_metrics
-
-    preds = greedy_generate(model, tokenizer, split.prompts, max_new_tokens=int(cfg.max_new_tokens),
-                            batch_size=int(cfg.eval_batch_size), counter=counter)
-    scores = compute_metrics(cfg.task, lang, preds, split.references)
-    scores["loss"] = batched_loss(model, split.batches, counter)
-    return scores, preds
 
 
 class GraspTask(Task):
@@ -190,7 +132,7 @@ class GraspTask(Task):
         self.optimizer: torch.optim.Optimizer | None = None
         self.order: DataOrder | None = None
         self.steps_done = 0
-        self.splits: dict[str, _Split] = {}
+        self.splits: dict[str, Split] = {}
         #: (split, predictions) of the last evaluation, for :meth:`_write_predictions`
         self._last_predictions: tuple[str, list[str]] | None = None
 
@@ -262,60 +204,24 @@ class GraspTask(Task):
                 raise ConfigError(f"the {name.replace('_', '-')} split is empty; raise --{name.replace('_', '-')}")
         self.notes["split_sizes"] = data.sizes()
 
-    def _encode(self, examples: Sequence[Any]) -> _Split:
+    def _encode(self, examples: Sequence[Any]) -> Split:
         return encode_split(self.tokenizer, examples, self.cfg, self.pad_id)
 
-    def _fingerprint(self, role: str) -> str:
-        c = self.cfg
-        keys = {"role": role, "backbone": c.backbone, "task": c.task, "lang": c.lang, "data_dir": c.data_dir,
-                "data_seed": c.data_seed, "seed": self.seed, "spec": asdict(self.lora_spec),
-                "steps": c.source_steps if role == "source" else c.target_steps, "lr": c.adapter_lr,
-                "batch_size": c.batch_size, "max_len": c.max_len, "max_target_len": c.max_target_len,
-                "max_context_chars": c.max_context_chars,
-                "n": c.source_train if role == "source" else c.target_train, "weight_decay": c.weight_decay,
-                "grad_clip": c.grad_clip}
-        if self.dtype != torch.float32:  # float32 keeps the fingerprints (and reused adapters) of older runs
-            keys["dtype"] = str(self.dtype)
-        return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def _adapter(self, peft_model: Any, role: str) -> Any:
-        """Train, reuse or load the source/target adapter as peft adapter ``role``."""
-        c = self.cfg
-        given = c.source_adapter if role == "source" else c.target_adapter
-        base = peft_model if peft_model is not None else self.model
-        if given:
-            self.notes[f"{role}_adapter"] = f"loaded from {given}"
-            return load_lora(base, given, role)
-        folder = self.out_dir / f"{role}_adapter"
-        stamp = folder / "hpctl_fingerprint.txt"
-        fp = self._fingerprint(role)
-        if stamp.is_file() and stamp.read_text().strip() == fp:
-            self.notes[f"{role}_adapter"] = f"reused {folder}"
-            return load_lora(base, folder, role)
+    def _adapter(self, base: Any, role: str) -> Any:
+        """The source/target adapter as peft adapter ``role`` on ``base`` (:func:`.sources.prepare_adapter`)."""
         data = self.splits["source_train" if role == "source" else "target_train"].encoded
-        steps = int(c.source_steps if role == "source" else c.target_steps)
-        if not data and steps > 0:
-            raise ConfigError(f"no {role} training examples (raise --{role}-train or pass --{role}-adapter)")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1000 + (1 if role == "source" else 2))
-            model = attach_lora(base, role, self.lora_spec)
-        if steps > 0:
-            losses = train_lora(model, role, data, steps=steps, lr=float(c.adapter_lr),
-                                batch_size=int(c.batch_size), pad_id=self.pad_id,
-                                seed=self.seed * 1000 + (11 if role == "source" else 12),
-                                weight_decay=float(c.weight_decay), grad_clip=float(c.grad_clip) or None,
-                                counter=self.counter, on_step=self._progress(f"{role} adapter", steps))
+        model, how, losses = prepare_adapter(base, role, self.cfg, seed=self.seed, spec=self.lora_spec,
+                                             dtype=self.dtype, out_dir=self.out_dir, data=data, pad_id=self.pad_id,
+                                             counter=self.counter, progress=self._progress)
+        if losses:
             self.notes[f"{role}_adapter_loss"] = [round(losses[0], 4), round(float(np.mean(losses[-3:])), 4)]
-        save_lora(model, role, folder)
-        stamp.write_text(fp + "\n")
-        self.notes[f"{role}_adapter"] = f"trained {steps} steps, saved to {folder}"
+        self.notes[f"{role}_adapter"] = how
         return model
 
     def _build_adapters(self) -> None:
         c = self.cfg
-        peft_model = None
         with self._phase("source_adapter"):
-            peft_model = self._adapter(peft_model, "source")
+            peft_model = self._adapter(self.model, "source")
         with self._phase("target_adapter"):
             peft_model = self._adapter(peft_model, "target")
         with self._phase("merge"):
@@ -324,7 +230,7 @@ class GraspTask(Task):
             merged = lora_factors(peft_model, "merged")
             source = lora_factors(peft_model, "source")
             target = lora_factors(peft_model, "target")
-            self.notes["merge_check_max_abs_error"] = self._merge_error(merged, source, target, weights)
+            self.notes["merge_check_max_abs_error"] = merge_error(merged, source, target, c.merge, weights)
             self.model = unload_lora(peft_model)
             self.target_factors = target
             self.merged_start = {k: f.clone() for k, f in merged.items()}
@@ -333,21 +239,6 @@ class GraspTask(Task):
             self.pruner = GlobalMagnitudePruner(self.adapter, groups)
             self.notes["merged_rank"] = int(next(iter(merged.values())).A.shape[0])
             self.notes["adapter_entries"] = int(sum(m.out_features * m.in_features for m in self.adapter.modules.values()))
-
-    def _merge_error(self, merged: Factors, source: Factors, target: Factors,
-                     weights: list[float] | None) -> float:
-        """Max |merged delta - rule(source, target)| over all modules (a self-check)."""
-        w = merge_weights(self.cfg.merge, weights)  # None: not merged
-        worst = 0.0
-        with torch.no_grad():
-            for name, f in merged.items():
-                expect = 0.0
-                if name in source and w[0]:
-                    expect = expect + w[0] * source[name].delta()
-                if name in target and w[1]:
-                    expect = expect + w[1] * target[name].delta()
-                worst = max(worst, float((f.delta() - expect).abs().max()))
-        return worst
 
     # ------------------------------------------------------------------ protocol -------
     def reset(self, seed: int | None = None) -> None:
@@ -431,7 +322,7 @@ class GraspTask(Task):
 
             preds = self._generate(split)
             scores = compute_metrics(self.cfg.task, self.cfg.lang, preds, self.splits[split].references)
-            return float(scores[_primary(self.cfg.task)])
+            return float(scores[primary_metric(self.cfg.task)])
 
     def probe(self, value: np.ndarray) -> float:
         self._ensure_ready()
@@ -456,7 +347,7 @@ class GraspTask(Task):
         if not s.encoded:
             raise ConfigError(f"the {split} split is empty; raise --{split.replace('_', '-')}")
         scores, preds = split_metrics(self.model, self.tokenizer, s, self.cfg, self.cfg.lang, self.counter)
-        scores["score"] = float(scores[_primary(self.cfg.task)])
+        scores["score"] = float(scores[primary_metric(self.cfg.task)])
         return scores, preds
 
     def evaluate(self, split: str, value: np.ndarray) -> dict[str, float]:

@@ -1,0 +1,72 @@
+"""A data split tokenised for the model, and how it is scored (also by ``hpctl eval``).
+
+:func:`encode_split` builds the teacher-forcing encodings, their fixed evaluation batches and
+the generation prompts of a list of :class:`.corpora.Example`; :func:`split_metrics` scores
+greedy generations with :func:`.metrics.compute_metrics`, plus the mean answer loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from hpctl.plugins.grasp_lora.lm import (
+    Batch,
+    Encoded,
+    PassCounter,
+    batched_loss,
+    collate,
+    encode_example,
+    encode_prompt,
+    greedy_generate,
+    length_batches,
+)
+
+#: the splits the task encodes (and :meth:`.task.GraspTask.evaluate` accepts)
+EVAL_SPLITS = ("micro_dev", "dev", "test", "target_train", "source_train")
+
+
+@dataclass
+class Split:
+    """One data split, tokenised for teacher forcing and for generation."""
+
+    encoded: list[Encoded]
+    prompts: list[list[int]]
+    references: list[list[str]]
+    ids: list[str]
+    batches: list[Batch]
+
+
+def primary_metric(task: str) -> str:
+    """The metric a split's ``score`` is: F1 for the QA tasks, ROUGE-L for xlsum."""
+    return "rougeL" if task == "xlsum" else "f1"
+
+
+def encode_split(tokenizer, examples: Sequence[Any], cfg: Any, pad_id: int) -> Split:
+    """Tokenise ``examples`` as the task and ``hpctl eval`` score them.
+
+    Teacher-forcing encodings (``max_len``/``max_target_len``) and their fixed evaluation
+    batches (``eval_batch_size``, by length), generation prompts (``max_len - max_new_tokens``),
+    references and ids. ``cfg`` is a resolved config.
+    """
+    enc = [encode_example(tokenizer, e.prompt, e.target, max_len=int(cfg.max_len),
+                          max_target_len=int(cfg.max_target_len)) for e in examples]
+    prompts = [encode_prompt(tokenizer, e.prompt, int(cfg.max_len) - int(cfg.max_new_tokens)) for e in examples]
+    batches = [collate([enc[i] for i in idx], pad_id)
+               for idx in length_batches([len(e.ids) for e in enc], int(cfg.eval_batch_size))] if enc else []
+    return Split(enc, prompts, [list(e.references) for e in examples], [e.id for e in examples], batches)
+
+
+def split_metrics(model: Any, tokenizer, split: Split, cfg: Any, lang: str,
+                  counter: PassCounter | None = None) -> tuple[dict[str, float], list[str]]:
+    """Greedy generations on ``split`` scored by :func:`.metrics.compute_metrics`, plus the mean ``loss``.
+
+    Returns ``(scores, predictions)``; the model runs as it is (masks, wrappers) on its device.
+    """
+    from hpctl.plugins.grasp_lora.metrics import compute_metrics
+
+    preds = greedy_generate(model, tokenizer, split.prompts, max_new_tokens=int(cfg.max_new_tokens),
+                            batch_size=int(cfg.eval_batch_size), counter=counter)
+    scores = compute_metrics(cfg.task, lang, preds, split.references)
+    scores["loss"] = batched_loss(model, split.batches, counter)
+    return scores, preds
