@@ -156,6 +156,10 @@ class LandscapeTask(Task):
             r += float(self._noise_rng.normal(0.0, self.noise))
         return r
 
+    def skip_probes(self, n: int) -> None:
+        if self.noise and n > 0:
+            self._noise_rng.normal(0.0, self.noise, size=int(n))  # what n probes draw, discarded
+
     def snapshot(self) -> dict[str, Any]:
         return {"steps": self.steps, "weights": self.weights.copy(),
                 "noise_rng": self._noise_rng.bit_generator.state, "seed": self._seed}

@@ -20,10 +20,12 @@ import click
 from click.core import ParameterSource
 
 from hpctl.control_env import COMMIT_RULES, REWARDS
+from hpctl.engines import ENGINE_KEYS, ENGINES
 from hpctl.config import COMPARE_KEYS, RunOptions, field_type, load_yaml, split_config
 from hpctl.errors import ConfigError, HpctlError, one_line
 
-COMMON_FLAGS = ("controller", "seed", "budget", "group_size", "commit_rule", "reward", "out", "tracking_uri")
+COMMON_FLAGS = ("controller", "seed", "budget", "group_size", "commit_rule", "reward", "out", "tracking_uri",
+                *ENGINE_KEYS)
 
 
 def _console(stderr: bool = True):
@@ -185,11 +187,15 @@ def build_run_command(plugin) -> click.Command:
         if resume:
             typed = [p.name for p in ctx.command.params if p.name not in ("resume", "as_json")
                      and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
-            if typed:
-                raise ConfigError(f"--resume continues a run exactly as it was started; drop --{typed[0].replace('_', '-')}")
+            if [k for k in typed if k not in ENGINE_KEYS]:
+                bad = [k for k in typed if k not in ENGINE_KEYS][0]
+                raise ConfigError(f"--resume continues a run exactly as it was started; drop --{bad.replace('_', '-')}")
             spec = read_spec(resume)
             if spec.plugin != plugin.name or spec.command != "run":
                 raise ConfigError(f"--resume {resume!r} belongs to `{spec.command} {spec.plugin}`, not `run {plugin.name}`")
+            if typed:  # where it runs may change (the results do not): engine flags replace the run's
+                spec = dataclasses.replace(spec, options=dataclasses.replace(
+                    spec.options, **{k: kwargs.get(k) for k in ENGINE_KEYS}))
         else:
             opts, plugin_cfg = compose(ctx, plugin, kwargs)
             spec = RunSpec(plugin=plugin.name, options=opts, plugin_config=plugin_cfg)
@@ -200,6 +206,7 @@ def build_run_command(plugin) -> click.Command:
     cmd = click.Command(plugin.name, callback=callback, help=plugin.description,
                         params=plugin_options(plugin.Config))
     cmd = common_run_options(cmd)
+    cmd = engine_run_options(cmd, probe_workers=True)
     cmd.params.append(click.Option(["--resume"], default=None, help="continue the run in this directory"))
     return cmd
 
@@ -225,6 +232,24 @@ def common_run_options(cmd: click.Command) -> click.Command:
         click.Option(["--json", "as_json"], is_flag=True, help="print the result as one JSON line at the end"),
     ]
     cmd.params.extend(opts)
+    return cmd
+
+
+def engine_run_options(cmd: click.Command, *, probe_workers: bool) -> click.Command:
+    """Append the engine options (see :mod:`hpctl.engines`)."""
+    cmd.params.extend([
+        click.Option(["--engine"], default="local", show_default=True, type=click.Choice(ENGINES),
+                     help="where trials, grid points and probe groups run: this process, or Ray tasks and actors"),
+        click.Option(["--address"], default=None,
+                     help="Ray cluster to join: auto, or HOST[:PORT] of its head (default: a local Ray instance)"),
+        click.Option(["--cpus-per-trial"], default=None, type=float,
+                     help="CPUs each Ray task or actor reserves [default: 1]"),
+        click.Option(["--gpus-per-trial"], default=None, type=float,
+                     help="GPUs each Ray task or actor reserves [default: 0]"),
+    ])
+    if probe_workers:
+        cmd.params.append(click.Option(["--probe-workers"], default=None, type=int,
+                                       help="score each probe group on N Ray actors holding replicas of the task"))
     return cmd
 
 
@@ -282,6 +307,7 @@ def build_compare_command(plugin) -> click.Command:
     cmd = click.Command(plugin.name, callback=callback, help=f"Compare controllers on {plugin.name}",
                         params=plugin_options(plugin.Config))
     cmd = common_run_options(cmd)
+    cmd = engine_run_options(cmd, probe_workers=False)
     cmd.params.append(click.Option(["--controllers"], default="grpo,ppo,grid", show_default=True,
                                    help="comma-separated controller names"))
     cmd.params.append(click.Option(["--seeds"], default=3, show_default=True, type=int,

@@ -1,7 +1,10 @@
 """``hpctl compare``: several controllers, same plugin, same budget and seeds.
 
 Each (controller, seed) is an ordinary :func:`hpctl.runner.run` nested under one parent
-MLflow run. The summary gives, per controller, the median and inter-quartile range over
+MLflow run: a *trial*, which the engine runs (``--engine local``: here, one after another;
+``--engine ray``: one Ray task each, in parallel; see :mod:`hpctl.engines`). A trial whose
+worker is lost is retried by the engine and resumes from its checkpoint, in the same
+MLflow child run; the results do not depend on the engine. The summary gives, per controller, the median and inter-quartile range over
 seeds of the learned value, the primary test metric, the distance to the optimum (where
 the plugin knows it), the probes spent and the wall time.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,11 +22,16 @@ import numpy as np
 
 from hpctl.controllers.base import get_controller
 from hpctl.config import RunOptions
-from hpctl.errors import ConfigError, HpctlError
+from hpctl.engines import Outcome, engine_options, get_engine, local_options
+from hpctl.engines.base import raise_user_error
+from hpctl.errors import ConfigError
 from hpctl.registry import load_plugin
-from hpctl.rundir import RunSpec, atomic_write_json, prepare_out_dir
+from hpctl.rundir import CHECKPOINT, RESULT, SPEC, RunSpec, atomic_write_json, prepare_out_dir
 from hpctl.runner import run
 from hpctl.tracking import Tracker
+
+#: a trial folder's mark: the comparison that started it (a retry of the same trial resumes)
+TRIAL_MARK = ".hpctl-trial"
 
 
 def median_iqr(values: list[float]) -> dict[str, float]:
@@ -62,6 +71,34 @@ def settings_for(ctrl: str, base: RunOptions) -> dict[str, Any]:
             if ("." in k and k.split(".", 1)[0] == ctrl) or ("." not in k and ctrl == base.controller)}
 
 
+def run_trial(spec_json: dict[str, Any], parent_run_id: str | None, token: str,
+              progress: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """One (controller, seed) run of a comparison: its result and history.
+
+    Runs wherever the engine puts it, so it returns the history rather than leaving the
+    comparison to read another machine's disk. If this comparison (``token``) already
+    started the trial - a retry after its worker was lost - it resumes from the trial's
+    checkpoint into the same MLflow run, or returns the result the lost worker wrote.
+    """
+    spec = RunSpec.from_json(spec_json)
+    out_dir = Path(spec.options.out)
+    mark = out_dir / TRIAL_MARK
+    retry = mark.is_file() and mark.read_text().strip() == token
+    if retry and (out_dir / RESULT).is_file():
+        result = json.loads((out_dir / RESULT).read_text())
+    elif retry and (out_dir / CHECKPOINT).is_file():
+        result = run(spec, resume_dir=out_dir, parent_run_id=parent_run_id, progress=progress)
+    else:
+        if retry:  # lost before its first checkpoint: start this trial's own folder again
+            (out_dir / SPEC).unlink(missing_ok=True)
+        prepare_out_dir(spec.options.out, spec.plugin, spec.options.controller or "default", spec.options.seed)
+        mark.write_text(token + "\n")
+        result = run(spec, parent_run_id=parent_run_id, progress=progress)
+    hist_file = Path(result["out_dir"]) / "history.json"
+    history = json.loads(hist_file.read_text()) if hist_file.is_file() else []
+    return {"result": result, "history": history}
+
+
 def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptions, plugin_config: dict[str, Any],
             *, out: str | None = None, on_run: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
     if seeds < 1:
@@ -74,11 +111,16 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
     if plain and base.controller not in controllers:
         raise ConfigError(f"setting {plain[0]!r} names no controller: write it as CONTROLLER.{plain[0]} "
                           f"(e.g. {controllers[0]}.{plain[0]}), or pass --controller to say which one it is for")
+    options = engine_options(base)
+    if options.probe_workers is not None:
+        raise ConfigError("--probe-workers is for `hpctl run`; `hpctl compare --engine ray` runs whole trials in parallel")
+    t_start = time.perf_counter()
     plugin = load_plugin(plugin_name)
+    engine = get_engine(options)  # --engine ray: joined (or started) before anything is recorded
     out_dir = prepare_out_dir(out or f"runs/compare-{plugin_name}-{time.strftime('%Y%m%d-%H%M%S')}",
                               plugin_name, "compare", base.seed)
     parent = Tracker(base.tracking_uri, f"hpctl-{plugin_name}", run_name=f"compare {plugin_name}",
-                     tags={"hpctl.plugin": plugin_name, "hpctl.command": "compare"})
+                     tags={"hpctl.plugin": plugin_name, "hpctl.command": "compare", "hpctl.engine": engine.name})
     parent.log_params({"controllers": ",".join(controllers), "seeds": seeds, "budget": base.budget,
                        "plugin_config": plugin_config})
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in controllers}
@@ -86,24 +128,38 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
     trajs: dict[str, list] = {c: [] for c in controllers}
     status, error = "FINISHED", None
     try:
+        trials: list[tuple[str, int, RunOptions]] = []
         for ctrl in controllers:
             for s in range(seeds):
                 seed = base.seed + s
-                opts = dataclasses.replace(base, controller=ctrl, seed=seed, out=str(out_dir / f"{ctrl}-s{seed}"),
+                opts = dataclasses.replace(local_options(base), controller=ctrl, seed=seed,
+                                           out=str(out_dir / f"{ctrl}-s{seed}"),
                                            controller_config=settings_for(ctrl, base))
-                progress = on_run(ctrl, seed) if on_run else None
-                try:
-                    res = run(RunSpec(plugin=plugin_name, options=opts, plugin_config=plugin_config),
-                              parent_run_id=parent.run_id, progress=progress)
-                except HpctlError:
-                    raise  # the same bad input would fail every run
-                except Exception as exc:  # noqa: BLE001 - one crashed run does not cost the others
-                    failures.append({"controller": ctrl, "seed": seed, "error": f"{type(exc).__name__}: {exc}",
-                                     "out_dir": opts.out})
-                    continue
-                runs[ctrl].append(res)
-                hist = json.loads((Path(res["out_dir"]) / "history.json").read_text())
-                trajs[ctrl].append(trajectory(hist, list(res["learned"].values()), res["probes"]))
+                if engine.parallel:  # a worker's cwd and default store may not be ours
+                    opts = dataclasses.replace(opts, out=str((out_dir / f"{ctrl}-s{seed}").resolve()),
+                                               tracking_uri=parent.uri)
+                trials.append((ctrl, seed, opts))
+        token = uuid.uuid4().hex
+
+        def finished(i: int, outcome: Outcome) -> None:
+            raise_user_error(outcome)  # the same bad input would fail every trial
+            if engine.parallel and on_run is not None and outcome.ok:
+                bar = on_run(*trials[i][:2])  # shown when done: a worker's progress cannot reach us
+                if bar is not None:
+                    res = outcome.value["result"]
+                    bar("start", {"budget": res["budget"], "done": res["probes"], "out_dir": res["out_dir"]})
+
+        outcomes = engine.map(
+            run_trial, [(RunSpec(plugin=plugin_name, options=o, plugin_config=plugin_config).to_json(), parent.run_id,
+                         token) for _, _, o in trials],
+            on_result=finished, in_process=(lambda i: {"progress": on_run(*trials[i][:2])}) if on_run else None)
+        for (ctrl, seed, opts), outcome in zip(trials, outcomes):
+            if not outcome.ok:  # one crashed trial does not cost the others
+                failures.append({"controller": ctrl, "seed": seed, "error": outcome.error, "out_dir": opts.out})
+                continue
+            res, hist = outcome.value["result"], outcome.value["history"]
+            runs[ctrl].append(res)
+            trajs[ctrl].append(trajectory(hist, list(res["learned"].values()), res["probes"]))
         if not any(runs.values()):
             raise RuntimeError(f"every run failed; the first: {failures[0]['error']} (see {failures[0]['out_dir']})")
         runs = {c: rs for c, rs in runs.items() if rs}
@@ -124,7 +180,8 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
                   "primary_metric": metric, "optimum": first.get("optimum"), "summary": summary,
                   "runs": {c: [{k: r[k] for k in ("seed", "learned", "metrics", "probes", "wall_s", "mlflow_run_id")}
                                for r in rs] for c, rs in runs.items()},
-                  "failures": failures, "mlflow_run_id": parent.run_id, "out_dir": str(out_dir)}
+                  "failures": failures, "mlflow_run_id": parent.run_id, "out_dir": str(out_dir),
+                  "engine": engine.name, "wall_s": time.perf_counter() - t_start}
         atomic_write_json(out_dir / "compare.json", result)
         parent.artifact(out_dir / "compare.json")
         for ctrl, s in summary.items():

@@ -2,8 +2,9 @@
 
 A config file is a YAML mapping. Its keys are the common run options (``controller``,
 ``seed``, ``budget``, ``group_size``, ``commit_rule``, ``reward``, ``out``,
-``tracking_uri``), the plugin's own options (the fields of its ``Config`` dataclass,
-with underscores), and ``controller_config``: a mapping of the controller's
+``tracking_uri``; and where the run executes: ``engine``, ``address``, ``cpus_per_trial``,
+``gpus_per_trial``, ``probe_workers``, see :mod:`hpctl.engines`), the plugin's own options
+(the fields of its ``Config`` dataclass, with underscores), and ``controller_config``: a mapping of the controller's
 hyperparameters (e.g. ``{lr: 0.3, group_size: 6}`` for GRPO). Example::
 
     controller: grpo
@@ -43,6 +44,12 @@ class RunOptions:
     out: str | None = None
     tracking_uri: str | None = None
     controller_config: dict[str, Any] = field(default_factory=dict)
+    # how the run executes, never what it computes (hpctl.engines)
+    engine: str = "local"
+    address: str | None = None
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    probe_workers: int | None = None
 
 
 #: the config-file keys every run takes: the fields of :class:`RunOptions`

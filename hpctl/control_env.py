@@ -105,6 +105,9 @@ class ControlEnv(gym.Env):
             dtype=np.float32,
         )
         self.listeners: list[Callable[[Event], None]] = []
+        #: a :class:`hpctl.engines.RunWorkers` when an engine runs probe groups and grid points
+        #: elsewhere (the runner sets it); None: everything runs here, in order
+        self.workers: Any = None
         self.probes = 0  # every probe this env ever ran, across episodes (the budget counter)
         self.episodes = 0
         self._init_counters()
@@ -239,9 +242,44 @@ class ControlEnv(gym.Env):
         return score
 
     def probe_group(self, values: Any) -> np.ndarray:
-        """Probe each row of ``values`` at the same training state."""
+        """Probe each row of ``values`` at the same training state.
+
+        With probe workers (``env.workers``) the rows are scored in parallel on replicas of
+        the task; the scores, events and the task's state afterwards are the sequential ones.
+        """
         vals = np.asarray(values, dtype=np.float64).reshape(-1, self.knob.dim)
-        return np.array([self.probe(v) for v in vals], dtype=np.float64)
+        if self.workers is None or not self.workers.probes or len(vals) < 2:
+            return np.array([self.probe(v) for v in vals], dtype=np.float64)
+        from hpctl.engines.base import raise_user_error, score_of
+
+        vals = np.stack([self.knob.validate(v) for v in vals])
+        outcomes = self.workers.probe_group(self.task.snapshot(), vals, self.worker_fault)
+        self.task.skip_probes(len(vals))  # as if this task had run them
+        scores = []
+        for v, outcome in zip(vals, outcomes):
+            raise_user_error(outcome)
+            score, error = score_of(outcome)
+            scores.append(self.record(v, score, kind="candidate", error=error))
+        return np.array(scores, dtype=np.float64)
+
+    def full_runs(self, values: Any) -> list[tuple[float, str | None]]:
+        """``task.full_run`` of each row of ``values`` on the workers, in parallel, recording
+        nothing; ``(score, error)`` per row (NaN and the error for a failed one). The task
+        ends in the state of the last row's run, as if it had run them in order."""
+        from hpctl.engines.base import raise_user_error, score_of
+
+        vals = [self.knob.validate(v) for v in np.asarray(values, dtype=np.float64).reshape(-1, self.knob.dim)]
+        outcomes, final = self.workers.full_runs(self.task.snapshot(), vals, self.worker_fault)
+        if final is not None:
+            self.task.restore(final)
+        for outcome in outcomes:
+            raise_user_error(outcome)
+        return [score_of(o) for o in outcomes]
+
+    def worker_fault(self, value: Any, error: str) -> None:
+        """Record a worker lost mid-probe (its probe is repeated, so nothing is lost); no probe is counted."""
+        self._emit({"event": "fault", "kind": "worker", "round": self.round, "step": self.steps_done,
+                    "probe": self.probes, "value": np.asarray(value, dtype=np.float64).copy(), "error": error})
 
     def baseline(self) -> float:
         """Score at the current value, probed once per training state (cached)."""

@@ -19,6 +19,7 @@ import numpy as np
 from hpctl.config import build_dataclass
 from hpctl.control_env import ControlEnv
 from hpctl.controllers.base import Controller, get_controller
+from hpctl.engines import engine_options, run_workers
 from hpctl.errors import ConfigError, HpctlError
 from hpctl.registry import load_plugin
 from hpctl.rundir import (CHECKPOINT_EVERY_S, RESULT, SPEC, RunSpec, atomic_write_json, load_checkpoint,
@@ -126,6 +127,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     """
     t_start = time.perf_counter()
     opts = spec.options
+    engine_options(opts)  # a bad engine setting fails before anything is written
     checkpoint: dict[str, Any] | None = None
     tracking_uri = opts.tracking_uri
     if resume_dir is not None:
@@ -135,6 +137,11 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     else:
         out_dir = prepare_out_dir(opts.out, spec.plugin, opts.controller or "default", opts.seed)
     plugin, config, task, env, controller, budget = build(spec, out_dir)
+    try:  # --engine ray: joined (a bad --address fails in seconds) and workers started before the task loads
+        env.workers = workers = run_workers(spec, out_dir)
+    except BaseException:
+        task.close()
+        raise
     names = task.knob.component_names
     run_id = checkpoint.get("mlflow_run_id") if checkpoint else None
     try:
@@ -143,7 +150,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
                           parent_run_id=parent_run_id, run_id=run_id,
                           tags={"hpctl.plugin": spec.plugin, "hpctl.controller": controller.name})
     except BaseException:
-        task.close()
+        _close(task, workers)
         raise
     recorder = RunRecorder(names, tracker)
     env.listeners.append(recorder)
@@ -184,7 +191,11 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
 
         t0 = time.perf_counter()
         with phases_runs.phase("controller"):
-            learned = controller.run(budget, on_round)
+            try:
+                learned = controller.run(budget, on_round)
+            finally:
+                if workers is not None:
+                    workers.close()  # the probe workers' replicas are not needed for the final phase
             learned = task.knob.validate(learned)
         t_control = time.perf_counter() - t0
         if progress is not None:
@@ -197,6 +208,8 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
             metrics.setdefault("distance", float(np.linalg.norm(learned - optimum)))
         phases = {"controller_s": t_control, "final_s": t_final}
         phases.update(task.phase_seconds)
+        if workers is not None:  # compute seconds of grid points run on workers, summed
+            phases.update({f"workers_{k}": v for k, v in workers.phase_seconds.items()})
         result = {
             "plugin": spec.plugin,
             "controller": controller.name,
@@ -230,7 +243,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     finally:
         if result is None:  # failed or interrupted: record it, then let the error through
             end_quietly(tracker, status, error)
-            task.close()
+            _close(task, workers)
     # The run is finished and its result is on disk: from here on, a failure to upload
     # or plot is recorded as a warning tag and never turns the run into a crash.
     try:
@@ -239,8 +252,17 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         warn(tracker, f"outputs not fully recorded: {type(exc).__name__}: {exc}")
     finally:
         end_quietly(tracker, "FINISHED", None)
-        task.close()
+        _close(task, workers)
     return result
+
+
+def _close(task, workers) -> None:
+    """Release the task and the engine's workers (idempotent)."""
+    try:
+        if workers is not None:
+            workers.close()
+    finally:
+        task.close()
 
 
 def _record_outputs(tracker: Tracker, task, recorder: RunRecorder, result: dict[str, Any], out_dir: Path,

@@ -69,6 +69,16 @@ class Task(ABC):
     def restore(self, state: Any) -> None:
         """Restore a state taken by :meth:`snapshot`."""
 
+    def skip_probes(self, n: int) -> None:
+        """Advance per-probe randomness as ``n`` probes at this state would.
+
+        Parallel probing (:mod:`hpctl.engines`) runs probe ``i`` of a group on a replica
+        restored from the group's snapshot after ``skip_probes(i)``, and the run's own task
+        skips the whole group afterwards, so scores and state equal sequential probing.
+        A task whose probes draw no random numbers (most) needs nothing here; one that
+        draws (e.g. probe noise) draws and discards what ``n`` probes would.
+        """
+
     def evaluate(self, split: str, value: np.ndarray) -> dict[str, float]:
         """Metrics of the current state with the knob at ``value`` on ``split``."""
         return {"score": float(self.probe(value))}

@@ -132,9 +132,24 @@ class Grid(SearchController):
     def candidates(self, budget: int) -> np.ndarray:
         return grid_points(self.config.k, self.knob.dim, budget)
 
+    def run(self, budget: int, callback: Callable[[Controller], None] | None = None) -> np.ndarray:
+        # With an engine (env.workers), the points this call will measure run their full
+        # fine-tunes in parallel first; measure() then records them in order, as without one.
+        self._ready: list[tuple[float, str | None]] = []
+        if self.config.full_runs and getattr(self.env, "workers", None) is not None:
+            if self.points is None:
+                self.points = np.asarray(self.candidates(budget), dtype=np.float64).reshape(-1, self.knob.dim)
+            todo = self.points[len(self.scores):][:max(0, budget - self.env.probes)]
+            if len(todo) > 1:
+                self._ready = self.env.full_runs([self.to_value(u) for u in todo])
+        return super().run(budget, callback)
+
     def measure(self, value: np.ndarray) -> float:
         if not self.config.full_runs:
             return self.env.probe(value)
+        if getattr(self, "_ready", None):
+            score, error = self._ready.pop(0)
+            return self.env.record(value, score, kind="candidate", error=error)
         error = None
         try:
             score = float(self.env.task.full_run(value.copy()))

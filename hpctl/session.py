@@ -1,0 +1,754 @@
+"""Ask/tell: a controller steering a knob inside a training loop you already have.
+
+::
+
+    import hpctl
+
+    s = hpctl.Session(knob=hpctl.Knob("prune_ratio", 0.0, 0.9), controller="grpo",
+                      budget=40, group_size=4, seed=0, out_dir="runs/mine")
+    while not s.done:
+        for value in s.ask():            # the values to probe at this training state
+            s.tell(value, my_probe(value))
+        train_some_steps(s.value)        # the committed value
+    final_training(s.value)              # = s.learned once s.done
+
+The controllers are the ones ``hpctl run`` uses (``grpo``, ``random``, ``grid``, ``fixed``,
+and third-party ones), on the same :class:`~hpctl.control_env.ControlEnv`: the same group
+probing, commit rules, guard and budget accounting, the same MLflow run (parameters, every
+probe, the committed value over training, ``run.png``) and a run folder with ``spec.json``,
+``checkpoint.safetensors``, ``history.json`` and ``result.json``. With the same knob, seed, budget,
+group size and rounds, a Session asks for exactly the values ``hpctl run`` probes and
+learns the same value (tested on the synthetic landscape).
+
+What one round is
+-----------------
+``ask()`` returns an iterator over the values the controller wants scored at the current
+training state, one at a time: each is produced once the previous one has its score
+(``tell``), because a controller may choose later probes from earlier scores (GRPO's guard
+probe does). The iteration ends when the controller has committed: ``s.value`` is then
+the value to train with until the next ``ask()``. Calling ``ask()`` again says "I have
+trained"; :meth:`Session.report_loss` optionally passes the mean training loss of those
+steps (logged, and part of the controller's observation). The last ``ask()`` may give no
+value at all: the controller stopped (budget spent, or ``total_steps`` trained) and
+``s.done`` turns true; ``s.value`` is then the learned value. The search controllers
+(``random``, ``grid``, ``fixed``) never commit: a round is ``group_size`` of their
+candidates, training continues at the knob's default, and their answer is the best
+candidate.
+
+How the controller loop is turned inside out (the design choice)
+-----------------------------------------------------------------
+A controller is written as a loop that calls the environment synchronously
+(``controller.run(budget, callback)`` calling ``env.baseline()``, ``env.probe_group()``,
+``env.advance()``). A Session does not rewrite it. It runs the loop *restartably*:
+
+* At every round boundary (the controller's ``callback``) the Session takes the
+  controller's and the environment's ``state_dict()`` - the same state ``hpctl run
+  --resume`` restarts from - and stops the loop.
+* The environment's task is a stand-in for your loop (:class:`LoopTask`). When the
+  controller asks it for a score it has not been told, it raises a control-flow signal
+  (a ``BaseException``, so the environment's fault handling does not swallow it) and the
+  Session hands that value to you.
+* After each ``tell`` the Session restores the round's start state and runs the
+  controller again from there, answering every request of the round from what you told,
+  until it asks for something new. Each replay costs the controller's own arithmetic for
+  one round (microseconds: a few Gaussian samples and a gradient step), never a probe.
+  Events of replayed requests are not logged twice.
+
+Why this rather than a worker thread whose ``probe()`` blocks on a queue fed by ``tell()``:
+
+* **Deterministic by construction.** The controller's state at every request is a pure
+  function of (round start state, answers so far); a replay that asks for a different
+  value than the first time is detected and reported as a non-deterministic controller.
+* **Errors on your thread, as one line.** The controller runs inside your ``ask()``
+  call; nothing to marshal across threads, no worker left blocked when your loop stops
+  or is interrupted.
+* **Resume is the normal path.** The checkpoint is exactly (round start state, answers
+  of the round); ``Session(..., resume=True)`` loads it and carries on with the same code
+  that runs every round. Nothing of the controller's in-flight call stack needs saving.
+
+The price: a controller must restart exactly from its ``state_dict()`` at a callback,
+which is the contract ``hpctl run --resume`` already relies on. The Stable-Baselines3
+agents do not (their learners are not checkpointed, and they reseed the process-wide
+random generators, which would reach into your training loop), so ``ppo``, ``a2c``,
+``sac`` and ``td3`` are refused with a one-line error. Grid search with
+``full_runs=True`` is refused too: a grid point would be a whole training run of your
+loop.
+
+Checkpoints and resume
+----------------------
+``checkpoint.safetensors`` (a :mod:`hpctl.statefile`: reading it cannot run code) is
+written at the end of every round and by :meth:`Session.save`. It records the round's
+start state, the scores told in it, whether the round has committed, and the history. ``Session(..., resume=True)`` with the same arguments continues from it:
+values told after it are asked again (the same values, deterministically). ``ask()``
+always means "I have trained at ``s.value`` since the round ended", so restore your own
+training state from a checkpoint taken after that round, or call ``s.save()`` whenever
+you checkpoint your loop; the transformers callback saves the session into every
+Trainer checkpoint.
+
+Misuse (``tell`` without a pending ``ask``, a value other than the one asked, a value
+outside the knob's bounds, a score that is not a number, ``tell`` after the session is
+done, resuming with different arguments) raises :class:`SessionError` or
+:class:`~hpctl.errors.ConfigError`, both :class:`~hpctl.errors.HpctlError`, with a
+one-line message. A failure inside the controller raises :class:`ControllerError`
+(traceback in ``error.txt`` of the run folder).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import traceback
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from hpctl.control_env import ControlEnv
+from hpctl.controllers.base import Controller, get_controller
+from hpctl.errors import ConfigError, HpctlError, ResumeError, one_line
+from hpctl.knob import Knob
+from hpctl.rundir import CHECKPOINT, RESULT, SPEC, atomic_write_bytes, atomic_write_json, prepare_out_dir
+from hpctl.task import Task
+from hpctl.tracking import RunRecorder, Tracker, end_quietly, warn
+
+__all__ = ["ControllerError", "LoopTask", "Session", "SessionError"]
+
+FORMAT = "hpctl.session/1"
+#: ``total_steps`` when none is given: the controller stops on its budget only
+UNBOUNDED_STEPS = 2**62
+
+
+class SessionError(HpctlError):
+    """The session was used out of order (tell without ask, a value not asked, tell after done)."""
+
+
+class ControllerError(HpctlError):
+    """The controller failed inside the session (a bug or an unsupported controller)."""
+
+
+# ------------------------------------------------------------------ control flow ----
+class _Need(BaseException):
+    """The controller asked for something the user has not told yet (``kind``: "probe" or "train")."""
+
+    def __init__(self, kind: str, value: np.ndarray) -> None:
+        super().__init__(kind)
+        self.kind, self.value = kind, value
+
+
+class _Boundary(BaseException):
+    """The controller finished a round; its state was saved; stop until the next ``ask()``."""
+
+
+class _Diverged(BaseException):
+    """A replay asked for another value than the first run did: the controller is not deterministic."""
+
+
+class LoopTask(Task):
+    """The user's training loop as the controller's environment sees it.
+
+    ``probe`` and ``train`` answer from the round's record (``answers``, in request
+    order); a request beyond it raises the session's signal to hand the value to the user.
+    It holds no training state: that lives in the user's loop.
+    """
+
+    def __init__(self, knob: Knob, total_steps: int) -> None:
+        self.knob = knob
+        self.total_steps = int(total_steps)
+        self.answers: list[dict[str, Any]] = []
+        self.cursor = 0
+
+    def _answer(self, kind: str, value: np.ndarray) -> float:
+        if self.cursor < len(self.answers):
+            rec = self.answers[self.cursor]
+            if rec["kind"] != kind or not np.array_equal(rec["value"], value):
+                raise _Diverged(f"replay asked to {kind} {value.tolist()} where the first run asked to "
+                                f"{rec['kind']} {np.asarray(rec['value']).tolist()}")
+            self.cursor += 1
+            return float(rec["result"])
+        raise _Need(kind, np.asarray(value, dtype=np.float64).copy())
+
+    def reset(self, seed: int | None = None) -> None:
+        """Nothing to reset: the training state is the user's."""
+
+    def train(self, steps: int, value: np.ndarray) -> float:
+        return self._answer("train", value)
+
+    def probe(self, value: np.ndarray) -> float:
+        return self._answer("probe", value)
+
+    def snapshot(self) -> None:
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Nothing to restore (see :meth:`reset`)."""
+
+    def full_run(self, value: np.ndarray) -> float:
+        raise ConfigError("a Session cannot run whole training runs (grid full_runs); probe at the current state")
+
+
+class _Gate:
+    """Env listener in front of the recorder: drops the events a replay emits a second time."""
+
+    def __init__(self, sink) -> None:
+        self.sink = sink
+        self.seen = 0  # events emitted so far in this drive
+        self.emitted = 0  # events of the current round already passed on
+        self.loss_reported = True
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.seen += 1
+        if self.seen <= self.emitted:
+            return
+        self.emitted += 1
+        if event["event"] == "fault" and event.get("kind") == "train" and not self.loss_reported:
+            return  # no loss was reported for that round: not a fault
+        self.sink(event)
+
+
+class _Asks:
+    """The values of one round, produced one at a time (see :meth:`Session.ask`)."""
+
+    def __init__(self, session: "Session | None") -> None:
+        self._session = session
+
+    def __iter__(self) -> "_Asks":
+        return self
+
+    def __next__(self) -> float | np.ndarray:
+        if self._session is None:
+            raise StopIteration
+        return self._session._next_value()
+
+
+class AttachedTracker(Tracker):
+    """A :class:`~hpctl.tracking.Tracker` inside an MLflow run someone else owns (a Trainer's).
+
+    Metric keys get the prefix ``hpctl/``, parameters and tags ``hpctl.``, so nothing
+    collides with the owner's; :meth:`end` sends what is queued and leaves the run's
+    status to its owner.
+    """
+
+    def metric(self, key: str, value: float, step: int = 0) -> None:
+        super().metric(f"hpctl/{key}", value, step)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        super().log_params({"hpctl": params})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        super().set_tags({f"hpctl.{k}": v for k, v in tags.items()})
+
+    def end(self, status: str = "FINISHED", error: str | None = None) -> None:
+        if self.ended:
+            return
+        with self._timed():
+            try:
+                self._flush(wait=True)
+                self._queue.put(None)
+                self._writer.join(timeout=60)
+            finally:
+                if error:
+                    self.set_tags({"error": error})
+                self.ended = True
+
+
+def _as_user_value(knob: Knob, value: np.ndarray) -> float | np.ndarray:
+    return float(value[0]) if knob.dim == 1 else np.asarray(value, dtype=np.float64).copy()
+
+
+# ---------------------------------------------------------------------- session ----
+class Session:
+    """A controller learning ``knob`` inside your own training loop (module docstring).
+
+    Args:
+        knob: the :class:`~hpctl.knob.Knob` to learn (its ``default`` is where training starts).
+        controller: a controller name (``grpo``, ``random``, ``grid``, ``fixed``, or a
+            registered third-party one).
+        budget: probes the controller may spend (baseline and guard probes included).
+        group_size: candidates per round.
+        seed: the controller's seed (the same seed gives the same asks).
+        out_dir: the run folder (default ``runs/session-<controller>-s<seed>-<time>``).
+        controller_config: the controller's hyperparameters (e.g. ``{"sigma_init": 0.25}``).
+        steps_per_round: training steps you run between two rounds (progress and the
+            MLflow step axis; 1 if you do not count).
+        total_steps: steps of the whole training run; the controller stops once they are
+            trained (default: only the budget stops it).
+        commit_rule, reward, max_move: as for ``hpctl run`` (:class:`~hpctl.control_env.ControlEnv`).
+        resume: ``True`` continues the session saved in ``out_dir`` (a fresh one starts if
+            there is none yet); a path continues the checkpoint file (or folder) there.
+        tracking_uri, experiment, run_name: where the MLflow run goes (default store:
+            ``MLFLOW_TRACKING_URI`` or ``./mlruns``).
+        mlflow_run_id: log into this existing MLflow run instead of creating one (keys
+            prefixed ``hpctl/``; the run's status is left to its owner).
+        tags: extra MLflow tags of a run the session creates.
+    """
+
+    def __init__(self, knob: Knob, controller: str = "grpo", *, budget: int = 64, group_size: int = 8,
+                 seed: int = 0, out_dir: str | Path | None = None, controller_config: dict[str, Any] | None = None,
+                 steps_per_round: int = 1, total_steps: int | None = None, commit_rule: str = "best",
+                 reward: str = "score", max_move: float = 1.0, resume: bool | str | Path = False,
+                 tracking_uri: str | None = None, experiment: str = "hpctl-session", run_name: str | None = None,
+                 mlflow_run_id: str | None = None, tags: dict[str, str] | None = None) -> None:
+        if not isinstance(knob, Knob):
+            raise ConfigError(f"knob must be an hpctl.Knob, got {type(knob).__name__}")
+        self.knob = knob
+        self.budget = _positive_int("budget", budget)
+        self.seed = _int("seed", seed)
+        steps_per_round = _positive_int("steps_per_round", steps_per_round)
+        if total_steps is not None:
+            total_steps = _positive_int("total_steps", total_steps)
+        ctrl_cls = get_controller(str(controller))
+        ctrl_config = ctrl_cls.make_config(controller_config)
+        self.spec = {
+            "command": "session",
+            "knob": {"name": knob.name, "low": knob.low, "high": knob.high, "default": knob.default_value.tolist(),
+                     "dim": knob.dim, "log": knob.log, "units": knob.units, "labels": list(knob.labels)},
+            "controller": ctrl_cls.name, "controller_config": _jsonable(dataclasses.asdict(ctrl_config)),
+            "budget": self.budget, "group_size": _int("group_size", group_size), "seed": self.seed,
+            "steps_per_round": steps_per_round, "total_steps": total_steps, "commit_rule": commit_rule,
+            "reward": reward, "max_move": float(max_move),
+        }
+
+        # the environment over the stand-in task, and the controller (refused if it cannot restart from its state)
+        self._task = LoopTask(knob, total_steps or UNBOUNDED_STEPS)
+        self.env = ControlEnv(self._task, group_size=group_size, steps_per_round=steps_per_round,
+                              commit_rule=commit_rule, reward=reward, max_move=max_move)
+        self.controller: Controller = ctrl_cls(self.env, config=ctrl_config, seed=self.seed)
+        if getattr(ctrl_config, "full_runs", False):
+            raise ConfigError(f"controller {ctrl_cls.name!r} with full_runs=True cannot run in a Session "
+                              "(a grid point would be a whole training run of your loop)")
+        try:
+            self.controller.load_state_dict(copy.deepcopy(self.controller.state_dict()))
+        except ResumeError:
+            raise ConfigError(f"controller {ctrl_cls.name!r} cannot run in a Session: it cannot restart from its "
+                              "saved state between rounds (choose grpo, random, grid or fixed)") from None
+
+        # run folder and checkpoint
+        checkpoint = self._find_checkpoint(out_dir, resume)
+        if checkpoint is not None:
+            self.out_dir = Path(checkpoint["out_dir"]) if out_dir is None else Path(out_dir)
+        else:
+            if out_dir is not None and any((Path(out_dir) / f).exists() for f in (SPEC, CHECKPOINT, RESULT)):
+                raise ConfigError(f"{str(out_dir)!r} already holds a run: pass resume=True to continue its session "
+                                  "or choose another out_dir")
+            self.out_dir = prepare_out_dir(None if out_dir is None else str(out_dir), "session", ctrl_cls.name,
+                                           self.seed)
+
+        # MLflow
+        names = knob.component_names
+        self.attached = mlflow_run_id is not None
+        if self.attached:
+            run_id = mlflow_run_id
+            uri = tracking_uri
+        elif checkpoint is not None:
+            run_id, uri = checkpoint["mlflow_run_id"], checkpoint["tracking_uri"] or tracking_uri
+        else:
+            run_id, uri = None, tracking_uri
+        tracker_cls = AttachedTracker if self.attached else Tracker
+        self.tracker = tracker_cls(uri, experiment, run_id=run_id,
+                                   run_name=run_name or f"session/{knob.name}/{ctrl_cls.name}/seed{self.seed}",
+                                   tags={"hpctl.mode": "session", "hpctl.controller": ctrl_cls.name,
+                                         **(tags or {})})
+        self.recorder = RunRecorder(names, self.tracker)
+        self._gate = _Gate(self.recorder)
+        self.env.listeners.append(self._gate)
+
+        # round state
+        self._answers: list[dict[str, Any]] = self._task.answers
+        self._pending: np.ndarray | None = None
+        self._round_open = False  # ask() was called and the round has not ended
+        self._awaiting_train = False  # the round committed; the user trains before the next ask()
+        self._asked_in_round = 0
+        self._loss: float | None = None
+        self.done = False
+        self.learned: float | np.ndarray | None = None
+        self.result: dict[str, Any] | None = None
+        self._failed: str | None = None
+        self._closed = False
+        try:
+            if checkpoint is None:
+                atomic_write_json(self.out_dir / SPEC, self.spec)
+                self.tracker.log_params({**{k: v for k, v in self.spec.items() if k != "command"},
+                                         "mode": "session"})
+                self.env.reset(seed=self.seed)  # the "reset" event, as in `hpctl run`
+                self._gate.emitted = self._gate.seen = 0  # round 0 starts after it
+                self._start = self._state()
+                self._value = self.env.current.copy()
+                self.save()
+            else:
+                new_run = self.attached and checkpoint.get("mlflow_run_id") != mlflow_run_id
+                if new_run:  # resumed into another run (a resumed Trainer opens a new one): it gets everything
+                    self.tracker.log_params({**{k: v for k, v in self.spec.items() if k != "command"},
+                                             "mode": "session"})
+                self._load(checkpoint, resend_all=new_run)
+        except BaseException:
+            end_quietly(self.tracker, "FAILED", "session setup failed")
+            raise
+
+    # ------------------------------------------------------------------ public API ----
+    @property
+    def value(self) -> float | np.ndarray:
+        """The value to train with now: the committed one (the learned one once :attr:`done`)."""
+        return _as_user_value(self.knob, self._value)
+
+    @property
+    def pending(self) -> float | np.ndarray | None:
+        """The value waiting for a score (``None`` if none)."""
+        return None if self._pending is None else _as_user_value(self.knob, self._pending)
+
+    @property
+    def probes(self) -> int:
+        """Probes spent so far (the budget counter)."""
+        return int(self.env.probes)
+
+    @property
+    def steps_done(self) -> int:
+        """Training steps the controller has counted (``steps_per_round`` per committed round)."""
+        return int(self.env.steps_done)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every event so far (``reset``, ``probe``, ``commit``, ``fault``), as in ``history.json``."""
+        return self.recorder.history
+
+    def ask(self) -> Iterator[float | np.ndarray]:
+        """The values to score at the current training state, one at a time (module docstring).
+
+        Each value must get its score with :meth:`tell` before the iterator gives the next.
+        A new round begins when the previous one has ended; calling ``ask()`` then means
+        you have trained at :attr:`value` since.
+        """
+        self._check_usable()
+        if self.done:
+            return _Asks(None)
+        if not self._round_open:
+            if self._awaiting_train:  # the user trained at the committed value: that is the round's last answer
+                loss = float("nan") if self._loss is None else self._loss
+                self._answers.append({"kind": "train", "value": self._value.copy(), "result": loss})
+                self._gate.loss_reported = self._loss is not None
+                self._awaiting_train = False
+                self._loss = None
+            self._round_open = True
+            self._asked_in_round = 0
+        return _Asks(self)
+
+    def tell(self, value: float | Sequence[float] | np.ndarray, score: float) -> None:
+        """The score (higher is better) of ``value``, the value the current round is waiting on.
+
+        A non-finite score is recorded as a fault, as a failing probe is in ``hpctl run``.
+        """
+        self._check_usable()
+        if self.done:
+            raise SessionError(f"the session is done ({self.probes} of {self.budget} probes spent, learned "
+                               f"{self.knob.format(self._value)}): nothing to tell")
+        arr = self.knob.validate(value)  # ConfigError when outside the bounds
+        if self._pending is None:
+            if self._awaiting_train:
+                raise SessionError(f"tell({self.knob.format(arr)}): no value is waiting for a score; the round is "
+                                   "over: train at s.value, then call ask()")
+            raise SessionError(f"tell({self.knob.format(arr)}) without ask(): iterate s.ask() for the values to score")
+        tol = 1e-9 * (self.knob.high - self.knob.low)
+        if arr.shape != self._pending.shape or not np.all(np.abs(arr - self._pending) <= tol):
+            raise SessionError(f"tell({self.knob.format(arr)}) but the value waiting for a score is "
+                               f"{self.knob.format(self._pending)}: tell each value ask() gives before the next")
+        try:
+            result = float(score)
+        except (TypeError, ValueError):
+            raise SessionError(f"the score of {self.knob.format(arr)} must be a number, got {score!r}") from None
+        self._answers.append({"kind": "probe", "value": self._pending.copy(), "result": result})
+        self._pending = None
+
+    def report_loss(self, loss: float) -> None:
+        """The mean training loss since the round ended (optional; logged and seen by the controller)."""
+        self._check_usable()
+        try:
+            self._loss = float(loss)
+        except (TypeError, ValueError):
+            raise SessionError(f"the training loss must be a number, got {loss!r}") from None
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the checkpoint (default ``out_dir/checkpoint.safetensors``); return its path.
+
+        Call it whenever you checkpoint your own loop: ``Session(..., resume=path)`` then
+        continues from the same point.
+        """
+        target = Path(path) if path is not None else self.out_dir / CHECKPOINT
+        if target.is_dir():
+            target = target / CHECKPOINT
+        if path is None:
+            self.recorder.checkpoint_flush()
+        state = {
+            "format": FORMAT, "spec": self.spec, "out_dir": str(self.out_dir), "start": self._start,
+            "answers": copy.deepcopy(self._answers), "round_events": self._gate.emitted,
+            "loss_reported": self._gate.loss_reported, "awaiting_train": self._awaiting_train,
+            "round_open": self._round_open, "asked_in_round": self._asked_in_round,
+            "value": self._value.copy(), "loss": self._loss,
+            "history": [_plain_event(e) for e in self.recorder.history], "logged": self.recorder.logged,
+            "mlflow_run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri,
+        }
+        from hpctl import statefile
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, statefile.dumps(state))
+        return target
+
+    def finish(self) -> float | np.ndarray:
+        """Stop before the budget is spent (training is over) and record the result.
+
+        The learned value is what training uses now: the committed value (for GRPO, its
+        definition of learned anyway); for the search controllers, the best candidate
+        scored so far. Scores of the unfinished round count. Returns the learned value.
+        """
+        self._check_usable()
+        if not self.done:
+            from hpctl.controllers.search import SearchController
+
+            learned = self.controller.best() if isinstance(self.controller, SearchController) else self._value
+            self._finish(np.asarray(learned, dtype=np.float64), early=True)
+        return self.value
+
+    def close(self) -> None:
+        """End the session: a finished one is already recorded; an unfinished one keeps its
+        checkpoint (``resume=True`` continues it) and its MLflow run is marked KILLED."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.done or self._failed:
+            return
+        try:
+            self.save()
+        finally:
+            end_quietly(self.tracker, "KILLED", f"closed after {self.probes} of {self.budget} probes; "
+                                                f"resume with resume=True in {self.out_dir}")
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and not self.done and not self._failed and not self._closed:
+            self._closed = True
+            try:
+                self.save()
+            finally:
+                end_quietly(self.tracker, "FAILED", one_line(exc))
+            return
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else f"{self.probes}/{self.budget} probes"
+        return f"Session({self.knob.name}, {self.controller.name}, value={self.knob.format(self._value)}, {state})"
+
+    # ------------------------------------------------------------------ the driver ----
+    def _next_value(self) -> float | np.ndarray:
+        self._check_usable()
+        if self.done or not self._round_open:
+            raise StopIteration
+        if self._pending is not None:
+            raise SessionError(f"ask() gave {self.knob.format(self._pending)} and has no score for it yet: "
+                               "tell(value, score) before taking the next value")
+        while True:
+            outcome = self._drive()
+            if isinstance(outcome, _Need):
+                if outcome.kind == "probe":
+                    self._pending = outcome.value
+                    self._asked_in_round += 1
+                    return _as_user_value(self.knob, outcome.value)
+                # "train": the controller committed; the round ends and the user trains at that value
+                self._value = outcome.value.copy()
+                self._awaiting_train = True
+                self._end_round()
+                raise StopIteration
+            if outcome == "boundary":
+                if self._asked_in_round == 0:
+                    continue  # the previous round closed (its commit event is out): go on to this round's asks
+                self._end_round()
+                raise StopIteration
+            # "done"
+            self._end_round()
+            raise StopIteration
+
+    def _drive(self) -> _Need | str:
+        """Run the controller from the round's start state, answering from the round's record."""
+        ctrl_state, env_state = self._start
+        self.controller.load_state_dict(copy.deepcopy(ctrl_state))
+        self.env.load_state_dict(copy.deepcopy(env_state))
+        self._task.cursor = 0
+        self._gate.seen = 0
+        try:
+            learned = self.controller.run(self.budget, self._boundary)
+        except _Need as need:
+            return need
+        except _Boundary:
+            return "boundary"
+        except _Diverged as exc:
+            self._fail(ControllerError(f"controller {self.controller.name!r} is not deterministic given its state "
+                                       f"({exc}); a Session replays rounds and needs it to be"))
+        except HpctlError as exc:
+            self._fail(exc)
+        except Exception as exc:  # noqa: BLE001 - shown in one line, the traceback goes to error.txt
+            self._fail(ControllerError(f"controller {self.controller.name!r} failed: {one_line(exc)} "
+                                       f"(traceback in {self.out_dir / 'error.txt'})"), tb=traceback.format_exc())
+        self._finish(learned)
+        return "done"
+
+    def _boundary(self, ctrl: Controller) -> None:
+        """The controller's per-round callback: log its state, keep the new round start, stop."""
+        self.tracker.metrics({f"controller/{k}": v for k, v in ctrl.state().items()}, self.env.probes)
+        self._start = self._state()
+        self._answers.clear()
+        self._gate.emitted = 0
+        self._gate.seen = 0
+        self._gate.loss_reported = True
+        raise _Boundary()
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return copy.deepcopy(self.controller.state_dict()), copy.deepcopy(self.env.state_dict())
+
+    def _end_round(self) -> None:
+        self._round_open = False
+        if not self.done:
+            self.save()
+
+    def _check_usable(self) -> None:
+        if self._failed:
+            raise SessionError(f"the session failed earlier: {self._failed}")
+        if self._closed and not self.done:
+            raise SessionError("the session is closed; Session(..., resume=True) continues it")
+
+    def _fail(self, exc: HpctlError, tb: str | None = None) -> None:
+        self._failed = str(exc)
+        if tb is not None:
+            try:
+                (self.out_dir / "error.txt").write_text(tb)
+            except OSError:
+                pass
+        end_quietly(self.tracker, "FAILED", str(exc))
+        raise exc from None
+
+    # ------------------------------------------------------------------ finishing ----
+    def _finish(self, learned: np.ndarray, early: bool = False) -> None:
+        learned = self.knob.validate(learned)
+        self.done = True
+        self._value = learned.copy()
+        self.learned = _as_user_value(self.knob, learned)
+        self._pending = None
+        names = self.knob.component_names
+        self.result = {
+            "mode": "session", "controller": self.controller.name, "seed": self.seed,
+            "learned": self.knob.to_dict(learned), "probes": self.probes, "budget": self.budget,
+            "rounds": int(self.env.round), "steps_done": self.steps_done, "faults": self.recorder.faults,
+            "stopped_early": early,
+            "controller_state": self.controller.state(), "mlflow_run_id": self.tracker.run_id,
+            "tracking_uri": self.tracker.uri, "out_dir": str(self.out_dir),
+        }
+        atomic_write_json(self.out_dir / RESULT, self.result)
+        try:
+            self.tracker.metrics({f"learned/{k}": v for k, v in self.result["learned"].items()}, self.probes)
+            atomic_write_json(self.out_dir / "history.json", self.recorder.history)
+            try:
+                from hpctl.plots import plot_run
+
+                png = plot_run(self.recorder.history, names, self.out_dir / "run.png",
+                               title=f"session / {self.controller.name} / seed {self.seed}", learned=learned)
+                self.tracker.artifact(png)
+            except Exception as exc:  # noqa: BLE001 - a plot never costs a finished result
+                warn(self.tracker, f"plot failed: {exc}")
+            self.tracker.artifact(self.out_dir / RESULT)
+            self.tracker.artifact(self.out_dir / "history.json")
+        except Exception as exc:  # noqa: BLE001 - the result is on disk; an upload failure is a warning
+            warn(self.tracker, f"outputs not fully recorded: {type(exc).__name__}: {exc}")
+        finally:
+            end_quietly(self.tracker, "FINISHED", None)
+
+    # ------------------------------------------------------------------ resume ----
+    def _find_checkpoint(self, out_dir: str | Path | None, resume: bool | str | Path) -> dict[str, Any] | None:
+        if resume is False or resume is None:
+            return None
+        if resume is True:
+            if out_dir is None:
+                raise ConfigError("resume=True needs the out_dir of the session to continue")
+            folder = Path(out_dir)
+            if (folder / RESULT).is_file():
+                raise ResumeError(f"the session in {str(folder)!r} has finished ({RESULT} exists); nothing to resume")
+            path = folder / CHECKPOINT
+            if not path.is_file():
+                return None  # nothing saved yet: a fresh session starts there
+        else:
+            path = Path(resume)
+            if path.is_dir():
+                path = path / CHECKPOINT
+            if not path.is_file():
+                raise ResumeError(f"no session checkpoint at {str(path)!r}")
+        from hpctl import statefile
+
+        try:
+            state = statefile.loads(path.read_bytes())
+        except (statefile.StateFileError, OSError) as exc:
+            raise ResumeError(f"session checkpoint {str(path)!r} cannot be used: {exc}") from None
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ResumeError(f"{str(path)!r} is not a session checkpoint")
+        saved = state["spec"]
+        for key, now in self.spec.items():
+            if saved.get(key) != now:
+                raise ResumeError(f"cannot resume {str(path)!r}: it was started with {key}={saved.get(key)!r}, "
+                                  f"this session has {key}={now!r}")
+        return state
+
+    def _load(self, state: dict[str, Any], *, resend_all: bool) -> None:
+        self._start = state["start"]
+        self._answers.extend(state["answers"])
+        self._gate.emitted = int(state["round_events"])
+        self._gate.loss_reported = bool(state["loss_reported"])
+        self._awaiting_train = bool(state["awaiting_train"])
+        self._round_open = bool(state["round_open"])
+        self._asked_in_round = int(state["asked_in_round"])
+        self._value = np.asarray(state["value"], dtype=np.float64)
+        self._loss = state["loss"]
+        self.recorder.history = [_array_event(e) for e in state["history"]]
+        self.recorder.faults = sum(1 for e in self.recorder.history if e["event"] == "fault")
+        self.controller.load_state_dict(copy.deepcopy(self._start[0]))
+        self.env.load_state_dict(copy.deepcopy(self._start[1]))
+        # events the interrupted process had not flushed to MLflow (all of them into a new run) are logged now
+        start = 0 if resend_all else int(state.get("logged", 0))
+        for event in self.recorder.history[start:]:
+            self.tracker.on_event(event, self.knob.component_names)
+        self.recorder.checkpoint_flush(min_interval=0.0)
+
+
+_ARRAY_KEYS = ("value", "current")
+
+
+def _plain_event(event: dict[str, Any]) -> dict[str, Any]:
+    """An event with its arrays as lists (the checkpoint keeps the history as plain JSON)."""
+    return {k: (np.asarray(v).tolist() if k in _ARRAY_KEYS else v) for k, v in event.items()}
+
+
+def _array_event(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: (np.asarray(v, dtype=np.float64) if k in _ARRAY_KEYS else v) for k, v in event.items()}
+
+
+def _int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    v = _int(name, value)
+    if v < 1:
+        raise ConfigError(f"{name} must be >= 1, got {v}")
+    return v
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj

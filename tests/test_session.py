@@ -1,0 +1,332 @@
+"""hpctl.Session: ask/tell gives what `hpctl run` gives, resumes after a crash, and refuses misuse in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hpctl
+from hpctl.config import RunOptions
+from hpctl.controllers.base import Controller, register
+from hpctl.errors import ConfigError, HpctlError, ResumeError
+from hpctl.plugins.synthetic import SyntheticConfig, SyntheticPlugin
+from hpctl.rundir import CHECKPOINT, RunSpec
+from hpctl.runner import run, steps_per_round
+from hpctl.session import ControllerError, SessionError
+
+LANDSCAPE = {"optimum": 0.3, "noise": 0.02, "total_steps": 200}
+
+
+def _task(seed: int, **over):
+    return SyntheticPlugin().make_task(SyntheticConfig(**{**LANDSCAPE, **over}), seed=seed, out_dir=Path("."))
+
+
+def _events(history):
+    """Everything a run decided, event by event (values and scores exactly)."""
+    out = []
+    for e in history:
+        row = [e["event"], e.get("kind"), e.get("round"), e.get("step"), e.get("probe")]
+        row += [np.asarray(e["value"]).tolist() if "value" in e else None, e.get("score"), e.get("loss")]
+        out.append(row)
+    return out
+
+
+def _loop(s, task, spr, *, stop_after: int | None = None, snapshots: list | None = None, save: bool = False):
+    """The user's loop of the module docstring, on a synthetic task; stops after ``stop_after`` tells."""
+    told = 0
+    while not s.done:
+        for v in s.ask():
+            s.tell(v, task.probe(np.atleast_1d(v)))
+            told += 1
+            if stop_after is not None and told >= stop_after:
+                return False
+        loss = task.train(spr, np.atleast_1d(s.value))
+        s.report_loss(loss)
+        if snapshots is not None:  # the user's own checkpoint, after training
+            snapshots.append((s.value, loss, task.snapshot()))
+            if save:
+                s.save()  # ... with the session's beside it
+    return True
+
+
+@pytest.mark.parametrize("controller", ["grpo", "random", "grid", "fixed"])
+def test_session_asks_and_learns_what_hpctl_run_does(controller, tmp_path, tracking_uri):
+    budget, group, seed, total = 40, 4, 3, LANDSCAPE["total_steps"]
+    res = run(RunSpec("synthetic", RunOptions(controller=controller, seed=seed, budget=budget, group_size=group,
+                                              out=str(tmp_path / "run"), tracking_uri=tracking_uri), dict(LANDSCAPE)))
+    expected = json.loads((tmp_path / "run" / "history.json").read_text())
+
+    task = _task(seed)
+    spr = steps_per_round(total, budget, group)
+    s = hpctl.Session(task.knob, controller, budget=budget, group_size=group, seed=seed, total_steps=total,
+                      steps_per_round=spr, out_dir=tmp_path / "session", tracking_uri=tracking_uri)
+    assert _loop(s, task, spr)
+    assert _events(s.history) == _events(expected)  # the same probes, scores, commits and losses, in order
+    assert s.learned == res["learned"]["x"] and s.value == s.learned
+    assert s.probes == res["probes"] <= budget
+    assert sum(e["event"] == "probe" for e in expected) == res["probes"]
+    saved = json.loads((tmp_path / "session" / "result.json").read_text())
+    assert saved["learned"] == res["learned"] and saved["mode"] == "session"
+    assert _events(json.loads((tmp_path / "session" / "history.json").read_text())) == _events(expected)
+
+
+def test_grpo_session_moves_the_training_value_and_logs_to_mlflow(tmp_path, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    task = _task(0, optimum=0.75, noise=0.01, total_steps=400)
+    s = hpctl.Session(task.knob, "grpo", budget=60, group_size=4, seed=0, out_dir=tmp_path / "s",
+                      tracking_uri=tracking_uri)
+    trained_at = []
+    while not s.done:
+        for v in s.ask():
+            assert isinstance(v, float) and 0.0 <= v <= 1.0
+            s.tell(v, task.probe(np.array([v])))
+        trained_at.append(s.value)
+        task.train(10, np.array([s.value]))
+    assert trained_at[0] != trained_at[-1]  # the loop trained at the values GRPO committed
+    assert abs(s.learned - 0.75) < 0.1 and trained_at[-1] == s.learned
+    client = MlflowClient(tracking_uri)
+    r = client.get_run(s.tracker.run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.params["controller"] == "grpo" and r.data.params["budget"] == "60"
+    assert len(client.get_metric_history(r.info.run_id, "probe/x")) == s.probes
+    assert [m.value for m in client.get_metric_history(r.info.run_id, "train/x")][-1] == pytest.approx(s.learned)
+    assert {a.path for a in client.list_artifacts(r.info.run_id)} >= {"run.png", "result.json", "history.json"}
+    assert (tmp_path / "s" / "run.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("save", [True, False], ids=["saved-with-user-checkpoint", "round-end-checkpoint"])
+def test_resume_after_a_crash_continues_identically(save, tmp_path, tracking_uri):
+    budget, group, seed, total = 48, 4, 5, LANDSCAPE["total_steps"]
+    spr = steps_per_round(total, budget, group)
+    kw = dict(budget=budget, group_size=group, seed=seed, total_steps=total, steps_per_round=spr,
+              tracking_uri=tracking_uri)
+
+    task = _task(seed)
+    whole = hpctl.Session(task.knob, "grpo", out_dir=tmp_path / "whole", **kw)
+    assert _loop(whole, task, spr)
+
+    task = _task(seed)
+    snaps: list = []
+    first = hpctl.Session(task.knob, "grpo", out_dir=tmp_path / "crash", **kw)
+    assert not _loop(first, task, spr, stop_after=17, snapshots=snaps, save=save)  # killed in the 4th round
+    del first  # no close(): the process is gone
+
+    task = _task(seed)
+    trained_at, loss, snap = snaps[-1]
+    task.restore(snap)  # the user's loop restarts from its own checkpoint, taken after training
+    again = hpctl.Session(task.knob, "grpo", out_dir=tmp_path / "crash", resume=True, **kw)
+    assert again.value == trained_at and 0 < again.probes < 17  # the tells after the checkpoint are asked again
+    if not save:
+        again.report_loss(loss)  # the round-end checkpoint predates the loss report
+    assert _loop(again, task, spr)
+    assert _events(again.history) == _events(whole.history)
+    assert again.learned == whole.learned and again.probes == whole.probes
+    assert again.tracker.run_id == json.loads((tmp_path / "crash" / "result.json").read_text())["mlflow_run_id"]
+
+
+def test_resume_checks_its_arguments_and_the_folder(tmp_path, tracking_uri):
+    knob = hpctl.Knob("x", 0.0, 1.0, default=0.5)
+    s = hpctl.Session(knob, "grpo", budget=20, group_size=4, out_dir=tmp_path / "s", tracking_uri=tracking_uri)
+    next(iter(s.ask()))
+    with pytest.raises(ConfigError, match="already holds a run: pass resume=True"):
+        hpctl.Session(knob, "grpo", budget=20, group_size=4, out_dir=tmp_path / "s", tracking_uri=tracking_uri)
+    with pytest.raises(ResumeError, match="started with budget=20, this session has budget=30"):
+        hpctl.Session(knob, "grpo", budget=30, group_size=4, out_dir=tmp_path / "s", resume=True,
+                      tracking_uri=tracking_uri)
+    with pytest.raises(ResumeError, match="no session checkpoint"):
+        hpctl.Session(knob, "grpo", budget=20, group_size=4, resume=tmp_path / "nowhere", tracking_uri=tracking_uri)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a state file")
+    with pytest.raises(ResumeError, match="cannot be used"):
+        hpctl.Session(knob, "grpo", budget=20, group_size=4, resume=tmp_path / "junk.safetensors", tracking_uri=tracking_uri)
+    # resume=True where nothing was saved yet starts a fresh session (the same script runs first and after a crash)
+    fresh = hpctl.Session(knob, "grpo", budget=20, group_size=4, out_dir=tmp_path / "new", resume=True,
+                          tracking_uri=tracking_uri)
+    assert fresh.probes == 0 and (tmp_path / "new" / CHECKPOINT).is_file()
+    while not fresh.done:
+        for v in fresh.ask():
+            fresh.tell(v, -abs(v - 0.2))
+    with pytest.raises(ResumeError, match="has finished"):
+        hpctl.Session(knob, "grpo", budget=20, group_size=4, out_dir=tmp_path / "new", resume=True,
+                      tracking_uri=tracking_uri)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert text and "\n" not in text and "Traceback" not in text
+    return text
+
+
+def test_misuse_is_a_one_line_error(tmp_path, tracking_uri):
+    knob = hpctl.Knob("prune_ratio", 0.0, 0.9, default=0.45)
+    s = hpctl.Session(knob, "grpo", budget=12, group_size=4, seed=0, out_dir=tmp_path / "s",
+                      tracking_uri=tracking_uri)
+    with pytest.raises(SessionError, match=r"tell\(0.3\) without ask\(\)") as e:
+        s.tell(0.3, 1.0)
+    _one_line(e.value)
+    asks = s.ask()
+    first = next(asks)
+    assert first == pytest.approx(0.45) and s.pending == first  # the baseline: the current value
+    with pytest.raises(SessionError, match="has no score for it yet") as e:
+        next(asks)
+    _one_line(e.value)
+    with pytest.raises(ConfigError, match=r"value 1.5 is outside its bounds \[0.0, 0.9\]") as e:
+        s.tell(1.5, 0.0)
+    _one_line(e.value)
+    with pytest.raises(SessionError, match=r"tell\(0.1\) but the value waiting for a score is 0.45") as e:
+        s.tell(0.1, 0.0)
+    _one_line(e.value)
+    with pytest.raises(SessionError, match="must be a number, got 'good'") as e:
+        s.tell(first, "good")
+    _one_line(e.value)
+    s.tell(first, 0.5)
+    for v in asks:
+        s.tell(v, -abs(v - 0.3))
+    with pytest.raises(SessionError, match="the round is over: train at s.value, then call ask") as e:
+        s.tell(s.value, 0.0)
+    _one_line(e.value)
+    with pytest.raises(SessionError, match="training loss must be a number"):
+        s.report_loss(None)
+    while not s.done:
+        for v in s.ask():
+            s.tell(v, -abs(v - 0.3))
+    assert list(s.ask()) == []
+    with pytest.raises(SessionError, match=r"the session is done \(\d+ of 12 probes spent") as e:
+        s.tell(0.3, 1.0)
+    _one_line(e.value)
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, tracking_uri):
+    knob = hpctl.Knob("x", 0.0, 1.0)
+    kw = dict(out_dir=tmp_path / "s", tracking_uri=tracking_uri)
+    cases = [
+        (dict(knob=("x", 0, 1)), ConfigError, "knob must be an hpctl.Knob"),
+        (dict(knob=knob, controller="nope"), ConfigError, "unknown controller 'nope'"),
+        (dict(knob=knob, controller="ppo"), ConfigError, "controller 'ppo' cannot run in a Session"),
+        (dict(knob=knob, controller="grid", controller_config={"full_runs": True}), ConfigError, "full_runs=True"),
+        (dict(knob=knob, controller_config={"sigma": 1}), ConfigError, "has no setting 'sigma'"),
+        (dict(knob=knob, budget=0), ConfigError, "budget must be >= 1"),
+        (dict(knob=knob, budget=2.5), ConfigError, "budget must be an integer"),
+        (dict(knob=knob, group_size=1), ConfigError, "group size must be >= 2"),
+        (dict(knob=knob, commit_rule="sometimes"), ConfigError, "unknown commit rule"),
+        (dict(knob=knob, resume=True, out_dir=None), ConfigError, "resume=True needs the out_dir"),
+    ]
+    for args, err, msg in cases:
+        with pytest.raises(err, match=msg) as e:
+            hpctl.Session(**{**kw, **args})
+        _one_line(e.value)
+        assert isinstance(e.value, HpctlError)
+    assert not (tmp_path / "s" / CHECKPOINT).exists()  # nothing was started
+
+
+@dataclass
+class _BrokenConfig:
+    fail_at: int = 3
+    nondeterministic: bool = False
+
+
+@register
+class _Broken(Controller):
+    """A controller with a bug after a few probes (or one that is not deterministic given its state)."""
+
+    name = "test-broken"
+    Config = _BrokenConfig
+
+    def run(self, budget, callback=None):
+        import random
+
+        while self.env.probes < budget:
+            if self.config.nondeterministic:
+                self.env.probe(random.random())
+            elif self.env.probes >= self.config.fail_at:
+                raise ValueError("index out of range\nsecond line")
+            else:
+                self.env.probe(0.5)
+        return self.env.current.copy()
+
+
+def test_a_failing_controller_surfaces_in_one_line(tmp_path, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    s = hpctl.Session(hpctl.Knob("x", 0.0, 1.0), "test-broken", budget=10, out_dir=tmp_path / "s",
+                      tracking_uri=tracking_uri)
+    with pytest.raises(ControllerError, match=r"controller 'test-broken' failed: ValueError: index out of range "
+                                              r"\(traceback in .*error.txt\)$") as e:
+        for v in s.ask():
+            s.tell(v, 0.0)
+    _one_line(e.value)
+    assert "second line" in (tmp_path / "s" / "error.txt").read_text()
+    assert MlflowClient(tracking_uri).get_run(s.tracker.run_id).info.status == "FAILED"
+    with pytest.raises(SessionError, match="the session failed earlier"):
+        s.ask()
+
+    s = hpctl.Session(hpctl.Knob("x", 0.0, 1.0), "test-broken", controller_config={"nondeterministic": True},
+                      budget=10, out_dir=tmp_path / "nd", tracking_uri=tracking_uri)
+    with pytest.raises(ControllerError, match="is not deterministic given its state") as e:
+        for v in s.ask():
+            s.tell(v, 0.0)
+    _one_line(e.value)
+
+
+def test_close_keeps_an_unfinished_session_resumable(tmp_path, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    knob = hpctl.Knob("x", 0.0, 1.0, default=0.5)
+    with hpctl.Session(knob, "random", budget=8, group_size=4, out_dir=tmp_path / "s", tracking_uri=tracking_uri) as s:
+        for v in s.ask():
+            s.tell(v, -abs(v - 0.2))
+    assert s.probes == 4 and not s.done
+    assert MlflowClient(tracking_uri).get_run(s.tracker.run_id).info.status == "KILLED"
+    with pytest.raises(SessionError, match="the session is closed"):
+        s.ask()
+    again = hpctl.Session(knob, "random", budget=8, group_size=4, out_dir=tmp_path / "s", resume=True,
+                          tracking_uri=tracking_uri)
+    assert again.probes == 4 and again.tracker.run_id == s.tracker.run_id
+    while not again.done:
+        for v in again.ask():
+            again.tell(v, -abs(v - 0.2))
+    assert again.probes == 8 and again.learned == max((e for e in again.history if e["event"] == "probe"),
+                                                      key=lambda e: e["score"])["value"][0]
+    assert MlflowClient(tracking_uri).get_run(again.tracker.run_id).info.status == "FINISHED"
+
+
+def test_vector_knob_and_faulting_probes(tmp_path, tracking_uri):
+    knob = hpctl.Knob("xy", 0.0, 1.0, default=0.5, dim=2, labels=("x", "y"))
+    s = hpctl.Session(knob, "grpo", budget=30, group_size=4, seed=1, out_dir=tmp_path / "s",
+                      tracking_uri=tracking_uri)
+    n = 0
+    while not s.done:
+        for v in s.ask():
+            assert isinstance(v, np.ndarray) and v.shape == (2,)
+            n += 1
+            s.tell(v, float("nan") if n == 3 else -float(np.sum((v - [0.3, 0.7]) ** 2)))
+    assert s.result["faults"] == 1 and s.learned.shape == (2,)
+    assert sum(e["event"] == "fault" for e in s.history) == 1  # unreported training losses are not faults
+
+
+@pytest.mark.parametrize("controller", ["grpo", "random"])
+def test_finish_before_the_budget_is_spent(controller, tmp_path, tracking_uri):
+    knob = hpctl.Knob("x", 0.0, 1.0, default=0.5)
+    s = hpctl.Session(knob, controller, budget=100, group_size=4, seed=2, out_dir=tmp_path / "s",
+                      tracking_uri=tracking_uri)
+    for _ in range(3):
+        for v in s.ask():
+            s.tell(v, -abs(v - 0.7))
+    asks = s.ask()
+    s.tell(next(asks), 0.0)  # a round half done
+    committed = s.value
+    learned = s.finish()
+    assert s.done and s.result["stopped_early"] and s.probes < 100
+    probes = [e for e in s.history if e["event"] == "probe"]
+    if controller == "grpo":
+        assert learned == committed != 0.5  # training's value: GRPO moved it towards 0.7
+    else:
+        assert learned == max(probes, key=lambda e: e["score"])["value"][0]  # the best candidate scored
+    assert json.loads((tmp_path / "s" / "result.json").read_text())["learned"] == {"x": learned}
+    with pytest.raises(SessionError, match="the session is done"):
+        s.tell(learned, 0.0)
