@@ -1,0 +1,6 @@
+"""Bridges from hpctl to training frameworks people already use.
+
+Each bridge lives in its own module and is the only place that imports its framework
+(nothing in the core imports transformers): :mod:`hpctl.integrations.transformers` has
+the ``transformers.Trainer`` callback. All of them drive a :class:`hpctl.Session`.
+"""
