@@ -146,6 +146,21 @@ def test_engine_ray_without_ray_installed_is_one_line(hpctl_main, monkeypatch):
         assert "--engine ray needs Ray" in lines[0] and "pip install 'hpctl[ray]'" in lines[0]
 
 
+def test_only_the_ray_engine_imports_ray():
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    importers = set()
+    for folder in ("hpctl", "plugins", "envs"):
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+                if any(n == "ray" or n.startswith("ray.") for n in names):
+                    importers.add(str(path.relative_to(root)))
+    assert importers == {"hpctl/engines/ray.py"}
+
+
 def test_the_local_engine_imports_no_ray(tmp_path, tracking_uri):
     code = ("import sys, json; from hpctl.cli import main; "
             f"rc = main(['run', 'synthetic', '--budget', '9', '-c', 'random', '--out', {str(tmp_path / 'r')!r}]); "
