@@ -83,7 +83,8 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
         lengths = [len(e.ids) for e in task.splits["target_train"].encoded]
         rng = np.random.default_rng(seed)
         say("loading a second copy of the backbone for the plain peft loop ...")
-        plain_model, _, _ = load_backbone(cfg.backbone, cache_dir=cfg.cache_dir)
+        # the same device and dtype as the grasp loop, or the comparison is of two machines
+        plain_model, _, _ = load_backbone(cfg.backbone, cache_dir=cfg.cache_dir, dtype=task.dtype, device=task.device)
         rank = int(task.notes.get("merged_rank", 2 * int(cfg.lora_r)))
         torch.manual_seed(seed)
         with warnings.catch_warnings():
@@ -122,7 +123,7 @@ def measure_throughput(base: dict[str, Any], adapters: dict[str, Any], seed: int
 
         def plain_loop(order_seed: int, n: int, label_only: bool) -> tuple[float, int]:
             order = DataOrder(lengths, int(cfg.batch_size), order_seed)
-            batches = [collate([data[j] for j in order.next()], pad) for _ in range(n)]
+            batches = [collate([data[j] for j in order.next()], pad).to(task.device) for _ in range(n)]
             tokens = sum(int(b.attention_mask.sum()) for b in batches)
             t0 = time.perf_counter()
             for b in batches:
