@@ -138,7 +138,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         out_dir = prepare_out_dir(opts.out, spec.plugin, opts.controller or "default", opts.seed)
     plugin, config, task, env, controller, budget = build(spec, out_dir)
     try:  # --engine ray: joined (a bad --address fails in seconds) and workers started before the task loads
-        env.workers = workers = run_workers(spec, out_dir)
+        env.workers = workers = run_workers(spec, out_dir, controller)
     except BaseException:
         task.close()
         raise

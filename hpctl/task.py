@@ -69,6 +69,15 @@ class Task(ABC):
     def restore(self, state: Any) -> None:
         """Restore a state taken by :meth:`snapshot`."""
 
+    def prepare(self) -> None:
+        """Load now what every training state shares (a backbone, data), nothing else.
+
+        An engine's worker calls it on its replica of the task as the run starts, so the
+        loading overlaps the run's own setup instead of delaying the first probe group or
+        grid point. It must not write to the run folder. The default does nothing (a task
+        loads lazily on first use anyway).
+        """
+
     def skip_probes(self, n: int) -> None:
         """Advance per-probe randomness as ``n`` probes at this state would.
 

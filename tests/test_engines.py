@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hpctl.config import RunOptions
@@ -244,6 +245,25 @@ def test_grid_points_in_parallel_choose_like_the_sequential_grid(ray_local, tmp_
     par = run(_spec(tmp_path / "par", tracking_uri, engine="ray", **common))
     assert par["learned"] == seq["learned"] and par["metrics"] == seq["metrics"]
     assert _events(tmp_path / "par") == _events(tmp_path / "seq")
+
+
+def test_grasp_lora_grid_on_ray_chooses_the_sequential_point(ray_local, tmp_path, tracking_uri):
+    """Each worker builds grasp_lora's task from the spec (the backbone once per worker,
+    the run's saved source/target adapters reused) and fine-tunes its grid points."""
+    from hpctl.runner import run
+
+    def spec(name: str, **engine) -> RunSpec:
+        return RunSpec("grasp_lora", RunOptions(controller="grid", seed=0, budget=3, out=str(tmp_path / name),
+                                                tracking_uri=tracking_uri, controller_config={"k": 3}, **engine),
+                       {"preset": "smoke", "baseline": "none"})
+
+    seq, par = run(spec("seq")), run(spec("par", engine="ray"))
+    assert par["learned"] == seq["learned"]
+    a, b = _events(tmp_path / "seq", ("probe",)), _events(tmp_path / "par", ("probe",))
+    assert [e[:4] for e in a] == [e[:4] for e in b] and len(a) == 3
+    # a worker runs torch with its own thread count: the same numbers up to float rounding
+    assert np.allclose([e[4] for e in a], [e[4] for e in b], rtol=1e-5, atol=0)
+    assert par["phases"]["workers_train_s"] > 0 and "train_s" not in par["phases"]  # the points ran on workers
 
 
 # ------------------------------------------------------------------- failures ----

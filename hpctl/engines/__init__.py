@@ -107,14 +107,19 @@ def get_engine(options: EngineOptions) -> Engine:
     return RayEngine(options.address, cpus=cpus, gpus=gpus)
 
 
-def run_workers(spec: Any, out_dir: Path) -> RunWorkers | None:
-    """The workers of one ``hpctl run`` (``env.workers``); None with the local engine."""
+def run_workers(spec: Any, out_dir: Path, controller: Any = None) -> RunWorkers | None:
+    """The workers of one ``hpctl run`` (``env.workers``); None with the local engine.
+
+    They start at once (building their replicas while the run sets itself up) when the run
+    will use them: ``--probe-workers`` is given, or ``controller`` runs whole fine-tunes
+    (a config with ``full_runs``, as the grid's); otherwise on first use.
+    """
     options = engine_options(spec.options)
     if options.engine == "local":
         return None
     engine = get_engine(options)
     worker_spec = dataclasses.replace(spec, options=local_options(spec.options))
     workers = RunWorkers(engine, worker_spec.to_json(), out_dir, probe_workers=options.probe_workers)
-    if options.probe_workers:
+    if options.probe_workers or getattr(getattr(controller, "config", None), "full_runs", False):
         workers.start()  # the replicas set themselves up while the run loads its own task
     return workers

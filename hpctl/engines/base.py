@@ -175,9 +175,11 @@ class Replica:
         self.position: int | None = None  # probes' worth of randomness used since the restore
 
     def warm(self) -> None:
-        """Build the task now (imports, the plugin's setup) rather than on the first call."""
+        """Build the task and let it load what every state shares (:meth:`~hpctl.task.Task.prepare`)
+        now, rather than on the first call."""
         if self.task is None:
             self.task = build_task(self.spec_json, self.out_dir)
+            self.task.prepare()
 
     def _at(self, key: Any, get_state: Callable[[], Any], index: int) -> None:
         """Put the task in the group's start state advanced by ``index`` probes."""

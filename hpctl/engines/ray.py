@@ -226,7 +226,10 @@ class ReplicaActor:
         self.replica = Replica(spec_json, out_dir)
 
     def warm(self) -> None:
-        self.replica.warm()
+        try:
+            self.replica.warm()
+        except Exception:  # noqa: BLE001 - nobody waits for this call: the first real call reports it
+            self.replica.task = None
 
     def run(self, kind: str, key: Any, box: list, index: int, value: np.ndarray, want_state: bool) -> Outcome:
         # ``box`` holds the group's state as an ObjectRef (in a list, so Ray does not fetch

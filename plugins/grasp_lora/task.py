@@ -166,11 +166,16 @@ class GraspTask(Task):
                 listener(name, "end", {"seconds": seconds, "status": status, **done})
 
     # ------------------------------------------------------------------ setup ----------
+    def prepare(self) -> None:
+        """Backbone and data only: the adapters may still be in training by the run's own task."""
+        if self.model is None:
+            with self._phase("load"):
+                self._load()
+
     def _ensure_ready(self) -> None:
         if self._ready:
             return
-        with self._phase("load"):
-            self._load()
+        self.prepare()
         self._build_adapters()
         self._ready = True
         self.reset(self.seed)
