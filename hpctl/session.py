@@ -97,7 +97,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
+import pickle
 import traceback
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -185,6 +187,18 @@ class LoopTask(Task):
 
     def full_run(self, value: np.ndarray) -> float:
         raise ConfigError("a Session cannot run whole training runs (grid full_runs); probe at the current state")
+
+
+class _LoopEnv(ControlEnv):
+    """The ControlEnv of a session: a group probe hands all its values not told yet to the
+    user at once, so a round is replayed once per group rather than once per value."""
+
+    def probe_group(self, values: Any) -> np.ndarray:
+        vals = np.asarray(values, dtype=np.float64).reshape(-1, self.knob.dim)
+        told = len(self.task.answers) - self.task.cursor  # answers left in the record: this group's first ones
+        if told < len(vals):
+            raise _Need("probe", np.stack([self.knob.validate(v) for v in vals[told:]]))
+        return super().probe_group(vals)
 
 
 class _Gate:
@@ -281,6 +295,8 @@ class Session:
         mlflow_run_id: log into this existing MLflow run instead of creating one (keys
             prefixed ``hpctl/``; the run's status is left to its owner).
         tags: extra MLflow tags of a run the session creates.
+        autosave: write ``checkpoint.safetensors`` at the end of every round (``False``: only
+            :meth:`save` writes it; the Trainer callback saves into the Trainer's checkpoints).
     """
 
     def __init__(self, knob: Knob, controller: str = "grpo", *, budget: int = 64, group_size: int = 8,
@@ -288,10 +304,11 @@ class Session:
                  steps_per_round: int = 1, total_steps: int | None = None, commit_rule: str = "best",
                  reward: str = "score", max_move: float = 1.0, resume: bool | str | Path = False,
                  tracking_uri: str | None = None, experiment: str = "hpctl-session", run_name: str | None = None,
-                 mlflow_run_id: str | None = None, tags: dict[str, str] | None = None) -> None:
+                 mlflow_run_id: str | None = None, tags: dict[str, str] | None = None, autosave: bool = True) -> None:
         if not isinstance(knob, Knob):
             raise ConfigError(f"knob must be an hpctl.Knob, got {type(knob).__name__}")
         self.knob = knob
+        self.autosave = bool(autosave)
         self.budget = _positive_int("budget", budget)
         self.seed = _int("seed", seed)
         steps_per_round = _positive_int("steps_per_round", steps_per_round)
@@ -311,8 +328,8 @@ class Session:
 
         # the environment over the stand-in task, and the controller (refused if it cannot restart from its state)
         self._task = LoopTask(knob, total_steps or UNBOUNDED_STEPS)
-        self.env = ControlEnv(self._task, group_size=group_size, steps_per_round=steps_per_round,
-                              commit_rule=commit_rule, reward=reward, max_move=max_move)
+        self.env = _LoopEnv(self._task, group_size=group_size, steps_per_round=steps_per_round,
+                            commit_rule=commit_rule, reward=reward, max_move=max_move)
         self.controller: Controller = ctrl_cls(self.env, config=ctrl_config, seed=self.seed)
         if getattr(ctrl_config, "full_runs", False):
             raise ConfigError(f"controller {ctrl_cls.name!r} with full_runs=True cannot run in a Session "
@@ -356,6 +373,7 @@ class Session:
         # round state
         self._answers: list[dict[str, Any]] = self._task.answers
         self._pending: np.ndarray | None = None
+        self._queued: list[np.ndarray] = []  # further values of the pending group, asked next
         self._round_open = False  # ask() was called and the round has not ended
         self._awaiting_train = False  # the round committed; the user trains before the next ask()
         self._asked_in_round = 0
@@ -478,12 +496,13 @@ class Session:
         if path is None:
             self.recorder.checkpoint_flush()
         state = {
-            "format": FORMAT, "spec": self.spec, "out_dir": str(self.out_dir), "start": self._start,
+            "format": FORMAT, "spec": self.spec, "out_dir": str(self.out_dir), "start": self._start_state(),
             "answers": copy.deepcopy(self._answers), "round_events": self._gate.emitted,
             "loss_reported": self._gate.loss_reported, "awaiting_train": self._awaiting_train,
             "round_open": self._round_open, "asked_in_round": self._asked_in_round,
             "value": self._value.copy(), "loss": self._loss,
-            "history": [_plain_event(e) for e in self.recorder.history], "logged": self.recorder.logged,
+            # one JSON string: the history grows with the run, and a string is stored as is
+            "history": json.dumps([_plain_event(e) for e in self.recorder.history]), "logged": self.recorder.logged,
             "mlflow_run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri,
         }
         from hpctl import statefile
@@ -546,13 +565,18 @@ class Session:
         if self._pending is not None:
             raise SessionError(f"ask() gave {self.knob.format(self._pending)} and has no score for it yet: "
                                "tell(value, score) before taking the next value")
+        if self._queued:  # the rest of a group the controller asked for at once: no replay needed
+            self._pending = self._queued.pop(0)
+            self._asked_in_round += 1
+            return _as_user_value(self.knob, self._pending)
         while True:
             outcome = self._drive()
             if isinstance(outcome, _Need):
                 if outcome.kind == "probe":
-                    self._pending = outcome.value
+                    values = list(np.asarray(outcome.value, dtype=np.float64).reshape(-1, self.knob.dim))
+                    self._pending, self._queued = values[0].copy(), [v.copy() for v in values[1:]]
                     self._asked_in_round += 1
-                    return _as_user_value(self.knob, outcome.value)
+                    return _as_user_value(self.knob, self._pending)
                 # "train": the controller committed; the round ends and the user trains at that value
                 self._value = outcome.value.copy()
                 self._awaiting_train = True
@@ -569,9 +593,9 @@ class Session:
 
     def _drive(self) -> _Need | str:
         """Run the controller from the round's start state, answering from the round's record."""
-        ctrl_state, env_state = self._start
-        self.controller.load_state_dict(copy.deepcopy(ctrl_state))
-        self.env.load_state_dict(copy.deepcopy(env_state))
+        ctrl_state, env_state = self._start_state()
+        self.controller.load_state_dict(ctrl_state)
+        self.env.load_state_dict(env_state)
         self._task.cursor = 0
         self._gate.seen = 0
         try:
@@ -601,12 +625,18 @@ class Session:
         self._gate.loss_reported = True
         raise _Boundary()
 
-    def _state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        return copy.deepcopy(self.controller.state_dict()), copy.deepcopy(self.env.state_dict())
+    def _state(self) -> bytes:
+        """The controller's and the environment's state now, frozen (an in-memory pickle: every
+        replay gets its own copy, faster than a deep copy; nothing is read back from a file)."""
+        return pickle.dumps((self.controller.state_dict(), self.env.state_dict()), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _start_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A fresh copy of the round's start state."""
+        return pickle.loads(self._start)
 
     def _end_round(self) -> None:
         self._round_open = False
-        if not self.done:
+        if self.autosave and not self.done:
             self.save()
 
     def _check_usable(self) -> None:
@@ -631,7 +661,7 @@ class Session:
         self.done = True
         self._value = learned.copy()
         self.learned = _as_user_value(self.knob, learned)
-        self._pending = None
+        self._pending, self._queued = None, []
         names = self.knob.component_names
         self.result = {
             "mode": "session", "controller": self.controller.name, "seed": self.seed,
@@ -695,7 +725,8 @@ class Session:
         return state
 
     def _load(self, state: dict[str, Any], *, resend_all: bool) -> None:
-        self._start = state["start"]
+        start = state["start"]
+        self._start = pickle.dumps((start[0], start[1]), protocol=pickle.HIGHEST_PROTOCOL)
         self._answers.extend(state["answers"])
         self._gate.emitted = int(state["round_events"])
         self._gate.loss_reported = bool(state["loss_reported"])
@@ -704,10 +735,15 @@ class Session:
         self._asked_in_round = int(state["asked_in_round"])
         self._value = np.asarray(state["value"], dtype=np.float64)
         self._loss = state["loss"]
-        self.recorder.history = [_array_event(e) for e in state["history"]]
+        try:
+            history = json.loads(state["history"])
+        except (TypeError, ValueError) as exc:
+            raise ResumeError(f"the session checkpoint's history is malformed: {exc}") from None
+        self.recorder.history = [_array_event(e) for e in history]
         self.recorder.faults = sum(1 for e in self.recorder.history if e["event"] == "fault")
-        self.controller.load_state_dict(copy.deepcopy(self._start[0]))
-        self.env.load_state_dict(copy.deepcopy(self._start[1]))
+        ctrl_state, env_state = self._start_state()
+        self.controller.load_state_dict(ctrl_state)
+        self.env.load_state_dict(env_state)
         # events the interrupted process had not flushed to MLflow (all of them into a new run) are logged now
         start = 0 if resend_all else int(state.get("logged", 0))
         for event in self.recorder.history[start:]:

@@ -372,3 +372,25 @@ def test_bad_callback_arguments_are_one_line_errors(tmp_path):
                                          num_attention_heads=2, num_key_value_heads=1))
     with pytest.raises(ConfigError, match="no active peft LoRA adapter"):
         PeftDeltaAdapter(plain)
+
+
+def test_default_score_is_minus_the_models_own_teacher_forced_loss():
+    from transformers import default_data_collator
+
+    from hpctl.integrations.transformers import Scorer
+
+    model = _lora_model()
+    model.train()
+    rows = _tokens(8, 2)
+    for r in rows[:4]:
+        r["labels"][:5] = -100  # a prompt without labels, as in instruction data
+    batches = [default_data_collator(rows[:4]), default_data_collator(rows[4:])]
+    score = Scorer(batches)(model)  # label positions only (logits_to_keep)
+    assert model.training  # the mode is put back
+    model.eval()
+    with torch.no_grad():
+        sums = [(float(model(**b).loss) * int((b["labels"][:, 1:] != -100).sum()), int((b["labels"][:, 1:] != -100).sum()))
+                for b in batches]
+    assert score == pytest.approx(-sum(a for a, _ in sums) / sum(n for _, n in sums), rel=1e-6)
+    with pytest.raises(ConfigError, match="the probe data has no labels"):
+        Scorer([{k: v for k, v in b.items() if k != "labels"} for b in batches])(model)

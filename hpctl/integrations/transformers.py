@@ -140,7 +140,9 @@ class Scorer:
     """The probe score of the model's current state on fixed batches (higher is better).
 
     Default: minus the teacher-forced loss (the model's ``loss`` for the batch's
-    ``labels``), averaged over batches weighted by their label tokens. With
+    ``labels``), averaged over batches weighted by their label tokens; for a causal LM whose
+    forward takes ``logits_to_keep`` it is computed with logits at the label positions only
+    (the same cross-entropies, without the LM head's cost elsewhere). With
     ``compute_metrics`` (a function of a ``transformers.EvalPrediction`` returning a dict,
     as for the Trainer) the score is ``metrics[metric]`` (sign by ``greater_is_better``,
     default: lower is better when the name contains "loss"). With ``score`` (a function of
@@ -183,9 +185,17 @@ class Scorer:
 
     def _loss(self, model: nn.Module, device: torch.device) -> float:
         total, weight = 0.0, 0.0
+        label_only = _takes_logits_to_keep(model)
         for batch in self._batches_on(device):
+            labels = batch.get("labels")
+            if label_only and torch.is_tensor(labels) and labels.dim() == 2:
+                summed, n = _label_only_loss(model, batch)
+                if summed is not None:
+                    total += summed
+                    weight += n
+                    continue
             out = model(**batch)
-            loss = out["loss"] if isinstance(out, Mapping) else getattr(out, "loss", None)
+            loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
             if loss is None:
                 raise ConfigError("the probe data has no labels: the default probe score is the teacher-forced "
                                   "loss; give labels, or compute_metrics with metric, or score")
@@ -221,6 +231,38 @@ class Scorer:
         higher = self.greater_is_better if self.greater_is_better is not None else "loss" not in key
         value = float(result[key])
         return value if higher else -value
+
+
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the (base) model's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _label_only_loss(model: nn.Module, batch: dict[str, Any]) -> tuple[float | None, int]:
+    """A causal LM's teacher-forced loss, summed over the label tokens, with logits at those positions only.
+
+    The model's own ``loss`` averages the same cross-entropies (labels shifted by one, -100
+    ignored) but computes logits everywhere, which for a 262k-token vocabulary is most of a
+    probe's cost. Returns ``(None, 0)`` when the model does not give one logit row per label.
+    """
+    labels = batch["labels"]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    targets = labels[:, 1:][keep[:, :-1]]
+    if targets.numel() == 0:
+        return 0.0, 0
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = model(**inputs, logits_to_keep=keep)
+    logits = out["logits"] if isinstance(out, Mapping) else out.logits
+    if logits.dim() != 2 or logits.shape[0] != targets.numel():
+        return None, 0
+    return float(F.cross_entropy(logits.float(), targets, reduction="sum")), int(targets.numel())
 
 
 @dataclass
@@ -663,7 +705,7 @@ class LearningRateKnob(TrainerKnob):
             for batch in batches:
                 with _autocast(args, device):
                     out = model(**_to_device(batch, device))
-                loss = out["loss"] if isinstance(out, Mapping) else out.loss
+                loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
                 if loss is None:
                     raise ConfigError("the lookahead batches have no labels: the model returns no loss to train on")
                 loss.backward()
@@ -771,7 +813,7 @@ class KnobCallback(TrainerCallback):
                                total_steps=int(state.max_steps) if state.max_steps and state.max_steps > 0 else None,
                                resume=resume if resume is not None else False,
                                tracking_uri=uri or self.tracking_uri, experiment=self.experiment,
-                               mlflow_run_id=run_id, **self.session_kwargs)
+                               mlflow_run_id=run_id, autosave=False, **self.session_kwargs)
         if resume is None:
             try:
                 self.session.tracker.log_params({"trainer": {"every_steps": self.every_steps, **self.knob.describe()}})
