@@ -177,6 +177,12 @@ class LandscapeTask(Task):
             "distance": self.landscape.distance(self.knob.clip(value), self.progress),
         }
 
+    def finish(self, value: np.ndarray) -> dict[str, float]:
+        """The final phase trains a whole run at ``value``: it is scored at the end (progress 1),
+        where a drifting optimum has arrived, whatever progress the controller stopped at."""
+        value = self.knob.clip(value)
+        return {"true_reward": self.landscape(value, 1.0), "distance": self.landscape.distance(value, 1.0)}
+
     def full_run(self, value: np.ndarray) -> float:
         # A grid point costs one whole training run; its dev score is a noisy probe at the end.
         self.reset()

@@ -14,7 +14,11 @@ from hpctl.controllers.grpo import (
     gaussian_logp,
     group_advantages,
     kl_old_new,
+    logit,
     objective_grads,
+    sigmoid,
+    standard_normal_group,
+    unit_logp,
 )
 from hpctl.control_env import ControlEnv
 from hpctl.envs import make_landscape_env
@@ -24,7 +28,7 @@ from hpctl.knob import Knob
 from hpctl.task import Task
 from hpctl.runner import steps_per_round
 
-PLAIN = dict(lambda_reg=0.0, clip_eps=0.0, beta_kl=0.0, entropy_coef=0.0)
+PLAIN = dict(lambda_reg=0.0, clip_eps=0.0, beta_kl=0.0, entropy_coef=0.0, max_kl=0.0, sigma_floor="none", sigma_min=0.01)
 
 
 def _a(*x: float) -> np.ndarray:
@@ -43,10 +47,17 @@ def _grads(z, adv, mu, sigma, mu_old=None, sigma_old=None, committed=None, **cfg
 
 # ------------------------------------------------------------------ the math -------
 def test_group_advantages_by_hand():
-    # mean 2.5, population std sqrt(1.25)
-    s = math.sqrt(1.25)
-    np.testing.assert_allclose(group_advantages(_a(1, 2, 3, 4)), [-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s], rtol=1e-7)
+    # mean 2.5; unbiased std sqrt(5/3) plus TRL's eps 1e-4 (default); population std sqrt(1.25)
+    s = math.sqrt(5 / 3) + 1e-4
+    np.testing.assert_allclose(group_advantages(_a(1, 2, 3, 4)), [-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s], rtol=1e-12)
+    p = math.sqrt(1.25) + 1e-8
+    np.testing.assert_allclose(group_advantages(_a(1, 2, 3, 4), eps=1e-8, unbiased=False),
+                               [-1.5 / p, -0.5 / p, 0.5 / p, 1.5 / p], rtol=1e-12)
     np.testing.assert_allclose(group_advantages(_a(1, 2, 3, 4), normalize_std=False), [-1.5, -0.5, 0.5, 1.5])
+    # near-ties of a deterministic loss: eps 1e-4 keeps the step small instead of full-size
+    tie = _a(0.5, 0.5 + 1e-7, 0.5 - 1e-7)
+    assert np.abs(group_advantages(tie)).max() < 1e-2
+    assert np.abs(group_advantages(tie, eps=1e-8, unbiased=False)).max() > 1.0
     # a baseline shift does not change the advantages; equal rewards give zero advantages
     np.testing.assert_allclose(group_advantages(_a(1, 2, 3, 4) - 7.0), group_advantages(_a(1, 2, 3, 4)))
     np.testing.assert_allclose(group_advantages(_a(0.3, 0.3, 0.3)), [0, 0, 0])
@@ -55,7 +66,7 @@ def test_group_advantages_by_hand():
 def test_mu_gradient_points_to_the_better_candidate():
     # mu=0.5, sigma=0.1, z=(0.4, 0.6), rewards (0, 1) -> A=(-1, 1)
     # g_mu = mean(A (z-mu)/sigma^2) = (10 + 10)/2 = 10; g_logsigma = mean(A((z-mu)^2/s^2 - 1)) = 0
-    adv = group_advantages(_a(0.0, 1.0))
+    adv = group_advantages(_a(0.0, 1.0), eps=1e-12, unbiased=False)
     np.testing.assert_allclose(adv, [-1, 1], rtol=1e-7)
     g_mu, g_ls, _ = _grads([0.4, 0.6], adv, 0.5, 0.1)
     assert g_mu[0] == pytest.approx(10.0, rel=1e-6)
@@ -66,7 +77,7 @@ def test_mu_gradient_points_to_the_better_candidate():
 
 def test_sigma_shrinks_when_near_candidates_win_and_grows_when_far_ones_win():
     # z=(0.3, 0.5, 0.7) around mu=0.5, sigma=0.1: d/dlogsigma = (3, -1, 3)
-    near_wins = group_advantages(_a(0, 1, 0))  # (-1/sqrt2, sqrt2, -1/sqrt2)
+    near_wins = group_advantages(_a(0, 1, 0), eps=1e-12, unbiased=False)  # (-1/sqrt2, sqrt2, -1/sqrt2)
     g_mu, g_ls, _ = _grads([0.3, 0.5, 0.7], near_wins, 0.5, 0.1)
     assert g_mu[0] == pytest.approx(0.0, abs=1e-9)
     assert g_ls[0] == pytest.approx((-3 / math.sqrt(2) - math.sqrt(2) - 3 / math.sqrt(2)) / 3, rel=1e-6)
@@ -77,12 +88,13 @@ def test_sigma_shrinks_when_near_candidates_win_and_grows_when_far_ones_win():
 
 def test_one_update_moves_mu_by_the_natural_gradient_step():
     env = make_landscape_env(noise=0.0)
-    ctrl = GRPO(env, GRPOConfig(**PLAIN, epochs=1, lr=0.5, lr_sigma=0.5))
+    ctrl = GRPO(env, GRPOConfig(**PLAIN, epochs=1, lr=0.5, lr_sigma=0.5, adv_eps=1e-12, adv_std="population"))
     ctrl.mu, ctrl.log_sigma, ctrl.initialized = _a(0.5), _a(math.log(0.1)), True
-    ctrl.update(np.array([[0.4], [0.6]]), _a(0.0, 1.0), committed=_a(0.5))
+    ctrl.update(np.array([[0.4], [0.6]]), _a(0.0, 1.0), center=_a(0.5))
     # natural gradient: sigma^2 * g_mu = 0.01 * 10 = 0.1, times lr 0.5
-    assert ctrl.mu[0] == pytest.approx(0.55, abs=1e-7)  # adv_eps makes A slightly < 1
+    assert ctrl.mu[0] == pytest.approx(0.55, abs=1e-9)
     assert ctrl.sigma[0] == pytest.approx(0.1, rel=1e-9)
+    assert ctrl.updates == 1
 
 
 def test_clipping_zeroes_the_gradient_outside_the_trust_region():
@@ -105,7 +117,7 @@ def test_clipping_caps_the_update_over_epochs():
     for clip in (0.0, 0.2):
         ctrl = GRPO(make_landscape_env(), GRPOConfig(**{**PLAIN, "clip_eps": clip}, epochs=6, lr=0.5))
         ctrl.mu, ctrl.log_sigma, ctrl.initialized = _a(0.5), _a(math.log(0.1)), True
-        kls[clip] = ctrl.update(z, rewards, committed=_a(0.5))["kl"]
+        kls[clip] = ctrl.update(z, rewards, center=_a(0.5))["kl"]
     assert 0 < kls[0.2] < 0.5 * kls[0.0]
 
 
@@ -115,9 +127,9 @@ def test_kl_regulariser_and_entropy_terms_by_hand():
     # d/dlogsigma = 1 - (s_old^2 + dmu^2)/s^2 = 1 - 2 = -1 -> +beta
     g_mu, g_ls, _ = _grads([0.4, 0.6], zero, 0.6, 0.1, mu_old=0.5, beta_kl=2.0)
     assert g_mu[0] == pytest.approx(-20.0, rel=1e-9) and g_ls[0] == pytest.approx(2.0, rel=1e-9)
-    # the regulariser pulls mu towards the committed value: -2 lambda (mu - c)
+    # the regulariser pulls mu towards the committed value: -lambda (mu - c) / sigma_old^2
     g_mu, g_ls, _ = _grads([0.4, 0.6], zero, 0.5, 0.1, committed=0.3, lambda_reg=0.5)
-    assert g_mu[0] == pytest.approx(-0.2, rel=1e-9) and g_ls[0] == 0.0
+    assert g_mu[0] == pytest.approx(-0.5 * 0.2 / 0.01, rel=1e-9) and g_ls[0] == 0.0
     # the entropy bonus pushes log sigma up by its weight
     _, g_ls, _ = _grads([0.4, 0.6], zero, 0.5, 0.1, entropy_coef=0.3)
     assert g_ls[0] == pytest.approx(0.3)
@@ -136,7 +148,8 @@ def test_analytic_gradient_matches_finite_differences_of_the_objective():
         ratio = np.exp(gaussian_logp(z, m, s) - gaussian_logp(z, mu_old, ls_old))
         surr = np.minimum(ratio * adv, np.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv).mean()
         return (surr - cfg.beta_kl * kl_old_new(mu_old, ls_old, m, s)
-                - cfg.lambda_reg * np.sum((m - committed) ** 2) + cfg.entropy_coef * np.sum(s))
+                - cfg.lambda_reg * np.sum((m - committed) ** 2 / (2 * np.exp(2 * ls_old)))
+                + cfg.entropy_coef * np.sum(s))
 
     g_mu, g_ls, _ = objective_grads(z, adv, mu, ls, mu_old, ls_old, committed, cfg)
     h = 1e-6
@@ -147,13 +160,15 @@ def test_analytic_gradient_matches_finite_differences_of_the_objective():
 
 
 def test_parameters_stay_inside_their_bounds():
-    cfg = GRPOConfig(**PLAIN, lr=50.0, lr_sigma=50.0, sigma_min=0.05, sigma_max=0.3)
-    ctrl = GRPO(make_landscape_env(), cfg)
-    ctrl.mu, ctrl.log_sigma, ctrl.initialized = _a(0.9), _a(math.log(0.2)), True
-    ctrl.update(np.array([[0.7], [1.3]]), _a(0.0, 1.0), committed=_a(0.9))  # far sample wins: mu up, sigma up
-    assert ctrl.mu[0] == 1.0 and ctrl.sigma[0] == pytest.approx(0.3)
-    ctrl.update(np.array([[1.0], [0.2]]), _a(1.0, 0.0), committed=_a(0.9))
-    assert 0.0 <= ctrl.mu[0] <= 1.0 and ctrl.sigma[0] >= 0.05 - 1e-12
+    for space, (lo, hi) in (("logit", (-6.9, 6.9)), ("clamp", (0.0, 1.0))):
+        cfg = GRPOConfig(**{**PLAIN, "sigma_min": 0.05}, space=space, lr=50.0, lr_sigma=50.0, sigma_init=0.2,
+                         sigma_max=0.3)
+        ctrl = GRPO(make_landscape_env(), cfg)
+        ctrl.mu, ctrl.log_sigma, ctrl.initialized = _a(hi - 0.1), _a(math.log(0.2)), True
+        ctrl.update(np.array([[hi - 0.3], [hi + 0.3]]), _a(0.0, 1.0), center=_a(hi - 0.1))  # far sample wins
+        assert ctrl.mu[0] == hi and ctrl.sigma[0] == pytest.approx(0.3)
+        ctrl.update(np.array([[hi], [lo]]), _a(1.0, 0.0), center=_a(hi - 0.1))
+        assert lo <= ctrl.mu[0] <= hi and ctrl.sigma[0] >= 0.05 - 1e-12
 
 
 # ------------------------------------------------------------- commit guard -------
@@ -181,16 +196,16 @@ def test_guard_refuses_a_move_when_the_probe_shows_a_loss_increase():
     ctrl.run(3 * 8)
     assert len(seen) == 3 and ctrl.refusals == 3 and ctrl.commits == 0
     assert env.current[0] == 0.5  # never moved although mu did
-    assert ctrl.mu[0] < 0.4
+    assert sigmoid(ctrl.mu)[0] < 0.4
 
 
 def test_guard_accepts_and_the_step_is_bounded():
     env = make_landscape_env(optimum=0.05, noise=0.0, group_size=6, steps_per_round=100)
     env.reset(seed=0)
     _guarded(env, +1e-3)
-    ctrl = GRPO(env, GRPOConfig(commit_check="probe", max_step=0.04, sigma_init=0.3), seed=0)
+    ctrl = GRPO(env, GRPOConfig(commit_check="probe", max_step=0.04), seed=0)
     path = []
-    ctrl.run(3 * 8, lambda c: path.append((env.current[0], c.mu[0])))
+    ctrl.run(3 * 8, lambda c: path.append((env.current[0], sigmoid(c.mu)[0])))
     prev = 0.5
     for cur, mu in path:
         assert abs(cur - prev) <= 0.04 + 1e-12
@@ -237,19 +252,19 @@ def test_nan_candidates_are_dropped_from_the_group():
     env = ControlEnv(HoleTask(Landscape(optimum=(0.55,)), noise=0.0, total_steps=400), group_size=8,
                      steps_per_round=100)
     env.reset(seed=0)
-    ctrl = GRPO(env, GRPOConfig(sigma_init=0.3), seed=0)
+    ctrl = GRPO(env, GRPOConfig(sigma_init=1.5), seed=0)
     groups = []
     real = ctrl.update
 
-    def spy(z, rewards, committed):
+    def spy(z, rewards, center):
         groups.append((z.copy(), rewards.copy()))
-        return real(z, rewards, committed)
+        return real(z, rewards, center)
 
     ctrl.update = spy  # type: ignore[method-assign]
     ctrl.run(36)
     assert groups and all(np.isfinite(r).all() for _, r in groups)
     assert any(len(r) < 8 for _, r in groups)  # some candidates fell into the hole
-    assert all(np.clip(z, 0, 1).max() <= 0.6 for z, _ in groups)
+    assert all(sigmoid(z).max() <= 0.6 for z, _ in groups)
     assert np.isfinite(ctrl.mu).all() and np.isfinite(ctrl.sigma).all()
 
 
@@ -261,8 +276,8 @@ def test_a_round_with_fewer_than_two_valid_candidates_makes_no_update():
         env.reset(seed=0)
         ctrl = GRPO(env, seed=0)
         ctrl.run(10)
-        assert ctrl.rounds == 2
-        assert ctrl.mu[0] == 0.5 and ctrl.sigma[0] == pytest.approx(ctrl.config.sigma_init)
+        assert ctrl.rounds == 2 and ctrl.updates == 0
+        assert sigmoid(ctrl.mu)[0] == 0.5 and ctrl.sigma[0] == pytest.approx(ctrl.config.sigma_init)
         assert env.current[0] == 0.5
         assert all(math.isfinite(v) for v in ctrl.state().values())
     finally:
@@ -395,6 +410,143 @@ def test_registered_and_config_errors_are_config_errors():
     assert get_controller("grpo") is GRPO
     cfg = GRPO.make_config({"sigma_init": 0.25, "clip_eps": 0.2})
     assert cfg.sigma_init == 0.25 and cfg.clip_eps == 0.2
-    for bad in ({"sigma_init": 0.9}, {"commit_check": "maybe"}, {"max_step": 0}, {"group_size": 1}, {"epochs": 0}):
-        with pytest.raises(ConfigError):
+    for bad in ({"sigma_init": 5.0}, {"commit_check": "maybe"}, {"max_step": 0}, {"group_size": 1}, {"epochs": 0},
+                {"entropy_coef": -0.1}, {"space": "beta"}, {"sampling": "sobol"}, {"sigma_floor": "x"},
+                {"adv_std": "x"}, {"max_kl": -1}, {"lambda_reg": -1}, {"adv_eps": 0}):
+        with pytest.raises(ConfigError, match="grpo"):
             GRPO.make_config(bad)
+
+
+# --------------------------------------------------------- the policy's space -------
+def test_unit_density_is_the_logit_normal_with_its_jacobian():
+    mu, ls = _a(0.4), _a(math.log(0.8))
+    u = np.linspace(1e-4, 1 - 1e-4, 200_001)[:, None]
+    dens = np.exp(unit_logp(u, mu, ls))
+    assert np.trapezoid(dens, u[:, 0]) == pytest.approx(1.0, abs=1e-4)  # a density on (0, 1)
+    # it is the density of sigmoid(z), z ~ N(mu, sigma^2): compare with a histogram
+    rng = np.random.default_rng(0)
+    samples = sigmoid(rng.normal(0.4, 0.8, size=400_000))
+    hist, edges = np.histogram(samples, bins=20, range=(0, 1), density=True)
+    mids = (edges[:-1] + edges[1:]) / 2
+    np.testing.assert_allclose(hist, np.exp(unit_logp(mids[:, None], mu, ls)), rtol=0.05, atol=0.02)
+    # the Jacobian cancels in ratios: pi(u)/pi_old(u) is the latent Gaussians' ratio
+    z = np.array([[-1.0], [0.2], [2.5]])
+    mu2, ls2 = _a(0.1), _a(math.log(1.3))
+    np.testing.assert_allclose(unit_logp(sigmoid(z), mu, ls) - unit_logp(sigmoid(z), mu2, ls2),
+                               gaussian_logp(z, mu, ls) - gaussian_logp(z, mu2, ls2), atol=1e-9)
+    np.testing.assert_allclose(logit(sigmoid(z)), z, atol=1e-9)
+
+
+def test_stratified_groups_take_one_draw_per_slice_and_stay_standard_normal():
+    from statistics import NormalDist
+
+    rng = np.random.default_rng(1)
+    for n, dim in ((8, 1), (5, 2)):
+        eps = standard_normal_group(rng, n, dim)
+        cdf = np.vectorize(NormalDist().cdf)(eps)
+        for d in range(dim):
+            assert sorted(np.floor(cdf[:, d] * n).astype(int)) == list(range(n))  # one per 1/n slice
+    many = np.concatenate([standard_normal_group(rng, 8, 1) for _ in range(4000)])
+    assert abs(many.mean()) < 0.02 and abs(many.std() - 1.0) < 0.02
+
+
+def test_the_regulariser_pulls_mu_towards_the_committed_value_whatever_sigma_is():
+    # equal rewards: no advantage, only the pull. Natural gradient: mu += lr * lambda * (c - mu) per epoch
+    for sigma in (0.1, 2.0):
+        moved = {}
+        for lam in (0.0, 0.5):
+            ctrl = GRPO(make_landscape_env(), GRPOConfig(**{**PLAIN, "lambda_reg": lam}, epochs=1, lr=0.8))
+            ctrl.mu, ctrl.log_sigma, ctrl.initialized = _a(0.0), _a(math.log(sigma)), True
+            ctrl.update(np.array([[0.3], [-0.3], [0.1]]), _a(0.2, 0.2, 0.2), center=_a(1.0))
+            moved[lam] = ctrl.mu[0]
+        assert moved[0.0] == pytest.approx(0.0, abs=1e-9) and moved[0.5] == pytest.approx(0.8 * 0.5 * 1.0)
+
+
+def test_trust_region_and_exploration_floor():
+    z = np.array([[-2.0], [-1.0], [0.0], [1.0], [2.5]])
+    rewards = _a(0.0, 0.1, 0.2, 0.3, 1.0)
+    free = GRPO(make_landscape_env(), GRPOConfig(**PLAIN, lr=2.0, sigma_init=1.0))
+    free.mu, free.initialized = _a(0.0), True
+    kl_free = free.update(z, rewards, center=_a(0.0))["kl"]
+    capped = GRPO(make_landscape_env(), GRPOConfig(**{**PLAIN, "max_kl": 0.2}, lr=2.0, sigma_init=1.0))
+    capped.mu, capped.initialized = _a(0.0), True
+    info = capped.update(z, rewards, center=_a(0.0))
+    assert kl_free > 0.2 and info["kl"] == pytest.approx(0.2, abs=1e-6) and 0 < info["step_fraction"] < 1
+    assert np.sign(capped.mu) == np.sign(free.mu) and abs(capped.mu[0]) < abs(free.mu[0])  # same direction, shorter
+    # the floor: sigma is at least the distance from the new mean to the best candidate
+    floor = GRPO(make_landscape_env(), GRPOConfig(**{**PLAIN, "sigma_floor": "best"}, lr=0.1, lr_sigma=5.0,
+                                                   sigma_init=1.0))
+    floor.mu, floor.initialized = _a(0.0), True
+    floor.update(np.array([[-0.1], [0.1], [0.0], [3.0]]), _a(0.5, 0.5, 0.5, 0.6), center=_a(0.0))
+    assert floor.sigma[0] >= abs(3.0 - floor.mu[0]) - 1e-9
+
+
+def test_budget_too_small_for_one_update_is_a_config_error():
+    env = make_landscape_env(group_size=4, steps_per_round=100)
+    env.reset(seed=0)
+    with pytest.raises(ConfigError, match="at least 4 probes"):
+        GRPO(env).run(3)
+    GRPO(env, GRPOConfig(commit_check="nearest")).check_budget(3)  # no reserved guard: 3 is one round
+    assert env.probes == 0
+
+
+def test_no_pull_onto_a_bound():
+    # optimum 0.02: the clamped policy piles its samples on 0.0 and learns exactly 0.0
+    errs, on_bound, clamp_on_bound = [], 0, 0
+    for seed in range(8):
+        env, learned = _run(0.02, seed)
+        errs.append(abs(learned[0] - 0.02))
+        on_bound += learned[0] == 0.0
+        _, lc = _run(0.02, seed, config=GRPOConfig(space="clamp", sigma_init=0.3, sigma_min=0.05, sigma_max=0.75))
+        clamp_on_bound += lc[0] == 0.0
+    assert np.median(errs) <= 0.015 and on_bound == 0, errs
+    assert clamp_on_bound >= 4
+
+
+@pytest.mark.parametrize("optimum", [0.25, 0.75])
+def test_two_peaks_global_one_found(optimum):
+    # a wider 0.7-high decoy at the mirror image; training starts between them
+    for seed in range(8):
+        env = make_landscape_env(shape="two-peaked", optimum=optimum, noise=0.05, group_size=8,
+                                 steps_per_round=steps_per_round(1000, 64, 8))
+        env.reset(seed=seed)
+        learned = GRPO(env, seed=seed).run(64)
+        assert abs(learned[0] - optimum) < 0.1, (seed, learned)
+
+
+def _probes_to_reach(ctrl: GRPO, env: ControlEnv, optimum: float, budget: int = 64) -> float:
+    reached: list[int] = []
+    ctrl.run(budget, lambda c: reached.append(env.probes) if not reached and abs(env.current[0] - optimum) <= 0.02 else None)
+    return reached[0] if reached else math.inf
+
+
+def test_warm_start_reaches_the_optimum_of_a_similar_landscape_sooner(tmp_path):
+    # the source landscape's optimum is 0.12, the target's 0.17; training starts at 0.5
+    cold, warm = [], []
+    spr = steps_per_round(1000, 64, 8)
+    for seed in range(6):
+        src_env = make_landscape_env(optimum=0.12, noise=0.01, group_size=8, steps_per_round=spr)
+        src = GRPO(src_env, seed=seed)
+        src_env.reset(seed=seed)
+        src.run(64)
+        state = src.export_state(tmp_path)
+        for out, start in ((cold, False), (warm, True)):
+            env = make_landscape_env(optimum=0.17, noise=0.01, group_size=8, steps_per_round=spr)
+            ctrl = GRPO(env, seed=100 + seed)
+            if start:
+                ctrl.warm_start(state, tmp_path)
+            env.reset(seed=100 + seed)
+            out.append(_probes_to_reach(ctrl, env, 0.17))
+    assert np.median(warm) < np.median(cold), (warm, cold)
+    assert sum(w < c for w, c in zip(warm, cold)) >= 4
+
+
+def test_warm_start_state_is_checked(tmp_path):
+    env = make_landscape_env()
+    state = GRPO(env).export_state(tmp_path)
+    with pytest.raises(ConfigError, match="space"):
+        GRPO(env, GRPOConfig(space="clamp", sigma_init=0.3, sigma_max=0.75, sigma_min=0.05)).warm_start(state, tmp_path)
+    with pytest.raises(ConfigError, match="dimension"):
+        GRPO(make_landscape_env(optimum=(0.3, 0.7))).warm_start({**state, "mu": [0.0], "sigma": [1.0]}, tmp_path)
+    with pytest.raises(ConfigError, match="not finite"):
+        GRPO(env).warm_start({**state, "mu": [0.0], "sigma": [0.0]}, tmp_path)

@@ -9,11 +9,12 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 
-from hpctl.controllers.base import get_controller  # noqa: E402
+from hpctl.controllers.base import get_controller, load_warm_start, save_controller_state  # noqa: E402
 from hpctl.controllers.sb3 import UnitActionWrapper  # noqa: E402
 from hpctl.control_env import ControlEnv  # noqa: E402
 from hpctl.envs import make_landscape_env  # noqa: E402
 from hpctl.envs.landscapes import Landscape, LandscapeTask  # noqa: E402
+from hpctl.errors import ConfigError  # noqa: E402
 from hpctl.knob import Knob  # noqa: E402
 from hpctl.runner import steps_per_round  # noqa: E402
 
@@ -46,8 +47,11 @@ def _run(name: str, seed: int, budget: int = 32, optimum=0.37, G: int = 8, confi
 @pytest.mark.parametrize("name", AGENTS)
 def test_runs_within_budget_deterministic_and_in_bounds(name):
     env, ctrl, learned, events, rounds = _run(name, seed=5)
-    assert 32 <= env.probes <= 33  # a step may also probe the baseline: at most one over
+    # 32 probes pay for 3 rounds of 8 steps + 1 baseline; the rest cannot pay for a rollout
+    assert env.probes == 27 and ctrl.steps == 24 == ctrl.planned
     assert learned.shape == (1,) and 0.0 <= learned[0] <= 1.0
+    assert np.array_equal(learned, env.current)  # the learned value is the committed one
+    assert ctrl.updates == ctrl.expected_updates(24) > 0 and ctrl.state()["updates"] == ctrl.updates
     assert sum(e["event"] == "reset" for e in events) == 1  # SB3 attached to the runner's episode
     assert len(rounds) == env.round >= 3  # the run callback fires after every round
     assert all(math.isfinite(v) for v in ctrl.state().values())
@@ -115,8 +119,78 @@ def test_two_dimensional_knob_and_config_passthrough():
     assert learned.shape == (2,) and np.all((0 <= learned) & (learned <= 1))
     ctrl = get_controller("ppo")(env, get_controller("ppo").make_config({"policy_kwargs": {"net_arch": [16]}}))
     model = ctrl.build(32)
-    assert model.policy.net_arch == [16] and model.n_steps == 16
+    assert model.policy.net_arch == [16] and model.n_steps == 8 == model.batch_size  # one rollout per group
     assert math.exp(model.policy.log_std.detach().numpy()[0]) == pytest.approx(math.exp(-1.0))
     td3 = get_controller("td3")
     kw = td3(env, td3.make_config({"action_noise": 0.0})).algo_kwargs()
-    assert kw["action_noise"] is None and kw["learning_starts"] == 16
+    assert kw["action_noise"] is None and kw["learning_starts"] == 8 == kw["train_freq"] and kw["gamma"] == 0.0
+
+
+# ------------------------------------------------------------ learning at small budgets -----
+def test_ppo_learns_at_the_grasp_lora_budget():
+    # 20 probes in groups of 4: one rollout per group, 4 rollouts x 10 epochs = 40 updates
+    # (the old rollouts of 16 steps made none and answered the start value 0.5)
+    errs, policies = [], []
+    for seed in range(4):
+        env, ctrl, learned, _, _ = _run("ppo", seed, budget=20, optimum=0.2, G=4)
+        assert env.probes == 20 and ctrl.updates == 40
+        errs.append(abs(learned[0] - 0.2))
+        policies.append(ctrl.policy_value()[0])
+    assert np.median(errs) < 0.03, errs
+    assert max(policies) < 0.4, policies  # the policy itself moved from 0.5 towards 0.2
+
+
+@pytest.mark.parametrize("name", AGENTS)
+def test_updates_match_the_plan_and_no_transition_is_dropped(name):
+    env, ctrl, _, events, _ = _run(name, seed=1, budget=20, G=4)
+    steps = ctrl.planned
+    assert steps == 16 and ctrl.steps == steps  # every planned step was taken
+    assert ctrl.updates == ctrl.expected_updates(steps) > 0
+    assert env.probes == 20 and sum(e["event"] == "commit" for e in events) == 4
+
+
+@pytest.mark.parametrize("name, budget", [("ppo", 4), ("a2c", 4), ("sac", 5), ("td3", 9)])
+def test_a_budget_that_allows_no_update_is_an_error_before_the_run(name, budget):
+    env = make_landscape_env(group_size=4, steps_per_round=100)
+    env.reset(seed=0)
+    cls = get_controller(name)
+    ctrl = cls(env, seed=0)
+    with pytest.raises(ConfigError, match=f"{name}.*makes no update with a budget of {budget} probes"):
+        ctrl.check_budget(budget)
+    with pytest.raises(ConfigError):
+        ctrl.run(budget)
+    assert env.probes == 0
+
+
+def test_bad_sb3_settings_are_config_errors():
+    for name, bad in (("ppo", {"ent_coef": -0.1}), ("ppo", {"n_steps": 0}), ("a2c", {"gamma": 2.0}),
+                      ("sac", {"gradient_steps": 0}), ("td3", {"action_noise": -1}), ("ppo", {"learning_rate": 0})):
+        with pytest.raises(ConfigError, match=name):
+            get_controller(name).make_config(bad)
+
+
+def test_warm_start_loads_the_saved_policy_weights(tmp_path):
+    import torch
+
+    env, ctrl, _, _, _ = _run("ppo", seed=0, budget=20, optimum=0.2, G=4)
+    files = save_controller_state(ctrl, tmp_path)
+    assert [f.name for f in files] == ["controller_state.json", "controller_policy.pt"]
+    saved = torch.load(tmp_path / "controller_policy.pt", weights_only=True)
+    env2 = make_landscape_env(optimum=0.25, group_size=4, steps_per_round=250)
+    cls = get_controller("ppo")
+    warm = cls(env2, seed=3)
+    load_warm_start(tmp_path, warm)
+    model = warm.model = warm.build(20)
+    for k, v in model.policy.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    env2.reset(seed=3)
+    cold = cls(env2, seed=3)
+    cold.model = cold.build(20)
+    assert abs(cold.policy_value()[0] - 0.5) < 0.05  # an untrained policy answers the middle
+    assert warm.policy_value()[0] < 0.4  # the warm one starts near where the old policy ended (0.2)
+    other = cls(env2, cls.make_config({"policy_kwargs": {"net_arch": [8]}}))
+    with pytest.raises(ConfigError, match="does not fit"):
+        load_warm_start(tmp_path, other)
+    (tmp_path / "controller_policy.pt").write_bytes(b"not a tensor file")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_warm_start(tmp_path, cls(env2))

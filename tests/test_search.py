@@ -147,3 +147,17 @@ def test_bad_search_configs():
     for name, bad in (("grid", {"k": 0}), ("random", {"n": -1}), ("grid", {"nosuch": 1})):
         with pytest.raises(ConfigError):
             get_controller(name).make_config(bad)
+
+
+def test_search_controllers_learn_no_policy(tmp_path):
+    from hpctl.controllers.base import load_warm_start, save_controller_state
+
+    env = _env(optimum=0.37, noise=0.01)
+    ctrl = get_controller("random")(env, seed=0)
+    ctrl.check_budget(1)  # no update to pay for: any budget is fine
+    ctrl.run(8)
+    assert ctrl.state().get("updates", 0) == 0
+    assert [p.name for p in save_controller_state(ctrl, tmp_path)] == ["controller_state.json"]
+    for name in ("random", "grid", "fixed"):
+        with pytest.raises(ConfigError, match=f"{name}.*cannot be warm-started"):
+            load_warm_start(tmp_path, get_controller(name)(_env()))

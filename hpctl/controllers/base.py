@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -44,8 +45,20 @@ class Controller(ABC):
         """
 
     def state(self) -> dict[str, float]:
-        """Scalars describing the controller now (logged to MLflow), e.g. mu, sigma."""
+        """Scalars describing the controller now (logged to MLflow), e.g. mu, sigma, updates."""
         return {}
+
+    def check_budget(self, budget: int) -> None:
+        """Raise :class:`ConfigError` if ``budget`` probes cannot pay for one update (learners)."""
+
+    def export_state(self, out_dir: Path) -> dict[str, Any]:
+        """What a later run can warm-start from (JSON-able; may write files into ``out_dir``)."""
+        return {}
+
+    def warm_start(self, state: dict[str, Any], folder: Path) -> None:
+        """Start from ``export_state()`` of a finished run saved in ``folder``."""
+        raise ConfigError(f"controller {self.name!r} learns no policy, so it cannot be warm-started "
+                          "(warm starts: grpo, ppo, a2c, sac, td3)")
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
@@ -102,3 +115,59 @@ def _load_builtin() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != mod:
                 raise
+
+
+# ------------------------------------------------------------------ warm starts ------
+#: the controller state a finished run leaves in its folder (JSON; SB3 adds its weights file)
+STATE_FILE = "controller_state.json"
+STATE_FORMAT = "hpctl-controller-1"
+
+
+def save_controller_state(ctrl: Controller, out_dir: Path) -> list[Path]:
+    """Write ``controller_state.json`` (and any file the controller adds); return the paths."""
+    import json
+
+    out_dir = Path(out_dir)
+    knob = ctrl.knob
+    payload = {"format": STATE_FORMAT, "controller": ctrl.name,
+               "knob": {"name": knob.name, "dim": knob.dim, "low": knob.low, "high": knob.high, "log": knob.log},
+               "state": ctrl.export_state(out_dir)}
+    path = out_dir / STATE_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(path)
+    extra = [out_dir / str(v) for k, v in payload["state"].items() if k.endswith("_file") and v]
+    return [path, *extra]
+
+
+def load_warm_start(folder: str | Path, ctrl: Controller) -> None:
+    """Start ``ctrl`` from the controller state a finished run saved in ``folder``.
+
+    One-line :class:`ConfigError` for a folder without a state, a state of another
+    controller, or of a knob of another shape.
+    """
+    import json
+
+    folder = Path(folder)
+    shown = str(folder)
+    if type(ctrl).warm_start is Controller.warm_start:
+        ctrl.warm_start({}, folder)  # raises: this controller learns no policy
+    if not folder.is_dir():
+        raise ConfigError(f"--warm-start {shown!r} is not a folder")
+    path = folder / STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"--warm-start {shown!r} holds no {STATE_FILE} (not a finished hpctl run)")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        saved, knob, state = payload["controller"], payload["knob"], payload["state"]
+        if payload.get("format") != STATE_FORMAT or not isinstance(state, dict):
+            raise ValueError(f"format {payload.get('format')!r}")
+        dim = int(knob["dim"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--warm-start: {str(path)!r} is not a controller state: {exc}") from None
+    if saved != ctrl.name:
+        raise ConfigError(f"--warm-start {shown!r} holds a {saved!r} controller; this run uses {ctrl.name!r}")
+    if dim != ctrl.knob.dim:
+        raise ConfigError(f"--warm-start {shown!r} is for a {dim}-d knob ({knob.get('name')!r}); "
+                          f"this run's knob {ctrl.knob.name!r} has {ctrl.knob.dim} dimension(s)")
+    ctrl.warm_start(state, folder)

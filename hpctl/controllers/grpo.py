@@ -1,137 +1,206 @@
 """GRPO controller of GRASP LoRA, from scratch, in one file (CleanRL style).
 
-The policy is a diagonal Gaussian over the knob in its unit cube (``knob.to_unit``):
-one ``N(mu_d, sigma_d^2)`` per knob dimension ``d``. Every round, at one frozen
-training state (the paper's "every K optimizer steps"):
+The paper's steps, in its order. The policy is a diagonal Gaussian ``N(mu_d, sigma_d^2)``
+per knob dimension ``d`` over a latent ``z``; a sample becomes a knob value through its
+unit coordinate ``u = sigmoid(z)`` (``knob.from_unit(u)``), so every sample lies inside
+the bounds and none piles up on them. Every round, at one frozen training state (the
+paper's "every K optimizer steps"):
 
-1. sample a group of C candidates ``z_i ~ N(mu, sigma^2)``, ``rho_i = clamp(z_i, 0, 1)``;
-2. probe them all at the same training state (``env.probe_group``) and the baseline
-   at the committed value (``env.baseline()``); reward ``r_i = score_i - score_0``
-   (the paper's ``L_0 - L_i`` for a loss; scores are higher-is-better);
-3. group-centred advantages ``A_i = (r_i - mean r) / (std r + eps)``;
-4. a few epochs of gradient ascent on ``(mu, log sigma)`` of
+1. sample a group of C candidates ``z_i ~ N(mu, sigma^2)``, ``u_i = sigmoid(z_i)``,
+   stratified: per dimension one draw from each of the C equal-probability slices of the
+   Gaussian (each draw is still exactly ``N(mu, sigma^2)``; the group cannot clump on one
+   side by chance and miss a peak on the other);
+2. probe them all at the same training state (``env.probe_group``) and the baseline at
+   the committed value (``env.baseline()``); reward ``r_i = score_i - score_0`` (the
+   paper's ``L_0 - L_i`` for a loss; scores are higher-is-better);
+3. group-centred advantages ``A_i = (r_i - mean r) / (std r + eps)``, ``std`` unbiased and
+   ``eps = 1e-4`` as in TRL's GRPO (near-ties of a deterministic loss make small steps,
+   not full-size ones);
+4. ``epochs`` natural-gradient ascent steps on ``(mu, log sigma)`` of
 
-       J = mean_i min(ratio_i A_i, clip(ratio_i, 1 - eps, 1 + eps) A_i)     PPO-style surrogate
-           - beta * KL(pi_old || pi)                                        trust region
-           - lambda_reg * sum_d (mu_d - c_d)^2                              pull to committed c
-           + entropy_coef * sum_d log sigma_d                               entropy bonus
+       J = mean_i min(ratio_i A_i, clip(ratio_i, 1 - eps, 1 + eps) A_i)   PPO-style surrogate
+           - beta_kl * KL(pi_old || pi)                                   KL penalty
+           - lambda_reg * sum_d (mu_d - c_d)^2 / (2 sigma_old_d^2)        pull to committed c
+           + entropy_coef * sum_d log sigma_d                             entropy bonus
 
-   with ``ratio_i = pi(z_i) / pi_old(z_i)`` and the analytic score-function gradients
-   ``d log N(z) / d mu = (z - mu) / sigma^2``, ``d log N(z) / d log sigma =
-   (z - mu)^2 / sigma^2 - 1``. ``mu`` is kept in [0, 1], ``sigma`` in
-   ``[sigma_min, sigma_max]``;
-5. commit: the training value moves towards the new ``mu`` by at most ``max_step``
-   (unit coordinates), and only if the micro-dev score does not drop there:
-   ``evidence >= score_0 - commit_tol``, otherwise training stays where it is. The
-   evidence (``commit_check``) is, by default (``"nearest"``), the score of the group
-   candidate nearest to the move target when one lies within ``commit_radius`` of it,
-   else one extra ``"guard"`` probe of the target (counted in the budget);
-   ``"probe"`` always probes the target. Then ``env.advance(value)`` trains one round
-   at the committed value.
+   with ``ratio_i = pi(u_i) / pi_old(u_i)`` and ``c = logit(committed value)``. The
+   density of ``u`` is ``N(logit u; mu, sigma^2) / (u (1 - u))`` (:func:`unit_logp`); the
+   Jacobian does not depend on the policy, so ratios and score-function gradients are
+   those of the Gaussian in ``z``: ``d log pi / d mu = (z - mu) / sigma^2``,
+   ``d log pi / d log sigma = (z - mu)^2 / sigma^2 - 1``. The gradient is preconditioned
+   by the inverse Fisher information (``sigma^2`` for ``mu``, ``1/2`` for ``log sigma``: the
+   natural gradient), so the first step on ``mu`` is about ``lr * sigma * corr(A, z)``.
+   The regulariser is measured in units of the policy's width, so its natural-gradient
+   pull is ``lr * lambda_reg * (c - mu)`` per epoch whatever sigma is (a pull
+   ``lambda * (mu - c)^2`` is multiplied by ``sigma^2`` and does nothing);
+5. trust region: if ``KL(pi_old || pi) > max_kl`` after the epochs, the round's step is
+   shortened along its direction until it holds. ``sigma`` stays in
+   ``[sigma_min, sigma_max]``, ``mu`` in ``[-z_max, z_max]``;
+6. exploration floor: while the group's best candidate disagrees with the new mean,
+   ``sigma >= |z_best - mu|`` keeps it within reach of the next group (a second peak is
+   sampled again, not dropped after one round); once they agree, sigma shrinks;
+7. commit: the training value moves towards ``sigmoid(mu)`` by at most ``max_step`` (unit
+   coordinates), and only if the micro-dev score does not drop there:
+   ``evidence >= score_0 - commit_tol``, else training stays where it is. The evidence
+   (``commit_check``): ``"probe"`` (default) one extra ``"guard"`` probe of the target
+   (counted in the budget); ``"nearest"`` the score of the group candidate nearest to the
+   target when one lies within ``commit_radius``, else a guard probe; ``"none"`` commits
+   without a check. Then ``env.advance(value)`` trains one round at the committed value.
 
-The learned value is the final committed value (``env.current``).
+The learned value is the final committed value (``env.current``): what training used last
+and what the final phase uses.
 
-Ablations: ``epochs=1`` (with ``clip_eps=0`` and ``beta_kl=0``) is plain REINFORCE with
-a group baseline; ``clip_eps=0.2`` is PPO's clip; ``normalize_std=False`` keeps only
-mean-centring; ``commit_check="none"`` commits without the guard.
+Every choice is switchable, and ``benchmarks/controllers.py --ablations`` measures each
+one switched back on every landscape and noise level (``benchmarks/results/controllers.md``):
+``space="clamp"`` (the policy on the unit interval, ``u = clamp(z, 0, 1)``, ``mu`` clipped:
+sampling mass beyond a bound piles up on it and pulls the learned value there),
+``sampling="iid"``, ``sigma_floor="none"``, ``lambda_reg=0``, ``max_kl=0``/``clip_eps``/
+``beta_kl``/``epochs`` (the trust region), ``adv_std="population"`` with ``adv_eps=1e-8``
+(the old advantages), ``commit_check`` and ``max_step``. ``epochs=1`` with no trust region
+is REINFORCE with a group baseline. The defaults were chosen on seeds 1000-1029 of the
+benchmark's landscapes (64 probes, groups of 8), the benchmark reports seeds 0-29.
 
-Optimiser (ours, the paper names none): the gradient is preconditioned by the inverse
-Fisher information of the Gaussian (``sigma^2`` for ``mu``, ``1/2`` for ``log sigma``:
-the natural gradient), then plain gradient ascent with ``lr`` on ``mu`` and
-``lr_sigma`` on ``log sigma``. With standardised advantages the first step on ``mu``
-is about ``lr * sigma * corr(A, z)``: large while sigma is large, shrinking as sigma
-adapts, independent of the score's units. ``optimizer="adam"`` (moments kept across
-rounds) and ``natural_gradient=False`` are there for comparison.
-
-Defaults, tuned on the synthetic landscapes (the setup of ``benchmarks/controllers.py``:
-64 probes, groups of 4-8, noise 0.01): ``sigma_init=0.2`` covers the unit interval in
-the first group; ``lr=0.8`` with 3 epochs moves ``mu`` most of the way to the best
-region in one round; ``lr_sigma=0.3`` shrinks sigma more slowly than ``mu`` moves and
-``sigma_min=0.03`` keeps the policy able to follow a drifting optimum. The ratio clip
-is off by default (``clip_eps=0``: the surrogate is ``ratio_i A_i``): with 4-8 samples
-and large natural-gradient steps it zeroes the gradient of the samples that matter
-after the first epoch and costs precision (worst median distance over optima
-0.05-0.9, groups of 8, 10 seeds: 0.028 with ``clip_eps=0.2``, 0.016 without).
-``"nearest"`` saves the guard probe in most rounds; it is an optimistic check (the
-nearest candidate tends to be one that scored well, which is why ``mu`` moved there);
-``"probe"`` is the unbiased, one-probe-per-round alternative (worst median 0.018).
+Optimiser (ours, the paper names none): plain natural-gradient ascent with ``lr`` on ``mu``
+and ``lr_sigma`` on ``log sigma``; ``optimizer="adam"`` and ``natural_gradient=False``
+are there for comparison.
 """
-
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Callable
 
 import numpy as np
 
 from hpctl.controllers.base import Controller, register
 from hpctl.control_env import ControlEnv
-from hpctl.errors import ResumeError
+from hpctl.errors import ConfigError, ResumeError
 
 COMMIT_CHECKS = ("probe", "nearest", "none")
 OPTIMIZERS = ("sgd", "adam")
+SPACES = ("logit", "clamp")
+SIGMA_FLOORS = ("best", "none")
+SAMPLINGS = ("stratified", "iid")
+ADV_STDS = ("unbiased", "population")
 
 
 @dataclass
 class GRPOConfig:
-    """Hyperparameters of :class:`GRPO` (all distances in the knob's unit cube)."""
+    """Hyperparameters of :class:`GRPO`.
+
+    ``mu``/``sigma`` live in the policy's latent space: logits of the unit coordinate with
+    ``space="logit"`` (sigma 1 there spreads samples over about 0.27-0.73 around the
+    middle of the range), the unit coordinate itself with ``space="clamp"``.
+    ``max_step`` and ``commit_radius`` are in unit coordinates.
+    """
 
     group_size: int | None = None  # candidates per round (C); None: the env's group size
-    sigma_init: float = 0.2  # initial exploration width
-    sigma_min: float = 0.03
-    sigma_max: float = 0.5
-    lr: float = 0.8  # step size of the (natural-)gradient ascent on mu
+    space: str = "logit"  # "logit": u = sigmoid(z); "clamp": u = clip(z, 0, 1) (ablation)
+    sampling: str = "stratified"  # "stratified": one draw per 1/C quantile slice of N(0, 1); "iid"
+    sigma_init: float = 1.2  # initial exploration width (latent units)
+    sigma_min: float = 0.2
+    sigma_max: float = 3.0
+    sigma_floor: str = "best"  # "best": sigma >= |best candidate - new mean| (keep exploring); "none"
+    z_max: float = 6.9  # |mu| bound in the logit space (sigmoid(6.9) = 0.999)
+    lr: float = 0.8  # natural-gradient step size on mu
     lr_sigma: float | None = 0.3  # step size on log sigma; None: lr
     optimizer: str = "sgd"  # "sgd" (plain ascent) or "adam"
     natural_gradient: bool = True  # precondition by the inverse Fisher information
     epochs: int = 3  # gradient steps per group (PPO epochs)
     clip_eps: float = 0.0  # PPO ratio clip; 0 turns clipping off
     beta_kl: float = 0.0  # weight of KL(pi_old || pi)
-    lambda_reg: float = 0.1  # pull of mu towards the committed value
+    max_kl: float = 0.5  # trust region: shorten a round's step to KL(pi_old || pi) <= max_kl; 0: off
+    lambda_reg: float = 0.1  # pull of mu towards the committed value (in units of sigma)
     entropy_coef: float = 0.0  # bonus on sum(log sigma)
     normalize_std: bool = True  # divide centred rewards by their std
-    adv_eps: float = 1e-8
-    max_step: float = 0.3  # largest commit move per round (per component)
-    commit_check: str = "nearest"  # evidence for the guard: "nearest", "probe" or "none"
+    adv_std: str = "unbiased"  # "unbiased" (ddof 1, as TRL) or "population"
+    adv_eps: float = 1e-4
+    max_step: float = 0.5  # largest commit move per round (per component, unit coordinates)
+    commit_check: str = "probe"  # evidence for the guard: "probe", "nearest" or "none"
     commit_radius: float = 0.05  # "nearest": farthest candidate that may stand in for the target
     commit_tol: float = 0.0  # move if evidence >= baseline - commit_tol
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
 
     def __post_init__(self) -> None:
+        for name, allowed in (("space", SPACES), ("sampling", SAMPLINGS), ("sigma_floor", SIGMA_FLOORS), ("adv_std", ADV_STDS),
+                              ("commit_check", COMMIT_CHECKS), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r} (choose from {', '.join(allowed)})")
         if self.group_size is not None and self.group_size < 2:
             raise ValueError(f"group_size must be >= 2, got {self.group_size}")
         if not 0 < self.sigma_min <= self.sigma_init <= self.sigma_max:
             raise ValueError(f"need 0 < sigma_min <= sigma_init <= sigma_max, got "
                              f"{self.sigma_min}, {self.sigma_init}, {self.sigma_max}")
-        if self.lr_sigma is not None and self.lr_sigma <= 0:
+        for name in ("lr", "z_max", "adv_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.lr_sigma is not None and not self.lr_sigma > 0:
             raise ValueError(f"lr_sigma must be > 0, got {self.lr_sigma}")
-        if self.lr <= 0 or self.epochs < 1 or self.clip_eps < 0 or self.beta_kl < 0 or self.lambda_reg < 0:
-            raise ValueError("lr must be > 0, epochs >= 1, clip_eps/beta_kl/lambda_reg >= 0")
-        if self.commit_radius < 0 or self.commit_tol < 0 or self.entropy_coef < 0:
-            raise ValueError("commit_radius, commit_tol and entropy_coef must be >= 0")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        for name in ("clip_eps", "beta_kl", "max_kl", "lambda_reg", "entropy_coef", "commit_radius", "commit_tol"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.max_step <= 1:
             raise ValueError(f"max_step must be in (0, 1], got {self.max_step}")
-        if self.commit_check not in COMMIT_CHECKS:
-            raise ValueError(f"commit_check must be one of {COMMIT_CHECKS}, got {self.commit_check!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
 
 
 # ---------------------------------------------------------------- the math ------
+U_EPS = 1e-6  # unit coordinates are kept this far inside (0, 1) before taking a logit
+
+
+def logit(u: np.ndarray) -> np.ndarray:
+    u = np.clip(np.asarray(u, dtype=np.float64), U_EPS, 1.0 - U_EPS)
+    return np.log(u) - np.log1p(-u)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))  # stable for large |z|
+
+
 def gaussian_logp(z: np.ndarray, mu: np.ndarray, log_sigma: np.ndarray) -> np.ndarray:
     """Joint log-density of each row of ``z`` (shape (n, dim)) under the diagonal Gaussian."""
     sigma = np.exp(log_sigma)
     return np.sum(-0.5 * ((z - mu) / sigma) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi), axis=1)
 
 
-def group_advantages(rewards: np.ndarray, normalize_std: bool = True, eps: float = 1e-8) -> np.ndarray:
-    """``A_i = (r_i - mean r) / (std r + eps)`` (population std); only centred if not normalising."""
+def unit_logp(u: np.ndarray, mu: np.ndarray, log_sigma: np.ndarray) -> np.ndarray:
+    """Log-density of unit coordinates ``u = sigmoid(z)``, ``z ~ N(mu, sigma^2)`` (logit space).
+
+    ``log N(logit u; mu, sigma^2) - sum_d log(u_d (1 - u_d))``: the change of variables.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    return gaussian_logp(logit(u), mu, log_sigma) - np.sum(np.log(u) + np.log1p(-u), axis=1)
+
+
+def group_advantages(rewards: np.ndarray, normalize_std: bool = True, eps: float = 1e-4,
+                     unbiased: bool = True) -> np.ndarray:
+    """``A_i = (r_i - mean r) / (std r + eps)``; ``std`` with ddof 1 if ``unbiased`` (TRL's GRPO)."""
     r = np.asarray(rewards, dtype=np.float64)
     a = r - r.mean()
-    return a / (r.std() + eps) if normalize_std else a
+    if not normalize_std:
+        return a
+    std = r.std(ddof=1) if unbiased and r.size > 1 else r.std()
+    return a / (std + eps)
+
+
+def standard_normal_group(rng: np.random.Generator, n: int, dim: int, stratified: bool = True) -> np.ndarray:
+    """``n`` draws of ``N(0, I_dim)``; ``stratified``: per dimension one draw from each of the
+    ``n`` equal-probability slices of the normal, in random order (Latin hypercube sampling).
+
+    Each draw is still exactly ``N(0, 1)`` (a uniform slice, then a random slice), so the
+    gradient estimates stay unbiased; the group is spread over the whole distribution,
+    tails included, instead of clumping by chance.
+    """
+    if not stratified:
+        return rng.standard_normal((n, dim))
+    u = (np.stack([rng.permutation(n) for _ in range(dim)], axis=1) + rng.random((n, dim))) / n
+    inv = NormalDist().inv_cdf
+    return np.vectorize(inv)(np.clip(u, 1e-12, 1 - 1e-12))
 
 
 def score_grads(z: np.ndarray, mu: np.ndarray, log_sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,10 +217,11 @@ def kl_old_new(mu_old: np.ndarray, ls_old: np.ndarray, mu: np.ndarray, ls: np.nd
 
 
 def objective_grads(z: np.ndarray, adv: np.ndarray, mu: np.ndarray, log_sigma: np.ndarray,
-                    mu_old: np.ndarray, ls_old: np.ndarray, committed: np.ndarray,
+                    mu_old: np.ndarray, ls_old: np.ndarray, center: np.ndarray,
                     cfg: GRPOConfig) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Gradient of the objective ``J`` (module docstring) w.r.t. ``mu`` and ``log sigma``.
 
+    ``z``: latent samples (n, dim); ``center``: the committed value in latent coordinates.
     Returns ``(g_mu, g_log_sigma, info)``; ``info`` has the surrogate value, the mean
     ratio and the fraction of clipped samples.
     """
@@ -174,8 +244,8 @@ def objective_grads(z: np.ndarray, adv: np.ndarray, mu: np.ndarray, log_sigma: n
         var_old = np.exp(2 * ls_old)
         g_mu -= cfg.beta_kl * (mu - mu_old) / var
         g_ls -= cfg.beta_kl * (1.0 - (var_old + (mu_old - mu) ** 2) / var)
-    # - lambda_reg * |mu - c|^2
-    g_mu -= 2.0 * cfg.lambda_reg * (mu - committed)
+    # - lambda_reg * |mu - c|^2 / (2 sigma_old^2)
+    g_mu -= cfg.lambda_reg * (mu - center) / np.exp(2 * ls_old)
     # + entropy_coef * H(pi), H = sum(log sigma) + const
     g_ls += cfg.entropy_coef
     info = {"surrogate": float(np.mean(surr)), "ratio_mean": float(np.mean(ratio)),
@@ -192,7 +262,8 @@ class GRPO(Controller):
     candidates, and at most one guard probe of the move target (always with
     ``commit_check="probe"``, reserved in the budget; with ``"nearest"`` only when no
     candidate lies near the target and the budget has a probe left). A round with fewer
-    than 2 affordable candidates is not started, so ``env.probes <= budget`` always.
+    than 2 affordable candidates is not started, so ``env.probes <= budget`` always; a
+    budget too small for one round is a :class:`ConfigError` (:meth:`check_budget`).
     The run stops when the budget is spent or training is over (``env.done``).
     """
 
@@ -209,20 +280,43 @@ class GRPO(Controller):
         self.adam_v = np.zeros(2 * dim)
         self.adam_t = 0
         self.rounds = 0
+        self.updates = 0  # gradient steps on (mu, log sigma)
         self.commits = 0
         self.refusals = 0
         self.guard_probes = 0
         self.guard_nearest = 0
         self.last: dict[str, float] = {}
 
-    # -- helpers ------------------------------------------------------------------
+    # -- the policy's space ---------------------------------------------------------
     @property
     def sigma(self) -> np.ndarray:
         return np.exp(self.log_sigma)
 
+    def to_unit(self, z: np.ndarray) -> np.ndarray:
+        """Latent -> unit coordinates: ``sigmoid`` (or ``clip`` to [0, 1] with ``space="clamp"``)."""
+        return sigmoid(z) if self.config.space == "logit" else np.clip(z, 0.0, 1.0)
+
+    def to_latent(self, u: np.ndarray) -> np.ndarray:
+        return logit(u) if self.config.space == "logit" else np.clip(np.asarray(u, dtype=np.float64), 0.0, 1.0)
+
+    def mu_bounds(self) -> tuple[float, float]:
+        return (-self.config.z_max, self.config.z_max) if self.config.space == "logit" else (0.0, 1.0)
+
     def group_size(self) -> int:
         return int(self.config.group_size or self.env.group_size)
 
+    def round_cost(self, n: int) -> int:
+        """Probes one round of ``n`` candidates reserves: baseline, candidates, guard."""
+        return 1 + n + (1 if self.config.commit_check == "probe" else 0)
+
+    def check_budget(self, budget: int) -> None:
+        """A budget that cannot pay for one round (two candidates) would learn nothing."""
+        need = self.round_cost(2)
+        if budget < need:
+            raise ConfigError(f"controller 'grpo' needs a budget of at least {need} probes for one update "
+                              f"(baseline, 2 candidates{', guard' if need == 4 else ''}), got {budget}")
+
+    # -- steps 3-6: the update -------------------------------------------------------------
     def _ascend(self, g_mu: np.ndarray, g_ls: np.ndarray) -> None:
         """One ascent step on (mu, log sigma), then project onto the bounds."""
         cfg = self.config
@@ -242,28 +336,63 @@ class GRPO(Controller):
             step = g
         dim = self.knob.dim
         step = step * np.repeat([cfg.lr, cfg.lr if cfg.lr_sigma is None else cfg.lr_sigma], dim)
-        self.mu = np.clip(self.mu + step[:dim], 0.0, 1.0)
+        self.mu = np.clip(self.mu + step[:dim], *self.mu_bounds())
         self.log_sigma = np.clip(self.log_sigma + step[dim:], math.log(cfg.sigma_min), math.log(cfg.sigma_max))
+        self.updates += 1
 
-    def update(self, z: np.ndarray, rewards: np.ndarray, committed: np.ndarray) -> dict[str, float]:
-        """Steps 3-4: advantages and ``epochs`` ascent steps on the objective for one group.
+    def _trust_region(self, mu_old: np.ndarray, ls_old: np.ndarray) -> float:
+        """Shorten the round's step along its direction until ``KL(pi_old || pi) <= max_kl``."""
+        kl = kl_old_new(mu_old, ls_old, self.mu, self.log_sigma)
+        if self.config.max_kl <= 0 or kl <= self.config.max_kl:
+            return 1.0
+        mu_new, ls_new = self.mu.copy(), self.log_sigma.copy()
+        lo, hi = 0.0, 1.0  # bisection on the step fraction t (KL grows with t along the segment)
+        for _ in range(30):
+            t = 0.5 * (lo + hi)
+            if kl_old_new(mu_old, ls_old, mu_old + t * (mu_new - mu_old), ls_old + t * (ls_new - ls_old)) > self.config.max_kl:
+                hi = t
+            else:
+                lo = t
+        self.mu, self.log_sigma = mu_old + lo * (mu_new - mu_old), ls_old + lo * (ls_new - ls_old)
+        return lo
 
-        ``z``: (n, dim) unclamped samples in unit coordinates; ``rewards``: (n,);
-        ``committed``: the committed value in unit coordinates.
+    def _sigma_floor(self, z: np.ndarray, adv: np.ndarray) -> None:
+        """Step 6: while the group's best candidate disagrees with the new mean, sigma keeps it in reach.
+
+        ``sigma >= |z_best - mu|`` per dimension (within ``[sigma_min, sigma_max]``): if the
+        best candidate lies far from where the update moved the mean (another peak, say),
+        the next group still samples there; once the best agrees with the mean, sigma
+        shrinks as the gradient says.
         """
         cfg = self.config
-        adv = group_advantages(rewards, cfg.normalize_std, cfg.adv_eps)
+        if cfg.sigma_floor == "none" or not len(adv):
+            return
+        gap = np.abs(z[int(np.argmax(adv))] - self.mu)
+        self.log_sigma = np.maximum(self.log_sigma, np.log(np.clip(gap, cfg.sigma_min, cfg.sigma_max)))
+
+    def update(self, z: np.ndarray, rewards: np.ndarray, center: np.ndarray) -> dict[str, float]:
+        """Steps 3-6 for one group: advantages, ``epochs`` ascent steps, trust region, sigma floor.
+
+        ``z``: (n, dim) latent samples; ``rewards``: (n,); ``center``: the committed value
+        in latent coordinates.
+        """
+        cfg = self.config
+        adv = group_advantages(rewards, cfg.normalize_std, cfg.adv_eps, unbiased=cfg.adv_std == "unbiased")
         mu_old, ls_old = self.mu.copy(), self.log_sigma.copy()
         info: dict[str, float] = {}
         for _ in range(cfg.epochs):
-            g_mu, g_ls, info = objective_grads(z, adv, self.mu, self.log_sigma, mu_old, ls_old, committed, cfg)
+            g_mu, g_ls, info = objective_grads(z, adv, self.mu, self.log_sigma, mu_old, ls_old, center, cfg)
             self._ascend(g_mu, g_ls)
+        info["step_fraction"] = self._trust_region(mu_old, ls_old)
+        self._sigma_floor(z, adv)
         info["kl"] = kl_old_new(mu_old, ls_old, self.mu, self.log_sigma)
         return info
 
+    # -- step 7: the guarded, bounded commit --------------------------------------------
     def commit_target(self, u_cur: np.ndarray) -> np.ndarray:
-        """Step 5a: the committed value moved towards mu by at most ``max_step`` (unit coords)."""
-        return np.clip(u_cur + np.clip(self.mu - u_cur, -self.config.max_step, self.config.max_step), 0.0, 1.0)
+        """The committed value moved towards the policy's mean by at most ``max_step`` (unit coords)."""
+        step = self.config.max_step
+        return np.clip(u_cur + np.clip(self.to_unit(self.mu) - u_cur, -step, step), 0.0, 1.0)
 
     def guard_evidence(self, target: np.ndarray, rho: np.ndarray, scores: np.ndarray, t_val: np.ndarray,
                        budget: int) -> float:
@@ -288,7 +417,7 @@ class GRPO(Controller):
         return self.env.probe(t_val, kind="guard")
 
     def accept(self, target_score: float, baseline: float) -> bool:
-        """Step 5b, the guard: move only if the micro-dev score does not drop."""
+        """The guard: move only if the micro-dev score does not drop."""
         if not math.isfinite(target_score):
             return False
         if not math.isfinite(baseline):
@@ -298,19 +427,20 @@ class GRPO(Controller):
     # -- the loop -----------------------------------------------------------------
     def run(self, budget: int, callback: Callable[[Controller], None] | None = None) -> np.ndarray:
         env, knob, cfg = self.env, self.knob, self.config
+        if self.rounds == 0:
+            self.check_budget(budget)
         if not self.initialized:
-            self.mu = np.clip(knob.to_unit(env.current), 0.0, 1.0)
+            self.mu = np.clip(self.to_latent(knob.to_unit(env.current)), *self.mu_bounds())
             self.initialized = True
-        guard_cost = 1 if cfg.commit_check == "probe" else 0  # reserved; "nearest" probes only if room
         while not env.done:
-            room = budget - env.probes - 1 - guard_cost  # 1: the baseline probe
+            room = budget - self.env.probes - self.round_cost(0)
             n = min(self.group_size(), room)
             if n < 2:
                 break
             u_cur = np.clip(knob.to_unit(env.current), 0.0, 1.0)
             # 1. sample the group
-            z = self.mu + self.sigma * self.rng.standard_normal((n, knob.dim))
-            rho = np.clip(z, 0.0, 1.0)
+            z = self.mu + self.sigma * standard_normal_group(self.rng, n, knob.dim, cfg.sampling == "stratified")
+            rho = self.to_unit(z)
             # 2. probe the baseline and the candidates at the same training state
             base = env.baseline()
             scores = env.probe_group(np.stack([knob.from_unit(r) for r in rho]))
@@ -319,10 +449,10 @@ class GRPO(Controller):
             self.last = {"reward_mean": float(rewards.mean()) if ok.any() else 0.0,
                          "reward_best": float(rewards.max()) if ok.any() else 0.0,
                          "valid": float(ok.sum())}
-            # 3-4. advantages and the policy update (a group needs >= 2 valid scores)
+            # 3-6. advantages and the policy update (a group needs >= 2 valid scores)
             if ok.sum() >= 2:
-                self.last.update(self.update(z[ok], rewards, u_cur))
-            # 5. guarded, bounded commit
+                self.last.update(self.update(z[ok], rewards, self.to_latent(u_cur)))
+            # 7. guarded, bounded commit
             target = self.commit_target(u_cur)
             value = env.current
             if not np.allclose(target, u_cur, rtol=0.0, atol=1e-9):
@@ -339,28 +469,58 @@ class GRPO(Controller):
                 callback(self)
         return env.current.copy()
 
-    # -- logging and resume ---------------------------------------------------------
+    # -- logging, resume and warm starts -----------------------------------------------
     def state(self) -> dict[str, float]:
-        """mu (knob units), sigma (unit coordinates) and the committed value per component, plus counters."""
+        """mu (knob units), sigma (latent units), the committed value per component, and counters."""
         names = self.knob.component_names
-        mu_k = self.knob.from_unit(self.mu) if self.initialized else self.knob.clip(self.env.current)
+        mu_k = self.knob.from_unit(self.to_unit(self.mu)) if self.initialized else self.knob.clip(self.env.current)
         out: dict[str, float] = {}
         for i, n in enumerate(names):
             sfx = "" if self.knob.dim == 1 else f"/{n}"
             out[f"mu{sfx}"] = float(mu_k[i])
-            out[f"sigma{sfx}"] = float(self.sigma[i])  # unit coordinates
+            out[f"sigma{sfx}"] = float(self.sigma[i])
             out[f"value{sfx}"] = float(self.env.current[i])
-        out.update({"rounds": float(self.rounds), "commits": float(self.commits), "refusals": float(self.refusals),
-                    "guard_probes": float(self.guard_probes)})
+        out.update({"rounds": float(self.rounds), "updates": float(self.updates), "commits": float(self.commits),
+                    "refusals": float(self.refusals), "guard_probes": float(self.guard_probes)})
         out.update({k: v for k, v in self.last.items() if math.isfinite(v)})
         return out
+
+    def export_state(self, out_dir: Path) -> dict[str, Any]:
+        """The policy (latent mean and width) a later run can warm-start from."""
+        return {"space": self.config.space, "mu": self.mu.tolist(), "sigma": self.sigma.tolist(),
+                "updates": self.updates}
+
+    def warm_start(self, state: dict[str, Any], folder: Path) -> None:
+        """Start from a finished run's policy: mean and width, not its counters or RNG.
+
+        Training still starts at the task's starting value; the first round samples
+        around the saved mean, and the commit moves towards it by ``max_step``.
+        """
+        cfg = self.config
+        if state.get("space") != cfg.space:
+            raise ConfigError(f"warm start: the grpo policy in {str(folder)!r} lives in the {state.get('space')!r} "
+                              f"space, this run's in {cfg.space!r} (set space={state.get('space')})")
+        try:
+            mu = np.asarray(state["mu"], dtype=np.float64).reshape(-1)
+            sigma = np.asarray(state["sigma"], dtype=np.float64).reshape(-1)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"warm start: the grpo state in {str(folder)!r} is unreadable: {exc}") from None
+        if mu.shape != (self.knob.dim,) or sigma.shape != (self.knob.dim,):
+            raise ConfigError(f"warm start: the grpo policy in {str(folder)!r} has {mu.size} dimension(s), "
+                              f"this knob {self.knob.dim}")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all() and (sigma > 0).all()):
+            raise ConfigError(f"warm start: the grpo policy in {str(folder)!r} is not finite")
+        self.mu = np.clip(mu, *self.mu_bounds())
+        self.log_sigma = np.clip(np.log(sigma), math.log(cfg.sigma_min), math.log(cfg.sigma_max))
+        self.initialized = True
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "rng": self.rng.bit_generator.state, "mu": self.mu.copy(), "log_sigma": self.log_sigma.copy(),
             "initialized": self.initialized, "adam_m": self.adam_m.copy(), "adam_v": self.adam_v.copy(),
-            "adam_t": self.adam_t, "rounds": self.rounds, "commits": self.commits, "refusals": self.refusals,
-            "guard_probes": self.guard_probes, "guard_nearest": self.guard_nearest, "last": dict(self.last),
+            "adam_t": self.adam_t, "rounds": self.rounds, "updates": self.updates, "commits": self.commits,
+            "refusals": self.refusals, "guard_probes": self.guard_probes, "guard_nearest": self.guard_nearest,
+            "last": dict(self.last),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -373,6 +533,7 @@ class GRPO(Controller):
             self.adam_v = np.asarray(state["adam_v"], dtype=np.float64).copy()
             self.adam_t = int(state["adam_t"])
             self.rounds, self.commits = int(state["rounds"]), int(state["commits"])
+            self.updates = int(state.get("updates", 0))
             self.refusals = int(state["refusals"])
             self.guard_probes, self.guard_nearest = int(state["guard_probes"]), int(state["guard_nearest"])
             self.last = dict(state.get("last", {}))
