@@ -25,7 +25,7 @@ from hpctl.config import COMPARE_KEYS, RunOptions, field_type, load_yaml, split_
 from hpctl.errors import ConfigError, HpctlError, one_line
 
 COMMON_FLAGS = ("controller", "seed", "budget", "group_size", "commit_rule", "reward", "out", "tracking_uri",
-                *ENGINE_KEYS)
+                "warm_start", *ENGINE_KEYS)
 
 
 def _console(stderr: bool = True):
@@ -142,13 +142,20 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
     table.add_column("what")
     table.add_column("value")
     for k, v in result["learned"].items():
-        table.add_row(f"learned {k}", f"{v:.4f}")
+        table.add_row(f"learned {k}", f"{v:.4f}  (what the final phase uses)")
+    best = result.get("best_probe")
+    if best:
+        where = f"probe {best['probe']}, step {best['step']}"
+        table.add_row("best probe", f"{', '.join(f'{v:.4f}' for v in best['value'].values())}  "
+                                    f"(scored {best['score']:.4g} once, {where})")
     if result.get("optimum"):
         for k, v in result["optimum"].items():
             table.add_row(f"optimum {k}", f"{v:.4f}")
     for k, v in result["metrics"].items():
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     table.add_row("probes", str(result["probes"]))
+    if "updates" in result:
+        table.add_row("updates", f"{result['updates']} (gradient steps on the controller's policy)")
     table.add_row("wall time", f"{result['wall_s']:.2f} s")
     table.add_row("run dir", result["out_dir"])
     table.add_row("mlflow run", result["mlflow_run_id"])
@@ -226,6 +233,8 @@ def common_run_options(cmd: click.Command) -> click.Command:
         click.Option(["--config", "config_file"], default=None, help="YAML config file (flags win)"),
         click.Option(["--set", "sets"], multiple=True, metavar="KEY=VALUE",
                      help="controller setting, e.g. --set lr=0.3, or --set grid.k=4 for one controller (repeatable)"),
+        click.Option(["--warm-start"], default=None, metavar="RUN_DIR",
+                     help="start the controller from a finished run's saved state (its controller_state.json)"),
         click.Option(["--out"], default=None, help="run directory (default runs/<plugin>-<controller>-s<seed>-<time>)"),
         click.Option(["--tracking-uri"], default=None, envvar="MLFLOW_TRACKING_URI",
                      help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db)"),

@@ -173,12 +173,14 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
                 "distance": median_iqr([r["metrics"].get("distance") for r in rs])
                 if all("distance" in r["metrics"] for r in rs) else None,
                 "probes": median_iqr([r["probes"] for r in rs]),
+                "updates": median_iqr([r.get("updates", 0) for r in rs]),
                 "wall_s": median_iqr([r["wall_s"] for r in rs]),
             }
         first = next(iter(runs.values()))[0]
         result = {"plugin": plugin_name, "controllers": controllers, "seeds": seeds, "budget": first["budget"],
                   "primary_metric": metric, "optimum": first.get("optimum"), "summary": summary,
-                  "runs": {c: [{k: r[k] for k in ("seed", "learned", "metrics", "probes", "wall_s", "mlflow_run_id")}
+                  "runs": {c: [{k: r.get(k) for k in ("seed", "learned", "best_probe", "updates", "metrics", "probes",
+                                                     "wall_s", "mlflow_run_id")}
                                for r in rs] for c, rs in runs.items()},
                   "failures": failures, "mlflow_run_id": parent.run_id, "out_dir": str(out_dir),
                   "engine": engine.name, "wall_s": time.perf_counter() - t_start}
@@ -220,8 +222,10 @@ def summary_table(result: dict[str, Any]):
     t.add_column(metric)
     t.add_column("|learned - optimum|")
     t.add_column("probes")
+    t.add_column("updates")
     t.add_column("wall s")
     for ctrl, s in result["summary"].items():
         learned = "; ".join(fmt(v) for v in s["learned"].values())
-        t.add_row(ctrl, learned, fmt(s[metric], 4), fmt(s["distance"]), fmt(s["probes"], 0), fmt(s["wall_s"], 2))
+        t.add_row(ctrl, learned, fmt(s[metric], 4), fmt(s["distance"]), fmt(s["probes"], 0),
+                  fmt(s.get("updates"), 0), fmt(s["wall_s"], 2))
     return t

@@ -44,6 +44,7 @@ class RunOptions:
     out: str | None = None
     tracking_uri: str | None = None
     controller_config: dict[str, Any] = field(default_factory=dict)
+    warm_start: str | None = None  # a finished run's folder: start the controller from its saved state
     # how the run executes, never what it computes (hpctl.engines)
     engine: str = "local"
     address: str | None = None

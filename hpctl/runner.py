@@ -18,7 +18,7 @@ import numpy as np
 
 from hpctl.config import build_dataclass
 from hpctl.control_env import ControlEnv
-from hpctl.controllers.base import Controller, get_controller
+from hpctl.controllers.base import Controller, get_controller, load_warm_start, save_controller_state
 from hpctl.engines import engine_options, run_workers
 from hpctl.errors import ConfigError, HpctlError
 from hpctl.registry import load_plugin
@@ -114,7 +114,27 @@ def build(spec: RunSpec, out_dir: Path):
         env_kwargs["steps_per_round"] = steps_per_round(task.total_steps, budget, group)
     env = ControlEnv(task, **env_kwargs)
     controller = ctrl_cls(env, config=ctrl_config, seed=opts.seed)
+    try:
+        if opts.warm_start:
+            load_warm_start(opts.warm_start, controller)
+        controller.check_budget(budget)  # a budget that allows no update fails before the run
+    except BaseException:
+        task.close()
+        raise
     return plugin, config, task, env, controller, budget
+
+
+def best_probe(history: list[dict[str, Any]], knob) -> dict[str, Any] | None:
+    """The probe with the highest score (any kind, first of ties): one noisy measurement at
+    the training state it was taken in. The learned value is what the final phase uses."""
+    best = None
+    for e in history:
+        if e["event"] == "probe" and np.isfinite(e["score"]) and (best is None or e["score"] > best["score"]):
+            best = e
+    if best is None:
+        return None
+    return {"value": knob.to_dict(best["value"]), "score": float(best["score"]), "kind": best["kind"],
+            "probe": int(best["probe"]), "step": int(best["step"])}
 
 
 def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None = None,
@@ -198,6 +218,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
                     workers.close()  # the probe workers' replicas are not needed for the final phase
             learned = task.knob.validate(learned)
         t_control = time.perf_counter() - t0
+        state_files = save_controller_state(controller, out_dir)  # what --warm-start reads
         if progress is not None:
             progress("phase", {"name": "final"})
         t0 = time.perf_counter()
@@ -215,6 +236,8 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
             "controller": controller.name,
             "seed": opts.seed,
             "learned": task.knob.to_dict(learned),
+            "best_probe": best_probe(recorder.history, task.knob),
+            "updates": int(controller.state().get("updates", 0)),
             "probes": env.probes,
             "budget": budget,
             "faults": recorder.faults,
@@ -227,6 +250,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
             "tracking_uri": tracker.uri,
             "out_dir": str(out_dir),
             "tracking_s": tracker.seconds - tracker.setup_seconds,
+            "controller_files": [p.name for p in state_files],
         }
         atomic_write_json(out_dir / RESULT, result)  # the result is safe before anything else can fail
     except KeyboardInterrupt:
@@ -281,4 +305,6 @@ def _record_outputs(tracker: Tracker, task, recorder: RunRecorder, result: dict[
         warn(tracker, f"plot failed: {exc}")
     tracker.artifact(out_dir / RESULT)
     tracker.artifact(out_dir / "history.json")
+    for name in result.get("controller_files", []):  # the controller state, for --warm-start
+        tracker.artifact(out_dir / name)
     log_outputs(tracker, task.artifacts())
