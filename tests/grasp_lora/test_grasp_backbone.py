@@ -161,3 +161,50 @@ def test_local_model_folder_loads_frozen(tiny, tmp_path):
     for (n, p), (_, q) in zip(model.named_parameters(), again.named_parameters()):
         assert torch.equal(p, q), n
     assert tok2("Answer:")["input_ids"] == tok("Answer:")["input_ids"]
+    from hpctl.plugins.grasp_lora.backbone import backbone_path
+
+    assert backbone_path(again) == str((tmp_path / "m").resolve())  # what saved adapters name as their base
+
+
+def test_tiny_backbone_path_loads_the_same_model(tiny):
+    from transformers import AutoModelForCausalLM
+
+    from hpctl.plugins.grasp_lora.backbone import backbone_path
+
+    model, _, _ = tiny
+    path = backbone_path(model)
+    assert path is not None and os.path.isabs(path) and os.path.isdir(path)
+    again = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    for (n, p), (_, q) in zip(model.named_parameters(), again.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_a_cold_cache_assembles_the_gguf_file_once(tmp_path, monkeypatch):
+    """Tokenizer and weights come from one assembled GGUF file (it was assembled twice, printed twice)."""
+    from hpctl.plugins.grasp_lora import backbone as B
+
+    calls = []
+
+    def source(tmp):
+        calls.append(tmp)
+        path = tmp / "model.gguf"
+        path.write_bytes(b"gguf")
+        return path
+
+    def fake_tokenizer(gguf, out):
+        assert gguf.is_file()
+        (out / "tokenizer.json").write_text("{}")
+
+    def fake_model(gguf, out):
+        assert gguf.is_file()  # still there after the tokenizer was built from it
+        (out / "model.safetensors").write_bytes(b"weights")
+
+    monkeypatch.setattr(B, "_gguf_tokenizer", fake_tokenizer)
+    monkeypatch.setattr(B, "_gguf_model", fake_model)
+    folder = B._model_dir(tmp_path, source, "key")
+    assert len(calls) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["hpctl-cache.json", "model.safetensors", "tokenizer.json"]
+    assert (tmp_path / "key-tokenizer" / "tokenizer.json").is_file()
+    assert not list(tmp_path.rglob("*.gguf"))  # the assembled file is gone
+    B._model_dir(tmp_path, source, "key")
+    assert len(calls) == 1  # cached: nothing assembled again
