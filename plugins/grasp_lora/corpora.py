@@ -45,6 +45,7 @@ from pathlib import Path
 from hpctl.errors import ConfigError, DataError
 from hpctl.plugins.grasp_lora.readers import (
     ENV_VARS,
+    HUB_IDS,
     LANG_NAMES,
     QA_TASKS,
     SQUAD_SHAPE,
@@ -54,8 +55,7 @@ from hpctl.plugins.grasp_lora.readers import (
     QARecord,
     Record,
     Unit,
-    expected_files,
-    how_to_point,
+    hub_units,
     language_units,
     loads_json,
     parse_squad,
@@ -70,7 +70,6 @@ SPLITS = ("source_train", "target_train", "micro_dev", "dev", "test")
 TARGET_SPLIT_ORDER = ("test", "dev", "micro_dev", "target_train")
 TRAIN_SPLITS = frozenset({"source_train", "target_train"})
 
-HUB_IDS = {"mlqa": "facebook/mlqa", "xlsum": "csebuetnlp/xlsum"}
 
 _SHIPPED_XQUAD = Path(__file__).resolve().parent / "data" / "xquad"
 # per split, the official-split tags (:mod:`.readers`) in order of preference
@@ -205,7 +204,8 @@ def check_max_chars(max_chars: int | None) -> None:
 
 
 def default_data_dir(task: str) -> str | None:
-    """The shipped folder for ``xquad``; ``$HPCTL_MLQA_DIR`` / ``$HPCTL_XLSUM_DIR`` or None otherwise."""
+    """The shipped folder for ``xquad``; ``$HPCTL_MLQA_DIR`` / ``$HPCTL_XLSUM_DIR`` or None otherwise
+    (then :func:`load_task_data` loads the task's hub dataset, :data:`.readers.HUB_IDS`)."""
     check_task(task)
     if task == "xquad":
         return str(_SHIPPED_XQUAD)
@@ -278,12 +278,13 @@ def load_task_data(task: str, lang: str, *, data_dir: str | None = None, seed: i
     sizes.validate()
     if data_dir is None:
         data_dir = default_data_dir(task)
-    if data_dir is None:
-        raise DataError(f"{task}: no data directory given and {ENV_VARS[task]} is not set; expected a directory holding "
-                        f"{expected_files(task, lang)}; {how_to_point(task)} (hub id {HUB_IDS[task]!r} only when online)")
-    data_dir = os.fspath(data_dir)
-    target_units = language_units(task, data_dir, lang)
-    source_units = language_units(task, data_dir, SOURCE_LANG)
+    if data_dir is None:  # mlqa / xlsum with no folder given: their hub datasets (one-line error offline)
+        target_units = hub_units(task, HUB_IDS[task], lang)
+        source_units = hub_units(task, HUB_IDS[task], SOURCE_LANG)
+    else:
+        data_dir = os.fspath(data_dir)
+        target_units = language_units(task, data_dir, lang)
+        source_units = language_units(task, data_dir, SOURCE_LANG)
 
     rng = random.Random(seed)
     requested = ", ".join(f"{name}={getattr(sizes, name)}" for name in SPLITS)

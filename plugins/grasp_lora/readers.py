@@ -15,17 +15,24 @@ Tasks and the files they read
     ``{dev,test}-context-{lang}-question-{lang}.json`` directly in the directory or in any
     subdirectory (``MLQA_V1/dev/``, ``MLQA_V1/test/``); the English source data comes from
     ``*-context-en-question-en.json``, the target data from ``*-context-ar-question-ar.json`` or
-    ``*-context-zh-question-zh.json``. Default: ``$HPCTL_MLQA_DIR``. A hub id such as
-    ``facebook/mlqa`` (configs ``mlqa.{lang}.{lang}``) is tried when ``data_dir`` is not an
-    existing path and looks like ``owner/name``.
+    ``*-context-zh-question-zh.json``. Default: ``$HPCTL_MLQA_DIR``, else the hub dataset
+    ``facebook/mlqa`` (configs ``mlqa.{lang}.{lang}``; rows ``id``, ``context``, ``question``,
+    ``answers: {text: [...], answer_start: [...]}``, splits ``validation`` and ``test``). A hub
+    id is also tried when ``data_dir`` is not an existing path and looks like ``owner/name``.
 ``xlsum``
     XL-Sum (JSON lines: ``id``, ``url``, ``title``, ``summary``, ``text`` per line). ``data_dir``
     holds XL-Sum's own file names ``{name}_{split}.jsonl`` (``name`` = ``english``, ``arabic``,
     ``chinese_simplified``; ``split`` = ``train``, ``val``, ``test`` and also ``validation`` or
     ``dev``), or the short forms ``{lang}_{split}.jsonl`` (``en_train.jsonl``, ``ar_test.jsonl``,
     ``zh_val.jsonl``), or a whole language in one ``{name}.jsonl`` / ``{lang}.jsonl``; files are
-    found in the directory or any subdirectory. Default: ``$HPCTL_XLSUM_DIR``; hub id
-    ``csebuetnlp/xlsum`` (configs ``english``, ``arabic``, ``chinese_simplified``).
+    found in the directory or any subdirectory. Default: ``$HPCTL_XLSUM_DIR``, else the hub
+    dataset ``csebuetnlp/xlsum`` (configs ``english``, ``arabic``, ``chinese_simplified``; rows
+    ``id``, ``url``, ``title``, ``summary``, ``text``; splits ``train``, ``validation``, ``test``).
+
+Hub datasets load through ``datasets.load_dataset`` and are cached like any Hugging Face
+dataset; a repository that still has a loading script (refused by ``datasets`` 4+) is read
+from the hub's Parquet export. Offline without a cached copy that is a one-line DataError
+saying how to point at local files.
 
 XL-Sum articles are keyed by ``url`` (``id`` when a record has no url); QA articles by title (a
 file-specific key when a title is missing; a hash of the context for hub rows, which carry no
@@ -62,6 +69,10 @@ XLSUM_FIELDS = "one JSON object per line with 'id', 'url', 'title', 'summary' an
 # Official split of a file -> tag; tags rank articles per split (earlier = preferred).
 _SPLIT_TAGS = {"train": "train", "dev": "val", "val": "val", "validation": "val", "test": "test"}
 _HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+#: the hub datasets of the tasks that have one (used when no data folder is given)
+HUB_IDS = {"mlqa": "facebook/mlqa", "xlsum": "csebuetnlp/xlsum"}
+#: the hub's automatic Parquet export of a dataset repository
+PARQUET_EXPORT = "refs/convert/parquet"
 
 
 # --------------------------------------------------------------------------- raw records
@@ -306,8 +317,8 @@ def expected_files(task: str, lang: str) -> str:
 def how_to_point(task: str) -> str:
     """How to point ``task`` at its data (for error messages)."""
     if task == "xquad":
-        return "pass the directory holding the XQuAD files as data_dir"
-    return f"pass a local directory as data_dir or set {ENV_VARS[task]}"
+        return "pass the directory holding the XQuAD files as --data-dir"
+    return f"pass --data-dir DIR (data_dir) or set {ENV_VARS[task]}"
 
 
 def _qa_files_in_dir(task: str, root: Path, lang: str) -> list[tuple[Path, str | None]]:
@@ -369,21 +380,39 @@ def _looks_like_hub_id(data_dir: str) -> bool:
             and _HUB_ID_RE.fullmatch(data_dir) is not None)
 
 
-def _hub_dataset(task: str, hub_id: str, config: str) -> Any:
+def hub_offline() -> bool:
+    """Whether ``datasets`` is told to stay offline (``HF_DATASETS_OFFLINE`` or ``HF_HUB_OFFLINE``)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _hub_dataset(task: str, hub_id: str, config: str, lang: str) -> Any:
+    """``datasets.load_dataset(hub_id, config)``, cached like any Hugging Face dataset (a cached
+    copy also loads offline). A repository that still holds a loading script, which
+    ``datasets`` 4+ refuses, is read from the hub's Parquet export (``refs/convert/parquet``)
+    instead. Any failure, offline included, is a one-line DataError saying how to use local files.
+    """
     try:
-        import datasets  # imported lazily: slow, and only hub ids need it
+        import datasets  # imported lazily: slow, and only the hub needs it
 
-        return datasets.load_dataset(hub_id, config)
+        try:
+            return datasets.load_dataset(hub_id, config)
+        except RuntimeError as exc:
+            if "scripts are no longer supported" not in str(exc):
+                raise
+            return datasets.load_dataset(hub_id, config, revision=PARQUET_EXPORT)
     except Exception as exc:  # noqa: BLE001 - any hub failure is a data problem for the user
-        raise DataError(f"{task}: {hub_id!r} is not a local directory and could not be loaded from the Hugging Face hub "
-                        f"(config {config!r}; the hub is not reachable offline: {_one_line(exc)[:300]}); "
-                        f"{how_to_point(task)}") from None
+        why = ("datasets is offline (HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set) and has no cached copy"
+               if hub_offline() else "the hub is not reachable or refused it")
+        raise DataError(f"{task}: the Hugging Face dataset {hub_id!r} (config {config!r}) could not be loaded: {why} "
+                        f"({_one_line(exc)[:200]}); to use local files, {how_to_point(task)}, a directory holding "
+                        f"{expected_files(task, lang)}") from None
 
 
-def _hub_units(task: str, hub_id: str, lang: str) -> list[Unit]:
+def hub_units(task: str, hub_id: str, lang: str) -> list[Unit]:
     """Units from a hub dataset (only when the hub is reachable)."""
     config = f"mlqa.{lang}.{lang}" if task == "mlqa" else XLSUM_NAMES[lang]
-    dsd = _hub_dataset(task, hub_id, config)
+    dsd = _hub_dataset(task, hub_id, config, lang)
     units: list[Unit] = []
     for split in sorted(dsd.keys()):
         ds = dsd[split]
@@ -420,7 +449,7 @@ def language_units(task: str, data_dir: str, lang: str) -> list[Unit]:
     root = Path(data_dir).expanduser()
     if not root.exists():
         if task != "xquad" and _looks_like_hub_id(data_dir):
-            return _hub_units(task, data_dir, lang)
+            return hub_units(task, data_dir, lang)
         raise DataError(f"{task}: data directory not found: {root}; expected a directory holding "
                         f"{expected_files(task, lang)}; {how_to_point(task)}")
     if task in QA_TASKS:

@@ -261,8 +261,108 @@ def test_mlqa_hub_id_offline_is_a_data_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))  # no cached copy
     raises_one_line(DataError, lambda: load_task_data("mlqa", "ar", data_dir="facebook/mlqa"),
-                    "'facebook/mlqa'", "not reachable offline", "HPCTL_MLQA_DIR")
+                    "'facebook/mlqa'", "offline", "--data-dir", "HPCTL_MLQA_DIR")
+
+
+@pytest.mark.parametrize("task,env,config,fragments", [
+    ("xlsum", "HPCTL_XLSUM_DIR", "arabic", ("'csebuetnlp/xlsum'", "'arabic'", "arabic_train.jsonl")),
+    ("mlqa", "HPCTL_MLQA_DIR", "mlqa.ar.ar", ("'facebook/mlqa'", "'mlqa.ar.ar'", "dev-context-ar-question-ar.json")),
+])
+def test_no_data_dir_offline_says_how_to_point_at_local_files(task, env, config, fragments, tmp_path, monkeypatch):
+    monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    raises_one_line(DataError, lambda: load_task_data(task, "ar", sizes=SplitSizes(4, 4, 2, 2, 2)),
+                    *fragments, "offline", "--data-dir", env)
+
+
+class FakeHub:
+    """``datasets.load_dataset`` stand-in: real ``datasets.Dataset`` objects in the hub's own schema."""
+
+    def __init__(self, tables: dict[str, dict[str, list[dict]]], script_repo: bool = False) -> None:
+        self.tables, self.script_repo, self.calls = tables, script_repo, []
+
+    def __call__(self, path, name=None, revision=None, **kwargs):
+        import datasets
+
+        self.calls.append((path, name, revision))
+        if self.script_repo and revision is None:  # what datasets 4+ says of a repository with a loading script
+            raise RuntimeError("Dataset scripts are no longer supported, but found xlsum.py")
+        return datasets.DatasetDict({split: datasets.Dataset.from_list(rows)
+                                     for split, rows in self.tables[name].items()})
+
+
+def hub_xlsum_rows(lang: str, split: str, n: int) -> list[dict]:
+    return [dict(xlsum_record(lang, i, url=f"https://www.bbc.com/{lang}/{split}-{i}"), id=f"{lang}-{split}-{i}")
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("script_repo", [False, True])
+def test_xlsum_without_data_dir_loads_the_hub_dataset(script_repo, monkeypatch):
+    import datasets
+
+    monkeypatch.delenv("HPCTL_XLSUM_DIR", raising=False)
+    tables = {name: {split: hub_xlsum_rows(name, split, n) for split, n in
+                     (("train", 20), ("validation", 8), ("test", 8))} for name in ("english", "arabic")}
+    fake = FakeHub(tables, script_repo=script_repo)
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    td = load_task_data("xlsum", "ar", sizes=XLSUM_SIZES, max_context_chars=None)
+    assert td.sizes() == {"source_train": 12, "target_train": 8, "micro_dev": 3, "dev": 4, "test": 6}
+    assert {e.id.rsplit("-", 1)[0] for e in td.test} == {"arabic-test"}  # the hub's test split feeds ours
+    assert {e.id.rsplit("-", 1)[0] for e in td.target_train} == {"arabic-train"}
+    assert all(e.id.startswith("english-") for e in td.source_train)
+    ex = td.test[0]
+    assert ex.prompt.startswith("Article: فاض النهر") and ex.references == [ex.target.strip()]
+    names = {(p, n) for p, n, _ in fake.calls}
+    assert names == {("csebuetnlp/xlsum", "arabic"), ("csebuetnlp/xlsum", "english")}
+    revisions = {r for _, _, r in fake.calls}
+    assert revisions == ({None, "refs/convert/parquet"} if script_repo else {None})
+
+
+def test_mlqa_without_data_dir_loads_the_hub_dataset(monkeypatch):
+    import datasets
+
+    monkeypatch.delenv("HPCTL_MLQA_DIR", raising=False)
+
+    def rows(lang: str, split: str, n_ctx: int) -> list[dict]:  # MLQA's hub schema: one row per question
+        out = []
+        for c in range(n_ctx):
+            context = f"{lang} {split} context {c}: the answer is Paris{c}."
+            for q in range(2):
+                out.append({"context": context, "question": f"{lang} question {c}.{q}?",
+                            "answers": {"answer_start": [context.index(f"Paris{c}")], "text": [f"Paris{c}"]},
+                            "id": f"{lang}-{split}-{c}-{q}"})
+        return out
+
+    tables = {f"mlqa.{l}.{l}": {"validation": rows(l, "validation", 6), "test": rows(l, "test", 8)}
+              for l in ("en", "ar")}
+    monkeypatch.setattr(datasets, "load_dataset", FakeHub(tables))
+    td = load_task_data("mlqa", "ar", sizes=MLQA_SIZES)
+    assert td.sizes() == {"source_train": 8, "target_train": 8, "micro_dev": 4, "dev": 4, "test": 12}
+    assert all(e.id.startswith("ar-test-") for e in td.test)
+    assert all(e.id.startswith("en-") for e in td.source_train)
+    ex = td.test[0]
+    assert ex.target == " " + ex.references[0] and ex.references[0].startswith("Paris")
+    # whole contexts (the hub's rows carry no title) stay in one split
+    for split in ("target_train", "micro_dev", "dev", "test"):
+        others = set().union(*(articles(td, o) for o in ("target_train", "micro_dev", "dev", "test") if o != split))
+        assert not articles(td, split) & others
+
+
+@pytest.mark.parametrize("drop", ["text", "summary"])
+def test_hub_xlsum_row_without_text_or_summary_is_a_one_line_data_error(drop, monkeypatch):
+    import datasets
+
+    monkeypatch.delenv("HPCTL_XLSUM_DIR", raising=False)
+    tables = {name: {"train": hub_xlsum_rows(name, "train", 30)} for name in ("english", "arabic")}
+    for row in tables["arabic"]["train"]:
+        row[drop] = ""
+    monkeypatch.setattr(datasets, "load_dataset", FakeHub(tables))
+    raises_one_line(DataError, lambda: load_task_data("xlsum", "ar", sizes=XLSUM_SIZES),
+                    "csebuetnlp/xlsum[arabic][train] row", f"no usable {drop!r} field")
 
 
 # --------------------------------------------------------------------------- XL-Sum fixture
