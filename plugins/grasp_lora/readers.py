@@ -51,6 +51,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,9 +382,12 @@ def _looks_like_hub_id(data_dir: str) -> bool:
 
 
 def hub_offline() -> bool:
-    """Whether ``datasets`` is told to stay offline (``HF_DATASETS_OFFLINE`` or ``HF_HUB_OFFLINE``)."""
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    """Whether ``datasets`` is told to stay offline (``HF_DATASETS_OFFLINE`` or ``HF_HUB_OFFLINE``;
+    ``datasets`` reads them once, when it is imported)."""
+    loaded = sys.modules.get("datasets.config")
+    return bool(getattr(loaded, "HF_HUB_OFFLINE", False)) or any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def _hub_dataset(task: str, hub_id: str, config: str, lang: str) -> Any:

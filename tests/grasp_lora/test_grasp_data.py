@@ -257,11 +257,21 @@ def test_mlqa_env_var_and_missing_dir(tmp_path, monkeypatch):
     assert load_task_data("mlqa", "ar", sizes=MLQA_SIZES).sizes()["test"] == 12
 
 
-def test_mlqa_hub_id_offline_is_a_data_error(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def offline(monkeypatch, tmp_path):
+    """``datasets`` offline with an empty cache, also when it was imported before (it reads the env once)."""
+    import datasets
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))  # no cached copy
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+
+
+def test_mlqa_hub_id_offline_is_a_data_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    offline(monkeypatch, tmp_path)
     raises_one_line(DataError, lambda: load_task_data("mlqa", "ar", data_dir="facebook/mlqa"),
                     "'facebook/mlqa'", "offline", "--data-dir", "HPCTL_MLQA_DIR")
 
@@ -272,9 +282,7 @@ def test_mlqa_hub_id_offline_is_a_data_error(tmp_path, monkeypatch):
 ])
 def test_no_data_dir_offline_says_how_to_point_at_local_files(task, env, config, fragments, tmp_path, monkeypatch):
     monkeypatch.delenv(env, raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    offline(monkeypatch, tmp_path)
     raises_one_line(DataError, lambda: load_task_data(task, "ar", sizes=SplitSizes(4, 4, 2, 2, 2)),
                     *fragments, "offline", "--data-dir", env)
 
