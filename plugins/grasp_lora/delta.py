@@ -219,3 +219,28 @@ class DeltaAdapter:
         setattr(parent, child, module)
 
 
+
+
+@contextlib.contextmanager
+def merged_into_copies(model: nn.Module, factors: Mapping[str, LowRank]) -> Iterator[DeltaAdapter]:
+    """``factors`` merged into copies of the adapted weights for the block (evaluation only).
+
+    Every adapted layer runs one ``F.linear`` with ``W + (B * scale) @ A``, computed once in the
+    factors' float32 and rounded to the backbone's dtype: the same arithmetic as the task's
+    evaluation (:meth:`.pruner.GlobalMagnitudePruner.applied`), and exact for the saved
+    identity-factor adapters (``I @ D = D``). A peft model with the adapter attached runs each
+    adapted matmul twice (base and LoRA path); of a full-rank exported adapter, that doubles
+    the cost. The backbone's own parameters are never written: the wrappers come out and the
+    original layers are back after the block (also when it raises); meanwhile
+    ``adapter.suspended()`` gives the plain backbone (e.g. to embed texts with it).
+    """
+    adapter = DeltaAdapter(model, factors)
+    try:
+        with torch.no_grad():
+            for m in adapter.modules.values():
+                m.weight_override = m.effective_weight().to(m.base.weight.dtype)
+        yield adapter
+    finally:
+        for m in adapter.modules.values():
+            m.weight_override = None
+        adapter.remove()

@@ -24,7 +24,7 @@ import functools
 import inspect
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -195,23 +195,62 @@ def answer_loss(model: torch.nn.Module, batch: Batch, counter: PassCounter | Non
     return F.cross_entropy(logits.float(), batch.labels.to(logits.device), reduction="sum")
 
 
-def batched_loss(model: torch.nn.Module, batches: Sequence[Batch], counter: PassCounter | None = None) -> float:
-    """Mean token loss over fixed batches, without gradients (float32 sums per batch, whatever the model's dtype)."""
+def batched_loss(model: torch.nn.Module, batches: Sequence[Batch], counter: PassCounter | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> float:
+    """Mean token loss over fixed batches, without gradients (float32 sums per batch, whatever the model's dtype).
+
+    ``on_batch(n)`` is called after each batch with its number of examples (progress bars).
+    """
     total, n = 0.0, 0
     with torch.no_grad():
         for b in batches:
             total += float(answer_loss(model, b, counter))
             n += b.n_labels
+            if on_batch is not None:
+                on_batch(int(b.input_ids.shape[0]))
     return total / max(1, n)
 
 
+def embed_texts(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 16,
+                max_tokens: int = 256) -> list[torch.Tensor]:
+    """Token embeddings of ``texts`` from ``model``'s last hidden layer: one ``(n_tokens, d)`` float32 CPU tensor each.
+
+    The encoder of the semantic F1 (:mod:`.metrics.semantic_f1`): each text is tokenised
+    without special tokens (at most ``max_tokens``), run after a BOS token (the context a
+    decoder's states expect), and the BOS position dropped; the decoder runs without the LM
+    head. An empty text gives a ``(0, d)`` tensor.
+    """
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    bos = tokenizer.bos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = [list(tokenizer(t, add_special_tokens=False)["input_ids"])[:max_tokens] for t in texts]
+    head = [bos] if bos is not None else []
+    out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+    device = model_device(model)
+    with torch.no_grad():
+        for idx in length_batches([len(i) for i in ids], batch_size):
+            width = len(head) + max(len(ids[i]) for i in idx)
+            x = torch.full((len(idx), width), int(pad), dtype=torch.long)
+            att = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                seq = head + ids[i]
+                x[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+                att[row, :len(seq)] = 1
+            hidden = decoder(input_ids=x.to(device), attention_mask=att.to(device), use_cache=False).last_hidden_state
+            hidden = hidden.float().cpu()
+            for row, i in enumerate(idx):
+                out[i] = hidden[row, len(head):len(head) + len(ids[i])].clone()
+    return out
+
+
 def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                    batch_size: int, counter: PassCounter | None = None, stop_at_newline: bool = True) -> list[str]:
+                    batch_size: int, counter: PassCounter | None = None, stop_at_newline: bool = True,
+                    on_batch: Callable[[int], None] | None = None) -> list[str]:
     """Greedy continuations of tokenised prompts (left-padded batches of similar length).
 
     The decoded text is stripped; with ``stop_at_newline`` it is cut at the first newline
     (the prompts are line-structured, an answer or summary is one line). Runs on the model's
-    device.
+    device. ``on_batch(n)`` is called after each batch with its number of prompts.
     """
     from transformers import GenerationConfig
 
@@ -241,4 +280,6 @@ def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[Sequenc
                 if stop_at_newline:
                     text = text.split("\n", 1)[0]
                 out[i] = text.strip()
+            if on_batch is not None:
+                on_batch(len(idx))
     return out

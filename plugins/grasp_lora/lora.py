@@ -64,6 +64,8 @@ MERGE_WEIGHTS: dict[str, tuple[float | None, float | None] | None] = {
     "source_only": (1.0, None),
 }
 MERGE_RULES: tuple[str, ...] = tuple(MERGE_WEIGHTS)
+#: hpctl's own description of a saved adapter, beside ``adapter_config.json``
+METADATA_FILE = "grasp_lora.json"
 
 
 # --------------------------------------------------------------------------- specs
@@ -194,15 +196,30 @@ def load_lora(model: nn.Module, path: str | Path, name: str, *, trainable: bool 
         raise ConfigError(f"adapter {str(p)!r} cannot be loaded on this backbone: {one_line(exc)}") from None
 
 
-def save_lora(model: nn.Module, name: str, path: str | Path) -> Path:
-    """Save adapter ``name`` in peft format directly in ``path`` (replacing it)."""
+def save_lora(model: nn.Module, name: str, path: str | Path, *, base_model_name_or_path: str | None = None,
+              metadata: Mapping[str, Any] | None = None) -> Path:
+    """Save adapter ``name`` in peft format directly in ``path`` (replacing it).
+
+    ``base_model_name_or_path`` goes into ``adapter_config.json`` (peft leaves it empty for a
+    transformers 5 model), so ``AutoPeftModelForCausalLM`` finds the backbone; ``metadata`` is
+    written to ``grasp_lora.json`` beside it (hpctl's own names, e.g. the ``--backbone`` spec).
+    """
     dest = Path(path)
-    with replacing_folder(dest) as tmp:
-        model.save_pretrained(str(tmp), selected_adapters=[name])
-        if (tmp / name / "adapter_config.json").is_file():  # peft nests non-default adapters in a subfolder
-            for item in (tmp / name).iterdir():
-                shutil.move(str(item), str(tmp / item.name))
-            (tmp / name).rmdir()
+    config = model.peft_config[name]
+    before = config.base_model_name_or_path
+    if base_model_name_or_path is not None:
+        config.base_model_name_or_path = base_model_name_or_path
+    try:
+        with replacing_folder(dest) as tmp:
+            model.save_pretrained(str(tmp), selected_adapters=[name])
+            if (tmp / name / "adapter_config.json").is_file():  # peft nests non-default adapters in a subfolder
+                for item in (tmp / name).iterdir():
+                    shutil.move(str(item), str(tmp / item.name))
+                (tmp / name).rmdir()
+            if metadata is not None:
+                (tmp / METADATA_FILE).write_text(json.dumps(dict(metadata), indent=2, default=str) + "\n")
+    finally:
+        config.base_model_name_or_path = before
     return dest
 
 
@@ -277,13 +294,17 @@ def merge_error(merged: Factors, source: Factors, target: Factors, rule: str,
 # --------------------------------------------------------------------------- export
 def export_peft(adapter: DeltaAdapter, path: str | Path, *, masks: Mapping[str, torch.Tensor | None] | None = None,
                 rank: int | None = None, base_model_name_or_path: str | None = None,
-                metadata: Mapping[str, Any] | None = None) -> dict[str, float]:
+                metadata: Mapping[str, Any] | None = None, factors: bool = False) -> dict[str, float]:
     """Save ``M * dW`` of every module as a peft LoRA folder that ``PeftModel.from_pretrained`` loads.
 
     ``rank=None``: exact (rank ``min(out, in)`` with an identity factor); ``rank=k``: a
-    truncated SVD of rank ``<= k`` per module. Returns ``{"rel_error": ||D - BA|| / ||D||,
-    "params": ...}`` over all modules (0 for the exact form up to rounding).
+    truncated SVD of rank ``<= k`` per module; ``factors=True`` (no masks): the adapter's own
+    low-rank factors, ``A`` and ``B * scale`` (exact, and as small as the adapter; the
+    target-only baseline's). Returns ``{"rel_error": ||D - BA|| / ||D||, "params": ...}`` over
+    all modules (0 for the exact forms up to rounding).
     """
+    if factors and (masks is not None or rank is not None):
+        raise ConfigError("export_peft: factors=True saves an unpruned adapter's own factors (no masks, no rank)")
     from peft import LoraConfig
     from safetensors.torch import save_file
 
@@ -300,7 +321,11 @@ def export_peft(adapter: DeltaAdapter, path: str | Path, *, masks: Mapping[str, 
                 d = d * mask
             d = d.cpu()  # built and saved from CPU tensors (and the float64 SVD runs on any device)
             out_f, in_f = d.shape
-            if rank is None:
+            if factors:  # (B * scale) @ A is the delta exactly as DeltaLinear.delta() computes it
+                A = m.lora_A.detach().float().cpu().clone()
+                B = (m.lora_B.detach().float() * m.scale).cpu()
+                r = int(A.shape[0])
+            elif rank is None:
                 r = min(out_f, in_f)
                 eye = torch.eye(r, dtype=d.dtype)
                 A, B = (d.clone(), eye) if out_f <= in_f else (eye, d.clone())
@@ -325,7 +350,8 @@ def export_peft(adapter: DeltaAdapter, path: str | Path, *, masks: Mapping[str, 
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         info = {"rel_error": math.sqrt(err2 / ref2) if ref2 > 0 else 0.0, "params": float(n_params)}
-        meta = {"export": "exact" if rank is None else f"svd-rank-{rank}", **info, **dict(metadata or {})}
-        (tmp / "grasp_lora.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        kind = "factors" if factors else ("exact" if rank is None else f"svd-rank-{rank}")
+        meta = {"export": kind, **info, **dict(metadata or {})}
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return info
 

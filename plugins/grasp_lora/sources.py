@@ -40,12 +40,15 @@ def adapter_fingerprint(cfg: Any, role: str, *, seed: int, spec: LoraSpec, dtype
 def prepare_adapter(base: Any, role: str, cfg: Any, *, seed: int, spec: LoraSpec, dtype: torch.dtype,
                     out_dir: Path, data: Sequence[Encoded], pad_id: int, counter: PassCounter | None = None,
                     progress: Callable[[str, int], Callable[[int, float], None]] | None = None,
+                    base_model_name_or_path: str | None = None, metadata: dict[str, Any] | None = None,
                     ) -> tuple[Any, str, list[float]]:
     """Load, reuse or train the ``role`` adapter (``"source"``/``"target"``) as peft adapter ``role`` on ``base``.
 
     ``cfg`` is a resolved config, ``data`` the role's training examples. ``progress(label,
     steps)`` gives the per-step callback of a training run. Returns the peft model, a note on
     where the adapter came from, and the training losses (empty unless it was trained now).
+    A trained adapter is saved with ``base_model_name_or_path`` in its ``adapter_config.json``
+    and ``metadata`` in its ``grasp_lora.json`` (:func:`.lora.save_lora`).
     """
     given = cfg.source_adapter if role == "source" else cfg.target_adapter
     if given:
@@ -68,6 +71,6 @@ def prepare_adapter(base: Any, role: str, cfg: Any, *, seed: int, spec: LoraSpec
                             seed=seed * 1000 + (11 if role == "source" else 12),
                             weight_decay=float(cfg.weight_decay), grad_clip=float(cfg.grad_clip) or None,
                             counter=counter, on_step=progress(f"{role} adapter", steps) if progress else None)
-    save_lora(model, role, folder)
+    save_lora(model, role, folder, base_model_name_or_path=base_model_name_or_path, metadata=metadata)
     stamp.write_text(fp + "\n")
     return model, f"trained {steps} steps, saved to {folder}", losses

@@ -8,7 +8,7 @@ greedy generations with :func:`.metrics.compute_metrics`, plus the mean answer l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from hpctl.plugins.grasp_lora.lm import (
     Batch,
@@ -57,16 +57,39 @@ def encode_split(tokenizer, examples: Sequence[Any], cfg: Any, pad_id: int) -> S
     return Split(enc, prompts, [list(e.references) for e in examples], [e.id for e in examples], batches)
 
 
+#: ``(name, embed_fn)``: the encoder of the semantic F1 (``embed_fn(texts)`` -> one ``(n_tokens, d)`` tensor each)
+Encoder = tuple[str, Callable[[list[str]], Sequence[Any]]]
+#: ``progress(stage, done, total)`` after every batch; stages ``"generate"`` and ``"loss"``
+Progress = Callable[[str, int, int], None]
+
+
 def split_metrics(model: Any, tokenizer, split: Split, cfg: Any, lang: str,
-                  counter: PassCounter | None = None) -> tuple[dict[str, float], list[str]]:
+                  counter: PassCounter | None = None, *, encoder: Encoder | None = None,
+                  progress: Progress | None = None) -> tuple[dict[str, float], list[str]]:
     """Greedy generations on ``split`` scored by :func:`.metrics.compute_metrics`, plus the mean ``loss``.
 
     Returns ``(scores, predictions)``; the model runs as it is (masks, wrappers) on its device.
+    ``encoder`` (xlsum): the semantic F1 is computed with it and named by it
+    (:func:`.metrics.describe_metrics`); QA tasks ignore it.
     """
     from hpctl.plugins.grasp_lora.metrics import compute_metrics
 
+    n = len(split.prompts)
+
+    def reporter(stage: str):
+        if progress is None:
+            return None
+        done = [0]
+
+        def on_batch(k: int) -> None:
+            done[0] += k
+            progress(stage, done[0], n)
+
+        return on_batch
+
     preds = greedy_generate(model, tokenizer, split.prompts, max_new_tokens=int(cfg.max_new_tokens),
-                            batch_size=int(cfg.eval_batch_size), counter=counter)
-    scores = compute_metrics(cfg.task, lang, preds, split.references)
-    scores["loss"] = batched_loss(model, split.batches, counter)
+                            batch_size=int(cfg.eval_batch_size), counter=counter, on_batch=reporter("generate"))
+    name, embed_fn = encoder if encoder is not None and cfg.task == "xlsum" else (None, None)
+    scores = compute_metrics(cfg.task, lang, preds, split.references, embed_fn=embed_fn, encoder_name=name)
+    scores["loss"] = batched_loss(model, split.batches, counter, on_batch=reporter("loss"))
     return scores, preds
