@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
+import time
 import typing
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,16 @@ import click
 from click.core import ParameterSource
 
 from hpctl.control_env import COMMIT_RULES, REWARDS
+from hpctl.controllers.base import BUILTIN_CONTROLLERS
 from hpctl.engines import ENGINE_KEYS, ENGINES
-from hpctl.config import COMPARE_KEYS, RunOptions, field_type, load_yaml, split_config
-from hpctl.errors import ConfigError, HpctlError, one_line
+from hpctl.config import COMMON_KEYS, COMPARE_KEYS, parse_value, RunOptions, field_type, load_yaml, split_config
+from hpctl.errors import ConfigError, HpctlError, Terminated, one_line, shorten
 
-COMMON_FLAGS = ("controller", "seed", "budget", "group_size", "commit_rule", "reward", "out", "tracking_uri",
-                "warm_start", *ENGINE_KEYS)
+#: an error message is one line a person reads: user input echoed in it is cut to fit
+MAX_ERROR_CHARS = 600
+
+#: the run options that are also flags (controller settings come through --set and the file)
+COMMON_FLAGS = tuple(k for k in COMMON_KEYS if k != "controller_config")
 
 
 def _console(stderr: bool = True):
@@ -38,9 +45,13 @@ def _console(stderr: bool = True):
 
 
 # --------------------------------------------------------------------- options --
-def plugin_options(config_cls: type) -> list[click.Option]:
-    """CLI options from a plugin's Config dataclass; defaults stay None so files can fill them."""
+def plugin_options(config_cls: type, preset_defaults: dict[str, Any] | None = None) -> list[click.Option]:
+    """CLI options from a plugin's Config dataclass; defaults stay None so files can fill them.
+
+    An option left to the plugin's preset shows the default preset's value in its help.
+    """
     hints = typing.get_type_hints(config_cls)
+    preset_defaults = preset_defaults or {}
     out = []
     for f in dataclasses.fields(config_cls):
         base, _ = field_type(hints[f.name])
@@ -49,6 +60,8 @@ def plugin_options(config_cls: type) -> list[click.Option]:
         default = f.default if f.default is not dataclasses.MISSING else None
         if default is not None:
             help_text += f" [default: {default}]"
+        elif f.name in preset_defaults:
+            help_text += f" [default: {preset_defaults[f.name]} (the default preset's)]"
         choices = f.metadata.get("choices")
         if base is bool:
             out.append(click.Option([f"{flag}/--no-{f.name.replace('_', '-')}", f.name], default=None, help=help_text))
@@ -59,14 +72,12 @@ def plugin_options(config_cls: type) -> list[click.Option]:
 
 
 def parse_sets(sets: tuple[str, ...]) -> dict[str, Any]:
-    import yaml
-
     out = {}
     for item in sets:
         if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"expected KEY=VALUE, got {shorten(repr(item))}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        out[k.strip()] = parse_value(v, what=k.strip())
     return out
 
 
@@ -87,12 +98,6 @@ def compose(ctx: click.Context, plugin, kwargs: dict[str, Any]) -> tuple[RunOpti
     ctrl_cfg.update(parse_sets(kwargs.get("sets") or ()))
     common["controller_config"] = ctrl_cfg
     opts = RunOptions(**common)
-    for key, kind in (("seed", int), ("budget", int), ("group_size", int), ("controller", str), ("out", str),
-                      ("tracking_uri", str), ("commit_rule", str), ("reward", str), ("controller_config", dict)):
-        value = getattr(opts, key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-            what = {int: "an integer", str: "a string", dict: "a mapping"}[kind]
-            raise ConfigError(f"{key} must be {what}, got {value!r}")
     plugin_cfg = dict(file_plugin)
     for f in dataclasses.fields(plugin.Config):
         if kwargs.get(f.name) is not None:
@@ -102,16 +107,26 @@ def compose(ctx: click.Context, plugin, kwargs: dict[str, Any]) -> tuple[RunOpti
 
 # ------------------------------------------------------------------- progress --
 class RunProgress:
-    """A rich progress bar over probes (on stderr, so --json stdout stays clean)."""
+    """Progress over probes on stderr (so --json stdout stays clean).
+
+    On a terminal a rich bar; otherwise (a log file, CI, a pipe) one plain line at every
+    quarter of the budget and at every phase change, like the plugins' long phases.
+    """
+
+    QUARTERS = 4
 
     def __init__(self, label: str) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.label = label
+        self.plain = not sys.stderr.isatty()
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                                 console=_console(), transient=False)
+                                 console=_console(), transient=False, disable=self.plain)
         self.task_id = None
+        self.budget = 0
+        self.next_line = 0
+        self.t0 = time.perf_counter()
 
     def __enter__(self) -> "RunProgress":
         self.progress.start()
@@ -120,18 +135,30 @@ class RunProgress:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
+    def _line(self, text: str) -> None:
+        click.echo(f"[{self.label}] {text} ({time.perf_counter() - self.t0:.0f} s)", err=True)
+
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
         if kind == "start":
-            self.task_id = self.progress.add_task(self.label, total=info["budget"], completed=info.get("done", 0),
-                                                  info="")
+            self.budget, done = int(info["budget"]), int(info.get("done", 0))
+            self.task_id = self.progress.add_task(self.label, total=self.budget, completed=done, info="")
+            self.next_line = done + 1
+            if self.plain:
+                self._line(f"controller: {done}/{self.budget} probes done, run folder {info.get('out_dir', '')}")
         elif kind == "probe" and self.task_id is not None:
             val = ", ".join(f"{v:.3f}" for v in info["value"])
             cur = ", ".join(f"{v:.3f}" for v in info["current"])
-            self.progress.update(self.task_id, completed=info["probe"],
-                                 info=f"current {cur}  probe {val} -> {info['score']:.4g}")
+            text = f"current {cur}  probe {val} -> {info['score']:.4g}"
+            self.progress.update(self.task_id, completed=info["probe"], info=text)
+            if self.plain and info["probe"] >= self.next_line:
+                quarter = max(1, self.budget // self.QUARTERS)
+                self.next_line = (info["probe"] // quarter + 1) * quarter
+                self._line(f"probe {info['probe']}/{self.budget}, round {info['round']}: {text}")
         elif kind == "phase":
             if self.task_id is not None:
                 self.progress.update(self.task_id, info=f"phase: {info['name']}")
+            if self.plain:
+                self._line(f"phase: {info['name']}")
 
 
 def print_result(result: dict[str, Any], as_json: bool) -> None:
@@ -192,7 +219,7 @@ def build_run_command(plugin) -> click.Command:
 
         resume = kwargs.pop("resume", None)
         if resume:
-            typed = [p.name for p in ctx.command.params if p.name not in ("resume", "as_json")
+            typed = [p.name for p in ctx.command.params if p.name not in ("resume", "as_json", "overwrite")
                      and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
             if [k for k in typed if k not in ENGINE_KEYS]:
                 bad = [k for k in typed if k not in ENGINE_KEYS][0]
@@ -207,21 +234,25 @@ def build_run_command(plugin) -> click.Command:
             opts, plugin_cfg = compose(ctx, plugin, kwargs)
             spec = RunSpec(plugin=plugin.name, options=opts, plugin_config=plugin_cfg)
         with RunProgress(f"{plugin.name}/{spec.options.controller or plugin.default_controller}") as bar:
-            result = run_one(spec, progress=bar, resume_dir=resume)
+            result = run_one(spec, progress=bar, resume_dir=resume, overwrite=kwargs.get("overwrite", False))
         print_result(result, kwargs.get("as_json", False))
 
     cmd = click.Command(plugin.name, callback=callback, help=plugin.description,
-                        params=plugin_options(plugin.Config))
+                        params=plugin_options(plugin.Config, plugin.preset_defaults))
     cmd = common_run_options(cmd)
     cmd = engine_run_options(cmd, probe_workers=True)
-    cmd.params.append(click.Option(["--resume"], default=None, help="continue the run in this directory"))
+    cmd.params.append(click.Option(["--resume"], default=None, type=click.Path(exists=True, file_okay=False),
+                                   help="continue the run in this directory"))
+    cmd.params.append(click.Option(["--overwrite"], is_flag=True,
+                                   help="replace the run already in --out (refused otherwise)"))
     return cmd
 
 
 def common_run_options(cmd: click.Command) -> click.Command:
     """Append the options every `hpctl run PLUGIN` takes."""
     opts = [
-        click.Option(["--controller", "-c"], default=None, help="controller name (see `hpctl list`)"),
+        click.Option(["--controller", "-c"], default=None, type=click.Choice(BUILTIN_CONTROLLERS),
+                     help="controller [default: the plugin's, grpo for every built-in plugin]"),
         click.Option(["--seed"], default=0, show_default=True, type=int, help="random seed"),
         click.Option(["--budget"], default=None, type=int, help="probe budget (default: the plugin's)"),
         click.Option(["--group-size"], default=None, type=int, help="probes per round at the same training state"),
@@ -230,7 +261,8 @@ def common_run_options(cmd: click.Command) -> click.Command:
                      help="which value training continues with after a round of step() probes"),
         click.Option(["--reward"], default="score", show_default=True, type=click.Choice(REWARDS),
                      help="reward of a step(): the probe score or its improvement over the current value"),
-        click.Option(["--config", "config_file"], default=None, help="YAML config file (flags win)"),
+        click.Option(["--config", "config_file"], default=None, type=click.Path(exists=True, dir_okay=False),
+                     help="YAML config file (flags win)"),
         click.Option(["--set", "sets"], multiple=True, metavar="KEY=VALUE",
                      help="controller setting, e.g. --set lr=0.3, or --set grid.k=4 for one controller (repeatable)"),
         click.Option(["--warm-start"], default=None, metavar="RUN_DIR",
@@ -314,7 +346,7 @@ def build_compare_command(plugin) -> click.Command:
             click.echo(json.dumps(result, default=str))
 
     cmd = click.Command(plugin.name, callback=callback, help=f"Compare controllers on {plugin.name}",
-                        params=plugin_options(plugin.Config))
+                        params=plugin_options(plugin.Config, plugin.preset_defaults))
     cmd = common_run_options(cmd)
     cmd = engine_run_options(cmd, probe_workers=False)
     cmd.params.append(click.Option(["--controllers"], default="grpo,ppo,grid", show_default=True,
@@ -329,8 +361,8 @@ cli.add_command(PluginCommands("compare", builder=build_compare_command,
 
 
 @cli.command("eval")
-@click.argument("run_dir")
-@click.option("--data", required=True, help="data file in the task's format")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True), help="data file in the task's format")
 @click.option("--lang", default=None, help="language of the data (default: the run's)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="override one of the run's plugin options for scoring, e.g. --set device=cpu (repeatable)")
@@ -344,6 +376,8 @@ def eval_cmd(run_dir: str, data: str, lang: str | None, sets: tuple[str, ...], a
     from hpctl.rundir import read_spec
 
     spec = read_spec(run_dir)
+    import inspect
+
     plugin = load_plugin(spec.plugin)
     overrides = {k.replace("-", "_"): v for k, v in parse_sets(sets).items()}
     config = build_dataclass(plugin.Config, {**spec.plugin_config, **overrides}, what=f"plugin {spec.plugin!r}")
@@ -384,18 +418,37 @@ def list_cmd() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: one-line errors, exit code 2 for user errors, 1 for crashes."""
+    """Entry point: one-line errors, exit code 2 for user errors, 1 for crashes.
+
+    SIGTERM ends a run like Ctrl-C (MLflow run KILLED, checkpoint kept), exit code 143.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=argv, prog_name="hpctl", standalone_mode=False)
         return 0
     except HpctlError as exc:
-        click.echo(f"hpctl: error: {exc}", err=True)
+        click.echo(f"hpctl: error: {shorten(str(exc), MAX_ERROR_CHARS)}", err=True)
         return exc.exit_code
+def _on_sigterm(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    # once: a second SIGTERM during the clean-up ends the process the default way
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:  # click turns Ctrl-C into Abort when not standalone
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C into Abort when not standalone
+        if isinstance(exc.__cause__, Terminated) or isinstance(exc.__context__, Terminated):
+            click.echo("hpctl: terminated (SIGTERM); a started run keeps its last checkpoint "
+                       "(resume with --resume DIR)", err=True)
+            return 143
         click.echo("hpctl: interrupted; a started run keeps its last checkpoint (resume with --resume DIR)",
                    err=True)
+    except Terminated:
+        click.echo("hpctl: terminated (SIGTERM); a started run keeps its last checkpoint (resume with --resume DIR)",
+                   err=True)
+        return 143
         return 130
     except click.ClickException as exc:
         msg = exc.format_message().replace("\n", " ")
@@ -405,7 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("hpctl: interrupted; the run directory has a checkpoint (resume with --resume DIR)", err=True)
         return 130
     except Exception as exc:  # noqa: BLE001 - never a traceback on the terminal
-        click.echo(f"hpctl: error: {one_line(exc)} (details in the run directory's error.txt)", err=True)
+        where = getattr(exc, "hpctl_error_file", None)
+        detail = f" (traceback in {where})" if where else ""
+        click.echo(f"hpctl: error: {shorten(one_line(exc), MAX_ERROR_CHARS)}{detail}", err=True)
         return 1
 
 

@@ -25,6 +25,11 @@ class ResumeError(HpctlError):
     """`--resume` on a directory that is not a resumable run of this command."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, Slurm, Kubernetes), raised like Ctrl-C so a run ends
+    the same way: its MLflow run KILLED, its last checkpoint kept for ``--resume``."""
+
+
 def one_line(exc: BaseException, *, with_type: bool = True) -> str:
     """``"Type: first line of the message"``: how an unexpected error is shown to a user."""
     lines = str(exc).strip().splitlines()
@@ -32,3 +37,9 @@ def one_line(exc: BaseException, *, with_type: bool = True) -> str:
     if not with_type:
         return text or type(exc).__name__
     return f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters: user input echoed in an error stays one short line."""
+    text = str(text).replace("\n", " ")
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hpctl.errors import ConfigError
+from hpctl.errors import ConfigError, shorten
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,10 @@ class Knob:
         return self.as_array(self.default)
 
     def as_array(self, value: float | Sequence[float] | np.ndarray) -> np.ndarray:
-        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+        try:
+            arr = np.asarray(value, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ConfigError(f"knob {self.name!r}: {shorten(repr(value))} is not a number") from None
         if arr.size == 1 and self.dim > 1:
             arr = np.full(self.dim, float(arr[0]))
         if arr.size != self.dim:

@@ -1,9 +1,11 @@
 """The run directory: what a run writes to disk, and reads back to resume.
 
-A run directory holds ``spec.json`` (what was asked), ``checkpoint.pt`` (after every round,
-written atomically), ``result.json`` (written as soon as the result exists, before plots
-and artifact uploads), ``history.json`` and ``run.png``. Everything here is file I/O;
-:mod:`hpctl.runner` decides when to call it.
+A run directory holds ``spec.json`` (what was asked), ``checkpoint.safetensors`` (after
+every round, written atomically; see :mod:`hpctl.statefile`: reading it cannot run code),
+``history.jsonl`` (every probe and commit, appended as the run goes, so a checkpoint's
+cost does not grow with the run), ``result.json`` (written as soon as the result exists,
+before plots and artifact uploads), ``history.json`` and ``run.png``. Everything here is
+file I/O; :mod:`hpctl.runner` decides when to call it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,9 +22,11 @@ from typing import Any
 import numpy as np
 
 from hpctl.config import RunOptions
+from hpctl import statefile
 from hpctl.errors import ConfigError, ResumeError
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.safetensors"
+HISTORY_LOG = "history.jsonl"
 SPEC = "spec.json"
 RESULT = "result.json"
 #: minimum seconds between two checkpoints (every round of a real training run is longer)
@@ -48,11 +52,21 @@ class RunSpec:
                    plugin_config=dict(data["plugin_config"]), command=data.get("command", "run"))
 
 
-def prepare_out_dir(out: str | None, plugin: str, controller: str, seed: int) -> Path:
+def prepare_out_dir(out: str | None, plugin: str, controller: str, seed: int, *, overwrite: bool = False) -> Path:
+    """The run folder, created and checked writable.
+
+    A folder that already holds a run (its ``spec.json``) is refused: writing a second run
+    over it would mix the two and make neither resumable. ``overwrite`` empties it first.
+    """
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         out = os.path.join("runs", f"{plugin}-{controller}-s{seed}-{stamp}")
     path = Path(out)
+    if (path / SPEC).is_file():
+        if not overwrite:
+            raise ConfigError(f"{str(path)!r} already holds a run; resume it with --resume, choose another "
+                              f"--out, or pass --overwrite to replace it")
+        shutil.rmtree(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -85,8 +99,8 @@ def _json_default(o: Any) -> Any:
 
 
 def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> None:
-    """Write ``checkpoint.pt`` atomically (pickle; tensors in task snapshots pickle as well)."""
-    atomic_write_bytes(out_dir / CHECKPOINT, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    """Write the checkpoint atomically (a :mod:`hpctl.statefile`, never a pickle)."""
+    atomic_write_bytes(out_dir / CHECKPOINT, statefile.dumps(state))
 
 
 def load_checkpoint(out_dir: Path) -> dict[str, Any]:
@@ -94,13 +108,60 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any]:
         raise ResumeError(f"{str(out_dir)!r} is not an hpctl run directory (no {SPEC})")
     if not (out_dir / CHECKPOINT).is_file():
         raise ResumeError(f"{str(out_dir)!r} has no {CHECKPOINT} to resume from")
-    if (out_dir / RESULT).is_file():
-        raise ResumeError(f"the run in {str(out_dir)!r} has finished ({RESULT} exists); nothing to resume")
     try:
-        with open(out_dir / CHECKPOINT, "rb") as fh:
-            return pickle.load(fh)
-    except Exception as exc:  # noqa: BLE001
-        raise ResumeError(f"checkpoint in {str(out_dir)!r} cannot be read: {exc}") from None
+        return statefile.loads((out_dir / CHECKPOINT).read_bytes())
+    except (statefile.StateFileError, OSError) as exc:
+        raise ResumeError(f"checkpoint in {str(out_dir)!r} cannot be used: {exc}") from None
+
+
+class HistoryLog:
+    """``history.jsonl``: the run's events, appended at checkpoints, one JSON object a line.
+
+    A checkpoint records how many events it covers; a resumed run keeps exactly those
+    (events written after that checkpoint are redone, deterministically, so they are cut).
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / HISTORY_LOG
+        self.written = 0
+
+    def append(self, events: list[dict[str, Any]]) -> None:
+        """Append ``events[self.written:]`` and make them durable."""
+        new = events[self.written:]
+        if not new:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(e, default=_json_default) + "\n" for e in new))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.written = len(events)
+
+    def restore(self, count: int | None) -> list[dict[str, Any]]:
+        """The first ``count`` events (all complete lines for None), and the file cut back to them."""
+        events: list[dict[str, Any]] = []
+        offset = 0
+        try:
+            with open(self.path, "rb") as fh:
+                for line in fh:
+                    if len(events) == count:
+                        break
+                    if not line.endswith(b"\n"):
+                        break  # a torn last line: the checkpoint never counted it
+                    events.append(json.loads(line))
+                    offset += len(line)
+        except FileNotFoundError:
+            pass
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ResumeError(f"{str(self.path)!r} is corrupt: {exc}") from None
+        if count is None:
+            count = len(events)
+        if len(events) < count:
+            raise ResumeError(f"{str(self.path)!r} holds {len(events)} events, the checkpoint needs {count}")
+        if self.path.exists():
+            with open(self.path, "r+b") as fh:
+                fh.truncate(offset)
+        self.written = count
+        return events
 
 
 def read_spec(out_dir: str | Path) -> RunSpec:

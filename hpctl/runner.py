@@ -8,7 +8,9 @@ back for ``--resume``, is :mod:`hpctl.rundir`; the MLflow side is :mod:`hpctl.tr
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -20,10 +22,10 @@ from hpctl.config import build_dataclass
 from hpctl.control_env import ControlEnv
 from hpctl.controllers.base import Controller, get_controller, load_warm_start, save_controller_state
 from hpctl.engines import engine_options, run_workers
-from hpctl.errors import ConfigError, HpctlError
+from hpctl.errors import HpctlError, ResumeError, Terminated, shorten
 from hpctl.registry import load_plugin
-from hpctl.rundir import (CHECKPOINT_EVERY_S, RESULT, SPEC, RunSpec, atomic_write_json, load_checkpoint,
-                          prepare_out_dir, save_checkpoint)
+from hpctl.rundir import (CHECKPOINT_EVERY_S, RESULT, SPEC, HistoryLog, RunSpec, atomic_write_json,
+                          load_checkpoint, prepare_out_dir, save_checkpoint)
 from hpctl.tracking import PhaseRuns, RunRecorder, Tracker, end_quietly, log_outputs, warn
 
 __all__ = ["RoundHook", "RunSpec", "build", "controller_settings", "run", "seed_everything", "steps_per_round"]
@@ -31,7 +33,7 @@ __all__ = ["RoundHook", "RunSpec", "build", "controller_settings", "run", "seed_
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed)
     try:
         import torch
 
@@ -49,31 +51,34 @@ def steps_per_round(total_steps: int, budget: int, group_size: int) -> int:
     return max(1, int(total_steps) // rounds)
 
 
-def checkpoint_state(env: ControlEnv, controller: Controller, recorder: RunRecorder,
-                     tracker: Tracker) -> dict[str, Any]:
-    """What ``--resume`` needs: env and task state, controller, history, where the MLflow run is."""
-    return {"env": env.state_dict(), "controller": controller.state_dict(), "history": recorder.history,
-            "logged": recorder.logged, "mlflow_run_id": tracker.run_id, "tracking_uri": tracker.uri}
-
-
 class RoundHook:
     """Called after every controller round: controller state to MLflow, and a checkpoint.
 
     The checkpoint is written at most every :data:`~hpctl.rundir.CHECKPOINT_EVERY_S`: a
     resumed run redoes the (deterministic) rounds since, so nothing is lost or repeated,
-    and microsecond probes are not slowed down.
+    and microsecond probes are not slowed down. The events go to ``history.jsonl``
+    (appended), the checkpoint records how many it covers, so its size does not grow
+    with the run.
     """
 
     def __init__(self, out_dir: Path, env: ControlEnv, recorder: RunRecorder, tracker: Tracker) -> None:
         self.out_dir, self.env, self.recorder, self.tracker = out_dir, env, recorder, tracker
+        self.log = HistoryLog(out_dir)
         self.last_checkpoint = time.perf_counter()
 
     def __call__(self, ctrl: Controller) -> None:
         self.tracker.metrics({f"controller/{k}": v for k, v in ctrl.state().items()}, self.env.probes)
         if time.perf_counter() - self.last_checkpoint >= CHECKPOINT_EVERY_S:
             self.recorder.checkpoint_flush()
-            save_checkpoint(self.out_dir, checkpoint_state(self.env, ctrl, self.recorder, self.tracker))
-            self.last_checkpoint = time.perf_counter()
+            self.checkpoint(ctrl)
+
+    def checkpoint(self, ctrl: Controller) -> None:
+        """Append the new events to the log, then write the checkpoint that counts them."""
+        self.log.append(self.recorder.history)
+        save_checkpoint(self.out_dir, {
+            "env": self.env.state_dict(), "controller": ctrl.state_dict(), "history_len": self.log.written,
+            "logged": self.recorder.logged, "mlflow_run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri})
+        self.last_checkpoint = time.perf_counter()
 
 
 def controller_settings(plugin, name: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -92,20 +97,26 @@ def controller_settings(plugin, name: str, given: dict[str, Any]) -> dict[str, A
     return settings
 
 
-def build(spec: RunSpec, out_dir: Path):
-    """Plugin, task, env and controller for a spec (no tracking, no running)."""
+def configure(spec: RunSpec):
+    """Plugin, its config, the controller class and config, budget and group size.
+
+    Every user option is checked here, before a run folder or a task exists.
+    """
     plugin = load_plugin(spec.plugin)
     opts = spec.options
     config = build_dataclass(plugin.Config, spec.plugin_config, what=f"plugin {spec.plugin!r}")
     controller_name = opts.controller or plugin.default_controller
     ctrl_cls = get_controller(controller_name)
     ctrl_config = ctrl_cls.make_config(controller_settings(plugin, controller_name, opts.controller_config))
-    budget = plugin.default_budget if opts.budget is None else int(opts.budget)
-    if budget <= 0:
-        raise ConfigError(f"budget must be > 0 probes, got {budget}")
-    group = plugin.default_group_size if opts.group_size is None else int(opts.group_size)
-    if group < 2:
-        raise ConfigError(f"group size must be >= 2, got {group}")
+    budget = plugin.default_budget if opts.budget is None else opts.budget
+    group = plugin.default_group_size if opts.group_size is None else opts.group_size
+    return plugin, config, ctrl_cls, ctrl_config, budget, group
+
+
+def build(spec: RunSpec, out_dir: Path):
+    """Plugin, task, env and controller for a spec (no tracking, no running)."""
+    plugin, config, ctrl_cls, ctrl_config, budget, group = configure(spec)
+    opts = spec.options
     seed_everything(opts.seed)
     task = plugin.make_task(config, seed=opts.seed, out_dir=out_dir)
     env_kwargs = {"group_size": group, "commit_rule": opts.commit_rule, "reward": opts.reward}
@@ -139,8 +150,10 @@ def best_probe(history: list[dict[str, Any]], knob) -> dict[str, Any] | None:
 
 def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None = None,
         parent_run_id: str | None = None, resume_dir: str | Path | None = None,
-        experiment: str | None = None) -> dict[str, Any]:
+        experiment: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run one controller on one plugin; return the result dictionary.
+
+    ``--out`` naming a folder that already holds a run is refused unless ``overwrite``.
 
     ``progress(kind, info)`` receives ``("start", {"budget": ...})``, ``("probe", event)``
     and ``("phase", {"name": ...})`` for progress bars.
@@ -152,11 +165,21 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     tracking_uri = opts.tracking_uri
     if resume_dir is not None:
         out_dir = Path(resume_dir)
+        if (out_dir / RESULT).is_file():  # killed after its result was safe: finish the record
+            return finish_record(out_dir, spec, experiment=experiment)
         checkpoint = load_checkpoint(out_dir)
         tracking_uri = checkpoint.get("tracking_uri") or tracking_uri  # the store the run lives in
     else:
-        out_dir = prepare_out_dir(opts.out, spec.plugin, opts.controller or "default", opts.seed)
-    plugin, config, task, env, controller, budget = build(spec, out_dir)
+        configure(spec)  # every option is checked before anything is written
+        out_dir = prepare_out_dir(opts.out, spec.plugin, opts.controller or "default", opts.seed,
+                                  overwrite=overwrite)
+    fresh = checkpoint is None and not any(out_dir.iterdir())
+    try:
+        plugin, config, task, env, controller, budget = build(spec, out_dir)
+    except HpctlError:
+        if fresh:  # a user error: leave no empty run folder behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     try:  # --engine ray: joined (a bad --address fails in seconds) and workers started before the task loads
         env.workers = workers = run_workers(spec, out_dir, controller)
     except BaseException:
@@ -172,6 +195,8 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     except BaseException:
         _close(task, workers)
         raise
+    if checkpoint is not None:
+        tracker.close_children("KILLED")  # nested phase runs the killed process left open
     recorder = RunRecorder(names, tracker)
     env.listeners.append(recorder)
     phases_runs = PhaseRuns(tracker, experiment or f"hpctl-{spec.plugin}")
@@ -179,26 +204,29 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     if progress is not None:
         env.listeners.append(lambda e: progress("probe", e) if e["event"] == "probe" else None)
 
+    on_round = RoundHook(out_dir, env, recorder, tracker)
     status, error = "FINISHED", None
     result: dict[str, Any] | None = None
     try:
         if checkpoint is None:
             atomic_write_json(out_dir / SPEC, spec.to_json())
+            task_info = dict(task.describe())
             tracker.log_params({"plugin": spec.plugin, "controller": controller.name, "seed": opts.seed,
                                 "budget": budget, "group_size": env.group_size,
                                 "steps_per_round": env.steps_per_round, "commit_rule": env.commit_rule,
                                 "reward": env.reward_mode,
                                 "knob": {"name": task.knob.name, "low": task.knob.low, "high": task.knob.high,
                                          "dim": task.knob.dim},
-                                "plugin_config": dataclasses.asdict(config),
+                                # the task's resolved config (presets filled in) when it has one
+                                "plugin_config": task_info.pop("config", dataclasses.asdict(config)),
                                 "controller_config": dataclasses.asdict(controller.config),
-                                "task": task.describe()})
+                                "task": task_info})
             env.reset(seed=opts.seed)
-            save_checkpoint(out_dir, checkpoint_state(env, controller, recorder, tracker))
+            on_round.checkpoint(controller)
         else:
             controller.load_state_dict(checkpoint["controller"])
             env.load_state_dict(checkpoint["env"])
-            recorder.history = list(checkpoint["history"])
+            recorder.history = on_round.log.restore(int(checkpoint["history_len"]))
             recorder.faults = sum(1 for e in recorder.history if e["event"] == "fault")
             # events the killed process had not flushed to MLflow yet are logged now
             for event in recorder.history[checkpoint.get("logged", 0):]:
@@ -207,16 +235,19 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         if progress is not None:
             progress("start", {"budget": budget, "done": env.probes, "out_dir": str(out_dir)})
 
-        on_round = RoundHook(out_dir, env, recorder, tracker)
-
         t0 = time.perf_counter()
-        with phases_runs.phase("controller"):
+        with phases_runs.phase("controller", {"controller": controller.name, "budget": budget,
+                                              **dataclasses.asdict(controller.config)}):
             try:
                 learned = controller.run(budget, on_round)
             finally:
                 if workers is not None:
                     workers.close()  # the probe workers' replicas are not needed for the final phase
             learned = task.knob.validate(learned)
+        if env.probes and recorder.faults >= env.probes:
+            first = next(e for e in recorder.history if e["event"] == "fault")
+            raise HpctlError(f"all {env.probes} probes failed, so nothing was learned; the first: "
+                             f"{shorten(first['error'], 200)}")
         t_control = time.perf_counter() - t0
         state_files = save_controller_state(controller, out_dir)  # what --warm-start reads
         if progress is not None:
@@ -250,12 +281,15 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
             "tracking_uri": tracker.uri,
             "out_dir": str(out_dir),
             "tracking_s": tracker.seconds - tracker.setup_seconds,
+            "artifacts": [str(p) for p in task.artifacts()],
             "controller_files": [p.name for p in state_files],
         }
+        on_round.log.append(recorder.history)  # complete before the result, for finish_record
         atomic_write_json(out_dir / RESULT, result)  # the result is safe before anything else can fail
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # The checkpoint of the last finished round stays: it is consistent, a mid-round state is not.
-        status, error = "KILLED", "interrupted (Ctrl-C); resume with --resume " + str(out_dir)
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        status, error = "KILLED", f"{how}; resume with --resume {out_dir}"
         raise
     except HpctlError as exc:
         status, error = "FAILED", str(exc)
@@ -263,6 +297,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     except Exception as exc:
         status, error = "FAILED", f"{type(exc).__name__}: {exc}"
         (out_dir / "error.txt").write_text(traceback.format_exc())
+        exc.hpctl_error_file = str(out_dir / "error.txt")
         raise
     finally:
         if result is None:  # failed or interrupted: record it, then let the error through
@@ -271,7 +306,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     # The run is finished and its result is on disk: from here on, a failure to upload
     # or plot is recorded as a warning tag and never turns the run into a crash.
     try:
-        _record_outputs(tracker, task, recorder, result, out_dir, names, spec, learned, optimum)
+        _record_outputs(tracker, recorder, result, out_dir, names, spec, learned, optimum)
     except Exception as exc:  # noqa: BLE001
         warn(tracker, f"outputs not fully recorded: {type(exc).__name__}: {exc}")
     finally:
@@ -289,9 +324,51 @@ def _close(task, workers) -> None:
         task.close()
 
 
-def _record_outputs(tracker: Tracker, task, recorder: RunRecorder, result: dict[str, Any], out_dir: Path,
+def finish_record(out_dir: Path, spec: RunSpec, *, experiment: str | None = None) -> dict[str, Any]:
+    """``--resume`` of a run killed after its ``result.json`` was written.
+
+    The result is final; what may be missing is the MLflow side (outputs, metrics, the
+    run's status). Record it from the run directory and close the run and the nested
+    runs the killed process left open. A run that is already closed has nothing to resume.
+    """
+    try:
+        result = json.loads((out_dir / RESULT).read_text())
+        run_id, uri = result["mlflow_run_id"], result["tracking_uri"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ResumeError(f"{str(out_dir / RESULT)!r} cannot be read: {exc}") from None
+    tracker = Tracker(uri, experiment or f"hpctl-{spec.plugin}", run_id=run_id, reopen=False)
+    if tracker.status() != "RUNNING":
+        raise ResumeError(f"the run in {str(out_dir)!r} has finished ({RESULT} exists, MLflow run "
+                          f"{tracker.status()}); nothing to resume")
+    names = tuple(result["learned"])
+    history = HistoryLog(out_dir).restore(None)
+    logged = 0
+    try:
+        logged = int(load_checkpoint(out_dir).get("logged", 0))
+    except ResumeError:
+        pass
+    recorder = RunRecorder(names, tracker)
+    for event in history[logged:]:
+        recorder(event)
+    recorder.history = history
+    learned = np.array(list(result["learned"].values()))
+    optimum = None if result.get("optimum") is None else np.array(list(result["optimum"].values()))
+    try:
+        _record_outputs(tracker, recorder, result, out_dir, names, spec, learned, optimum)
+    except Exception as exc:  # noqa: BLE001
+        warn(tracker, f"outputs not fully recorded: {type(exc).__name__}: {exc}")
+    finally:
+        tracker.close_children("KILLED")
+        end_quietly(tracker, "FINISHED", None)
+    return result
+
+
+def _record_outputs(tracker: Tracker, recorder: RunRecorder, result: dict[str, Any], out_dir: Path,
                     names: tuple[str, ...], spec: RunSpec, learned: np.ndarray, optimum: np.ndarray | None) -> None:
-    tracker.metrics({f"test/{k}": v for k, v in result["metrics"].items()}, result["probes"])
+    # final-phase metrics keep the names the task gave them (test_accuracy, f1, distance, ...)
+    tracker.metrics(result["metrics"], result["probes"])
+    tracker.metrics({f"learned/{k}": v for k, v in result["learned"].items()}, result["probes"])
+    tracker.set_tags({"learned": ", ".join(f"{k}={v:.6g}" for k, v in result["learned"].items())})
     tracker.metrics({f"time/{k}": v for k, v in result["phases"].items()})
     atomic_write_json(out_dir / "history.json", recorder.history)
     try:
@@ -307,4 +384,4 @@ def _record_outputs(tracker: Tracker, task, recorder: RunRecorder, result: dict[
     tracker.artifact(out_dir / "history.json")
     for name in result.get("controller_files", []):  # the controller state, for --warm-start
         tracker.artifact(out_dir / name)
-    log_outputs(tracker, task.artifacts())
+    log_outputs(tracker, [Path(p) for p in result.get("artifacts", [])])

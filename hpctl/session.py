@@ -244,6 +244,8 @@ class AttachedTracker(Tracker):
     """
 
     def metric(self, key: str, value: float, step: int = 0) -> None:
+    owns_run = False
+
         super().metric(f"hpctl/{key}", value, step)
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -252,18 +254,6 @@ class AttachedTracker(Tracker):
     def set_tags(self, tags: dict[str, Any]) -> None:
         super().set_tags({f"hpctl.{k}": v for k, v in tags.items()})
 
-    def end(self, status: str = "FINISHED", error: str | None = None) -> None:
-        if self.ended:
-            return
-        with self._timed():
-            try:
-                self._flush(wait=True)
-                self._queue.put(None)
-                self._writer.join(timeout=60)
-            finally:
-                if error:
-                    self.set_tags({"error": error})
-                self.ended = True
 
 
 def _as_user_value(knob: Knob, value: np.ndarray) -> float | np.ndarray:

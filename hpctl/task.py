@@ -40,9 +40,11 @@ class Task(ABC):
     knob: Knob
     #: optimizer steps in one full training run
     total_steps: int = 100
-    #: set by the runner; a plugin calls ``phase_listener(name, "start", {})`` and
-    #: ``phase_listener(name, "end", {"seconds": ..., "status": "FINISHED"|"FAILED", ...})``
-    #: around its long phases (e.g. training an adapter), and each becomes a nested MLflow run
+    #: set by the runner; a plugin calls ``phase_listener(name, "start", {"params": {...}})``,
+    #: ``phase_listener(name, "log", {"step": i, "train_loss": ...})`` for every step and
+    #: ``phase_listener(name, "end", {"seconds": ..., "status": "FINISHED"|"FAILED"|"KILLED", ...})``
+    #: around its long phases (e.g. training an adapter), and each becomes a nested MLflow
+    #: run with those params and per-step metrics
     phase_listener: Callable[[str, str, dict[str, Any]], None] | None = None
     #: wall seconds of the plugin's own phases (e.g. ``{"adapters_s": 41.2}``); the runner
     #: adds them to ``result.json``'s ``phases`` beside ``controller_s`` and ``final_s``.
@@ -144,6 +146,8 @@ class Plugin(ABC):
     #: controller settings this plugin needs by default, e.g. ``{"grid": {"full_runs": True}}``
     #: (a grid point is a whole fine-tune, as in the paper); the user's settings win
     controller_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: what the default preset gives options the user leaves unset (None), shown in ``--help``
+    preset_defaults: ClassVar[dict[str, Any]] = {}
 
     @abstractmethod
     def make_task(self, config: Any, *, seed: int, out_dir: Path) -> Task:

@@ -5,9 +5,11 @@ Every ``hpctl run`` is an MLflow run. The default store is a local sqlite databa
 ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` choose another.
 
 Logging is batched and asynchronous: events from the environment are turned into MLflow
-``Metric`` entities in memory and handed, ``flush_every`` at a time, to one background
-writer thread that sends them with ``log_batch``; :meth:`Tracker.end` waits for it. So a
-synthetic run's probes (microseconds each) never wait for a database write.
+``Metric`` entities in memory and handed, ``flush_every`` at a time, to MLflow's own
+asynchronous logging (``log_batch(..., synchronous=False)``, which queues them for its
+writer thread); :meth:`Tracker.flush` waits on the returned operations and raises a
+failed write there, :meth:`Tracker.end` waits for all. So a synthetic run's probes
+(microseconds each) never wait for a database write.
 :attr:`Tracker.seconds` accumulates the time the run's own thread spends in tracking so
 the overhead can be reported.
 """
@@ -18,8 +20,6 @@ import json
 import logging
 import math
 import os
-import queue
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,12 +45,111 @@ def _flatten(prefix: str, obj: Any, out: dict[str, str]) -> None:
         out[prefix] = json.dumps(obj) if isinstance(obj, (list, tuple)) else str(obj)
 
 
+#: seconds an unreachable tracking server may take to refuse, at start
+CONNECT_TIMEOUT_S = 5
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def _store_guard(uri: str) -> Iterator[None]:
+    """Open the store safely: fail fast when it cannot work, never race its creation.
+
+    * sqlite: the folder must be writable (checked by writing, which also catches a
+      read-only file system), and a file lock beside the database serialises the first
+      use, when MLflow creates and migrates the schema: concurrent first runs otherwise
+      race in alembic and leave a store every later run fails on.
+    * http(s): the first requests run without retries and with a short timeout, so a
+      server that is not there is a one-line error in seconds, not minutes of backoff.
+      Later logging keeps MLflow's usual retries.
+    """
+    db = _sqlite_path(uri)
+    if db is not None:
+        from filelock import FileLock, Timeout
+
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            probe = db.parent / f".hpctl-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+            if db.exists():
+                with open(db, "ab"):
+                    pass
+        except OSError as exc:
+            raise ConfigError(f"MLflow store {str(db)!r} is not writable: {exc.strerror or exc}") from None
+        try:
+            with FileLock(str(db) + ".lock", timeout=300):
+                yield
+        except Timeout:
+            raise ConfigError(f"MLflow store {str(db)!r} stayed locked for 300 s by another process") from None
+    elif uri.startswith(("http://", "https://")):
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(CONNECT_TIMEOUT_S)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    else:
+        yield
+
+
+def _experiment_id(client: Any, uri: str, name: str) -> str:
+    """The experiment's id, created if missing (another process may create it first)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    db = _sqlite_path(uri)
+    location = (db.parent / "artifacts").resolve().as_uri() if db is not None else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # noqa: BLE001 - e.g. RESOURCE_ALREADY_EXISTS from a concurrent first run
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _context_tags() -> dict[str, str]:
+    """MLflow's standard run tags (user, source, git commit) for a run started by hpctl."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = resolve_tags({})
+    tags["mlflow.source.name"] = "hpctl"
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _git_commit() -> str | None:
+    """The commit of the hpctl source tree when it runs from a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=2, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
 class Tracker:
     """One MLflow run (optionally nested under a parent) with batched metric logging."""
 
+    #: whether :meth:`end` sets the run's status (False for a run someone else owns)
+    owns_run = True
+
     def __init__(self, uri: str | None = None, experiment: str = "hpctl", *, run_name: str | None = None,
                  parent_run_id: str | None = None, run_id: str | None = None, flush_every: int = 2000,
-                 tags: dict[str, str] | None = None) -> None:
+                 tags: dict[str, str] | None = None, reopen: bool = True) -> None:
+        """Open (``run_id``) or create a run; ``reopen`` marks an existing run RUNNING again."""
         t0 = time.perf_counter()
         import mlflow  # noqa: F401  (slow import, kept out of `import hpctl`)
 
@@ -63,35 +162,26 @@ class Tracker:
         self.uri = uri or default_tracking_uri()
         self.flush_every = int(flush_every)
         try:
-            if self.uri.startswith("sqlite:///"):
-                db = Path(self.uri[len("sqlite:///"):])
-                db.parent.mkdir(parents=True, exist_ok=True)
-            self.client = MlflowClient(tracking_uri=self.uri)
-            exp = self.client.get_experiment_by_name(experiment)
-            if exp is None:
-                artifact_location = None
-                if self.uri.startswith("sqlite:///"):
-                    artifact_location = (Path(self.uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
-                exp_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
-            else:
-                exp_id = exp.experiment_id
-            if run_id is not None:
-                self.run_id = run_id
-                self.client.update_run(run_id, status="RUNNING")
-            else:
-                all_tags = dict(tags or {})
-                if parent_run_id:
-                    all_tags["mlflow.parentRunId"] = parent_run_id
-                run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
-                self.run_id = run.info.run_id
+            with _store_guard(self.uri):
+                self.client = MlflowClient(tracking_uri=self.uri)
+                exp_id = _experiment_id(self.client, self.uri, experiment)
+                if run_id is not None:
+                    self.run_id = run_id
+                    if reopen:
+                        self.client.update_run(run_id, status="RUNNING")
+                else:
+                    all_tags = {**_context_tags(), "mlflow.runName": run_name or "", **(tags or {})}
+                    if parent_run_id:
+                        all_tags["mlflow.parentRunId"] = parent_run_id
+                    run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
+                    self.run_id = run.info.run_id
+        except ConfigError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any store failure is a user-facing config problem
             raise ConfigError(f"cannot open MLflow tracking URI {self.uri!r}: {one_line(exc, with_type=False)}") from None
         self.experiment_id = exp_id
         self._metrics: list[Any] = []
-        self._queue: queue.Queue = queue.Queue()
-        self._writer_error: BaseException | None = None
-        self._writer = threading.Thread(target=self._write_loop, name="hpctl-mlflow-writer", daemon=True)
-        self._writer.start()
+        self._pending: list[Any] = []  # MLflow RunOperations not waited for yet
         self.seconds = time.perf_counter() - t0
         self.setup_seconds = self.seconds
         self.ended = False
@@ -138,28 +228,14 @@ class Tracker:
             if isinstance(v, (int, float)):
                 self.metric(k, v, step)
 
-    def _write_loop(self) -> None:
-        while True:
-            batch = self._queue.get()
-            try:
-                if batch is None:
-                    return
-                for i in range(0, len(batch), 1000):
-                    self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
-            except BaseException as exc:  # noqa: BLE001 - reported by flush(wait=True)
-                self._writer_error = exc
-            finally:
-                self._queue.task_done()
-
     def _flush(self, wait: bool = False) -> None:
-        pending, self._metrics = self._metrics, []
-        if pending:
-            self._queue.put(pending)
+        batch, self._metrics = self._metrics, []
+        for k in range(0, len(batch), 1000):  # MLflow's per-request limit
+            self._pending.append(self.client.log_batch(self.run_id, metrics=batch[k:k + 1000], synchronous=False))
         if wait:
-            self._queue.join()
-            if self._writer_error is not None:
-                err, self._writer_error = self._writer_error, None
-                raise err
+            pending, self._pending = self._pending, []
+            for op in pending:
+                op.wait()  # raises the MlflowException of a failed write
 
     def flush(self, wait: bool = True) -> None:
         """Send queued metrics; with ``wait`` return once they are in the store."""
@@ -192,6 +268,23 @@ class Tracker:
         elif kind == "fault":
             self.metric("faults", 1.0, event["probe"])
 
+    def status(self) -> str:
+        """The run's MLflow status (RUNNING, FINISHED, FAILED, KILLED)."""
+        return self.client.get_run(self.run_id).info.status
+
+    def close_children(self, status: str = "KILLED") -> int:
+        """End nested runs of this run that are still RUNNING (left by a killed process)."""
+        try:
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{self.run_id}' and attributes.status = 'RUNNING'")
+            for r in runs:
+                self.client.set_terminated(r.info.run_id, status=status)
+            return len(runs)
+        except Exception as exc:  # noqa: BLE001 - a bookkeeping repair never stops the run
+            warn(self, f"could not close nested runs: {exc}")
+            return 0
+
     # ------------------------------------------------------------------- ending ---
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.ended:
@@ -199,12 +292,11 @@ class Tracker:
         with self._timed():
             try:
                 self._flush(wait=True)
-                self._queue.put(None)
-                self._writer.join(timeout=60)
             finally:
                 if error:
                     self.set_tags({"error": error})
-                self.client.set_terminated(self.run_id, status=status)
+                if self.owns_run:
+                    self.client.set_terminated(self.run_id, status=status)
                 self.ended = True
 
 
@@ -252,11 +344,22 @@ class PhaseRuns:
         self.open: dict[str, Tracker] = {}
 
     def __call__(self, name: str, event: str, info: dict[str, Any]) -> None:
+        """``start`` (``info["params"]``: the phase's own settings), ``log`` (``info["step"]``
+        and metrics, e.g. the training loss of every step) or ``end`` (wall time, counters,
+        ``status``)."""
         try:
             if event == "start":
-                self.open[name] = Tracker(self.parent.uri, self.experiment, run_name=name,
-                                          parent_run_id=self.parent.run_id, tags={"hpctl.phase": name})
-            elif name in self.open:
+                child = Tracker(self.parent.uri, self.experiment, run_name=name,
+                                parent_run_id=self.parent.run_id, tags={"hpctl.phase": name})
+                self.open[name] = child
+                if info.get("params"):
+                    child.log_params(info["params"])
+            elif name not in self.open:
+                return
+            elif event == "log":
+                step = int(info.get("step", 0))
+                self.open[name].metrics({k: v for k, v in info.items() if k != "step"}, step)
+            else:
                 child = self.open.pop(name)
                 child.metrics({k: v for k, v in info.items() if isinstance(v, (int, float))})
                 child.end(str(info.get("status", "FINISHED")))
@@ -264,12 +367,15 @@ class PhaseRuns:
             warn(self.parent, f"nested run for phase {name!r} not recorded: {exc}")
 
     @contextmanager
-    def phase(self, name: str):
+    def phase(self, name: str, params: dict[str, Any] | None = None):
         t0, status = time.perf_counter(), "FAILED"
-        self(name, "start", {})
+        self(name, "start", {"params": params or {}})
         try:
             yield
             status = "FINISHED"
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: killed, not failed
+            status = "KILLED"
+            raise
         finally:
             self(name, "end", {"seconds": time.perf_counter() - t0, "status": status})
 

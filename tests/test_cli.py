@@ -77,7 +77,7 @@ def test_two_dimensional_knob_runs(hpctl_main):
 
 BAD_INPUTS = [
     (["run", "nosuchplugin"], "unknown plugin 'nosuchplugin'"),
-    (["run", "synthetic", "--controller", "nosuch"], "unknown controller 'nosuch'"),
+    (["run", "synthetic", "--controller", "nosuch"], "'nosuch' is not one of"),
     (["run", "synthetic", "--low", "0.9", "--high", "0.1"], "bounds out of order"),
     (["run", "synthetic", "--optimum", "1.5"], "outside the knob's bounds"),
     (["run", "synthetic", "-c", "fixed", "--set", "value=1.7"], "outside its bounds"),
@@ -87,7 +87,7 @@ BAD_INPUTS = [
     (["run", "synthetic", "--group-size", "1"], "group size must be >= 2"),
     (["run", "synthetic", "--config", "missing.yaml"], "does not exist"),
     (["run", "synthetic", "-c", "grpo", "--set", "nosuch=1"], "no setting 'nosuch'"),
-    (["run", "synthetic", "--tracking-uri", "sqlite:////proc/nope/x.db"], "cannot open MLflow tracking URI"),
+    (["run", "synthetic", "--tracking-uri", "sqlite:////proc/nope/x.db"], "MLflow store '/proc/nope/x.db' is not writable"),
     (["run", "synthetic", "--out", "/proc/nope"], "not writable"),
     (["run", "synthetic", "--resume", "."], "not an hpctl run directory"),
 ]
@@ -152,3 +152,14 @@ def test_config_values_are_type_checked(hpctl_main, tmp_path):
     cfg.write_text("controller: [grpo]\n")
     code, _, err = hpctl_main("run", "synthetic", "--config", str(cfg))
     assert code == 2 and "controller must be a string" in err
+
+
+def test_the_cli_offers_exactly_the_registered_controllers():
+    from hpctl.controllers.base import BUILTIN_CONTROLLERS, controller_names
+
+    assert sorted(BUILTIN_CONTROLLERS) == controller_names()
+
+
+def test_preset_filled_options_show_the_default_presets_value(hpctl_main):
+    code, out, _ = hpctl_main("run", "grasp_lora", "--help")
+    assert code == 0 and "[default: 8 (the default preset's)]" in " ".join(out.split())

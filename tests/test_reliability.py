@@ -16,6 +16,7 @@ import pytest
 
 from hpctl.config import RunOptions
 from hpctl.envs.landscapes import Landscape, LandscapeTask
+from hpctl.rundir import CHECKPOINT
 from hpctl.task import Plugin
 
 SYNTH = ["run", "synthetic", "--optimum", "0.3", "--noise", "0.02", "--budget", "64", "-c", "grpo", "--seed", "5"]
@@ -29,7 +30,7 @@ def _probe_ids(run_dir: Path) -> list[int]:
 def _kill_midway(args: list[str], run_dir: Path, env: dict, min_rounds: int = 2, timeout: float = 240) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "hpctl.cli", *args, "--out", str(run_dir)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = run_dir / "checkpoint.pt"
+    ckpt = run_dir / CHECKPOINT
     deadline = time.time() + timeout
     seen = 0
     last = None
@@ -118,7 +119,7 @@ def test_crash_marks_run_failed_and_keeps_metrics(tmp_path, tracking_uri, monkey
     hist = MlflowClient(tracking_uri).get_metric_history(runs[0].info.run_id, "probe/x")
     assert len(hist) > 0  # what was measured before the crash is kept
     assert (tmp_path / "x" / "error.txt").read_text().count("Traceback") == 1
-    assert (tmp_path / "x" / "checkpoint.pt").exists()
+    assert (tmp_path / "x" / CHECKPOINT).exists()
 
 
 class NaNTask(LandscapeTask):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -10,6 +11,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from hpctl.control_env import ControlEnv
+from hpctl.config import coerce
 from hpctl.errors import ConfigError
 
 
@@ -77,13 +79,17 @@ class Controller(ABC):
                 f"controller {cls.name!r} has no setting {unknown[0]!r} "
                 f"(known: {', '.join(sorted(names)) or 'none'})"
             )
+        hints = typing.get_type_hints(cls.Config)
+        values = {k: coerce(k, v, hints[k]) for k, v in overrides.items()}
         try:
-            return cls.Config(**overrides)
+            return cls.Config(**values)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"controller {cls.name!r}: bad setting: {exc}") from None
 
 
 _REGISTRY: dict[str, type[Controller]] = {}
+#: the controllers hpctl ships (the CLI's choices; a test checks it against the registry)
+BUILTIN_CONTROLLERS = ("grpo", "ppo", "a2c", "sac", "td3", "grid", "random", "fixed")
 
 
 def register(cls: type[Controller]) -> type[Controller]:

@@ -261,6 +261,7 @@ class GraspLoraPlugin(Plugin):
         Encoded and scored exactly as the task scores a split (:func:`.splits.encode_split`,
         :func:`.splits.split_metrics`), on the run's ``device`` in its ``dtype``.
         """
+    preset_defaults = PRESETS["default"]
         import torch
 
         from hpctl.plugins.grasp_lora.lora import load_lora

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hpctl.rundir import CHECKPOINT
 
 SMOKE = ["run", "grasp_lora", "--preset", "smoke"]
 
@@ -110,7 +111,7 @@ def test_sigkill_then_resume_matches_uninterrupted_smoke(tmp_path, tracking_uri)
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "hpctl.cli", *args, "--out", str(run_dir)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt, seen, last = run_dir / "checkpoint.pt", 0, None
+    ckpt, seen, last = run_dir / CHECKPOINT, 0, None
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and seen < 3:  # the start state + 2 rounds
         if ckpt.exists() and ckpt.stat().st_mtime_ns != last:

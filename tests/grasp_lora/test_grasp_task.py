@@ -264,11 +264,11 @@ def test_cli_smoke_pipeline_and_eval(hpctl_main, tmp_path):
         "qas": [{"id": "q1", "question": "ما هي عاصمة فرنسا؟", "answers": [{"text": "باريس", "answer_start": 0}]}]}]}]}
     (tmp_path / "mini.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     code, out, err = hpctl_main("eval", str(run), "--data", str(tmp_path / "mini.json"), "--json",
-                                "--set", "device=cpu", "--set", "max-new-tokens=3")
+                                "-o", "device=cpu", "--option", "max-new-tokens=3")
     assert code == 0, err
     metrics = json.loads(out.strip().splitlines()[-1])
     assert metrics["examples"] == 1.0 and "f1" in metrics and np.isfinite(metrics["loss"])
-    code, out, err = hpctl_main("eval", str(run), "--data", str(tmp_path / "mini.json"), "--set", "nope=1")
+    code, out, err = hpctl_main("eval", str(run), "--data", str(tmp_path / "mini.json"), "-o", "nope=1")
     assert code != 0 and "no option 'nope'" in err and "Traceback" not in err
 
 
