@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import torch
 import torch.nn as nn
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     sgd_steps(fixed, train, knob.default_value[0], steps, gen)
     print(f"default lr {knob.default_value[0]:g}: test mse {mse(fixed, test):.4f}")
     print(f"learned lr = {s.learned:.4g} after {s.probes} probes: test mse {steered:.4f}")
-    print(f"run folder: {s.out_dir}; MLflow run {s.tracker.run_id}")
+    print(f"run folder: {s.out_dir}; MLflow run {s.tracker.run_id}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"learned prune_ratio = {s.learned:.4f} after {s.probes} probes in {callback.rounds} rounds "
           f"({knob.sparsity()['all']:.1%} of the LoRA delta pruned)")
     print(f"test loss at the learned ratio: {test_loss:.4f}")
-    print(f"callback time: probes {callback.seconds['probes']:.1f} s, the rest {callback.seconds['overhead']:.1f} s")
+    sec = callback.seconds
+    print(f"callback time: probes {sec['probes']:.1f} s; controller, masks and saves "
+          f"{sec['rounds'] + sec['steps'] + sec['saves']:.2f} s; once: setup {sec['setup']:.1f} s, "
+          f"result {sec['finish']:.1f} s")
     print(f"pruned adapter (peft format): {adapter}")
     print(f"session folder: {s.out_dir}; MLflow run {s.tracker.run_id}")
 

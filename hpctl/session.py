@@ -100,6 +100,7 @@ import dataclasses
 import json
 import math
 import pickle
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -243,9 +244,9 @@ class AttachedTracker(Tracker):
     status to its owner.
     """
 
-    def metric(self, key: str, value: float, step: int = 0) -> None:
     owns_run = False
 
+    def metric(self, key: str, value: float, step: int = 0) -> None:
         super().metric(f"hpctl/{key}", value, step)
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -371,6 +372,7 @@ class Session:
         self.done = False
         self.learned: float | np.ndarray | None = None
         self.result: dict[str, Any] | None = None
+        self.finish_seconds = 0.0  # wall time of recording the result (result.json, plot, uploads)
         self._failed: str | None = None
         self._closed = False
         try:
@@ -647,6 +649,13 @@ class Session:
 
     # ------------------------------------------------------------------ finishing ----
     def _finish(self, learned: np.ndarray, early: bool = False) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._record_result(learned, early)
+        finally:
+            self.finish_seconds += time.perf_counter() - t0
+
+    def _record_result(self, learned: np.ndarray, early: bool) -> None:
         learned = self.knob.validate(learned)
         self.done = True
         self._value = learned.copy()

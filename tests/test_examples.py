@@ -108,6 +108,37 @@ def test_every_quoted_example_output_is_checked():
     assert found == CHECKED_QUOTES
 
 
+def test_ask_tell_script(tmp_path, tracking_uri):
+    proc = run_script(EXAMPLES / "ask_tell.py", "--fast", "--out", str(tmp_path / "s"), cwd=tmp_path,
+                      tracking_uri=tracking_uri)
+    assert proc.returncode == 0, proc.stderr
+    default = re.search(r"^default lr 0.001: test mse ([0-9.]+)$", proc.stdout, re.M)
+    learned = re.search(r"^learned lr = ([0-9.e+-]+) after (\d+) probes: test mse ([0-9.]+)$", proc.stdout, re.M)
+    assert default and learned, proc.stdout
+    lr, probes, mse = float(learned.group(1)), int(learned.group(2)), float(learned.group(3))
+    assert 0.002 < lr < 1.0 and probes == 36  # moved up from the too-small default; the whole budget spent
+    assert mse < float(default.group(1))  # the steered loop ends better than the default rate
+    result = json.loads((tmp_path / "s" / "result.json").read_text())
+    assert result["learned"]["lr"] == pytest.approx(lr, rel=1e-3) and result["probes"] == probes
+
+
+def test_trainer_callback_script_tiny(tmp_path, tracking_uri):
+    pytest.importorskip("peft")
+    proc = run_script(EXAMPLES / "trainer_callback.py", "--tiny", "--out", str(tmp_path / "t"), cwd=tmp_path,
+                      tracking_uri=tracking_uri, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = re.search(r"^learned prune_ratio = ([0-9.]+) after (\d+) probes in (\d+) rounds", proc.stdout, re.M)
+    assert m, proc.stdout
+    ratio, probes = float(m.group(1)), int(m.group(2))
+    assert 0.0 <= ratio <= 0.9 and 0 < probes <= 16
+    assert re.search(r"^test loss at the learned ratio: [0-9.]+$", proc.stdout, re.M)
+    assert (tmp_path / "t" / "pruned_adapter" / "adapter_config.json").is_file()
+    folder = Path(re.search(r"^session folder: (\S+);", proc.stdout, re.M).group(1))
+    result = json.loads((folder / "result.json").read_text())
+    assert result["learned"]["prune_ratio"] == pytest.approx(ratio, abs=1e-4) and result["probes"] == probes
+    assert (folder / "run.png").is_file() and (folder / "callback.json").is_file()
+
+
 def test_compare_controllers_script(tmp_path, tracking_uri):
     proc = run_script(EXAMPLES / "compare_controllers.py", "--out", str(tmp_path / "cmp"), cwd=tmp_path,
                       tracking_uri=tracking_uri)

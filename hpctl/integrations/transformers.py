@@ -785,7 +785,11 @@ class KnobCallback(TrainerCallback):
         self.out_dir, self.tracking_uri, self.experiment, self.resume = out_dir, tracking_uri, experiment, resume
         self.session: Session | None = None
         self.ctx: TrainerContext | None = None
-        self.seconds = {"probes": 0.0, "overhead": 0.0}
+        #: wall seconds inside the callback: ``probes`` (scoring candidates), the recurring rest
+        #: (``rounds``: the controller and committing; ``steps``: the per-step hooks, mask
+        #: refreshes included; ``saves``: the session into Trainer checkpoints) and the one-time
+        #: ``setup`` (MLflow run, probe batches) and ``finish`` (result, plot, uploads)
+        self.seconds = dict.fromkeys(("probes", "rounds", "steps", "saves", "setup", "finish"), 0.0)
         self.rounds = 0
         self._losses: list[float] = []
 
@@ -819,7 +823,7 @@ class KnobCallback(TrainerCallback):
                 self.session.tracker.log_params({"trainer": {"every_steps": self.every_steps, **self.knob.describe()}})
             except HpctlError:
                 pass
-        self.seconds["overhead"] += time.perf_counter() - t0
+        self.seconds["setup"] += time.perf_counter() - t0
         if resume is None and state.global_step % self.every_steps == 0:
             self._round(state)  # the first round, at the starting state
         else:
@@ -857,7 +861,7 @@ class KnobCallback(TrainerCallback):
     def _round(self, state) -> None:
         s = self.session
         t0 = time.perf_counter()
-        probe_s = 0.0
+        probe_s, finish_before = 0.0, s.finish_seconds
         self.ctx.step = int(state.global_step)
         with preserved_rng():
             if self._losses:
@@ -870,15 +874,17 @@ class KnobCallback(TrainerCallback):
                 s.tell(value, score)
             self.knob.apply(np.atleast_1d(np.asarray(s.value, dtype=np.float64)))
         self.rounds += 1
+        finishing = s.finish_seconds - finish_before  # the session finished in this round (result, plot)
         self.seconds["probes"] += probe_s
-        self.seconds["overhead"] += time.perf_counter() - t0 - probe_s
+        self.seconds["finish"] += finishing
+        self.seconds["rounds"] += time.perf_counter() - t0 - probe_s - finishing
 
     def on_step_begin(self, args, state, control, **kwargs):
         t0 = time.perf_counter()
         if self.ctx is not None:
             self.ctx.step = int(state.global_step)
         self.knob.on_step_begin(int(state.global_step))
-        self.seconds["overhead"] += time.perf_counter() - t0
+        self.seconds["steps"] += time.perf_counter() - t0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
@@ -886,7 +892,10 @@ class KnobCallback(TrainerCallback):
             self._losses.append(float(loss))
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.session is not None and not self.session.done and state.global_step % self.every_steps == 0:
+        t0 = time.perf_counter()
+        due = self.session is not None and not self.session.done and state.global_step % self.every_steps == 0
+        self.seconds["steps"] += time.perf_counter() - t0
+        if due:
             self._round(state)
 
     def on_save(self, args, state, control, **kwargs):
@@ -896,16 +905,16 @@ class KnobCallback(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():
             self.session.save(folder / SESSION_FILE)
-        self.seconds["overhead"] += time.perf_counter() - t0
+        self.seconds["saves"] += time.perf_counter() - t0
 
     def on_train_end(self, args, state, control, **kwargs):
         s = self.session
         if s is None:
             return
         if not s.done:
-            s.tracker.metrics({"callback/probe_s": self.seconds["probes"],
-                               "callback/overhead_s": self.seconds["overhead"]}, s.probes)
+            s.tracker.metrics({f"callback/{k}_s": v for k, v in self.seconds.items()}, s.probes)
             s.finish()  # training is over: the learned value is the one it ended at
+            self.seconds["finish"] += s.finish_seconds
         from hpctl.rundir import atomic_write_json
 
         atomic_write_json(s.out_dir / "callback.json", {"rounds": self.rounds, "every_steps": self.every_steps,
