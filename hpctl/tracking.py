@@ -16,6 +16,7 @@ the overhead can be reported.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -116,12 +117,23 @@ def _experiment_id(client: Any, uri: str, name: str) -> str:
         return exp.experiment_id
 
 
+@functools.lru_cache(maxsize=1)
 def _context_tags() -> dict[str, str]:
-    """MLflow's standard run tags (user, source, git commit) for a run started by hpctl."""
-    from mlflow.tracking.context.registry import resolve_tags
+    """MLflow's standard run tags (user, source, git commit) for a run started by hpctl.
 
-    tags = resolve_tags({})
-    tags["mlflow.source.name"] = "hpctl"
+    Set by hand, once per process: MLflow's own context providers import GitPython and
+    inspect the calling script, seconds per run here, for tags that would name the
+    console script rather than hpctl.
+    """
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name (some containers): leave it out
+        user = None
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "hpctl"}
+    if user:
+        tags["mlflow.user"] = user
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
