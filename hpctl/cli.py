@@ -364,24 +364,32 @@ cli.add_command(PluginCommands("compare", builder=build_compare_command,
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", required=True, type=click.Path(exists=True), help="data file in the task's format")
 @click.option("--lang", default=None, help="language of the data (default: the run's)")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="override one of the run's plugin options for scoring, e.g. --set device=cpu (repeatable)")
+@click.option("--option", "-o", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override one of the run's plugin options for scoring, e.g. -o device=cpu (repeatable; "
+                   "--set is for controller settings, which scoring has none of)")
+@click.option("--adapter", default=None, metavar="NAME",
+              help="which of the run's saved artifacts to score (grasp_lora: final, target_only, source, "
+                   "target; default: final)")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as one JSON line")
-def eval_cmd(run_dir: str, data: str, lang: str | None, sets: tuple[str, ...], as_json: bool) -> None:
+def eval_cmd(run_dir: str, data: str, lang: str | None, sets: tuple[str, ...], adapter: str | None,
+             as_json: bool) -> None:
     """Score a finished run's final artifact (e.g. grasp_lora's adapter) on any data file."""
     from rich.table import Table
+
+    import inspect
 
     from hpctl.config import build_dataclass
     from hpctl.registry import load_plugin
     from hpctl.rundir import read_spec
 
     spec = read_spec(run_dir)
-    import inspect
-
     plugin = load_plugin(spec.plugin)
     overrides = {k.replace("-", "_"): v for k, v in parse_sets(sets).items()}
     config = build_dataclass(plugin.Config, {**spec.plugin_config, **overrides}, what=f"plugin {spec.plugin!r}")
-    metrics = plugin.eval_run(Path(run_dir), config, data=data, lang=lang)
+    which = {} if adapter is None else {"adapter": adapter}  # only plugins that save several take it
+    if which and "adapter" not in inspect.signature(plugin.eval_run).parameters:
+        raise ConfigError(f"plugin {spec.plugin!r} scores one artifact; its eval takes no --adapter")
+    metrics = plugin.eval_run(Path(run_dir), config, data=data, lang=lang, **which)
     table = Table(title=f"{spec.plugin} run {run_dir} on {data}")
     table.add_column("metric")
     table.add_column("value")
@@ -417,6 +425,12 @@ def list_cmd() -> None:
     console.print("gymnasium ids: " + ", ".join(env_ids()))
 
 
+def _on_sigterm(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    # once: a second SIGTERM during the clean-up ends the process the default way
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors, exit code 2 for user errors, 1 for crashes.
 
@@ -427,15 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="hpctl", standalone_mode=False)
         return 0
+    except Terminated:
+        click.echo("hpctl: terminated (SIGTERM); a started run keeps its last checkpoint (resume with --resume DIR)",
+                   err=True)
+        return 143
     except HpctlError as exc:
         click.echo(f"hpctl: error: {shorten(str(exc), MAX_ERROR_CHARS)}", err=True)
         return exc.exit_code
-def _on_sigterm(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
-    # once: a second SIGTERM during the clean-up ends the process the default way
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise Terminated()
-
-
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort as exc:  # click turns Ctrl-C into Abort when not standalone
@@ -445,10 +457,6 @@ def _on_sigterm(signum, frame) -> None:  # noqa: ANN001 - signal handler signatu
             return 143
         click.echo("hpctl: interrupted; a started run keeps its last checkpoint (resume with --resume DIR)",
                    err=True)
-    except Terminated:
-        click.echo("hpctl: terminated (SIGTERM); a started run keeps its last checkpoint (resume with --resume DIR)",
-                   err=True)
-        return 143
         return 130
     except click.ClickException as exc:
         msg = exc.format_message().replace("\n", " ")

@@ -5,14 +5,17 @@ trained on English task data and a *target* adapter trained on a small Arabic or
 set; the two are merged (exactly: the deltas add up) and the merged adapter is pruned by
 global magnitude at a ratio the controller learns while the merged adapter is fine-tuned
 on the target data. The final phase repeats that fine-tune once at the learned ratio and
-reports test metrics (EM/F1 for XQuAD/MLQA, ROUGE/BLEU for XL-Sum), next to the
-target-only baseline. See :mod:`.task` for the phases, :mod:`.lora` for the adapters and
+reports test metrics (EM/F1 for XQuAD/MLQA; ROUGE-1/2/L, BLEU-4 and a semantic F1 for
+XL-Sum), next to the target-only baseline. Every adapter the run makes is saved in peft
+format (``final_adapter``, ``target_only_adapter``, ``source_adapter``, ``target_adapter``)
+and ``hpctl eval --adapter`` scores any of them on any file. See :mod:`.task` for the phases, :mod:`.lora` for the adapters and
 their merge, :mod:`.pruner` for the global pruning, :mod:`.backbone` for loading and
 :mod:`.lm` for the fast label-only loss::
 
     hpctl run grasp_lora --preset smoke            # tiny random model, whole pipeline in seconds
     hpctl run grasp_lora --task xquad --lang ar     # Gemma 3 270M, ~8 min on 2 CPU cores
     hpctl eval RUN_DIR --data xquad.ar.json         # score the saved final adapter on any file
+    hpctl eval RUN_DIR --data xquad.ar.json --adapter target_only   # or the baseline's
 
 Presets fill every option left unset: ``smoke`` (tiny backbone and data: the whole
 pipeline, for tests), ``default`` (Gemma 3 270M sized for about 8 minutes on two CPU
@@ -38,9 +41,16 @@ from hpctl.task import Plugin
 __all__ = ["GraspLoraConfig", "GraspLoraPlugin", "GraspTask", "PRESETS", "resolve_config"]
 
 PRESET_NAMES = ("smoke", "default", "full")
-PROBE_METRICS = ("loss", "f1", "rouge")
-KNOBS = ("global", "per-group")
-BASELINES = ("none", "target-only")
+#: what a probe may score: the answer loss, or a generation metric of the task (the keys of compute_metrics)
+QA_PROBE_METRICS = ("exact_match", "f1")
+SUMMARY_PROBE_METRICS = ("rouge1", "rouge2", "rougeL", "bleu4", "semantic_f1")
+PROBE_METRICS = ("loss", *QA_PROBE_METRICS, *SUMMARY_PROBE_METRICS)
+# choices are spelled with underscores throughout (as --merge target_only, the metric keys and
+# the adapter names are); the older hyphenated 'per-group' / 'target-only' are not accepted
+KNOBS = ("global", "per_group")
+BASELINES = ("none", "target_only")
+#: what ``hpctl eval --adapter`` scores (the folders are in :data:`.task.ADAPTER_FOLDERS`)
+EVAL_ADAPTERS = ("final", "target_only", "source", "target")
 #: options that must be >= 1 / >= 0 when set
 POSITIVE = ("steps", "controller_steps", "batch_size", "eval_batch_size", "max_len", "max_target_len",
             "max_new_tokens", "mask_every", "lora_r")
@@ -51,15 +61,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(backbone="tiny", source_train=8, target_train=8, micro_dev=4, dev=4, test=4,
                   steps=4, source_steps=2, target_steps=2, lr=1e-3, adapter_lr=1e-3, lora_r=4,
                   batch_size=2, eval_batch_size=4, max_len=160, max_target_len=12, max_new_tokens=6,
-                  max_context_chars=300, baseline="target-only"),
+                  max_context_chars=300, baseline="target_only"),
     "default": dict(backbone="gemma3-270m", source_train=96, target_train=48, micro_dev=48, dev=16, test=48,
                     steps=24, source_steps=24, target_steps=16, lr=5e-4, adapter_lr=5e-4, lora_r=8,
                     batch_size=4, eval_batch_size=8, max_len=320, max_target_len=24, max_new_tokens=16,
-                    max_context_chars=700, baseline="target-only"),
+                    max_context_chars=700, baseline="target_only"),
     "full": dict(backbone="gemma3-270m", source_train=256, target_train=64, micro_dev=32, dev=64, test=128,
                  steps=120, source_steps=200, target_steps=100, lr=2e-4, adapter_lr=2e-4, lora_r=8,
                  batch_size=4, eval_batch_size=8, max_len=512, max_target_len=32, max_new_tokens=24,
-                 max_context_chars=1200, baseline="target-only"),
+                 max_context_chars=1200, baseline="target_only"),
 }
 #: per-task changes on top of a preset (summaries are longer than answers)
 TASK_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -103,7 +113,7 @@ class GraspLoraConfig:
         "help": "weights of source,target for --merge weighted, e.g. '0.3,1.0'"})
     targets: str | None = field(default=None, metadata={
         "help": "LoRA target modules: attn (q/k/v/o), mlp (gate/up/down), attn+mlp or a comma list "
-                "(default attn; attn+mlp for --knob per-group)"})
+                "(default attn; attn+mlp for --knob per_group)"})
     lora_r: int | None = field(default=None, metadata={"help": "rank of the source and target adapters"})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2 x rank)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout while training the adapters"})
@@ -133,8 +143,9 @@ class GraspLoraConfig:
     test: int | None = field(default=None, metadata={"help": "test examples"})
     data_seed: int = field(default=0, metadata={"help": "seed of the article split (fixed across run seeds)"})
     probe_metric: str = field(default="loss", metadata={
-        "help": "what a probe scores: minus the micro-dev answer loss (fast), or generation F1 (QA) / "
-                "ROUGE-L (xlsum)", "choices": list(PROBE_METRICS)})
+        "help": "what a probe scores: minus the micro-dev answer loss (fast), or a generation metric of the "
+                "task: exact_match, f1 (QA); rouge1, rouge2, rougeL, bleu4, semantic_f1 (xlsum)",
+        "choices": list(PROBE_METRICS)})
     mask_every: int = field(default=4, metadata={
         "help": "recompute the training masks from the adapter's magnitudes every this many steps (and at "
                 "the start of every controller round); 1 costs ~4 percent more time per step on Gemma 3 270M"})
@@ -143,7 +154,7 @@ class GraspLoraConfig:
     target_adapter: str | None = field(default=None, metadata={
         "help": "peft adapter folder to use as the target adapter instead of training one"})
     baseline: str | None = field(default=None, metadata={
-        "help": "also run the target-only baseline in the final phase (preset: target-only)",
+        "help": "also run the target-only baseline in the final phase (preset: target_only)",
         "choices": list(BASELINES)})
     export_rank: int = field(default=0, metadata={
         "help": "rank of the saved final adapter: 0 = exact (identity-factor LoRA), k = truncated SVD"})
@@ -181,10 +192,10 @@ class GraspLoraConfig:
         check_max_chars(self.max_context_chars)
         if self.targets is not None:
             targets = parse_targets(self.targets)
-            if self.knob == "per-group":
+            if self.knob == "per_group":
                 for group, names in GROUPS.items():
                     if not set(names) & set(targets):
-                        raise ConfigError(f"knob 'per-group' needs {group} modules among the LoRA targets "
+                        raise ConfigError(f"knob 'per_group' needs {group} modules among the LoRA targets "
                                           f"(got {','.join(targets)}; use --targets attn+mlp)")
         if None not in (self.lora_r, self.lora_alpha, self.targets):
             self.lora_spec()
@@ -192,10 +203,10 @@ class GraspLoraConfig:
     def _check_probe_metric(self) -> None:
         if self.probe_metric not in PROBE_METRICS:
             raise ConfigError(f"unknown probe metric {self.probe_metric!r} (choose from {', '.join(PROBE_METRICS)})")
-        if self.probe_metric == "f1" and self.task == "xlsum":
-            raise ConfigError("probe metric 'f1' is for the QA tasks; use 'rouge' (or 'loss') for xlsum")
-        if self.probe_metric == "rouge" and self.task != "xlsum":
-            raise ConfigError(f"probe metric 'rouge' is for xlsum; use 'f1' (or 'loss') for {self.task}")
+        fits = SUMMARY_PROBE_METRICS if self.task == "xlsum" else QA_PROBE_METRICS
+        if self.probe_metric != "loss" and self.probe_metric not in fits:
+            raise ConfigError(f"probe metric {self.probe_metric!r} is not a {self.task} metric "
+                              f"(choose from loss, {', '.join(fits)})")
 
     def _check_counts(self) -> None:
         for names, least in ((POSITIVE, 1), (NON_NEGATIVE, 0)):
@@ -230,7 +241,7 @@ def resolve_config(config: GraspLoraConfig) -> GraspLoraConfig:
     if values["lora_alpha"] is None:
         values["lora_alpha"] = 2.0 * float(values["lora_r"])
     if values["targets"] is None:
-        values["targets"] = "attn+mlp" if values["knob"] == "per-group" else "attn"
+        values["targets"] = "attn+mlp" if values["knob"] == "per_group" else "attn"
     if values["controller_steps"] is None and values["steps"] is not None:
         values["controller_steps"] = min(int(values["steps"]), max(4, int(values["steps"]) // 4))
     if values["start_ratio"] is None:
@@ -250,41 +261,68 @@ class GraspLoraPlugin(Plugin):
     primary_metric = "score"
     #: the paper's grid baseline: every grid point is one full merge-and-prune fine-tune, chosen on dev
     controller_defaults = {"grid": {"full_runs": True}}
+    preset_defaults = PRESETS["default"]
 
     def make_task(self, config: GraspLoraConfig, *, seed: int, out_dir: Path,
                   backbone: tuple[Any, Any, str] | None = None) -> GraspTask:
         return GraspTask(resolve_config(config), seed=seed, out_dir=out_dir, backbone=backbone)
 
-    def eval_run(self, run_dir: Path, config: GraspLoraConfig, *, data: str, lang: str | None = None) -> dict[str, float]:
-        """Score ``run_dir/final_adapter`` on a data file (SQuAD JSON or XL-Sum JSON lines).
+    def eval_run(self, run_dir: Path, config: GraspLoraConfig, *, data: str, lang: str | None = None,
+                 adapter: str = "final") -> dict[str, Any]:
+        """Score one of the run's saved adapters on a data file (SQuAD JSON or XL-Sum JSON lines).
 
-        Encoded and scored exactly as the task scores a split (:func:`.splits.encode_split`,
-        :func:`.splits.split_metrics`), on the run's ``device`` in its ``dtype``.
+        ``adapter``: ``final`` (the pruned merged adapter), ``target_only`` (the baseline's),
+        ``source`` or ``target`` (:data:`EVAL_ADAPTERS`). Encoded and scored exactly as the task
+        scores a split (:func:`.splits.encode_split`, :func:`.splits.split_metrics`), on the run's
+        ``device`` in its ``dtype``, with the adapter merged into copies of the adapted weights
+        (:func:`.delta.merged_into_copies`: one matmul per layer; exact for the saved
+        identity-factor form). A progress bar (plain lines when stderr is not a terminal)
+        follows generation and the loss pass. Returns the metrics (XL-Sum: with the semantic F1
+        and ``semantic_f1_encoder`` naming its encoder), ``examples`` and ``seconds_per_example``.
         """
-    preset_defaults = PRESETS["default"]
-        import torch
+        import time
 
-        from hpctl.plugins.grasp_lora.lora import load_lora
         from hpctl.plugins.grasp_lora.backbone import load_backbone, resolve_device, resolve_dtype
         from hpctl.plugins.grasp_lora.corpora import read_examples
+        from hpctl.plugins.grasp_lora.delta import merged_into_copies
+        from hpctl.plugins.grasp_lora.lm import embed_texts
+        from hpctl.plugins.grasp_lora.lora import load_lora, lora_factors, unload_lora
+        from hpctl.plugins.grasp_lora.progress import eval_progress
         from hpctl.plugins.grasp_lora.splits import encode_split, split_metrics
+        from hpctl.plugins.grasp_lora.task import ADAPTER_FOLDERS, encoder_name
 
+        if adapter not in ADAPTER_FOLDERS:
+            raise ConfigError(f"unknown adapter {adapter!r} (choose from {', '.join(ADAPTER_FOLDERS)})")
         cfg = resolve_config(config)
         dtype, device = resolve_dtype(cfg.dtype), resolve_device(cfg.device)  # before anything loads
-        adapter_dir = Path(run_dir) / "final_adapter"
+        run_dir = Path(run_dir)
+        adapter_dir = run_dir / ADAPTER_FOLDERS[adapter]
         if not (adapter_dir / "adapter_config.json").is_file():
-            raise ConfigError(f"{str(run_dir)!r} has no final adapter (final_adapter/adapter_config.json); "
-                              "did the run finish?")
+            saved = [n for n, f in ADAPTER_FOLDERS.items() if (run_dir / f / "adapter_config.json").is_file()]
+            raise ConfigError(f"{str(run_dir)!r} has no {adapter} adapter ({ADAPTER_FOLDERS[adapter]}/adapter_config.json"
+                              f"); saved: {', '.join(saved) if saved else 'none (did the run finish?)'}")
         lang = lang or cfg.lang
         examples = read_examples(cfg.task, data, lang, max_context_chars=cfg.max_context_chars)
         if not examples:
             raise DataError(f"{data}: no examples")
-        model, tok, _ = load_backbone(cfg.backbone, cache_dir=cfg.cache_dir, dtype=dtype, device=device)
-        model = load_lora(model, adapter_dir, "final")
-        model.eval()
+        model, tok, name = load_backbone(cfg.backbone, cache_dir=cfg.cache_dir, dtype=dtype, device=device)
+        peft_model = load_lora(model, adapter_dir, adapter)
+        factors = lora_factors(peft_model, adapter)
+        model = unload_lora(peft_model)  # the plain backbone again: the factors run merged below
+        del peft_model
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         split = encode_split(tok, examples, cfg, pad)
-        with torch.no_grad():
-            metrics, _ = split_metrics(model, tok, split, cfg, lang)
+        t0 = time.perf_counter()
+        with merged_into_copies(model, factors) as installed, eval_progress(f"{adapter} adapter") as progress:
+            def embed(texts: list[str]):
+                with installed.suspended():  # the semantic F1's encoder: the backbone without the adapter
+                    return embed_texts(model, tok, texts, batch_size=int(cfg.eval_batch_size))
+
+            metrics: dict[str, Any] = dict(split_metrics(model, tok, split, cfg, lang,
+                                                         encoder=(encoder_name(name), embed),
+                                                         progress=progress)[0])
         metrics["examples"] = float(len(examples))
+        metrics["seconds_per_example"] = (time.perf_counter() - t0) / len(examples)
+        if cfg.task == "xlsum":
+            metrics["semantic_f1_encoder"] = encoder_name(name)
         return metrics
