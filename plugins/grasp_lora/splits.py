@@ -80,6 +80,7 @@ def split_metrics(model: Any, tokenizer, split: Split, cfg: Any, lang: str,
         if progress is None:
             return None
         done = [0]
+        progress(stage, 0, n)  # the stage starts
 
         def on_batch(k: int) -> None:
             done[0] += k

@@ -19,22 +19,30 @@ Then the :class:`hpctl.task.Task` protocol:
 ``probe(value)``
     minus the mean teacher-forced loss on the answer tokens of the fixed micro-dev
     batches, with the adapter masked at ``value`` (masks set, evaluated, undone in a
-    ``finally``; parameters are never written). ``probe_metric="f1"``/``"rouge"`` scores
+    ``finally``; parameters are never written). Another ``probe_metric`` (``"f1"``, ``"rougeL"``, ...) scores
     greedy generations instead.
 ``snapshot()``/``restore()``
     the adapter factors, the AdamW state and the data-order RNG (a few MB).
 ``evaluate(split, value)``
-    greedy generation + :func:`.metrics.compute_metrics`, plus the mean loss and
-    ``score`` (F1 for QA, ROUGE-L for XL-Sum).
+    greedy generation + :func:`.metrics.compute_metrics` (EM and F1 for QA; ROUGE-1/2/L,
+    BLEU-4 and the semantic F1 for XL-Sum, its encoder the frozen backbone's last hidden
+    layer, named in ``notes["metrics"]``), plus the mean loss and ``score`` (F1 for QA,
+    ROUGE-L for XL-Sum).
 ``full_run(value)``
     a whole fine-tune from the merged start at a fixed value, then the dev score (the
     same measure as a probe, on the dev split): one grid-search point.
 ``finish(value)``
     the final merge-and-prune fine-tune from the merged start at the fixed learned value,
     the final adapter saved in peft format (``out_dir/final_adapter``), test metrics; with
-    ``baseline="target-only"`` also the target-only baseline: the target adapter alone,
+    ``baseline="target_only"`` also the target-only baseline: the target adapter alone,
     fine-tuned for the same number of steps on the same batches, no merging or pruning,
-    tested the same way (``target_only_*`` keys).
+    tested the same way (``target_only_*`` keys) and saved with its own factors in
+    ``out_dir/target_only_adapter``. ``notes["adapters"]`` (in ``grasp_phases.json``) and the
+    run's ``artifacts`` list the saved adapter folders; every one names a loadable backbone
+    path in ``adapter_config.json`` and hpctl's own names in ``grasp_lora.json``. Under
+    ``--controller grid`` the final run *is* the chosen grid point's fine-tune, redone from the
+    same start, seed and batches (bit-identical on the CPU), so ``final_adapter`` is that
+    point's adapter.
 
 Device and dtype (``device``/``dtype``, default ``cpu``/``float32``): the config checks the
 dtype's name, the constructor whether the device is available here (one-line ConfigError,
@@ -66,9 +74,16 @@ import torch
 
 from hpctl.errors import ConfigError
 from hpctl.knob import Knob
-from hpctl.plugins.grasp_lora.backbone import load_backbone, model_device, resolve_device, resolve_dtype, say
+from hpctl.plugins.grasp_lora.backbone import (
+    backbone_path,
+    load_backbone,
+    model_device,
+    resolve_device,
+    resolve_dtype,
+    say,
+)
 from hpctl.plugins.grasp_lora.delta import DeltaAdapter
-from hpctl.plugins.grasp_lora.lm import PassCounter, batched_loss, collate, greedy_generate
+from hpctl.plugins.grasp_lora.lm import PassCounter, batched_loss, collate, embed_texts, greedy_generate
 from hpctl.plugins.grasp_lora.lora import (
     GROUPS,
     export_peft,
@@ -78,11 +93,22 @@ from hpctl.plugins.grasp_lora.lora import (
     parse_merge_weights,
     unload_lora,
 )
+from hpctl.plugins.grasp_lora.metrics import SEMANTIC_KEY, describe_metrics
 from hpctl.plugins.grasp_lora.pruner import GlobalMagnitudePruner
 from hpctl.plugins.grasp_lora.sources import prepare_adapter
 from hpctl.plugins.grasp_lora.splits import EVAL_SPLITS, Split, encode_split, primary_metric, split_metrics
 from hpctl.plugins.grasp_lora.training import DataOrder, adamw_step
 from hpctl.task import Task
+
+#: the adapters a run saves, by ``hpctl eval --adapter`` name, and their folders in the run folder
+ADAPTER_FOLDERS = {"final": "final_adapter", "target_only": "target_only_adapter",
+                   "source": "source_adapter", "target": "target_adapter"}
+
+
+def encoder_name(backbone: str) -> str:
+    """How the semantic F1's encoder is named in every output."""
+    return f"{backbone}: last hidden layer of the frozen backbone, no adapter"
+
 
 #: phases long enough to get a nested MLflow run each (through ``Task.phase_listener``)
 NESTED_PHASES = ("source_adapter", "target_adapter", "final_train", "target_only")
@@ -109,7 +135,7 @@ class GraspTask(Task):
         self.lora_spec = config.lora_spec()
         labels: tuple[str, ...] = ()
         dim = 1
-        if config.knob == "per-group":
+        if config.knob == "per_group":
             dim, labels = 2, tuple(GROUPS)
         start = float(np.clip(config.start_ratio, config.p_min, config.p_max))
         self.knob = Knob("prune_ratio", low=float(config.p_min), high=float(config.p_max),
@@ -135,6 +161,8 @@ class GraspTask(Task):
         self.splits: dict[str, Split] = {}
         #: (split, predictions) of the last evaluation, for :meth:`_write_predictions`
         self._last_predictions: tuple[str, list[str]] | None = None
+        #: the adapter wrappers currently on the backbone (suspended to embed texts with the plain backbone)
+        self._installed: DeltaAdapter | None = None
 
     def describe(self) -> dict[str, Any]:
         cfg = asdict(self.cfg) if is_dataclass(self.cfg) else dict(vars(self.cfg))
@@ -144,12 +172,14 @@ class GraspTask(Task):
 
     # ------------------------------------------------------------------ bookkeeping ----
     @contextlib.contextmanager
-    def _phase(self, name: str) -> Iterator[None]:
+    def _phase(self, name: str, params: Mapping[str, Any] | None = None) -> Iterator[None]:
+        """Time ``name`` and count its passes; a nested phase (:data:`NESTED_PHASES`) also gets a
+        child run through ``phase_listener`` with ``params`` (its settings)."""
         before = PassCounter(**vars(self.counter))
         t0 = time.perf_counter()
         listener = self.phase_listener if name in NESTED_PHASES else None
         if listener is not None:
-            listener(name, "start", {})
+            listener(name, "start", {"params": dict(params or {})})
         status = "FAILED"
         try:
             yield
@@ -212,12 +242,38 @@ class GraspTask(Task):
     def _encode(self, examples: Sequence[Any]) -> Split:
         return encode_split(self.tokenizer, examples, self.cfg, self.pad_id)
 
+    def _adapter_params(self, role: str) -> dict[str, Any]:
+        """The settings of the ``role`` adapter's training (its nested run's params)."""
+        c = self.cfg
+        given = c.source_adapter if role == "source" else c.target_adapter
+        return {"role": role, "steps": int(c.source_steps if role == "source" else c.target_steps),
+                "lr": float(c.adapter_lr), "batch_size": int(c.batch_size), "lora_r": int(c.lora_r),
+                "lora_alpha": float(c.lora_alpha), "targets": c.targets,
+                "examples": int(c.source_train if role == "source" else c.target_train),
+                "weight_decay": float(c.weight_decay), "grad_clip": float(c.grad_clip), "seed": self.seed,
+                "given_adapter": given or "none"}
+
+    def _fine_tune_params(self, ratio: np.ndarray | None) -> dict[str, Any]:
+        """The settings of a fine-tune (final run, target-only baseline): its nested run's params."""
+        c = self.cfg
+        out = {"steps": self.fine_tune_steps, "lr": float(c.lr), "batch_size": int(c.batch_size),
+               "weight_decay": float(c.weight_decay), "grad_clip": float(c.grad_clip), "seed": self.seed}
+        if ratio is None:  # the target adapter alone
+            out.update({"adapter": "target", "lora_r": int(c.lora_r), "prune_ratio": 0.0})
+        else:
+            out.update({"adapter": f"merged ({c.merge})", "merged_rank": self.notes.get("merged_rank"),
+                        "mask_every": int(c.mask_every), **{k if len(ratio) > 1 else "prune_ratio": v
+                                                            for k, v in self.knob.to_dict(ratio).items()}})
+        return out
+
     def _adapter(self, base: Any, role: str) -> Any:
         """The source/target adapter as peft adapter ``role`` on ``base`` (:func:`.sources.prepare_adapter`)."""
         data = self.splits["source_train" if role == "source" else "target_train"].encoded
-        model, how, losses = prepare_adapter(base, role, self.cfg, seed=self.seed, spec=self.lora_spec,
-                                             dtype=self.dtype, out_dir=self.out_dir, data=data, pad_id=self.pad_id,
-                                             counter=self.counter, progress=self._progress)
+        model, how, losses = prepare_adapter(
+            base, role, self.cfg, seed=self.seed, spec=self.lora_spec, dtype=self.dtype, out_dir=self.out_dir,
+            data=data, pad_id=self.pad_id, counter=self.counter,
+            progress=lambda label, steps: self._progress(label, steps, phase=f"{role}_adapter"),
+            base_model_name_or_path=backbone_path(self.model), metadata=self._adapter_metadata(role))
         if losses:
             self.notes[f"{role}_adapter_loss"] = [round(losses[0], 4), round(float(np.mean(losses[-3:])), 4)]
         self.notes[f"{role}_adapter"] = how
@@ -225,9 +281,9 @@ class GraspTask(Task):
 
     def _build_adapters(self) -> None:
         c = self.cfg
-        with self._phase("source_adapter"):
+        with self._phase("source_adapter", self._adapter_params("source")):
             peft_model = self._adapter(self.model, "source")
-        with self._phase("target_adapter"):
+        with self._phase("target_adapter", self._adapter_params("target")):
             peft_model = self._adapter(peft_model, "target")
         with self._phase("merge"):
             weights = parse_merge_weights(c.merge_weights)
@@ -240,7 +296,8 @@ class GraspTask(Task):
             self.target_factors = target
             self.merged_start = {k: f.clone() for k, f in merged.items()}
             self.adapter = DeltaAdapter(self.model, self.merged_start)
-            groups = {g: list(t) for g, t in GROUPS.items()} if c.knob == "per-group" else None
+            self._installed = self.adapter
+            groups = {g: list(t) for g, t in GROUPS.items()} if c.knob == "per_group" else None
             self.pruner = GlobalMagnitudePruner(self.adapter, groups)
             self.notes["merged_rank"] = int(next(iter(merged.values())).A.shape[0])
             self.notes["adapter_entries"] = int(sum(m.out_features * m.in_features for m in self.adapter.modules.values()))
@@ -267,12 +324,16 @@ class GraspTask(Task):
         self.pruner.clear_training_masks()
         self.pruner.invalidate()
 
-    def _progress(self, label: str, steps: int):
-        """An ``on_step(step, loss)`` that reports about four times per phase on stderr."""
+    def _progress(self, label: str, steps: int, phase: str | None = None):
+        """An ``on_step(step, loss)`` that reports about four times per phase on stderr and, for a
+        nested ``phase``, logs every step's training loss to its run (``phase_listener``)."""
         every = max(1, int(steps) // 4)
         t0 = time.perf_counter()
+        listener = self.phase_listener if phase in NESTED_PHASES else None
 
         def on_step(step: int, loss: float) -> None:
+            if listener is not None:
+                listener(phase, "log", {"step": step, "train_loss": float(loss)})
             if (step + 1) % every == 0 or step + 1 == steps:
                 rate = (time.perf_counter() - t0) / (step + 1)
                 say(f"{label}: step {step + 1}/{steps}, loss {loss:.4f} ({rate:.1f} s/step)")
@@ -281,11 +342,11 @@ class GraspTask(Task):
 
     def _train_steps(self, steps: int, ratio: np.ndarray | None, adapter: DeltaAdapter,
                      pruner: GlobalMagnitudePruner | None, optimizer: torch.optim.Optimizer,
-                     order: DataOrder, label: str | None = None) -> float:
+                     order: DataOrder, label: str | None = None, phase: str | None = None) -> float:
         params = adapter.parameters()
         data = self.splits["target_train"].encoded
         losses = []
-        report = self._progress(label, steps) if label else None
+        report = self._progress(label, steps, phase) if label else None
         try:
             for i in range(int(steps)):
                 if pruner is not None and ratio is not None and i % int(self.cfg.mask_every) == 0:
@@ -326,8 +387,10 @@ class GraspTask(Task):
             from hpctl.plugins.grasp_lora.metrics import compute_metrics
 
             preds = self._generate(split)
-            scores = compute_metrics(self.cfg.task, self.cfg.lang, preds, self.splits[split].references)
-            return float(scores[primary_metric(self.cfg.task)])
+            name, embed = self._encoder() if self.cfg.probe_metric == SEMANTIC_KEY else (None, None)
+            scores = compute_metrics(self.cfg.task, self.cfg.lang, preds, self.splits[split].references,
+                                     embed_fn=embed, encoder_name=name)
+            return float(scores[self.cfg.probe_metric])
 
     def probe(self, value: np.ndarray) -> float:
         self._ensure_ready()
@@ -347,11 +410,20 @@ class GraspTask(Task):
         self.steps_done = int(state["steps_done"])
         self.pruner.invalidate()
 
+    def _encoder(self) -> tuple[str, Any]:
+        """The semantic F1's encoder: the frozen backbone's last hidden layer, with no adapter installed."""
+        def embed(texts: list[str]) -> list[torch.Tensor]:
+            with self._installed.suspended() if self._installed is not None else contextlib.nullcontext():
+                return embed_texts(self.model, self.tokenizer, texts, batch_size=int(self.cfg.eval_batch_size))
+
+        return encoder_name(self.backbone_name), embed
+
     def _metrics(self, split: str) -> tuple[dict[str, float], list[str]]:
         s = self.splits[split]
         if not s.encoded:
             raise ConfigError(f"the {split} split is empty; raise --{split.replace('_', '-')}")
-        scores, preds = split_metrics(self.model, self.tokenizer, s, self.cfg, self.cfg.lang, self.counter)
+        scores, preds = split_metrics(self.model, self.tokenizer, s, self.cfg, self.cfg.lang, self.counter,
+                                      encoder=self._encoder())
         scores["score"] = float(scores[primary_metric(self.cfg.task)])
         return scores, preds
 
@@ -382,28 +454,31 @@ class GraspTask(Task):
         self._ensure_ready()
         ratio = self.knob.validate(value)
         self.reset(self.seed)
-        with self._phase("final_train"):
+        with self._phase("final_train", self._fine_tune_params(ratio)):
             final_loss = self._train_steps(self.fine_tune_steps, ratio, self.adapter, self.pruner, self.optimizer,
-                                           self.order, label=f"final run at {self.knob.format(ratio)}")
+                                           self.order, label=f"final run at {self.knob.format(ratio)}",
+                                           phase="final_train")
         self.steps_done = self.fine_tune_steps
         with self._phase("export"):
             masks = self.pruner.masks(ratio)
             sparsity = self.pruner.sparsity(masks)
             rank = int(self.cfg.export_rank) or None
-            info = export_peft(self.adapter, self.out_dir / "final_adapter", masks=masks, rank=rank,
-                               base_model_name_or_path=self.cfg.backbone,
-                               metadata={"prune_ratio": self.knob.to_dict(ratio), "sparsity": sparsity,
-                                         "merge": self.cfg.merge, "lora": asdict(self.lora_spec),
-                                         "backbone": self.backbone_name, "task": self.cfg.task,
-                                         "lang": self.cfg.lang})
+            info = export_peft(self.adapter, self.out_dir / ADAPTER_FOLDERS["final"], masks=masks, rank=rank,
+                               base_model_name_or_path=backbone_path(self.model),
+                               metadata={**self._adapter_metadata("final"), "prune_ratio": self.knob.to_dict(ratio),
+                                         "sparsity": sparsity, "merge": self.cfg.merge, "lora": asdict(self.lora_spec)})
             del masks
         metrics = self.evaluate("test", ratio)
         self._write_predictions("test_predictions.jsonl")
         metrics["final_train_loss"] = final_loss
         metrics["export_rel_error"] = float(info["rel_error"])
-        if self.cfg.baseline == "target-only":
+        if self.cfg.baseline == "target_only":
             metrics.update({f"target_only_{k}": v for k, v in self.target_only().items()})
         metrics.update({k: float(v) for k, v in self.counter.as_dict().items()})
+        self.notes["adapters"] = {role: str(self.out_dir / folder) for role, folder in ADAPTER_FOLDERS.items()
+                                  if (self.out_dir / folder / "adapter_config.json").is_file()}
+        self.notes["metrics"] = describe_metrics(self.cfg.task, self.cfg.lang, encoder_name(self.backbone_name)
+                                                 if self.cfg.task == "xlsum" else None)
         self._write_phases()
         return metrics
 
@@ -414,8 +489,9 @@ class GraspTask(Task):
         The merged adapter is suspended (its wrappers taken out, untouched) meanwhile.
         """
         self._ensure_ready()
-        with self._phase("target_only"), self.adapter.suspended():
+        with self._phase("target_only", self._fine_tune_params(None)), self.adapter.suspended():
             tmp = DeltaAdapter(self.model, self.target_factors)
+            self._installed = tmp
             try:
                 params = tmp.parameters()
                 for p in params:
@@ -424,7 +500,13 @@ class GraspTask(Task):
                 order = DataOrder([len(e.ids) for e in self.splits["target_train"].encoded],
                                   int(self.cfg.batch_size), self.seed * 1000 + 21)
                 loss = self._train_steps(self.fine_tune_steps, None, tmp, None, opt, order,
-                                         label="target-only baseline")
+                                         label="target-only baseline", phase="target_only")
+                for p in params:
+                    p.requires_grad_(False)
+                # its own low-rank factors: exact and small, and `hpctl eval --adapter target_only` scores it
+                export_peft(tmp, self.out_dir / ADAPTER_FOLDERS["target_only"], factors=True,
+                            base_model_name_or_path=backbone_path(self.model),
+                            metadata={**self._adapter_metadata("target_only"), "lora": asdict(self.lora_spec)})
                 with torch.no_grad():
                     scores, preds = self._metrics("test")
                 scores["train_loss"] = loss
@@ -432,6 +514,7 @@ class GraspTask(Task):
                 self._write_predictions("target_only_test_predictions.jsonl")
             finally:
                 tmp.remove()
+                self._installed = self.adapter
         return scores
 
     # ------------------------------------------------------------------ outputs --------
@@ -451,10 +534,18 @@ class GraspTask(Task):
             {"seconds": self.phase_seconds, "passes": self.phase_passes, "notes": self.notes,
              "backbone": self.backbone_name}, indent=2, default=str) + "\n")
 
+    def _adapter_metadata(self, role: str) -> dict[str, Any]:
+        """hpctl's own names for a saved adapter (``grasp_lora.json``): its role, the ``--backbone``
+        spec, the backbone's label, task and language (``adapter_config.json`` names a loadable path)."""
+        return {"role": role, "backbone_spec": self.cfg.backbone, "backbone": self.backbone_name,
+                "task": self.cfg.task, "lang": self.cfg.lang, "seed": self.seed}
+
     def artifacts(self) -> list[Path]:
-        """Adapter folders worth keeping with the run (final, source, target)."""
-        names = ("final_adapter", "source_adapter", "target_adapter")
-        return [self.out_dir / n for n in names if (self.out_dir / n).is_dir()]
+        """What the run leaves worth keeping: every adapter folder (final, target-only, source,
+        target), the test predictions and the phase record."""
+        names = [*ADAPTER_FOLDERS.values(), "test_predictions.jsonl", "target_only_test_predictions.jsonl",
+                 "grasp_phases.json"]
+        return [self.out_dir / n for n in names if (self.out_dir / n).exists()]
 
     def backbone_parameters(self) -> dict[str, torch.Tensor]:
         """The frozen backbone's parameters by their original names (for checks)."""

@@ -69,8 +69,10 @@ def test_knob_and_presets(smoke):
 @pytest.mark.parametrize("overrides,match", [
     ({"p_min": 0.5, "p_max": 0.5}, "p_min"),
     ({"task": "xlsum", "probe_metric": "f1"}, "xlsum"),
-    ({"probe_metric": "rouge"}, "rouge"),
-    ({"knob": "per-group", "targets": "attn"}, "per-group"),
+    ({"probe_metric": "rouge"}, "unknown probe metric 'rouge'"),
+    ({"knob": "per-group"}, "unknown knob 'per-group'"),  # choices are spelled with underscores
+    ({"baseline": "target-only"}, "unknown baseline 'target-only'"),
+    ({"knob": "per_group", "targets": "attn"}, "per_group"),
     ({"steps": 0}, "steps"),
     ({"max_len": 8}, "max-len"),
     ({"merge": "weighted"}, "merge rule 'weighted' needs 2 weights"),
@@ -196,7 +198,7 @@ def test_finish_saves_a_peft_adapter_that_reproduces_the_model(smoke):
 
 
 def test_per_group_knob(tmp_path):
-    task = _make(tmp_path, knob="per-group")
+    task = _make(tmp_path, knob="per_group")
     assert task.knob.dim == 2 and task.knob.labels == ("attn", "mlp")
     task.reset(0)
     before = task.snapshot()
