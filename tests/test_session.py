@@ -330,3 +330,14 @@ def test_finish_before_the_budget_is_spent(controller, tmp_path, tracking_uri):
     assert json.loads((tmp_path / "s" / "result.json").read_text())["learned"] == {"x": learned}
     with pytest.raises(SessionError, match="the session is done"):
         s.tell(learned, 0.0)
+
+
+def test_the_core_imports_no_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, hpctl, hpctl.session, hpctl.runner, hpctl.cli, hpctl.integrations; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'peft')); "
+            "assert not bad, bad; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
