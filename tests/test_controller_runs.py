@@ -76,7 +76,7 @@ def test_warm_start_from_a_finished_run(hpctl_main, tracking_uri):
     (["-c", "grpo", "--optimum2", "0.5", "--warm-start", "src1"], "is for a 1-d knob"),
     (["-c", "random", "--warm-start", "src1"], "cannot be warm-started"),
     (["-c", "ppo", "--budget", "4", "--group-size", "4"], "makes no update with a budget of 4 probes"),
-    (["-c", "grpo", "--budget", "3"], "needs a budget of at least 4 probes"),
+    (["-c", "grpo", "--budget", "2"], "needs a budget of at least 3 probes"),
     (["-c", "grpo", "--set", "commit_check=maybe"], "unknown commit_check 'maybe'"),
     (["-c", "grpo", "--set", "entropy_coef=-0.1"], "entropy_coef must be >= 0"),
     (["-c", "ppo", "--set", "ent_coef=-1"], "ent_coef must be >= 0"),

@@ -28,7 +28,8 @@ from hpctl.knob import Knob
 from hpctl.task import Task
 from hpctl.runner import steps_per_round
 
-PLAIN = dict(lambda_reg=0.0, clip_eps=0.0, beta_kl=0.0, entropy_coef=0.0, max_kl=0.0, sigma_floor="none", sigma_min=0.01)
+PLAIN = dict(lambda_reg=0.0, clip_eps=0.0, beta_kl=0.0, entropy_coef=0.0, max_kl=0.0, sigma_floor="none",
+             sigma_min=0.01)
 
 
 def _a(*x: float) -> np.ndarray:
@@ -484,9 +485,11 @@ def test_trust_region_and_exploration_floor():
 def test_budget_too_small_for_one_update_is_a_config_error():
     env = make_landscape_env(group_size=4, steps_per_round=100)
     env.reset(seed=0)
+    with pytest.raises(ConfigError, match="at least 3 probes"):
+        GRPO(env).run(2)
     with pytest.raises(ConfigError, match="at least 4 probes"):
-        GRPO(env).run(3)
-    GRPO(env, GRPOConfig(commit_check="nearest")).check_budget(3)  # no reserved guard: 3 is one round
+        GRPO(env, GRPOConfig(commit_check="probe")).check_budget(3)  # the guard probe is reserved
+    GRPO(env).check_budget(3)  # "nearest": no reserved guard, 3 probes are one round
     assert env.probes == 0
 
 
@@ -516,7 +519,11 @@ def test_two_peaks_global_one_found(optimum):
 
 def _probes_to_reach(ctrl: GRPO, env: ControlEnv, optimum: float, budget: int = 64) -> float:
     reached: list[int] = []
-    ctrl.run(budget, lambda c: reached.append(env.probes) if not reached and abs(env.current[0] - optimum) <= 0.02 else None)
+    def cb(c: GRPO) -> None:
+        if not reached and abs(env.current[0] - optimum) <= 0.02:
+            reached.append(env.probes)
+
+    ctrl.run(budget, cb)
     return reached[0] if reached else math.inf
 
 

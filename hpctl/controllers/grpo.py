@@ -42,10 +42,10 @@ paper's "every K optimizer steps"):
 7. commit: the training value moves towards ``sigmoid(mu)`` by at most ``max_step`` (unit
    coordinates), and only if the micro-dev score does not drop there:
    ``evidence >= score_0 - commit_tol``, else training stays where it is. The evidence
-   (``commit_check``): ``"probe"`` (default) one extra ``"guard"`` probe of the target
-   (counted in the budget); ``"nearest"`` the score of the group candidate nearest to the
-   target when one lies within ``commit_radius``, else a guard probe; ``"none"`` commits
-   without a check. Then ``env.advance(value)`` trains one round at the committed value.
+   (``commit_check``): ``"nearest"`` (default) the score of the group candidate nearest to
+   the target when one lies within ``commit_radius``, else one extra ``"guard"`` probe of
+   the target (counted in the budget); ``"probe"`` always that guard probe; ``"none"``
+   commits without a check. Then ``env.advance(value)`` trains one round at the committed value.
 
 The learned value is the final committed value (``env.current``): what training used last
 and what the final phase uses.
@@ -58,7 +58,10 @@ sampling mass beyond a bound piles up on it and pulls the learned value there),
 ``beta_kl``/``epochs`` (the trust region), ``adv_std="population"`` with ``adv_eps=1e-8``
 (the old advantages), ``commit_check`` and ``max_step``. ``epochs=1`` with no trust region
 is REINFORCE with a group baseline. The defaults were chosen on seeds 1000-1029 of the
-benchmark's landscapes (64 probes, groups of 8), the benchmark reports seeds 0-29.
+benchmark's landscapes (64 probes, groups of 8); the benchmark reports seeds 0-29. The
+commit check is ``"nearest"``: on both seed sets it had the lower median error and fewer
+trapped runs in all (it follows a drifting optimum more closely), where ``"probe"`` had
+fewer runs trapped on the two-peak landscapes at noise 0.05-0.1.
 
 Optimiser (ours, the paper names none): plain natural-gradient ascent with ``lr`` on ``mu``
 and ``lr_sigma`` on ``log sigma``; ``optimizer="adam"`` and ``natural_gradient=False``
@@ -118,15 +121,15 @@ class GRPOConfig:
     adv_std: str = "unbiased"  # "unbiased" (ddof 1, as TRL) or "population"
     adv_eps: float = 1e-4
     max_step: float = 0.5  # largest commit move per round (per component, unit coordinates)
-    commit_check: str = "probe"  # evidence for the guard: "probe", "nearest" or "none"
+    commit_check: str = "nearest"  # evidence for the guard: "nearest", "probe" or "none"
     commit_radius: float = 0.05  # "nearest": farthest candidate that may stand in for the target
     commit_tol: float = 0.0  # move if evidence >= baseline - commit_tol
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
 
     def __post_init__(self) -> None:
-        for name, allowed in (("space", SPACES), ("sampling", SAMPLINGS), ("sigma_floor", SIGMA_FLOORS), ("adv_std", ADV_STDS),
-                              ("commit_check", COMMIT_CHECKS), ("optimizer", OPTIMIZERS)):
+        for name, allowed in (("space", SPACES), ("sampling", SAMPLINGS), ("sigma_floor", SIGMA_FLOORS),
+                              ("adv_std", ADV_STDS), ("commit_check", COMMIT_CHECKS), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r} (choose from {', '.join(allowed)})")
         if self.group_size is not None and self.group_size < 2:
@@ -349,7 +352,8 @@ class GRPO(Controller):
         lo, hi = 0.0, 1.0  # bisection on the step fraction t (KL grows with t along the segment)
         for _ in range(30):
             t = 0.5 * (lo + hi)
-            if kl_old_new(mu_old, ls_old, mu_old + t * (mu_new - mu_old), ls_old + t * (ls_new - ls_old)) > self.config.max_kl:
+            kl_t = kl_old_new(mu_old, ls_old, mu_old + t * (mu_new - mu_old), ls_old + t * (ls_new - ls_old))
+            if kl_t > self.config.max_kl:
                 hi = t
             else:
                 lo = t

@@ -101,7 +101,8 @@ def _check_config(cfg: Any) -> None:
     """One-line errors for settings SB3 would reject deep inside (or accept and never learn)."""
     for name in ("n_steps", "batch_size", "learning_starts", "train_freq"):
         v = getattr(cfg, name, None)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "learning_starts" else 1)):
+        least = 0 if name == "learning_starts" else 1
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
             raise ValueError(f"{name} must be a {'non-negative' if name == 'learning_starts' else 'positive'} "
                              f"integer or empty, got {v!r}")
     if not cfg.learning_rate > 0:
