@@ -85,6 +85,10 @@ training state from a checkpoint taken after that round, or call ``s.save()`` wh
 you checkpoint your loop; the transformers callback saves the session into every
 Trainer checkpoint.
 
+Why one module: the driver, the round's record, the checkpoint and the recording of the
+result are one state machine over the same fields (round start, answers, pending values,
+event gate); spread over files its invariants would be harder to check.
+
 Misuse (``tell`` without a pending ``ask``, a value other than the one asked, a value
 outside the knob's bounds, a score that is not a number, ``tell`` after the session is
 done, resuming with different arguments) raises :class:`SessionError` or

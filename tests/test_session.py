@@ -335,7 +335,8 @@ def test_the_core_imports_no_transformers():
     import subprocess
     import sys
 
-    code = ("import sys, hpctl, hpctl.session, hpctl.runner, hpctl.cli, hpctl.integrations; "
+    code = ("import sys, hpctl, hpctl.session, hpctl.runner, hpctl.cli, hpctl.integrations, "
+            "hpctl.integrations.base, hpctl.integrations.lora_prune, hpctl.integrations.learning_rate; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'peft')); "
             "assert not bad, bad; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
