@@ -16,6 +16,8 @@ TARGET_SPEEDUP = 4.0
 TARGET_SCORE_GAP = 0.5
 TARGET_THROUGHPUT = 0.95
 TARGET_PRUNE_FRACTION = 0.01
+#: issue 12: a learned ratio's dev loss at most this fraction of the grid curve's range above the best point's
+TARGET_REGRET_FRACTION = 0.10
 METRIC_KEYS = ("score", "f1", "exact_match", "rougeL", "rouge1", "rouge2", "bleu4", "loss", "sparsity")
 
 
@@ -173,6 +175,49 @@ def cost_model(grid: dict[str, Any], grasp: dict[str, Any], adapters_s: float, s
     return out
 
 
+def grid_loss_curve(grid: dict[str, Any]) -> list[tuple[float, float]] | None:
+    """The grid's curve as ``(ratio, dev loss)`` pairs sorted by ratio; None when it is not a dev-loss curve.
+
+    A grid point's ``dev_score`` is the plugin's probe measure on the dev split after that
+    point's whole fine-tune: minus the teacher-forced dev loss when the probe metric is the loss.
+    That is checked rather than assumed: the grid's final run repeats its best point's
+    fine-tune bit for bit, so the ``dev_loss`` it reports must equal the best point's loss.
+    One-dimensional knobs only.
+    """
+    points = grid.get("grid_points") or []
+    if len(points) < 2 or any(len(p["value"]) != 1 for p in points):
+        return None
+    curve = sorted((float(p["value"][0]), -float(p["dev_score"])) for p in points if np.isfinite(p["dev_score"]))
+    dev = (grid.get("metrics") or {}).get("dev_loss")
+    if len(curve) < 2 or dev is None or not np.isfinite(dev):
+        return None
+    best = min(loss for _, loss in curve)
+    if not math.isclose(float(dev), best, rel_tol=1e-4, abs_tol=1e-6):
+        return None  # the grid was scored by another measure (a generation metric)
+    return curve
+
+
+def regret(curve: Sequence[tuple[float, float]], learned_dev_loss: float,
+           target: float = TARGET_REGRET_FRACTION) -> dict[str, Any]:
+    """A learned ratio's dev loss after its final fine-tune against the grid's curve.
+
+    ``regret`` = learned dev loss minus the best grid point's; ``fraction`` = regret over the
+    curve's range (max minus min dev loss over the grid points): 0 means as good as the best
+    point, 1 as bad as the worst, negative better than every point. ``pass``: ``fraction <=
+    target``. A flat curve (range 0) gives fraction 0 for a regret <= 0 and +inf otherwise.
+    """
+    if len(curve) < 2:
+        raise ValueError("a grid curve needs at least two points")
+    losses = np.array([float(loss) for _, loss in curve], dtype=np.float64)
+    best_i = int(np.argmin(losses))
+    best, span = float(losses[best_i]), float(losses.max() - losses.min())
+    value = float(learned_dev_loss) - best
+    fraction = value / span if span > 0 else (0.0 if value <= 0 else float("inf"))
+    return {"learned_dev_loss": float(learned_dev_loss), "best_grid_dev_loss": best,
+            "best_grid_ratio": float(curve[best_i][0]), "grid_range": span, "regret": value,
+            "fraction": fraction, "target": target, "pass": bool(fraction <= target + 1e-9)}  # 1e-9: float noise
+
+
 def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int, dict[str, Any]],
               task: str, lang: str, steps: int, controller_steps: int | None = None) -> dict[str, Any]:
     """Tables and comparisons per seed, plus medians over seeds (``controller_steps`` None: ``steps``)."""
@@ -200,6 +245,10 @@ def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int,
                                                               grid_scores, seed=seed)}
                 if arm in GRASP_ARMS:
                     c["cost_model"] = cost_model(grid, rec, a_s, steps, controller_steps)
+                    curve = grid_loss_curve(grid)
+                    learned_loss = rec["metrics"].get("dev_loss")
+                    if curve is not None and learned_loss is not None and np.isfinite(learned_loss):
+                        c["regret"] = regret(curve, learned_loss)
                 comps[arm] = c
         per_seed[seed] = {"rows": rows, "vs_grid": comps, "adapters_train_s": a_s}
     # medians over seeds
@@ -217,6 +266,11 @@ def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int,
         if cs:
             med[arm]["time_ratio"] = {k: _med([c["time_ratio"][k] for c in cs]) for k in cs[0]["time_ratio"]}
             med[arm]["metric_diff"] = {k: _med([c["metric_diff"].get(k) for c in cs]) for k in cs[0]["metric_diff"]}
+            fractions = [c["regret"]["fraction"] for c in cs if "regret" in c]
+            if fractions:
+                med[arm]["regret_fraction"] = _med(fractions)
+                med[arm]["regret_fraction_worst"] = float(max(fractions))
+                med[arm]["regret_seeds"] = len(fractions)
     return {"per_seed": per_seed, "median": med}
 
 
@@ -238,6 +292,11 @@ def criteria(summary: dict[str, Any], throughput: dict[str, Any] | None) -> dict
         out["speedup_conservative"] = {"value": worst, "target": TARGET_SPEEDUP,
                                        "accounting": "the lowest of the four accountings",
                                        "pass": worst >= TARGET_SPEEDUP}
+    if "regret_fraction_worst" in med:
+        worst = med["regret_fraction_worst"]
+        out["regret"] = {"value": worst, "target": TARGET_REGRET_FRACTION, "pass": worst <= TARGET_REGRET_FRACTION,
+                         "accounting": f"the worst of {med['regret_seeds']} seed(s): the learned ratio's dev loss after "
+                                       "its final fine-tune minus the best grid point's, over the grid curve's range"}
     diff = (med.get("metric_diff") or {}).get("score")
     if diff is not None and np.isfinite(diff):
         out["score_gap"] = {"value": diff, "target": -TARGET_SCORE_GAP, "pass": diff >= -TARGET_SCORE_GAP}

@@ -190,6 +190,12 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], throughput: dict[str
                 if c and "cost_model" in c:
                     L += [f"**Why {ARM_LABELS[arm]} is at {c['time_ratio']['as_measured']:.2f}x** (from the phases above):", ""]
                     L += [f"- {x}" for x in explanation(c["cost_model"], ARM_LABELS[arm])]
+                    rg = c.get("regret")
+                    if rg:
+                        L += [f"- Regret: at its learned ratio the final fine-tune's dev loss is {rg['learned_dev_loss']:.4f}, "
+                              f"the best grid point's (ratio {rg['best_grid_ratio']:.3f}) {rg['best_grid_dev_loss']:.4f}: "
+                              f"{rg['regret']:+.4f}, {100 * rg['fraction']:+.1f} % of the grid curve's range "
+                              f"{rg['grid_range']:.4f} (target at most {100 * rg['target']:.0f} %)"]
                     se = score_explanation(c.get("score_diff_bootstrap"), c["metric_diff"].get("score"))
                     if se:
                         L += [f"- Test score: {se}"]

@@ -1,0 +1,225 @@
+"""What the GRASP controller sees against what the grid measures: loss against prune ratio (issue 12).
+
+Per seed, on one grasp_lora configuration (a preset plus ``--set`` options) and a large dev
+set (``--dev``, a few hundred examples: the teacher-forced loss is cheap and smooth):
+
+1. **the controller's view**: the micro-dev loss (what a loss probe scores) at each of ``k``
+   ratios, at the training states where the controller probes: the start of every round of
+   the controller run (``controller_steps`` cut into ``budget // (group_size + 1)`` rounds, as
+   ``hpctl run`` cuts it) and its end. Between rounds the merged adapter trains at the start
+   ratio (the knob's default, where every controller starts; a controller would move it).
+   The large-dev loss is recorded at the same states and ratios too, so a disagreement can
+   be put down to the micro-dev's size or to the state.
+2. **the grid's curve**: for each of the same ``k`` ratios (the grid controller's points) a
+   whole fine-tune (``steps``) from the merged start, then the large-dev loss
+   (``GraspTask.full_run``: what ``--controller grid`` scores every point by).
+
+Reported per seed and state: the Spearman rank correlation of each probe-state curve with
+the grid's curve and the ratio where each curve has its minimum; then per seed the mean
+correlation over the states. Nothing is fitted or tuned here: the script records curves.
+
+    python -m benchmarks.ratio_landscape --preset smoke --seeds 0,1,2 --points 8 --dev 64
+    python -m benchmarks.ratio_landscape --preset default --seeds 0,1,2 --dev 300   # hours on 2 CPU cores
+
+Writes ``<out>/ratio_landscape_<preset>.json`` (command, configs, every curve) and
+``<out>/ratio_landscape_<preset>.md``; run folders (the adapters) go under ``--runs-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- analysis (pure)
+def ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks from 1, ties sharing their average rank (as Spearman's correlation needs)."""
+    x = np.asarray(values, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    out = np.empty(len(x), dtype=np.float64)
+    out[order] = np.arange(1, len(x) + 1, dtype=np.float64)
+    for v in np.unique(x):
+        tied = x == v
+        if tied.sum() > 1:
+            out[tied] = out[tied].mean()
+    return out
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation of two equally long curves; NaN when either is constant."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"two curves of the same length >= 2 needed, got {len(a)} and {len(b)}")
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def argmin_ratio(ratios: Sequence[float], losses: Sequence[float]) -> float:
+    """The ratio where a curve is lowest (the first one of ties)."""
+    return float(ratios[int(np.argmin(np.asarray(losses, dtype=np.float64)))])
+
+
+def compare(ratios: Sequence[float], grid: Sequence[float], states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each probe state's curves against the grid's: rank correlation and where the minima are."""
+    rows = []
+    for st in states:
+        rows.append({"steps_done": st["steps_done"],
+                     "spearman_micro_dev": spearman(st["micro_dev_loss"], grid),
+                     "spearman_dev": spearman(st["dev_loss"], grid),
+                     "argmin_micro_dev": argmin_ratio(ratios, st["micro_dev_loss"]),
+                     "argmin_dev": argmin_ratio(ratios, st["dev_loss"])})
+
+    def mean(key: str) -> float:
+        vals = [r[key] for r in rows if np.isfinite(r[key])]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    return {"states": rows, "grid_argmin": argmin_ratio(ratios, grid),
+            "grid_range": float(np.max(grid) - np.min(grid)),
+            "mean_spearman_micro_dev": mean("spearman_micro_dev"), "mean_spearman_dev": mean("spearman_dev")}
+
+
+# ----------------------------------------------------------------------------- measuring
+def measure_seed(config: Any, seed: int, points: int, out_dir: Path, budget: int, group_size: int,
+                 say=print) -> dict[str, Any]:
+    """The curves of one seed (see the module docstring); ``config`` is a resolved GraspLoraConfig."""
+    from hpctl.controllers.search import grid_points
+    from hpctl.plugins.grasp_lora import GraspTask
+    from hpctl.runner import seed_everything, steps_per_round
+
+    seed_everything(seed)
+    task = GraspTask(config, seed=seed, out_dir=out_dir)
+    t0 = time.perf_counter()
+    task.reset(seed)  # backbone, data, source and target adapters, merged start
+    ratios = [float(task.knob.from_unit(u)[0]) for u in grid_points(points, 1, points)]
+    start = task.knob.default_value.copy()
+    spr = steps_per_round(task.total_steps, budget, group_size)
+    rounds = max(1, budget // (group_size + 1))
+    states = []
+    done = 0
+    for r in range(rounds + 1):
+        at = min(task.total_steps, r * spr) if r < rounds else task.total_steps
+        if at > done:
+            task.train(at - done, start)
+            done = at
+        if states and states[-1]["steps_done"] == done:
+            continue
+        states.append({"steps_done": done,
+                       "micro_dev_loss": [task.loss_at("micro_dev", np.array([v])) for v in ratios],
+                       "dev_loss": [task.loss_at("dev", np.array([v])) for v in ratios]})
+        say(f"seed {seed}: probe state after {done}/{task.total_steps} controller-run steps measured")
+    grid = []
+    for v in ratios:
+        grid.append(-float(task.full_run(np.array([v]))))  # minus the probe measure (loss) on the dev split
+        say(f"seed {seed}: grid point {v:.3f}: dev loss {grid[-1]:.4f}")
+    wall = time.perf_counter() - t0
+    sizes = task.notes.get("split_sizes", {})
+    task.close()
+    return {"seed": seed, "ratios": ratios, "start_ratio": float(start[0]), "steps_per_round": spr,
+            "controller_steps": task.total_steps, "fine_tune_steps": task.fine_tune_steps, "states": states,
+            "grid_dev_loss": grid, "split_sizes": sizes, "wall_s": wall,
+            "comparison": compare(ratios, grid, states)}
+
+
+# ----------------------------------------------------------------------------- report
+def markdown(doc: dict[str, Any]) -> str:
+    L = [f"# Ratio landscape: {doc['preset']} preset", "", f"`{doc['command']}`", "",
+         f"Backbone `{doc['config']['backbone']}`, task {doc['config']['task']} {doc['config']['lang']}, "
+         f"{doc['points']} ratios in [{doc['config']['p_min']}, {doc['config']['p_max']}], dev set "
+         f"{doc['seeds'][0]['split_sizes'].get('dev', '?')} examples, micro-dev "
+         f"{doc['seeds'][0]['split_sizes'].get('micro_dev', '?')}; controller run {doc['seeds'][0]['controller_steps']} "
+         f"steps in rounds of {doc['seeds'][0]['steps_per_round']} (trained at the start ratio "
+         f"{doc['seeds'][0]['start_ratio']:.3f}); grid fine-tunes {doc['seeds'][0]['fine_tune_steps']} steps.", "",
+         "| seed | state (steps done) | Spearman micro-dev vs grid | Spearman dev vs grid | micro-dev min at | "
+         "dev min at | grid min at |", "|---|---|---|---|---|---|---|"]
+    for s in doc["seeds"]:
+        c = s["comparison"]
+        for row in c["states"]:
+            L.append(f"| {s['seed']} | {row['steps_done']} | {row['spearman_micro_dev']:+.2f} | "
+                     f"{row['spearman_dev']:+.2f} | {row['argmin_micro_dev']:.3f} | {row['argmin_dev']:.3f} | "
+                     f"{c['grid_argmin']:.3f} |")
+    L += ["", "| seed | mean Spearman micro-dev vs grid | mean Spearman dev vs grid | grid curve range (dev loss) | "
+          "wall s |", "|---|---|---|---|---|"]
+    for s in doc["seeds"]:
+        c = s["comparison"]
+        L.append(f"| {s['seed']} | {c['mean_spearman_micro_dev']:+.2f} | {c['mean_spearman_dev']:+.2f} | "
+                 f"{c['grid_range']:.4f} | {s['wall_s']:.0f} |")
+    L += ["", "Curves (dev loss after each grid point's fine-tune; micro-dev loss per probe state) are in the JSON.",
+          ""]
+    if doc["preset"] == "smoke":
+        L += ["The smoke preset's backbone is a tiny random model: these numbers check the tool, they say nothing "
+              "about GRASP.", ""]
+    return "\n".join(L)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from hpctl.config import build_dataclass
+    from hpctl.errors import HpctlError
+    from hpctl.plugins.grasp_lora import GraspLoraConfig, GraspLoraPlugin, resolve_config
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.ratio_landscape", description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="smoke", choices=("smoke", "default", "full"))
+    ap.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
+    ap.add_argument("--points", type=int, default=8, help="ratios per curve (the grid's k)")
+    ap.add_argument("--dev", type=int, default=None, help="dev examples (default: 300, 64 for smoke)")
+    ap.add_argument("--budget", type=int, default=None, help="probes of the controller run (plugin default)")
+    ap.add_argument("--group-size", type=int, default=None, help="probes per round (plugin default)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a grasp_lora option, e.g. --set steps=64 (repeatable)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--runs-dir", default=None, help="run folders (default: <out>/ratio_landscape_runs)")
+    args = ap.parse_args(argv)
+    try:
+        seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+        if not seeds or any(s < 0 for s in seeds) or args.points < 2:
+            raise ValueError
+    except ValueError:
+        print("ratio_landscape: error: --seeds must be a comma list of seeds >= 0 and --points at least 2",
+              file=sys.stderr)
+        return 2
+    plugin = GraspLoraPlugin()
+    budget = int(args.budget or plugin.default_budget)
+    group = int(args.group_size or plugin.default_group_size)
+    dev = args.dev if args.dev is not None else (64 if args.preset == "smoke" else 300)
+    values: dict[str, Any] = {"preset": args.preset, "dev": dev, "probe_metric": "loss", "baseline": "none"}
+    for item in args.sets:
+        key, eq, value = item.partition("=")
+        if not eq:
+            print(f"ratio_landscape: error: --set needs KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        values[key.strip().replace("-", "_")] = value.strip()
+    try:
+        cfg = resolve_config(build_dataclass(GraspLoraConfig, values, what="plugin 'grasp_lora'"))
+        if cfg.probe_metric != "loss" or cfg.knob != "global":
+            raise HpctlError("the landscape is the loss against one global ratio: keep probe_metric=loss, knob=global")
+        out = Path(args.out)
+        runs = Path(args.runs_dir) if args.runs_dir else out / "ratio_landscape_runs"
+        results = [measure_seed(cfg, s, args.points, runs / f"seed{s}", budget, group,
+                                say=lambda m: print(f"[ratio_landscape] {m}", file=sys.stderr, flush=True))
+                   for s in seeds]
+    except HpctlError as exc:
+        print(f"ratio_landscape: error: {exc}", file=sys.stderr)
+        return 2
+    import dataclasses
+
+    doc = {"command": "python -m benchmarks.ratio_landscape " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+           "preset": args.preset, "points": args.points, "budget": budget, "group_size": group,
+           "config": dataclasses.asdict(cfg), "seeds": results}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"ratio_landscape_{args.preset}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    (out / f"ratio_landscape_{args.preset}.md").write_text(markdown(doc))
+    print(markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

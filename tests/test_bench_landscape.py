@@ -1,0 +1,66 @@
+"""benchmarks/ratio_landscape.py: rank correlation, minima, and one tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import ratio_landscape as L
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a = rng.integers(0, 5, size=9).astype(float)  # ties on purpose
+        b = rng.normal(size=9)
+        want = spearmanr(a, b).statistic
+        got = L.spearman(a, b)
+        assert (np.isnan(want) and np.isnan(got)) or got == pytest.approx(want)
+    assert L.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert L.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(L.spearman([1, 1, 1], [1, 2, 3]))  # a flat curve has no order
+    with pytest.raises(ValueError):
+        L.spearman([1, 2], [1, 2, 3])
+
+
+def test_compare_states_with_the_grid():
+    ratios = [0.0, 0.3, 0.6, 0.9]
+    grid = [2.0, 1.5, 1.0, 1.8]  # interior minimum at 0.6
+    states = [{"steps_done": 0, "micro_dev_loss": [3.0, 2.9, 2.8, 2.7], "dev_loss": [3.0, 2.5, 2.0, 2.8]},
+              {"steps_done": 4, "micro_dev_loss": [2.0, 1.5, 1.0, 1.8], "dev_loss": [2.0, 1.5, 1.0, 1.8]}]
+    c = L.compare(ratios, grid, states)
+    first, second = c["states"]
+    assert first["argmin_micro_dev"] == 0.9 and first["argmin_dev"] == 0.6  # monotone micro-dev: pinned at p_max
+    assert first["spearman_micro_dev"] == pytest.approx(L.spearman([3.0, 2.9, 2.8, 2.7], grid))
+    assert second["spearman_micro_dev"] == pytest.approx(1.0) and second["argmin_micro_dev"] == 0.6
+    assert c["grid_argmin"] == 0.6 and c["grid_range"] == pytest.approx(1.0)
+    assert c["mean_spearman_micro_dev"] == pytest.approx((first["spearman_micro_dev"] + 1.0) / 2)
+
+
+def test_a_tiny_run_records_every_curve(tmp_path, capsys):
+    code = L.main(["--preset", "smoke", "--seeds", "0", "--points", "3", "--dev", "6", "--budget", "10",
+                   "--group-size", "4", "--set", "steps=2", "--set", "controller_steps=2", "--out", str(tmp_path)])
+    assert code == 0
+    doc = json.loads((tmp_path / "ratio_landscape_smoke.json").read_text())
+    seed = doc["seeds"][0]
+    assert seed["ratios"] == pytest.approx([0.0, 0.45, 0.9])  # the grid controller's points
+    assert seed["split_sizes"]["dev"] == 6
+    # 10 probes in rounds of 4 + 1 -> 2 rounds of 1 step; states at 0 and 1 steps, and the end (2)
+    assert [s["steps_done"] for s in seed["states"]] == [0, 1, 2]
+    for s in seed["states"]:
+        assert len(s["micro_dev_loss"]) == len(s["dev_loss"]) == 3 and all(np.isfinite(s["micro_dev_loss"]))
+    assert len(seed["grid_dev_loss"]) == 3 and all(np.isfinite(seed["grid_dev_loss"]))
+    assert len(seed["comparison"]["states"]) == 3
+    md = (tmp_path / "ratio_landscape_smoke.md").read_text()
+    assert "Spearman micro-dev vs grid" in md and "tiny random model" in md
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    assert L.main(["--seeds", "x", "--out", str(tmp_path)]) == 2
+    assert L.main(["--set", "probe_metric=f1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("ratio_landscape: error:") for line in err)

@@ -1,0 +1,79 @@
+"""grasp_vs_grid's regret: a learned ratio's dev loss against the grid's curve (issue 12)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks.grasp_vs_grid import analysis
+
+# a grid curve (ratio, dev loss after that point's fine-tune): best 1.0 at 0.6, worst 2.0 at 0.0, range 1.0
+CURVE = [(0.0, 2.0), (0.3, 1.5), (0.6, 1.0), (0.9, 1.8)]
+
+
+@pytest.mark.parametrize("learned,regret,fraction,ok", [
+    (1.0, 0.0, 0.0, True),      # as good as the best point
+    (1.1, 0.1, 0.1, True),      # 10 % of the range: the target, met
+    (1.3, 0.3, 0.3, False),
+    (2.0, 1.0, 1.0, False),     # as bad as the worst point
+    (0.8, -0.2, -0.2, True),    # better than every grid point
+])
+def test_regret_is_a_fraction_of_the_grid_curves_range(learned, regret, fraction, ok):
+    r = analysis.regret(CURVE, learned)
+    assert r["regret"] == pytest.approx(regret) and r["fraction"] == pytest.approx(fraction)
+    assert r["pass"] is ok
+    assert (r["best_grid_ratio"], r["best_grid_dev_loss"], r["grid_range"]) == (0.6, 1.0, 1.0)
+    assert r["target"] == analysis.TARGET_REGRET_FRACTION == 0.10
+
+
+def test_regret_on_a_flat_curve_and_bad_input():
+    flat = [(0.0, 1.0), (0.5, 1.0)]
+    assert analysis.regret(flat, 1.0)["fraction"] == 0.0
+    assert math.isinf(analysis.regret(flat, 1.5)["fraction"]) and not analysis.regret(flat, 1.5)["pass"]
+    with pytest.raises(ValueError, match="two points"):
+        analysis.regret([(0.0, 1.0)], 1.0)
+
+
+def _grid(dev_loss, points=CURVE):
+    return {"grid_points": [{"value": [r], "dev_score": -loss} for r, loss in points],
+            "metrics": {"score": 50.0, "dev_loss": dev_loss}}
+
+
+def test_grid_loss_curve_only_from_a_grid_scored_by_the_dev_loss():
+    assert analysis.grid_loss_curve(_grid(1.0)) == sorted(CURVE)
+    # the final run repeats the best point's fine-tune: a dev_loss that is not the best point's means the
+    # points were scored by another measure (e.g. generation F1), so there is no loss curve
+    assert analysis.grid_loss_curve(_grid(1.7)) is None
+    assert analysis.grid_loss_curve({**_grid(1.0), "metrics": {"score": 50.0}}) is None  # an older run
+    two_d = {"grid_points": [{"value": [0.1, 0.2], "dev_score": -1.0}] * 3, "metrics": {"dev_loss": 1.0}}
+    assert analysis.grid_loss_curve(two_d) is None
+
+
+def _record(arm, wall, learned, dev_loss, **extra):
+    passes = {"forward_passes": 10, "backward_passes": 5, "generation_steps": 0, "tokens": 0}
+    return {"arm": arm, "label": arm, "learned": {"prune_ratio": learned}, "wall_s": wall,
+            "phases": {"train_s": 10.0, "final_train_s": 20.0}, "passes": passes, "probes": 5,
+            "metrics": {"score": 40.0, "loss": 2.0, "dev_loss": dev_loss}, "out_dir": "/nonexistent", **extra}
+
+
+def test_summary_and_criteria_report_the_worst_seeds_regret():
+    grid = _record("grid", 500.0, 0.6, 1.0, grid_points=_grid(1.0)["grid_points"])
+    records = {0: {"grid": grid, "grpo": _record("grpo", 100.0, 0.55, 1.05)},   # 5 % of the range
+               1: {"grid": grid, "grpo": _record("grpo", 100.0, 0.9, 1.3)}}     # 30 %
+    s = analysis.summarise(records, {}, "xquad", "ar", steps=8, controller_steps=2)
+    r0, r1 = s["per_seed"][0]["vs_grid"]["grpo"]["regret"], s["per_seed"][1]["vs_grid"]["grpo"]["regret"]
+    assert r0["fraction"] == pytest.approx(0.05) and r0["pass"]
+    assert r1["fraction"] == pytest.approx(0.3) and not r1["pass"]
+    med = s["median"]["grpo"]
+    assert med["regret_fraction"] == pytest.approx(0.175) and med["regret_fraction_worst"] == pytest.approx(0.3)
+    crit = analysis.criteria(s, None)["regret"]
+    assert crit["value"] == pytest.approx(0.3) and crit["pass"] is False and "2 seed(s)" in crit["accounting"]
+
+
+def test_no_regret_without_a_learned_dev_loss():
+    grid = _record("grid", 500.0, 0.6, 1.0, grid_points=_grid(1.0)["grid_points"])
+    grasp = _record("grpo", 100.0, 0.55, 1.05)
+    del grasp["metrics"]["dev_loss"]
+    s = analysis.summarise({0: {"grid": grid, "grpo": grasp}}, {}, "xquad", "ar", steps=8)
+    assert "regret" not in s["per_seed"][0]["vs_grid"]["grpo"] and "regret" not in analysis.criteria(s, None)
