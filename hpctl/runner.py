@@ -181,7 +181,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     try:  # --engine ray: joined (a bad --address fails in seconds) and workers started before the task loads
-        env.workers = workers = run_workers(spec, out_dir, controller)
+        env.workers = workers = run_workers(spec, out_dir, controller, budget)
     except BaseException:
         task.close()
         raise

@@ -193,6 +193,37 @@ def test_resources_no_node_has_are_refused(ray_local, hpctl_main):
     assert code == 2 and "--probe-workers 3 x 1 CPUs each need 3 CPUs at once; the Ray cluster has 2" in err
 
 
+def test_a_grid_starts_no_more_workers_than_its_points(monkeypatch, tmp_path):
+    import hpctl.engines as engines
+    from hpctl.engines.base import Engine
+    from hpctl.runner import build
+
+    sizes = []
+
+    class Roomy(Engine):  # a cluster with room for 64 workers
+        name, parallel = "roomy", True
+
+        def map(self, fn, calls, *, on_result=None, in_process=None):
+            raise AssertionError("not used")
+
+        def capacity(self):
+            return 64
+
+        def replica_pool(self, spec_json, out_dir, workers):
+            sizes.append(workers)
+            return object()
+
+    monkeypatch.setattr(engines, "get_engine", lambda options: Roomy())
+    for controller, settings, started in (("grid", {"full_runs": True, "k": 3}, [3]),  # at once, one per point
+                                          ("grpo", {}, [])):  # no --probe-workers: GRPO uses none
+        sizes.clear()
+        spec = _spec(tmp_path, "sqlite:///unused.db", controller=controller, budget=8, engine="ray",
+                     controller_config=settings)
+        _, _, _, _, ctrl, budget = build(spec, tmp_path)
+        assert engines.run_workers(spec, tmp_path, ctrl, budget) is not None
+        assert sizes == started
+
+
 # ------------------------------------------------------------ the same results ---
 def _mlflow_children(uri: str, parent: str) -> list:
     from mlflow.tracking import MlflowClient

@@ -107,12 +107,13 @@ def get_engine(options: EngineOptions) -> Engine:
     return RayEngine(options.address, cpus=cpus, gpus=gpus)
 
 
-def run_workers(spec: Any, out_dir: Path, controller: Any = None) -> RunWorkers | None:
+def run_workers(spec: Any, out_dir: Path, controller: Any = None, budget: int | None = None) -> RunWorkers | None:
     """The workers of one ``hpctl run`` (``env.workers``); None with the local engine.
 
     They start at once (building their replicas while the run sets itself up) when the run
     will use them: ``--probe-workers`` is given, or ``controller`` runs whole fine-tunes
-    (a config with ``full_runs``, as the grid's); otherwise on first use.
+    (a config with ``full_runs``, as the grid's: then no more workers than its points
+    within ``budget``); otherwise on first use.
     """
     options = engine_options(spec.options)
     if options.engine == "local":
@@ -120,6 +121,10 @@ def run_workers(spec: Any, out_dir: Path, controller: Any = None) -> RunWorkers 
     engine = get_engine(options)
     worker_spec = dataclasses.replace(spec, options=local_options(spec.options))
     workers = RunWorkers(engine, worker_spec.to_json(), out_dir, probe_workers=options.probe_workers)
-    if options.probe_workers or getattr(getattr(controller, "config", None), "full_runs", False):
-        workers.start()  # the replicas set themselves up while the run loads its own task
+    # the replicas set themselves up while the run loads its own task
+    if options.probe_workers:
+        workers.start()
+    elif getattr(getattr(controller, "config", None), "full_runs", False):
+        points = controller.candidates(int(budget)) if budget is not None and hasattr(controller, "candidates") else None
+        workers.start(None if points is None else min(len(points), int(budget)))
     return workers
