@@ -33,7 +33,9 @@ Then the :class:`hpctl.task.Task` protocol:
     same measure as a probe, on the dev split): one grid-search point.
 ``finish(value)``
     the final merge-and-prune fine-tune from the merged start at the fixed learned value,
-    the final adapter saved in peft format (``out_dir/final_adapter``), test metrics; with
+    the final adapter saved in peft format (``out_dir/final_adapter``), test metrics and
+    ``dev_loss`` (the teacher-forced dev loss at that ratio: what a grid point is scored by, so
+    a learned ratio's regret against the grid can be measured); with
     ``baseline="target_only"`` also the target-only baseline: the target adapter alone,
     fine-tuned for the same number of steps on the same batches, no merging or pruning,
     tested the same way (``target_only_*`` keys) and saved with its own factors in
@@ -392,6 +394,15 @@ class GraspTask(Task):
                                      embed_fn=embed, encoder_name=name)
             return float(scores[self.cfg.probe_metric])
 
+    def loss_at(self, split: str, value: np.ndarray) -> float:
+        """The mean teacher-forced answer loss on ``split`` with the adapter masked at ``value``
+        (nothing written; the measure of a loss probe and of a grid point, on any split)."""
+        self._ensure_ready()
+        if split not in EVAL_SPLITS or not self.splits[split].encoded:
+            raise ConfigError(f"no {split!r} split to score (choose from a non-empty one of {', '.join(EVAL_SPLITS)})")
+        with torch.no_grad(), self.pruner.applied(self.knob.validate(value)):
+            return self._split_loss(split)
+
     def probe(self, value: np.ndarray) -> float:
         self._ensure_ready()
         with self._phase("probe"):
@@ -470,6 +481,9 @@ class GraspTask(Task):
             del masks
         metrics = self.evaluate("test", ratio)
         self._write_predictions("test_predictions.jsonl")
+        if self.splits["dev"].encoded:  # the grid's measure, so a learned ratio compares with every grid point
+            with self._phase("eval_dev"):
+                metrics["dev_loss"] = self.loss_at("dev", ratio)
         metrics["final_train_loss"] = final_loss
         metrics["export_rel_error"] = float(info["rel_error"])
         if self.cfg.baseline == "target_only":
@@ -509,6 +523,8 @@ class GraspTask(Task):
                             metadata={**self._adapter_metadata("target_only"), "lora": asdict(self.lora_spec)})
                 with torch.no_grad():
                     scores, preds = self._metrics("test")
+                    if self.splits["dev"].encoded:
+                        scores["dev_loss"] = self._split_loss("dev")
                 scores["train_loss"] = loss
                 self._last_predictions = ("test", preds)
                 self._write_predictions("target_only_test_predictions.jsonl")

@@ -42,6 +42,8 @@ def test_every_adapter_is_saved_and_recorded(smoke_run):
     artifacts = {Path(p).name for p in result["artifacts"]}
     assert set(ADAPTER_FOLDERS.values()) <= artifacts  # result.json lists what exists
     assert {"test_predictions.jsonl", "target_only_test_predictions.jsonl"} <= artifacts
+    # the grid's measure at the learned ratio (for the regret) and for the baseline
+    assert np.isfinite(result["metrics"]["dev_loss"]) and np.isfinite(result["metrics"]["target_only_dev_loss"])
     notes = json.loads((run / "grasp_phases.json").read_text())["notes"]
     assert set(notes["adapters"]) == set(ADAPTER_FOLDERS)
     for role, folder in ADAPTER_FOLDERS.items():
