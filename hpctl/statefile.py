@@ -19,6 +19,9 @@ from typing import Any
 import numpy as np
 
 FORMAT = "hpctl-state-1"
+#: numpy arrays up to this many entries go into the JSON (a safetensors entry each would
+#: make the header, not the data, the size of a checkpoint of many small arrays)
+INLINE_MAX = 64
 
 
 class StateFileError(ValueError):
@@ -41,6 +44,8 @@ def _encode(obj: Any, tensors: dict[str, Any]) -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype == object:
             raise TypeError("a checkpoint cannot hold an object array")
+        if obj.size <= INLINE_MAX and obj.dtype.kind in "biuf":  # small: inline, exact (repr round-trips)
+            return {"__nd__": obj.dtype.str, "shape": list(obj.shape), "data": obj.reshape(-1).tolist()}
         name = str(len(tensors))
         tensors[name] = torch.from_numpy(np.ascontiguousarray(obj).copy())
         return {"__numpy__": name, "shape": list(obj.shape)}
@@ -64,6 +69,8 @@ def _decode(obj: Any, tensors: dict[str, Any]) -> Any:
         return tensors[obj["__torch__"]]
     if "__numpy__" in obj:
         return tensors[obj["__numpy__"]].numpy().reshape(obj["shape"])
+    if "__nd__" in obj:
+        return np.array(obj["data"], dtype=np.dtype(obj["__nd__"])).reshape(obj["shape"])
     if "__np__" in obj:
         return np.dtype(obj["__np__"]).type(obj["v"])
     if "__tuple__" in obj:

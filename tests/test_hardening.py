@@ -118,9 +118,16 @@ def test_a_pickled_or_edited_checkpoint_is_never_executed(hpctl_main, tmp_path):
     # a valid file with one flipped byte fails its checksum
     hpctl_main("run", "synthetic", "-c", "random", "--budget", "8", "--out", "s")
     (tmp_path / "s" / RESULT).unlink()
-    data = bytearray((tmp_path / "s" / CHECKPOINT).read_bytes())
-    data[-3] ^= 0xFF
-    (tmp_path / "s" / CHECKPOINT).write_bytes(bytes(data))
+    from safetensors.torch import load, save
+
+    from hpctl.statefile import _metadata
+
+    raw = (tmp_path / "s" / CHECKPOINT).read_bytes()
+    meta = _metadata(raw)
+    state = json.loads(meta["state"])
+    state["env"]["probes"] += 1  # an edit that keeps the file well-formed: only the checksum can tell
+    meta["state"] = json.dumps(state)
+    (tmp_path / "s" / CHECKPOINT).write_bytes(save(load(raw), metadata=meta))
     code, _, err = hpctl_main("run", "synthetic", "--resume", "s")
     assert code == 2 and "checksum" in err
 

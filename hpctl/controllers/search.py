@@ -35,9 +35,14 @@ class SearchController(Controller):
 
     def __init__(self, env: ControlEnv, config: Any = None, seed: int = 0) -> None:
         super().__init__(env, config, seed)
+        # The state stays the same size however long the run: the candidates are drawn
+        # once (and redrawn from the saved RNG state on resume), only the best is kept.
         self.points: np.ndarray | None = None  # unit coordinates, fixed at the first run()
-        self.values: list[np.ndarray] = []
-        self.scores: list[float] = []
+        self.points_rng: dict[str, Any] | None = None  # the RNG state the points were drawn from
+        self.points_budget = 0
+        self.evaluated = 0
+        self.best_value: np.ndarray | None = None
+        self.best_score = -math.inf
 
     def candidates(self, budget: int) -> np.ndarray:
         raise NotImplementedError
@@ -50,17 +55,23 @@ class SearchController(Controller):
         """Score one candidate (one probe of the budget)."""
         return self.env.probe(value)
 
-    def run(self, budget: int, callback: Callable[[Controller], None] | None = None) -> np.ndarray:
+    def _draw_points(self, budget: int) -> None:
         if self.points is None:
+            self.points_rng, self.points_budget = self.rng.bit_generator.state, int(budget)
             self.points = np.asarray(self.candidates(budget), dtype=np.float64).reshape(-1, self.knob.dim)
+
+    def run(self, budget: int, callback: Callable[[Controller], None] | None = None) -> np.ndarray:
+        self._draw_points(budget)
         group = self.env.group_size
         since = 0
-        for u in self.points[len(self.scores):]:
+        for u in self.points[self.evaluated:]:
             if self.env.probes >= budget:
                 break
             value = self.to_value(u)
-            self.scores.append(float(self.measure(value)))
-            self.values.append(value)
+            score = float(self.measure(value))
+            self.evaluated += 1
+            if math.isfinite(score) and score > self.best_score:  # the first of ties wins
+                self.best_value, self.best_score = value, score
             since += 1
             if since == group and callback is not None:
                 callback(self)
@@ -71,31 +82,35 @@ class SearchController(Controller):
 
     def best(self) -> np.ndarray:
         """The best-scoring value so far (first of ties); the current value if none scored."""
-        scores = np.array(self.scores, dtype=np.float64)
-        if not np.isfinite(scores).any():
+        if self.best_value is None:
             return self.env.current.copy()
-        return self.values[int(np.argmax(np.where(np.isfinite(scores), scores, -np.inf)))].copy()
+        return self.best_value.copy()
 
     def state(self) -> dict[str, float]:
         """The best value per component, its score, and the number of evaluations."""
         out = {f"best/{n}" if self.knob.dim > 1 else "best": float(v)
                for n, v in zip(self.knob.component_names, self.best())}
-        finite = [s for s in self.scores if math.isfinite(s)]
-        if finite:
-            out["best_score"] = float(max(finite))
-        out["evaluated"] = float(len(self.scores))
+        if self.best_value is not None:
+            out["best_score"] = self.best_score
+        out["evaluated"] = float(self.evaluated)
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "points": None if self.points is None else self.points.copy(),
-                "values": [v.copy() for v in self.values], "scores": list(self.scores)}
+        return {"rng": self.rng.bit_generator.state, "points_rng": self.points_rng,
+                "points_budget": self.points_budget, "evaluated": self.evaluated,
+                "best_value": None if self.best_value is None else self.best_value.copy(),
+                "best_score": self.best_score}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         try:
+            self.points = None
+            if state["points_rng"] is not None:  # the same points, drawn again
+                self.rng.bit_generator.state = state["points_rng"]
+                self._draw_points(int(state["points_budget"]))
             self.rng.bit_generator.state = state["rng"]
-            self.points = None if state["points"] is None else np.asarray(state["points"], dtype=np.float64)
-            self.values = [np.asarray(v, dtype=np.float64) for v in state["values"]]
-            self.scores = [float(s) for s in state["scores"]]
+            self.evaluated = int(state["evaluated"])
+            self.best_value = None if state["best_value"] is None else np.asarray(state["best_value"], np.float64)
+            self.best_score = float(state["best_score"])
         except KeyError as exc:
             raise ResumeError(f"{self.name} checkpoint lacks {exc.args[0]!r}") from None
 
@@ -137,9 +152,8 @@ class Grid(SearchController):
         # fine-tunes in parallel first; measure() then records them in order, as without one.
         self._ready: list[tuple[float, str | None]] = []
         if self.config.full_runs and getattr(self.env, "workers", None) is not None:
-            if self.points is None:
-                self.points = np.asarray(self.candidates(budget), dtype=np.float64).reshape(-1, self.knob.dim)
-            todo = self.points[len(self.scores):][:max(0, budget - self.env.probes)]
+            self._draw_points(budget)
+            todo = self.points[self.evaluated:][:max(0, budget - self.env.probes)]
             if len(todo) > 1:
                 self._ready = self.env.full_runs([self.to_value(u) for u in todo])
         return super().run(budget, callback)
