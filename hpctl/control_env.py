@@ -338,8 +338,10 @@ class ControlEnv(gym.Env):
     def state_dict(self) -> dict[str, Any]:
         return {
             "current": self.current.copy(), "steps_done": self.steps_done, "round": self.round,
-            "last_loss": self.last_loss, "round_values": [v.copy() for v in self._round_values],
-            "round_scores": list(self._round_scores), "baseline": self._baseline,
+            "last_loss": self.last_loss,
+            # one array each (a search controller's whole budget can be a single round)
+            "round_values": np.array(self._round_values, dtype=np.float64).reshape(-1, self.knob.dim),
+            "round_scores": np.array(self._round_scores, dtype=np.float64), "baseline": self._baseline,
             "last_rewards": list(self._last_rewards), "worst_reward": self._worst_reward,
             "probes": self.probes, "episodes": self.episodes, "task": self.task.snapshot(),
             "np_random": self.np_random.bit_generator.state if self._np_random is not None else None,
@@ -351,7 +353,7 @@ class ControlEnv(gym.Env):
         self.steps_done, self.round = int(state["steps_done"]), int(state["round"])
         self.last_loss = float(state["last_loss"])
         self._round_values = [np.asarray(v) for v in state["round_values"]]
-        self._round_scores = list(state["round_scores"])
+        self._round_scores = [float(x) for x in state["round_scores"]]
         self._baseline = state["baseline"]
         self._last_rewards = list(state["last_rewards"])
         self._worst_reward = state["worst_reward"]

@@ -54,10 +54,11 @@ def steps_per_round(total_steps: int, budget: int, group_size: int) -> int:
 class RoundHook:
     """Called after every controller round: controller state to MLflow, and a checkpoint.
 
-    The checkpoint is written at most every :data:`~hpctl.rundir.CHECKPOINT_EVERY_S`: a
-    resumed run redoes the (deterministic) rounds since, so nothing is lost or repeated,
-    and microsecond probes are not slowed down. The events go to ``history.jsonl``
-    (appended), the checkpoint records how many it covers, so its size does not grow
+    The checkpoint is written at most every :data:`~hpctl.rundir.CHECKPOINT_EVERY_S`, and
+    never more often than 20 times its own last cost (so writing it stays under ~5 % of the
+    run even when a state is large): a resumed run redoes the (deterministic) rounds since,
+    so nothing is lost or repeated, and microsecond probes are not slowed down. The events
+    go to ``history.jsonl`` (appended), the checkpoint records how many it covers, so its size does not grow
     with the run.
     """
 
@@ -65,20 +66,23 @@ class RoundHook:
         self.out_dir, self.env, self.recorder, self.tracker = out_dir, env, recorder, tracker
         self.log = HistoryLog(out_dir)
         self.last_checkpoint = time.perf_counter()
+        self.write_s = 0.0  # the last checkpoint's cost: checkpoints take at most ~5 % of the run
 
     def __call__(self, ctrl: Controller) -> None:
         self.tracker.metrics({f"controller/{k}": v for k, v in ctrl.state().items()}, self.env.probes)
-        if time.perf_counter() - self.last_checkpoint >= CHECKPOINT_EVERY_S:
+        if time.perf_counter() - self.last_checkpoint >= max(CHECKPOINT_EVERY_S, 20 * self.write_s):
             self.recorder.checkpoint_flush()
             self.checkpoint(ctrl)
 
     def checkpoint(self, ctrl: Controller) -> None:
         """Append the new events to the log, then write the checkpoint that counts them."""
+        t0 = time.perf_counter()
         self.log.append(self.recorder.history)
         save_checkpoint(self.out_dir, {
             "env": self.env.state_dict(), "controller": ctrl.state_dict(), "history_len": self.log.written,
             "logged": self.recorder.logged, "mlflow_run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri})
         self.last_checkpoint = time.perf_counter()
+        self.write_s = self.last_checkpoint - t0
 
 
 def controller_settings(plugin, name: str, given: dict[str, Any]) -> dict[str, Any]:
