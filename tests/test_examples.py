@@ -116,7 +116,7 @@ def test_ask_tell_script(tmp_path, tracking_uri):
     learned = re.search(r"^learned lr = ([0-9.e+-]+) after (\d+) probes: test mse ([0-9.]+)$", proc.stdout, re.M)
     assert default and learned, proc.stdout
     lr, probes, mse = float(learned.group(1)), int(learned.group(2)), float(learned.group(3))
-    assert 0.002 < lr < 1.0 and probes == 36  # moved up from the too-small default; the whole budget spent
+    assert 0.002 < lr < 1.0 and 0 < probes <= 36  # moved up from the too-small default, within the budget
     assert mse < float(default.group(1))  # the steered loop ends better than the default rate
     result = json.loads((tmp_path / "s" / "result.json").read_text())
     assert result["learned"]["lr"] == pytest.approx(lr, rel=1e-3) and result["probes"] == probes
