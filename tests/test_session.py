@@ -11,7 +11,7 @@ import pytest
 
 import hpctl
 from hpctl.config import RunOptions
-from hpctl.controllers.base import Controller, register
+from hpctl.controllers.base import Controller
 from hpctl.errors import ConfigError, HpctlError, ResumeError
 from hpctl.plugins.synthetic import SyntheticConfig, SyntheticPlugin
 from hpctl.rundir import CHECKPOINT, RunSpec
@@ -229,7 +229,6 @@ class _BrokenConfig:
     nondeterministic: bool = False
 
 
-@register
 class _Broken(Controller):
     """A controller with a bug after a few probes (or one that is not deterministic given its state)."""
 
@@ -249,8 +248,13 @@ class _Broken(Controller):
         return self.env.current.copy()
 
 
-def test_a_failing_controller_surfaces_in_one_line(tmp_path, tracking_uri):
+def test_a_failing_controller_surfaces_in_one_line(tmp_path, tracking_uri, monkeypatch):
     from mlflow.tracking import MlflowClient
+
+    from hpctl.controllers import base
+
+    base.controller_names()  # the built-in controllers first, then this test's, for this test only
+    monkeypatch.setitem(base._REGISTRY, _Broken.name, _Broken)
 
     s = hpctl.Session(hpctl.Knob("x", 0.0, 1.0), "test-broken", budget=10, out_dir=tmp_path / "s",
                       tracking_uri=tracking_uri)
