@@ -29,7 +29,9 @@ Trainer checkpoint (``checkpoint-N/hpctl_session.safetensors``), so
 ``trainer.train(resume_from_checkpoint=...)`` resumes the controller where that checkpoint
 left it.
 
-Knobs (a :class:`TrainerKnob` says how to set a value and how to probe one):
+Knobs (a :class:`~hpctl.integrations.base.TrainerKnob` says how to set a value and how to
+probe one; they live in :mod:`.lora_prune`, :mod:`.learning_rate` and :mod:`.base` and are
+re-exported here):
 
 * :class:`LoraPruneKnob` - GRASP LoRA's global magnitude pruning of a peft LoRA model's
   delta ``dW = B A * scale`` at one ratio ranked across all adapted modules, with the
@@ -43,11 +45,12 @@ Knobs (a :class:`TrainerKnob` says how to set a value and how to probe one):
   ``probe(value) -> score``.
 
 Cost: outside the probes the callback does a counter check per step, one controller round
-(microseconds) per ``every_steps`` steps and, for a pruned LoRA, a mask refresh every
-``mask_every`` steps; ``KnobCallback.seconds`` splits the time it took into ``probes``
-and ``overhead`` (``benchmarks/trainer_callback.py`` measures it against training time).
+per ``every_steps`` steps and, for a pruned LoRA, a mask refresh every ``mask_every``
+steps; ``KnobCallback.seconds`` splits the time it took into the probes, that recurring
+work and the one-time setup and finish (``benchmarks/trainer_callback.py`` measures it
+against training time).
 
-This is the only module of hpctl that imports transformers.
+This module (the scorer and the callback) is the only one of hpctl that imports transformers.
 """
 
 from __future__ import annotations
