@@ -304,7 +304,8 @@ def test_reaches_the_optimum_within_64_probes(optimum, G):
         env, learned = _run(optimum, seed, G=G)
         assert env.probes <= 64
         dists.append(env.task.landscape.distance(learned, 1.0))
-    assert np.median(dists) <= 0.02, dists
+    # groups of 4 pay a baseline probe per 4 candidates: fewer candidates, a little less precision
+    assert np.median(dists) <= (0.015 if G == 8 else 0.025), dists
 
 
 @pytest.mark.parametrize("optimum, drift", [(0.5, 0.3), (0.45, -0.35)])
