@@ -155,8 +155,9 @@ class RunProgress:
                 self.next_line = (info["probe"] // quarter + 1) * quarter
                 self._line(f"probe {info['probe']}/{self.budget}, round {info['round']}: {text}")
         elif kind == "phase":
-            if self.task_id is not None:
-                self.progress.update(self.task_id, info=f"phase: {info['name']}")
+            if self.task_id is not None:  # the controller is done: the bar ends where it stopped
+                done = self.progress.tasks[0].completed
+                self.progress.update(self.task_id, total=done, info=f"phase: {info['name']}")
             if self.plain:
                 self._line(f"phase: {info['name']}")
 
@@ -254,7 +255,9 @@ def common_run_options(cmd: click.Command) -> click.Command:
         click.Option(["--controller", "-c"], default=None, type=click.Choice(BUILTIN_CONTROLLERS),
                      help="controller [default: the plugin's, grpo for every built-in plugin]"),
         click.Option(["--seed"], default=0, show_default=True, type=int, help="random seed"),
-        click.Option(["--budget"], default=None, type=int, help="probe budget (default: the plugin's)"),
+        click.Option(["--budget"], default=None, type=int,
+                     help="the most probes the controller may spend; rounds are spent whole, so a "
+                          "controller may stop a few below it (result: probes) [default: the plugin's]"),
         click.Option(["--group-size"], default=None, type=int, help="probes per round at the same training state"),
         click.Option(["--commit-rule"], default="best", show_default=True,
                      type=click.Choice(COMMIT_RULES),

@@ -69,7 +69,9 @@ class RoundHook:
         self.write_s = 0.0  # the last checkpoint's cost: checkpoints take at most ~5 % of the run
 
     def __call__(self, ctrl: Controller) -> None:
-        self.tracker.metrics({f"controller/{k}": v for k, v in ctrl.state().items()}, self.env.probes)
+        answer = {f"controller/answer/{n}": float(v)
+                  for n, v in zip(self.env.knob.component_names, ctrl.answer())}
+        self.tracker.metrics({**answer, **{f"controller/{k}": v for k, v in ctrl.state().items()}}, self.env.probes)
         if time.perf_counter() - self.last_checkpoint >= max(CHECKPOINT_EVERY_S, 20 * self.write_s):
             self.recorder.checkpoint_flush()
             self.checkpoint(ctrl)

@@ -65,3 +65,23 @@ def test_recorder_keeps_unflushed_events_for_resume_and_warns(tracker, monkeypat
     monkeypatch.undo()
     rec.checkpoint_flush(min_interval=0.0)
     assert rec.logged == 3
+
+
+@pytest.mark.parametrize("controller", ["grpo", "random"])
+def test_every_controller_logs_its_answer_under_one_name(hpctl_main, tracking_uri, controller):
+    import json
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    code, out, err = hpctl_main("run", "synthetic", "-c", controller, "--budget", "18", "--out", "r", "--json")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    client = MlflowClient(tracking_uri)
+    hist = client.get_metric_history(result["mlflow_run_id"], "controller/answer/x")
+    assert hist, "no controller/answer/x"
+    assert hist[-1].value == pytest.approx(result["learned"]["x"])  # the last answer is what was learned
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.metrics["learned/x"] == pytest.approx(result["learned"]["x"])
+    assert run.data.tags["mlflow.source.name"] == "hpctl" and "mlflow.user" in run.data.tags
+    assert Path("r/history.jsonl").is_file()

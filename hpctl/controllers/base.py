@@ -46,6 +46,15 @@ class Controller(ABC):
         ``callback`` is called after every round/update (progress bars, checkpoints).
         """
 
+    def answer(self) -> np.ndarray:
+        """The value this controller would hand the final phase now (knob units).
+
+        Learners: the committed training value. Search controllers override it (their best
+        candidate). The runner logs it every round as ``controller/answer/<knob>``, the one
+        name every controller shares; :meth:`state` adds each controller's own quantities.
+        """
+        return self.env.current.copy()
+
     def state(self) -> dict[str, float]:
         """Scalars describing the controller now (logged to MLflow), e.g. mu, sigma, updates."""
         return {}

@@ -80,6 +80,9 @@ class SearchController(Controller):
             callback(self)
         return self.best()
 
+    def answer(self) -> np.ndarray:
+        return self.best()
+
     def best(self) -> np.ndarray:
         """The best-scoring value so far (first of ties); the current value if none scored."""
         if self.best_value is None:
