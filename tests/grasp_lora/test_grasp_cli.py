@@ -45,7 +45,7 @@ def _wrong_shape_adapter(tmp_path: Path) -> str:
 CASES = [
     (["--task", "squad"], "squad"),
     (["--lang", "fr"], "fr"),
-    (["-c", "nosuch"], "unknown controller 'nosuch'"),
+    (["-c", "nosuch"], "'nosuch' is not one of"),
     (["--backbone", "/nonexistent/model-dir"], "/nonexistent/model-dir"),
     (["--p-min", "0.6", "--p-max", "0.2"], "p_min < p_max"),
     (["--p-max", "1.0"], "p_max < 1"),
