@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import sys
 import threading
-import time
 import typing
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from hpctl.control_env import COMMIT_RULES, REWARDS
 from hpctl.controllers.base import BUILTIN_CONTROLLERS
 from hpctl.engines import ENGINE_KEYS, ENGINES
 from hpctl.config import COMMON_KEYS, COMPARE_KEYS, parse_value, RunOptions, field_type, load_yaml, split_config
+from hpctl.console import RunProgress, make_console, print_result
 from hpctl.errors import ConfigError, HpctlError, Terminated, one_line, shorten
 
 #: an error message is one line a person reads: user input echoed in it is cut to fit
@@ -33,15 +32,6 @@ MAX_ERROR_CHARS = 600
 
 #: the run options that are also flags (controller settings come through --set and the file)
 COMMON_FLAGS = tuple(k for k in COMMON_KEYS if k != "controller_config")
-
-
-def _console(stderr: bool = True):
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    # piped or captured output has no terminal width: rich would fold tables at 80 columns
-    width = None if stream.isatty() or "COLUMNS" in os.environ else 140
-    return Console(stderr=stderr, width=width)
 
 
 # --------------------------------------------------------------------- options --
@@ -106,92 +96,6 @@ def compose(ctx: click.Context, plugin, kwargs: dict[str, Any]) -> tuple[RunOpti
 
 
 # ------------------------------------------------------------------- progress --
-class RunProgress:
-    """Progress over probes on stderr (so --json stdout stays clean).
-
-    On a terminal a rich bar; otherwise (a log file, CI, a pipe) one plain line at every
-    quarter of the budget and at every phase change, like the plugins' long phases.
-    """
-
-    QUARTERS = 4
-
-    def __init__(self, label: str) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.label = label
-        self.plain = not sys.stderr.isatty()
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                                 console=_console(), transient=False, disable=self.plain)
-        self.task_id = None
-        self.budget = 0
-        self.next_line = 0
-        self.t0 = time.perf_counter()
-
-    def __enter__(self) -> "RunProgress":
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.stop()
-
-    def _line(self, text: str) -> None:
-        click.echo(f"[{self.label}] {text} ({time.perf_counter() - self.t0:.0f} s)", err=True)
-
-    def __call__(self, kind: str, info: dict[str, Any]) -> None:
-        if kind == "start":
-            self.budget, done = int(info["budget"]), int(info.get("done", 0))
-            self.task_id = self.progress.add_task(self.label, total=self.budget, completed=done, info="")
-            self.next_line = done + 1
-            if self.plain:
-                self._line(f"controller: {done}/{self.budget} probes done, run folder {info.get('out_dir', '')}")
-        elif kind == "probe" and self.task_id is not None:
-            val = ", ".join(f"{v:.3f}" for v in info["value"])
-            cur = ", ".join(f"{v:.3f}" for v in info["current"])
-            text = f"current {cur}  probe {val} -> {info['score']:.4g}"
-            self.progress.update(self.task_id, completed=info["probe"], info=text)
-            if self.plain and info["probe"] >= self.next_line:
-                quarter = max(1, self.budget // self.QUARTERS)
-                self.next_line = (info["probe"] // quarter + 1) * quarter
-                self._line(f"probe {info['probe']}/{self.budget}, round {info['round']}: {text}")
-        elif kind == "phase":
-            if self.task_id is not None:  # the controller is done: the bar ends where it stopped
-                done = self.progress.tasks[0].completed
-                self.progress.update(self.task_id, total=done, info=f"phase: {info['name']}")
-            if self.plain:
-                self._line(f"phase: {info['name']}")
-
-
-def print_result(result: dict[str, Any], as_json: bool) -> None:
-    from rich.table import Table
-
-    console = _console(stderr=as_json)
-    table = Table(title=f"{result['plugin']} / {result['controller']} / seed {result['seed']}")
-    table.add_column("what")
-    table.add_column("value")
-    for k, v in result["learned"].items():
-        table.add_row(f"learned {k}", f"{v:.4f}  (what the final phase uses)")
-    best = result.get("best_probe")
-    if best:
-        where = f"probe {best['probe']}, step {best['step']}"
-        table.add_row("best probe", f"{', '.join(f'{v:.4f}' for v in best['value'].values())}  "
-                                    f"(scored {best['score']:.4g} once, {where})")
-    if result.get("optimum"):
-        for k, v in result["optimum"].items():
-            table.add_row(f"optimum {k}", f"{v:.4f}")
-    for k, v in result["metrics"].items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    table.add_row("probes", str(result["probes"]))
-    if "updates" in result:
-        table.add_row("updates", f"{result['updates']} (gradient steps on the controller's policy)")
-    table.add_row("wall time", f"{result['wall_s']:.2f} s")
-    table.add_row("run dir", result["out_dir"])
-    table.add_row("mlflow run", result["mlflow_run_id"])
-    console.print(table)
-    if as_json:
-        click.echo(json.dumps(result, default=str))
-
-
 # ----------------------------------------------------------------------- group --
 class PluginCommands(click.Group):
     """`hpctl run PLUGIN` / `hpctl compare PLUGIN`: one subcommand per installed plugin."""
@@ -325,7 +229,7 @@ def build_compare_command(plugin) -> click.Command:
         if isinstance(seeds, bool) or not isinstance(seeds, int):
             raise ConfigError(f"seeds must be an integer, got {seeds!r}")
         out = opts.out
-        console = _console(stderr=kwargs.get("as_json", False))
+        console = make_console(stderr=kwargs.get("as_json", False))
 
         bars: list[RunProgress] = []
 
@@ -398,7 +302,7 @@ def eval_cmd(run_dir: str, data: str, lang: str | None, sets: tuple[str, ...], a
     table.add_column("value")
     for k, v in metrics.items():
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    _console(stderr=as_json).print(table)
+    make_console(stderr=as_json).print(table)
     if as_json:
         click.echo(json.dumps(metrics, default=str))
 
@@ -412,7 +316,7 @@ def list_cmd() -> None:
     from hpctl.envs import env_ids
     from hpctl.registry import load_plugin, plugin_entry_points
 
-    console = _console(stderr=False)
+    console = make_console(stderr=False)
     t = Table(title="plugins (entry-point group hpctl.plugins)")
     t.add_column("name")
     t.add_column("from")

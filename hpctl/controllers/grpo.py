@@ -1,5 +1,9 @@
 """GRPO controller of GRASP LoRA, from scratch, in one file (CleanRL style).
 
+It stays one file on purpose, though longer than the project's ~450-line guide: the
+algorithm reads top to bottom in the paper's order, with its hyperparameters in one
+dataclass, as CleanRL's do; splitting the update from the commit would hide the math.
+
 The paper's steps, in its order. The policy is a diagonal Gaussian ``N(mu_d, sigma_d^2)``
 per knob dimension ``d`` over a latent ``z``; a sample becomes a knob value through its
 unit coordinate ``u = sigmoid(z)`` (``knob.from_unit(u)``), so every sample lies inside
