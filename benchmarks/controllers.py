@@ -1,22 +1,44 @@
 """Benchmark: every controller on the synthetic landscapes, same budget, same seeds.
 
-Run:  python benchmarks/controllers.py [--seeds 10] [--budget 64] [--controllers grpo,ppo,...]
+Run (all of it; about an hour on two shared cores, SB3 dominates)::
 
-Scenarios (knob in [0, 1], start at 0.5, width 0.15, 1000 training steps): peaked
-landscapes with optima 0.05, 0.37, 0.6, 0.9 at noise 0.01 and 0.05; a drifting optimum
-(0.5 -> 0.8 over the run); two peaks (global at 0.25, a wider 0.7-high decoy at 0.75);
-a flat plateau (optimal set [0.15, 0.45]); and a 2-D knob (optimum (0.3, 0.7)).
+    python benchmarks/controllers.py --seeds 30 --ablations --warm-start
+
+or in parts that each write their runs, then merge them into the results::
+
+    python benchmarks/controllers.py --seeds 30 --controllers grpo,random,grid --ablations --warm-start --part search
+    python benchmarks/controllers.py --seeds 30 --controllers ppo,a2c --part onpolicy
+    python benchmarks/controllers.py --seeds 30 --controllers sac,td3 --noise 0.01 --part offpolicy-n0.01
+    ...
+    python benchmarks/controllers.py --merge
+
+Landscapes (knob in [0, 1], training starts at 0.5, peak width 0.15, 1000 training steps):
+peaked with optima 0.03, 0.12, 0.37, 0.63, 0.88, 0.97 (near both bounds, none at the start
++- a commit step of 0.3 or 0.5); two peaks in both orientations (the global one at 0.25 or
+0.75, a wider 0.7-high decoy at its mirror image); the registered drift (optimum 0.3 at the
+start of training, 0.7 at the end); a 2-D knob (optimum (0.3, 0.7)). Each at probe noise
+0.01, 0.05 and 0.1.
 
 Each (controller, scenario, seed) is one run as the runner does it: ``ControlEnv`` with
-``group_size`` G and ``steps_per_round = total_steps // (budget // (G + 1))``, the
-controller built with its default config and the seed, ``env.reset(seed)``,
-``run(budget)``. Scored at the end of training (progress 1): the distance of the
-learned value to the optimal set, the noise-free reward there, the probes used, and
-success = distance <= 0.02. Times are only compared side by side (ratio to grpo in the
-same process), never as absolute claims.
+group size G and ``steps_per_round(1000, budget, G)``, the controller with its default
+config and the seed, ``env.reset(seed)``, ``run(budget)``. The learned value is what
+``run`` returns - the value the final phase uses (the committed value for GRPO and the SB3
+agents, the best probe for grid and random search) - scored at the end of training
+(progress 1, where a drifting optimum has arrived): ``distance`` to the optimal set,
+``trapped`` = distance > 0.1, ``success`` = distance <= 0.02. ``best_probe_distance`` is
+the distance of the single best-scoring probe, reported beside it. ``updates`` is the number
+of gradient steps on the controller's policy. Times are only compared side by side (ratio
+to grpo in the same process), never as absolute claims.
 
-Writes ``benchmarks/results/controllers.json`` (command line, seeds, budget, versions,
-every run, the summary) and ``benchmarks/results/controllers.md``.
+``--ablations`` adds GRPO with one design choice switched back each (see
+``ABLATIONS``), on every scenario. ``--warm-start`` adds the warm-start experiment: GRPO
+runs on a source landscape, then a landscape whose optimum moved by 0.05 is learned once
+from scratch and once warm-started from the source run's policy; reported: the probes until
+the committed value is within 0.02 of the optimum.
+
+Writes ``controllers.json`` (command lines, seeds, versions, every run, the summaries) and
+``controllers.md`` to ``--out`` (default ``benchmarks/results``), or with ``--part NAME``
+``parts/controllers-NAME.json`` there, which ``--merge`` combines.
 """
 
 from __future__ import annotations
@@ -37,44 +59,123 @@ from hpctl.controllers.base import get_controller
 from hpctl.envs import make_landscape_env
 from hpctl.runner import steps_per_round
 
-CONTROLLERS = ["grpo", "ppo", "sac", "a2c", "td3", "random", "grid"]
-SUCCESS = 0.02
+CONTROLLERS = ["grpo", "ppo", "a2c", "sac", "td3", "random", "grid"]
+SUCCESS = 0.02  # "within 0.02": success, and the warm-start target
+TRAPPED = 0.1  # "more than 0.1 away": trapped
+START = 0.5  # every landscape's training starts at the knob's middle
+NOISES = (0.01, 0.05, 0.1)
+TOTAL_STEPS = 1000
+#: commit steps the optima must not sit at (start +- step): GRPO's default and the old one
+COMMIT_STEPS = (0.3, 0.5)
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    landscape: str = ""
+    noise: float = 0.01
+    single_peak: bool = False
 
 
-SCENARIOS = [
-    *[Scenario(f"peaked {o} n{n}", {"shape": "peaked", "optimum": o, "noise": n})
-      for n in (0.01, 0.05) for o in (0.05, 0.37, 0.6, 0.9)],
-    Scenario("drift 0.5->0.8", {"shape": "peaked", "optimum": 0.5, "drift": 0.3, "noise": 0.01}),
-    Scenario("two-peaked 0.25", {"shape": "two-peaked", "optimum": 0.25, "noise": 0.01}),
-    Scenario("flat 0.3+-0.15", {"shape": "flat", "optimum": 0.3, "noise": 0.01}),
-    Scenario("2-D (0.3,0.7)", {"shape": "peaked", "optimum": (0.3, 0.7), "noise": 0.01}),
+LANDSCAPES: list[tuple[str, dict[str, Any], bool]] = [
+    *[(f"peaked {o}", {"shape": "peaked", "optimum": o}, True) for o in (0.03, 0.12, 0.37, 0.63, 0.88, 0.97)],
+    ("two-peaked 0.25", {"shape": "two-peaked", "optimum": 0.25}, False),  # decoy at 0.75
+    ("two-peaked 0.75", {"shape": "two-peaked", "optimum": 0.75}, False),  # decoy at 0.25
+    ("drift 0.3->0.7", {"shape": "peaked", "optimum": 0.3, "drift": 0.4}, False),  # hpctl/LandscapeDrift-v0
+    ("2-D (0.3; 0.7)", {"shape": "peaked", "optimum": (0.3, 0.7)}, True),
 ]
+SCENARIOS = [Scenario(f"{name} n{n}", {**kw, "noise": n}, name, n, single)
+             for n in NOISES for name, kw, single in LANDSCAPES]
+
+for _name, _kw, _ in LANDSCAPES:  # the benchmark must not flatter a commit step
+    for _o in np.atleast_1d(_kw["optimum"]):
+        assert all(abs(abs(_o - START) - s) > 0.01 for s in COMMIT_STEPS), (_name, _o)
+
+#: GRPO with one choice switched back (name -> settings); each row of the ablation table
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "space=clamp": {"space": "clamp", "sigma_init": 0.3, "sigma_min": 0.025, "sigma_max": 0.75},
+    "sampling=iid": {"sampling": "iid"},
+    "sigma_floor=best": {"sigma_floor": "best"},
+    "lambda_reg=0": {"lambda_reg": 0.0},
+    "lambda_reg=0.5": {"lambda_reg": 0.5},
+    "max_kl=0": {"max_kl": 0.0},
+    "clip_eps=0.2": {"clip_eps": 0.2},
+    "adv=population,1e-8": {"adv_std": "population", "adv_eps": 1e-8},
+    "commit_check=probe": {"commit_check": "probe"},
+    "commit_check=none": {"commit_check": "none"},
+    "max_step=0.3": {"max_step": 0.3},
+}
+
+#: warm start: (source optimum, target optimum), a similar landscape whose optimum moved
+WARM_PAIRS = [(0.12, 0.17), (0.88, 0.83), (0.30, 0.35), (0.63, 0.58)]
+
+
+# ---------------------------------------------------------------------- runs ------
+def make_controller(controller: str, env, seed: int):
+    """``"grpo"`` or ``"grpo[ablation]"`` (see ``ABLATIONS``), else a registered controller."""
+    name, _, ablation = controller.partition("[")
+    cls = get_controller(name)
+    settings = ABLATIONS[ablation.rstrip("]")] if ablation else {}
+    return cls(env, cls.make_config(settings), seed=seed)
 
 
 def run_one(controller: str, scenario: Scenario, seed: int, budget: int, group_size: int) -> dict[str, Any]:
-    env = make_landscape_env(group_size=group_size, steps_per_round=steps_per_round(1000, budget, group_size),
-                             **scenario.kwargs)
-    cls = get_controller(controller)
-    ctrl = cls(env, cls.make_config({}), seed=seed)
+    env = make_landscape_env(group_size=group_size, total_steps=TOTAL_STEPS,
+                             steps_per_round=steps_per_round(TOTAL_STEPS, budget, group_size), **scenario.kwargs)
+    ctrl = make_controller(controller, env, seed)
+    best: dict[str, Any] = {"score": -np.inf, "value": None}
+
+    def on_probe(e: dict[str, Any]) -> None:
+        if e["event"] == "probe" and np.isfinite(e["score"]) and e["score"] > best["score"]:
+            best.update(score=e["score"], value=np.asarray(e["value"], dtype=np.float64))
+
+    env.listeners.append(on_probe)
     env.reset(seed=seed)
     t0 = time.perf_counter()
     learned = np.asarray(ctrl.run(budget), dtype=np.float64)
     wall = time.perf_counter() - t0
     ls = env.task.landscape
+    state = ctrl.state()
     return {
         "controller": controller, "scenario": scenario.name, "seed": seed,
         "learned": learned.tolist(), "optimum_end": ls.optimum_at(1.0).tolist(),
         "distance": ls.distance(learned, 1.0), "true_reward": ls(learned, 1.0),
-        "probes": env.probes, "wall_s": wall,
+        "best_probe_distance": None if best["value"] is None else ls.distance(best["value"], 1.0),
+        "probes": env.probes, "updates": int(state.get("updates", 0)), "wall_s": wall,
     }
 
 
+def warm_start_one(pair: tuple[float, float], noise: float, seed: int, budget: int, group_size: int) -> dict[str, Any]:
+    """Source run, then the target landscape cold and warm: probes until within SUCCESS."""
+    from hpctl.controllers.grpo import GRPO
+
+    spr = steps_per_round(TOTAL_STEPS, budget, group_size)
+    src_env = make_landscape_env(optimum=pair[0], noise=noise, group_size=group_size, steps_per_round=spr)
+    src = GRPO(src_env, seed=seed)
+    src_env.reset(seed=seed)
+    src.run(budget)
+    saved = src.export_state(Path("."))
+    out: dict[str, Any] = {"pair": list(pair), "noise": noise, "seed": seed}
+    for mode in ("cold", "warm"):
+        env = make_landscape_env(optimum=pair[1], noise=noise, group_size=group_size, steps_per_round=spr)
+        ctrl = GRPO(env, seed=seed + 10_000)  # not the source run's probes
+        if mode == "warm":
+            ctrl.warm_start(saved, Path("."))
+        env.reset(seed=seed + 10_000)
+        reached: list[int] = []
+
+        def cb(c, env=env, reached=reached) -> None:
+            if not reached and env.task.landscape.distance(env.current, env.progress) <= SUCCESS:
+                reached.append(env.probes)
+
+        learned = ctrl.run(budget, cb)
+        out[mode] = {"probes_to_target": reached[0] if reached else None,
+                     "distance": env.task.landscape.distance(learned, 1.0)}
+    return out
+
+
+# ------------------------------------------------------------------ summaries ------
 def _q(x: list[float]) -> tuple[float, float, float]:
     a = np.asarray(x, dtype=np.float64)
     return float(np.median(a)), float(np.percentile(a, 25)), float(np.percentile(a, 75))
@@ -89,14 +190,20 @@ def summarise(runs: list[dict[str, Any]], controllers: list[str], scenarios: lis
             rs = [r for r in runs if r["controller"] == c and r["scenario"] == s]
             if not rs:
                 continue
-            d, tr = _q([r["distance"] for r in rs]), _q([r["true_reward"] for r in rs])
+            dist = [r["distance"] for r in rs]
+            d, tr = _q(dist), _q([r["true_reward"] for r in rs])
             rows.append({
                 "scenario": s, "controller": c, "n": len(rs),
                 "dist_median": d[0], "dist_q25": d[1], "dist_q75": d[2],
+                "dist_p90": float(np.percentile(dist, 90)),
+                "trapped": float(np.mean([x > TRAPPED for x in dist])),
                 "reward_median": tr[0], "reward_q25": tr[1], "reward_q75": tr[2],
+                "best_probe_median": float(np.median([r["best_probe_distance"] for r in rs
+                                                      if r.get("best_probe_distance") is not None] or [np.nan])),
+                "updates_median": float(np.median([r.get("updates", 0) for r in rs])),
                 "probes_median": float(np.median([r["probes"] for r in rs])),
                 "probes_max": int(max(r["probes"] for r in rs)),
-                "success": float(np.mean([r["distance"] <= SUCCESS for r in rs])),
+                "success": float(np.mean([x <= SUCCESS for x in dist])),
                 "time_vs_grpo": (wall[c] / ref) if ref else None,
             })
     return rows
@@ -108,13 +215,84 @@ def overall(runs: list[dict[str, Any]], controllers: list[str]) -> list[dict[str
     for c in controllers:
         rs = [r for r in runs if r["controller"] == c]
         if rs:
-            d = _q([r["distance"] for r in rs])
+            dist = [r["distance"] for r in rs]
+            d = _q(dist)
             out.append({"controller": c, "runs": len(rs), "dist_median": d[0], "dist_q25": d[1], "dist_q75": d[2],
-                        "success": float(np.mean([r["distance"] <= SUCCESS for r in rs])),
+                        "dist_p90": float(np.percentile(dist, 90)),
+                        "trapped": float(np.mean([x > TRAPPED for x in dist])),
+                        "success": float(np.mean([x <= SUCCESS for x in dist])),
+                        "updates_median": float(np.median([r.get("updates", 0) for r in rs])),
                         "time_vs_grpo": (sum(r["wall_s"] for r in rs) / ref) if ref else None})
     return out
 
 
+def targets(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, scenario by scenario: GRPO against random search, PPO against its start."""
+    by = {(r["scenario"], r["controller"]): r for r in rows}
+    scen = {s.name: s for s in SCENARIOS}
+    out = []
+    for (name, ctrl), g in by.items():
+        if ctrl != "grpo" or (name, "random") not in by:
+            continue
+        r = by[(name, "random")]
+        s = scen.get(name)
+        checks = {
+            "trapped <= 5%": g["trapped"] <= 0.05,
+            "trapped <= random's": g["trapped"] <= r["trapped"],
+            "median <= random's": g["dist_median"] <= r["dist_median"],
+        }
+        if s is not None and s.single_peak and s.noise == 0.01:
+            checks["median <= 0.015"] = g["dist_median"] <= 0.015
+        out.append({"scenario": name, "grpo_median": g["dist_median"], "random_median": r["dist_median"],
+                    "grpo_trapped": g["trapped"], "random_trapped": r["trapped"], "checks": checks})
+    return out
+
+
+def ppo_pinned(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How often PPO ends at its start value (within 0.01) where the optimum is elsewhere."""
+    rs = [r for r in runs if r["controller"] == "ppo" and len(r["learned"]) == 1
+          and abs(r["optimum_end"][0] - START) > 0.05]
+    if not rs:
+        return None
+    return {"runs": len(rs), "pinned": float(np.mean([abs(r["learned"][0] - START) <= 0.01 for r in rs])),
+            "updates_median": float(np.median([r["updates"] for r in rs])),
+            "dist_median": float(np.median([r["distance"] for r in rs]))}
+
+
+def regulariser_effect(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Paired runs (same scenario and seed): does lambda_reg change the learned value?"""
+    base = {(r["scenario"], r["seed"]): r for r in runs if r["controller"] == "grpo"}
+    off = {(r["scenario"], r["seed"]): r for r in runs if r["controller"] == "grpo[lambda_reg=0]"}
+    keys = sorted(set(base) & set(off))
+    if not keys:
+        return None
+    diff = [max(abs(a - b) for a, b in zip(base[k]["learned"], off[k]["learned"])) for k in keys]
+    return {"pairs": len(keys), "differ_by_more_than_0.002": float(np.mean([d > 0.002 for d in diff])),
+            "median_abs_difference": float(np.median(diff))}
+
+
+def warm_summary(warm: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for pair in sorted({tuple(w["pair"]) for w in warm}):
+        for noise in sorted({w["noise"] for w in warm}):
+            ws = [w for w in warm if tuple(w["pair"]) == pair and w["noise"] == noise]
+            if not ws:
+                continue
+            row: dict[str, Any] = {"pair": list(pair), "noise": noise, "n": len(ws)}
+            for mode in ("cold", "warm"):
+                probes = [w[mode]["probes_to_target"] for w in ws]
+                # a run that never got within reach counts as needing more than the budget
+                as_num = [np.inf if p is None else p for p in probes]
+                row[f"{mode}_probes_median"] = float(np.median(as_num))
+                row[f"{mode}_reached"] = float(np.mean([p is not None for p in probes]))
+                row[f"{mode}_dist_median"] = float(np.median([w[mode]["distance"] for w in ws]))
+            row["warm_faster"] = float(np.mean([
+                (w["warm"]["probes_to_target"] or np.inf) < (w["cold"]["probes_to_target"] or np.inf) for w in ws]))
+            out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------- output ------
 def versions() -> dict[str, str]:
     import gymnasium
     import stable_baselines3
@@ -131,88 +309,303 @@ def _fmt_iqr(m: float, lo: float, hi: float, p: int = 3) -> str:
     return f"{m:.{p}f} [{lo:.{p}f}, {hi:.{p}f}]"
 
 
-def markdown(rows: list[dict[str, Any]], totals: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def _pct(x: float) -> str:
+    return f"{x:.0%}"
+
+
+def _probes(x: float) -> str:
+    return "never" if not np.isfinite(x) else f"{x:.0f}"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    meta, rows, totals, runs = doc, doc["summary"], doc["overall"], doc["runs"]
+    commands = meta.get("commands") or [meta["command"]]
     lines = [
         "# Controllers on synthetic landscapes",
         "",
-        f"`{meta['command']}`",
+        " ; ".join(f"`{c}`" for c in commands),
         "",
-        f"Budget {meta['budget']} probes, group size {meta['group_size']}, seeds {meta['seeds']}. "
-        f"Distance = |learned - optimal set| at the end of training; reward = noise-free landscape value there; "
-        f"success = distance <= {SUCCESS}. Medians with [25 %, 75 %]. Time: total wall time relative to grpo, "
-        "same process, side by side.",
+        f"Budget {meta['budget']} probes, group size {meta['group_size']}, seeds {_seed_text(meta['seeds'])} "
+        f"({len(meta['seeds'])} per controller and scenario). The learned value is what the final phase uses "
+        "(GRPO and the SB3 agents: the committed value; grid and random search: their best probe), scored at "
+        f"the end of training. Error = distance to the optimal set; p90 = its 90th percentile; trapped = error > "
+        f"{TRAPPED}; success = error <= {SUCCESS}; best probe = median error of the single best-scoring probe; "
+        "updates = gradient steps on the policy (median). Time: total wall time relative to grpo, same process.",
         "",
         "## Overall",
         "",
-        "| controller | runs | distance | success | time vs grpo |",
-        "|---|---|---|---|---|",
+        "| controller | runs | error median [IQR] | p90 | trapped | success | updates | time vs grpo |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for t in totals:
         tv = "" if t["time_vs_grpo"] is None else f"{t['time_vs_grpo']:.1f}x"
         lines.append(f"| {t['controller']} | {t['runs']} | {_fmt_iqr(t['dist_median'], t['dist_q25'], t['dist_q75'])} "
-                     f"| {t['success']:.0%} | {tv} |")
+                     f"| {t['dist_p90']:.3f} | {_pct(t['trapped'])} | {_pct(t['success'])} | "
+                     f"{t['updates_median']:.0f} | {tv} |")
+    tg = doc.get("targets") or []
+    if tg:
+        names = list(dict.fromkeys(k for t in tg for k in t["checks"]))
+        met = {k: sum(t["checks"][k] for t in tg if k in t["checks"]) for k in names}
+        cnt = {k: sum(k in t["checks"] for t in tg) for k in names}
+        lines += ["", "## Targets (GRPO)", "",
+                  "Per scenario, GRPO against random search. " + "; ".join(f"{k}: met in {met[k]} of {cnt[k]}"
+                                                                          for k in names) + ".", "",
+                  "| scenario | grpo median | random median | grpo trapped | random trapped | not met |",
+                  "|---|---|---|---|---|---|"]
+        for t in tg:
+            miss = ", ".join(k for k, ok in t["checks"].items() if not ok) or "-"
+            lines.append(f"| {t['scenario']} | {t['grpo_median']:.4f} | {t['random_median']:.4f} | "
+                         f"{_pct(t['grpo_trapped'])} | {_pct(t['random_trapped'])} | {miss} |")
+    pin = doc.get("ppo_pinned")
+    if pin:
+        lines += ["", f"PPO (one rollout per probe group, gamma 0): in {pin['runs']} 1-D runs whose optimum is more "
+                      f"than 0.05 from the start, it ended within 0.01 of its start value in {_pct(pin['pinned'])}, "
+                      f"made a median {pin['updates_median']:.0f} updates and ended a median "
+                      f"{pin['dist_median']:.3f} from the optimum."]
+    reg = doc.get("regulariser")
+    if reg:
+        lines += ["", f"Regulariser: GRPO with the default lambda_reg and with lambda_reg=0, paired by scenario and "
+                      f"seed ({reg['pairs']} pairs): the learned values differ by more than 0.002 in "
+                      f"{_pct(reg['differ_by_more_than_0.002'])} of pairs (median difference "
+                      f"{reg['median_abs_difference']:.4f})."]
+    abl = [t for t in totals if t["controller"].startswith("grpo[")]
+    if abl:
+        ref = next((t for t in totals if t["controller"] == "grpo"), None)
+        lines += ["", "## GRPO ablations", "",
+                  "Each row switches one choice of the default back, on every scenario and seed above. "
+                  "Worst trapped = the highest trapped rate over the scenarios; then where each choice matters: "
+                  "two peaks (trapped), optima near a bound (0.03, 0.97: median error), noise 0.1 (median error), "
+                  "drift (median error).", "",
+                  "| variant | error median [IQR] | p90 | trapped | worst trapped | two peaks: trapped "
+                  "| near a bound | noise 0.1 | drift | success |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for t in ([ref] if ref else []) + abl:
+            worst = max(r["trapped"] for r in rows if r["controller"] == t["controller"])
+            mine = [r for r in runs if r["controller"] == t["controller"]]
+            lines.append(f"| {t['controller']} | {_fmt_iqr(t['dist_median'], t['dist_q25'], t['dist_q75'])} | "
+                         f"{t['dist_p90']:.3f} | {_pct(t['trapped'])} | {_pct(worst)} | "
+                         f"{_sub(mine, 'two-peaked', trapped=True)} | {_sub(mine, 'peaked 0.03', 'peaked 0.97')} | "
+                         f"{_sub(mine, ' n0.1')} | {_sub(mine, 'drift')} | {_pct(t['success'])} |")
+    ws = doc.get("warm_summary") or []
+    if ws:
+        lines += ["", "## Warm start (GRPO)", "",
+                  f"Source run on a landscape with the first optimum, then the second landscape learned from scratch "
+                  f"(cold) and from the source run's policy (warm), same seed. Probes until the committed value is "
+                  f"within {SUCCESS} of the optimum (median; never: not within the budget in most runs).", "",
+                  "| optimum source -> target | noise | runs | cold: probes | warm: probes | warm faster | "
+                  "cold reached | warm reached | final error cold / warm |", "|---|---|---|---|---|---|---|---|---|"]
+        for w in ws:
+            lines.append(f"| {w['pair'][0]} -> {w['pair'][1]} | {w['noise']} | {w['n']} | "
+                         f"{_probes(w['cold_probes_median'])} | {_probes(w['warm_probes_median'])} | "
+                         f"{_pct(w['warm_faster'])} | {_pct(w['cold_reached'])} | {_pct(w['warm_reached'])} | "
+                         f"{w['cold_dist_median']:.3f} / {w['warm_dist_median']:.3f} |")
     lines += ["", "## Per scenario", "",
-              "| scenario | controller | distance | true reward | probes (median / max) | success |",
-              "|---|---|---|---|---|---|"]
+              "| scenario | controller | error median [IQR] | p90 | trapped | best probe | updates | "
+              "probes (median / max) | success |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r["controller"].startswith("grpo["):
+            continue
         dist = _fmt_iqr(r["dist_median"], r["dist_q25"], r["dist_q75"])
-        lines.append(f"| {r['scenario']} | {r['controller']} | {dist} "
-                     f"| {_fmt_iqr(r['reward_median'], r['reward_q25'], r['reward_q75'])} "
-                     f"| {r['probes_median']:.0f} / {r['probes_max']} | {r['success']:.0%} |")
+        lines.append(f"| {r['scenario']} | {r['controller']} | {dist} | {r['dist_p90']:.3f} | {_pct(r['trapped'])} "
+                     f"| {r['best_probe_median']:.3f} | {r['updates_median']:.0f} "
+                     f"| {r['probes_median']:.0f} / {r['probes_max']} | {_pct(r['success'])} |")
     lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}", ""]
     return "\n".join(lines)
+
+
+def _sub(runs: list[dict[str, Any]], *keys: str, trapped: bool = False) -> str:
+    """Median error (or trapped rate) of the runs whose scenario name contains one of ``keys``."""
+    d = [r["distance"] for r in runs if any(k in r["scenario"] for k in keys)]
+    if not d:
+        return "-"
+    return _pct(float(np.mean([x > TRAPPED for x in d]))) if trapped else f"{float(np.median(d)):.3f}"
+
+
+def _seed_text(seeds: list[int]) -> str:
+    if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 2 else ", ".join(map(str, seeds))
+    return ", ".join(map(str, seeds))
 
 
 def print_tables(rows: list[dict[str, Any]], totals: list[dict[str, Any]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(stderr=True)
     if console.width < 130:  # not a wide terminal (a pipe, a log): do not wrap the cells
-        console = Console(width=130)
-    t = Table(title=title, show_lines=False)
-    for col in ("scenario", "controller", "distance med [IQR]", "true reward med [IQR]", "probes", "success"):
-        t.add_column(col, justify="left" if col in ("scenario", "controller") else "right")
-    last = None
-    for r in rows:
-        if last is not None and r["scenario"] != last:
-            t.add_section()
-        last = r["scenario"]
-        best = r["success"] >= 0.5
-        t.add_row(r["scenario"], r["controller"], _fmt_iqr(r["dist_median"], r["dist_q25"], r["dist_q75"]),
-                  _fmt_iqr(r["reward_median"], r["reward_q25"], r["reward_q75"]),
-                  f"{r['probes_median']:.0f}/{r['probes_max']}",
-                  f"[bold]{r['success']:.0%}[/bold]" if best else f"{r['success']:.0%}")
-    console.print(t)
-    o = Table(title="overall")
-    for col in ("controller", "runs", "distance med [IQR]", "success", "time vs grpo"):
-        o.add_column(col, justify="left" if col == "controller" else "right")
+        console = Console(stderr=True, width=130)
+    o = Table(title=title)
+    for col in ("controller", "runs", "error med [IQR]", "p90", "trapped", "success", "updates", "time vs grpo"):
+        o.add_column(col, justify="left" if col == "controller" else "right", no_wrap=True)
     for x in totals:
         o.add_row(x["controller"], str(x["runs"]), _fmt_iqr(x["dist_median"], x["dist_q25"], x["dist_q75"]),
-                  f"{x['success']:.0%}", "" if x["time_vs_grpo"] is None else f"{x['time_vs_grpo']:.1f}x")
+                  f"{x['dist_p90']:.3f}", _pct(x["trapped"]), _pct(x["success"]), f"{x['updates_median']:.0f}",
+                  "" if x["time_vs_grpo"] is None else f"{x['time_vs_grpo']:.1f}x")
     console.print(o)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"30"``: seeds 0-29; ``"10-19"``: that range; ``"1,5,9"``: those."""
+    text = text.strip()
+    try:
+        if "-" in text:
+            a, b = text.split("-", 1)
+            seeds = list(range(int(a), int(b) + 1))
+        elif "," in text:
+            seeds = [int(x) for x in text.split(",") if x.strip()]
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise SystemExit(f"controllers.py: error: --seeds takes N, A-B or a comma list, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise SystemExit(f"controllers.py: error: --seeds {text!r} names no seeds")
+    return seeds
+
+
+def build_doc(meta: dict[str, Any], runs: list[dict[str, Any]], warm: list[dict[str, Any]]) -> dict[str, Any]:
+    controllers = list(dict.fromkeys(r["controller"] for r in runs))
+    order = {c: i for i, c in enumerate(CONTROLLERS)}
+    controllers.sort(key=lambda c: (order.get(c, len(order)), c))
+    known = [s.name for s in SCENARIOS]
+    scenarios = [s for s in known if any(r["scenario"] == s for r in runs)]
+    rows = summarise(runs, controllers, scenarios)
+    return {**meta, "controllers": controllers, "scenario_names": scenarios, "summary": rows,
+            "overall": overall(runs, controllers), "targets": targets(rows, runs), "ppo_pinned": ppo_pinned(runs),
+            "regulariser": regulariser_effect(runs), "warm_summary": warm_summary(warm), "warm_runs": warm,
+            "runs": runs}
+
+
+#: the columns of the runs table in controllers.json
+RUN_FIELDS = ("controller", "scenario", "seed", "learned", "optimum_end", "distance", "true_reward",
+              "best_probe_distance", "probes", "updates", "wall_s")
+
+
+def pack_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs as a table: controller and scenario names stored once, one row of values per run."""
+    ctrls = list(dict.fromkeys(r["controller"] for r in runs))
+    scens = list(dict.fromkeys(r["scenario"] for r in runs))
+    ci, si = {c: i for i, c in enumerate(ctrls)}, {s: i for i, s in enumerate(scens)}
+    rows = [[ci[r["controller"]], si[r["scenario"]], *[r.get(f) for f in RUN_FIELDS[2:]]] for r in runs]
+    return {"fields": list(RUN_FIELDS), "controllers": ctrls, "scenarios": scens, "rows": rows}
+
+
+def unpack_runs(table: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of ``controllers.json`` (or of a part) as one dict per run."""
+    if isinstance(table, list):
+        return table
+    fields = table["fields"]
+    return [{**dict(zip(fields[2:], row[2:])), "controller": table["controllers"][row[0]],
+             "scenario": table["scenarios"][row[1]]} for row in table["rows"]]
+
+
+def _round(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return float(f"{obj:.8g}") if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _round(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_round(v) for v in obj]
+    return obj
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    """The document as JSON: summaries indented, then one line per warm-start run and a runs
+    table (:func:`pack_runs`) with one line per run; floats to 8 significant digits."""
+    lists = {k: doc[k] for k in ("warm_runs", "runs") if k in doc}
+    head = json.dumps(_round({k: v for k, v in doc.items() if k not in lists}), indent=1, default=float)
+    parts = [head[:-2]] if len(head) > 2 else ["{"]
+    for k, items in lists.items():
+        if k == "runs":
+            table = pack_runs(items)
+            rows = ",\n".join("   " + json.dumps(_round(x), default=float) for x in table.pop("rows"))
+            meta = json.dumps(table)[1:-1]
+            parts.append(f' "runs": {{{meta}, "rows": [\n{rows}\n ]}}')
+            continue
+        body = ",\n".join("  " + json.dumps(_round(x), default=float) for x in items)
+        parts.append(f' "{k}": [\n{body}\n ]' if items else f' "{k}": []')
+    sep = ",\n" if len(head) > 2 else "\n"
+    return parts[0] + (sep if len(parts) > 1 else "") + ",\n".join(parts[1:]) + "\n}\n"
+
+
+def write(doc: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "controllers.json").write_text(dumps(doc))
+    (out / "controllers.md").write_text(markdown(doc))
+    print(f"wrote {out / 'controllers.json'} and {out / 'controllers.md'}", file=sys.stderr)
+
+
+def merge(out: Path, command: str) -> int:
+    parts = sorted((out / "parts").glob("controllers-*.json"))
+    if not parts:
+        raise SystemExit(f"controllers.py: error: no parts in {out / 'parts'} to merge")
+    runs: dict[tuple, dict[str, Any]] = {}
+    warm: dict[tuple, dict[str, Any]] = {}
+    metas = []
+    for p in parts:
+        doc = json.loads(p.read_text())
+        metas.append(doc)
+        for r in unpack_runs(doc["runs"]):
+            runs[(r["controller"], r["scenario"], r["seed"])] = r
+        for w in doc.get("warm_runs", []):
+            warm[(tuple(w["pair"]), w["noise"], w["seed"])] = w
+    first = metas[0]
+    for m in metas[1:]:
+        if (m["budget"], m["group_size"]) != (first["budget"], first["group_size"]):
+            raise SystemExit(f"controllers.py: error: parts differ in budget/group size ({m['command']})")
+    meta = {"command": command, "commands": [m["command"] for m in metas] + [command],
+            "seeds": sorted({s for m in metas for s in m["seeds"]}), "budget": first["budget"],
+            "group_size": first["group_size"], "scenarios": first["scenarios"],
+            "torch_threads": first["torch_threads"], "versions": first["versions"], "success_threshold": SUCCESS,
+            "trapped_threshold": TRAPPED, "parts": [p.name for p in parts]}
+    doc = build_doc(meta, list(runs.values()), list(warm.values()))
+    print_tables(doc["summary"], doc["overall"], f"controllers, budget {meta['budget']}")
+    write(doc, out)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 per (controller, scenario)")
+    p.add_argument("--seeds", default="10", help="N (seeds 0..N-1), A-B, or a comma list")
     p.add_argument("--budget", type=int, default=64, help="probes per run")
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--controllers", default=",".join(CONTROLLERS))
     p.add_argument("--scenarios", default="", help="only scenarios whose name contains one of these (comma list)")
+    p.add_argument("--landscapes", default="", help="only these landscapes (names or prefixes, comma list)")
+    p.add_argument("--noise", default="", help="only these noise levels (comma list of 0.01, 0.05, 0.1)")
+    p.add_argument("--ablations", action="store_true", help="add GRPO with each design choice switched back")
+    p.add_argument("--warm-start", action="store_true", help="add the GRPO warm-start experiment")
     p.add_argument("--threads", type=int, default=1, help="torch threads (tiny MLPs: 1 is fastest)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--part", default=None, help="write parts/controllers-PART.json under --out (merge later)")
+    p.add_argument("--merge", action="store_true", help="combine --out/parts/*.json into the results")
     args = p.parse_args(argv)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0] if argv is None else
+                                                             "benchmarks/controllers.py", *(argv or sys.argv[1:])])
+    out = Path(args.out)
+    if args.merge:
+        return merge(out, command)
 
     import torch
 
     torch.set_num_threads(args.threads)
     controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
     for c in controllers:
-        get_controller(c)  # fail early on a typo
+        get_controller(c.partition("[")[0])  # fail early on a typo
+    if args.ablations:
+        controllers += [f"grpo[{a}]" for a in ABLATIONS]
+    seeds = parse_seeds(args.seeds)
     wanted = [w.strip() for w in args.scenarios.split(",") if w.strip()]
-    scenarios = [s for s in SCENARIOS if not wanted or any(w in s.name for w in wanted)]
-    seeds = list(range(args.seeds))
+    lands = [w.strip() for w in args.landscapes.split(",") if w.strip()]
+    try:
+        noises = [float(x) for x in args.noise.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"controllers.py: error: --noise takes numbers, got {args.noise!r}") from None
+    scenarios = [s for s in SCENARIOS
+                 if (not wanted or any(w in s.name for w in wanted))
+                 and (not lands or any(s.landscape.startswith(w) for w in lands))
+                 and (not noises or any(abs(s.noise - n) < 1e-12 for n in noises))]
+    if not scenarios:
+        raise SystemExit("controllers.py: error: no scenario matches --scenarios/--landscapes/--noise")
     runs: list[dict[str, Any]] = []
     t_all = time.perf_counter()
     for s in scenarios:
@@ -220,20 +613,26 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 runs.append(run_one(c, s, seed, args.budget, args.group_size))
         print(f"  {s.name}: done ({time.perf_counter() - t_all:.0f} s)", file=sys.stderr, flush=True)
-    rows = summarise(runs, controllers, [s.name for s in scenarios])
-    totals = overall(runs, controllers)
-    meta = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
-            "seeds": seeds, "budget": args.budget, "group_size": args.group_size, "controllers": controllers,
+    warm: list[dict[str, Any]] = []
+    if args.warm_start:
+        for noise in sorted({s.noise for s in scenarios}):
+            for pair in WARM_PAIRS:
+                warm += [warm_start_one(pair, noise, seed, args.budget, args.group_size) for seed in seeds]
+        print(f"  warm start: done ({time.perf_counter() - t_all:.0f} s)", file=sys.stderr, flush=True)
+    meta = {"command": command, "seeds": seeds, "budget": args.budget, "group_size": args.group_size,
             "scenarios": [{"name": s.name, **{k: (list(v) if isinstance(v, tuple) else v)
                                               for k, v in s.kwargs.items()}} for s in scenarios],
-            "torch_threads": args.threads, "versions": versions(), "success_threshold": SUCCESS}
-    print_tables(rows, totals, f"controllers, budget {args.budget}, {len(seeds)} seeds")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "controllers.json").write_text(json.dumps({**meta, "summary": rows, "overall": totals, "runs": runs},
-                                                     indent=1) + "\n")
-    (out / "controllers.md").write_text(markdown(rows, totals, meta))
-    print(f"wrote {out / 'controllers.json'} and {out / 'controllers.md'}", file=sys.stderr)
+            "torch_threads": args.threads, "versions": versions(), "success_threshold": SUCCESS,
+            "trapped_threshold": TRAPPED}
+    if args.part:
+        path = out / "parts" / f"controllers-{args.part}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dumps({**meta, "runs": runs, "warm_runs": warm}))
+        print(f"wrote {path}", file=sys.stderr)
+        return 0
+    doc = build_doc(meta, runs, warm)
+    print_tables(doc["summary"], doc["overall"], f"controllers, budget {args.budget}, {len(seeds)} seeds")
+    write(doc, out)
     return 0
 
 

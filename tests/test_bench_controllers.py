@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not 
 from benchmarks import controllers  # noqa: E402
 
 CONTROLLERS = ["grid", "random", "grpo"]
-SCENARIOS = ["peaked 0.37 n0.01", "2-D (0.3,0.7)"]
+SCENARIOS = ["peaked 0.37 n0.01", "2-D (0.3; 0.7) n0.01"]
 BUDGET, GROUP = 12, 3
 
 
@@ -29,6 +29,7 @@ def result(tmp_path_factory) -> dict:
     assert code == 0
     doc = json.loads((out / "controllers.json").read_text())
     doc["_md"] = (out / "controllers.md").read_text()
+    doc["runs"] = controllers.unpack_runs(doc["runs"])  # stored as a table: one row per run
     return doc
 
 
