@@ -8,7 +8,7 @@ attached (every adapted matmul twice: what ``hpctl eval`` did before). Reports w
 and process CPU seconds per question: on a shared machine the CPU seconds are the steadier
 figure (wall time grows with everyone else's load, which is printed too).
 
-    python benchmarks/eval_speed.py --questions 24 --compare-peft
+    python benchmarks/eval_speed.py --questions 24 --compare-peft --repeats 3
     python benchmarks/eval_speed.py --questions 24 --dtype bfloat16
     python benchmarks/eval_speed.py --questions 24 --set eval_batch_size=24
 
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="another grasp_lora option for scoring, e.g. eval_batch_size=24")
     ap.add_argument("--compare-peft", action="store_true", help="also time the peft adapter attached")
+    ap.add_argument("--repeats", type=int, default=1, help="measurements of each way, alternating")
     ap.add_argument("--work", default="/tmp/hpctl-eval-speed", help="where the fake run folder goes")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_speed.md"))
     args = ap.parse_args(argv)
@@ -103,28 +105,41 @@ def main(argv: list[str] | None = None) -> int:
     run = fake_run(work / "run", args.backbone)
     data = questions_file(args.questions, work / f"questions{args.questions}.json")
     n = args.questions
-    lines = []
-    load0 = os.getloadavg()[0]
-    t, c = time.perf_counter(), time.process_time()
-    m = GraspLoraPlugin().eval_run(run, cfg, data=str(data), adapter="final")
-    wall, cpu = (time.perf_counter() - t) / n, (time.process_time() - c) / n
+    lines: list[str] = []
     settings = (f"{args.backbone}, {args.dtype}, batches of {rc.eval_batch_size}, {rc.max_new_tokens} new tokens, "
                 f"{rc.max_context_chars}-char contexts, {n} questions, {torch.get_num_threads()} threads")
-    lines.append(f"- merged weights ({settings}): {m['seconds_per_example']:.2f} s wall per question scoring, "
-                 f"{wall:.2f} s wall and {cpu:.2f} s CPU per question with loading; F1 {m['f1']:.2f}, loss "
-                 f"{m['loss']:.4f}; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
-    if args.compare_peft:
-        model, tok, _ = load_backbone(args.backbone, dtype=args.dtype)
-        peft_model = load_lora(model, run / "final_adapter", "final")
-        examples = read_examples("xquad", str(data), "ar", max_context_chars=rc.max_context_chars)
-        split = encode_split(tok, examples, rc, tok.pad_token_id)
+    merged_s: list[float] = []
+    attached_s: list[float] = []
+    peft_model = split = None
+    for rep in range(args.repeats):  # alternating, so both ways see the same load on average
         load0 = os.getloadavg()[0]
         t, c = time.perf_counter(), time.process_time()
-        with torch.no_grad():
-            s, _ = split_metrics(peft_model, tok, split, rc, "ar")
-        lines.append(f"- peft adapter attached (same settings): {(time.perf_counter() - t) / n:.2f} s wall, "
-                     f"{(time.process_time() - c) / n:.2f} s CPU per question scoring (no loading); F1 {s['f1']:.2f}, "
-                     f"loss {s['loss']:.4f}; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
+        m = GraspLoraPlugin().eval_run(run, cfg, data=str(data), adapter="final")
+        wall, cpu = (time.perf_counter() - t) / n, (time.process_time() - c) / n
+        merged_s.append(m["seconds_per_example"])
+        lines.append(f"- merged weights, repeat {rep + 1} ({settings}): {m['seconds_per_example']:.2f} s wall per "
+                     f"question scoring ({m['generate_seconds_per_example']:.2f} s generating, "
+                     f"{m['loss_seconds_per_example']:.2f} s the loss pass), {wall:.2f} s wall and {cpu:.2f} s CPU "
+                     f"per question with loading; F1 {m['f1']:.2f}, loss {m['loss']:.4f}; load average {load0:.1f} -> "
+                     f"{os.getloadavg()[0]:.1f}")
+        if args.compare_peft:
+            if peft_model is None:
+                model, tok, _ = load_backbone(args.backbone, dtype=args.dtype)
+                peft_model = load_lora(model, run / "final_adapter", "final")
+                examples = read_examples("xquad", str(data), "ar", max_context_chars=rc.max_context_chars)
+                split = encode_split(tok, examples, rc, tok.pad_token_id)
+            load0 = os.getloadavg()[0]
+            t, c = time.perf_counter(), time.process_time()
+            with torch.no_grad():
+                s, _ = split_metrics(peft_model, tok, split, rc, "ar")
+            attached_s.append((time.perf_counter() - t) / n)
+            lines.append(f"- peft adapter attached, repeat {rep + 1} (same settings): {attached_s[-1]:.2f} s wall, "
+                         f"{(time.process_time() - c) / n:.2f} s CPU per question scoring (no loading); F1 "
+                         f"{s['f1']:.2f}, loss {s['loss']:.4f}; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
+    summary = f"- median over {args.repeats}: merged {statistics.median(merged_s):.2f} s per question scoring"
+    if attached_s:
+        summary += f", peft attached {statistics.median(attached_s):.2f} s"
+    lines.append(summary)
     command = "python benchmarks/eval_speed.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

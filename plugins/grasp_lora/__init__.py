@@ -278,7 +278,8 @@ class GraspLoraPlugin(Plugin):
         (:func:`.delta.merged_into_copies`: one matmul per layer; exact for the saved
         identity-factor form). A progress bar (plain lines when stderr is not a terminal)
         follows generation and the loss pass. Returns the metrics (XL-Sum: with the semantic F1
-        and ``semantic_f1_encoder`` naming its encoder), ``examples`` and ``seconds_per_example``.
+        and ``semantic_f1_encoder`` naming its encoder), ``examples``, ``seconds_per_example`` and
+        the wall seconds per example of generation and of the loss pass.
         """
         import time
 
@@ -313,7 +314,12 @@ class GraspLoraPlugin(Plugin):
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         split = encode_split(tok, examples, cfg, pad)
         t0 = time.perf_counter()
-        with merged_into_copies(model, factors) as installed, eval_progress(f"{adapter} adapter") as progress:
+        stages: dict[str, list[float]] = {}  # stage -> [start, last update] (wall clock)
+        with merged_into_copies(model, factors) as installed, eval_progress(f"{adapter} adapter") as bar:
+            def progress(stage: str, done: int, total: int) -> None:
+                stages.setdefault(stage, [time.perf_counter(), 0.0])[1] = time.perf_counter()
+                bar(stage, done, total)
+
             def embed(texts: list[str]):
                 with installed.suspended():  # the semantic F1's encoder: the backbone without the adapter
                     return embed_texts(model, tok, texts, batch_size=int(cfg.eval_batch_size))
@@ -323,6 +329,8 @@ class GraspLoraPlugin(Plugin):
                                                          progress=progress)[0])
         metrics["examples"] = float(len(examples))
         metrics["seconds_per_example"] = (time.perf_counter() - t0) / len(examples)
+        for stage, (start, end) in stages.items():  # generate_seconds_per_example, loss_seconds_per_example
+            metrics[f"{stage}_seconds_per_example"] = (end - start) / len(examples)
         if cfg.task == "xlsum":
             metrics["semantic_f1_encoder"] = encoder_name(name)
         return metrics

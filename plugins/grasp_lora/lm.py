@@ -20,11 +20,12 @@ Loading the model is :mod:`.backbone`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import random
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -243,6 +244,27 @@ def embed_texts(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, batc
     return out
 
 
+@contextlib.contextmanager
+def _contiguous_lm_head_input(model: torch.nn.Module) -> Iterator[None]:
+    """Make the LM head's input contiguous while generating (a forward pre-hook, removed after).
+
+    At the prompt's forward, ``generate`` asks for the last position's logits only and the
+    model slices ``hidden[:, -1:, :]``, a non-contiguous view; ``F.linear`` on it broadcasts
+    the (262k x d) head to a batched matmul, copying the whole head once per row (measured:
+    7.2 of 11.8 s generating 8 answers on Gemma 3 270M in bfloat16 here). The same values laid
+    out contiguously go through one plain matmul.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Module):
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda _m, args: (args[0].contiguous(), *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                     batch_size: int, counter: PassCounter | None = None, stop_at_newline: bool = True,
                     on_batch: Callable[[int], None] | None = None) -> list[str]:
@@ -260,7 +282,7 @@ def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[Sequenc
     out: list[str] = [""] * len(prompts)
     order = length_batches([len(p) for p in prompts], batch_size)
     device = model_device(model)
-    with torch.no_grad():
+    with torch.no_grad(), _contiguous_lm_head_input(model):
         for idx in order:
             width = max(len(prompts[i]) for i in idx)
             ids = torch.full((len(idx), width), int(pad), dtype=torch.long)
