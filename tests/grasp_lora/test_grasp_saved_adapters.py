@@ -226,3 +226,30 @@ def test_probe_metric_on_the_cli_is_a_one_line_error(hpctl_main):
     assert code == 2 and "rouge" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     code, _, err = hpctl_main("run", "grasp_lora", "--preset", "smoke", "--probe-metric", "bleu4")
     assert code == 2 and "probe metric 'bleu4' is not a xquad metric" in err and "Traceback" not in err
+
+
+def test_eval_progress_bar_on_a_terminal_plain_lines_elsewhere():
+    import io
+
+    from hpctl.plugins.grasp_lora.progress import eval_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    plain = io.StringIO()
+    with eval_progress("final adapter", plain) as progress:
+        for stage in ("generate", "loss"):
+            progress(stage, 0, 20)
+            for done in range(2, 21, 2):
+                progress(stage, done, 20)
+    lines = plain.getvalue().splitlines()
+    assert lines[0].startswith("[grasp_lora] final adapter: generating 2/20 (") and lines[0].endswith(" s per example)")
+    assert sum("generating" in x for x in lines) == 10 and lines[-1].startswith(
+        "[grasp_lora] final adapter: teacher-forced loss 20/20")
+    term = Terminal()
+    with eval_progress("final adapter", term) as progress:
+        progress("generate", 0, 20)
+        progress("generate", 20, 20)
+    out = term.getvalue()
+    assert "final adapter: generating" in out and "20/20" in out and "[grasp_lora]" not in out  # a rich bar
