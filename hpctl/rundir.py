@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -88,6 +89,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def to_jsonable(obj: Any, *, nonfinite: Callable[[float], Any] = str) -> Any:
+    """``obj`` with numpy scalars and arrays, tuples, paths and dict keys made plain JSON; a
+    non-finite float becomes ``nonfinite(x)`` (``"inf"`` by default, so it survives a round
+    trip as text; pass ``lambda x: None`` for a JSON null)."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v, nonfinite=nonfinite) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v, nonfinite=nonfinite) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist(), nonfinite=nonfinite)
+    if isinstance(obj, (np.floating, np.integer)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return nonfinite(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 def _json_default(o: Any) -> Any:

@@ -102,7 +102,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import pickle
 import time
 import traceback
@@ -115,7 +114,7 @@ from hpctl.control_env import ControlEnv
 from hpctl.controllers.base import Controller, get_controller
 from hpctl.errors import ConfigError, HpctlError, ResumeError, one_line
 from hpctl.knob import Knob
-from hpctl.rundir import CHECKPOINT, RESULT, SPEC, atomic_write_bytes, atomic_write_json, prepare_out_dir
+from hpctl.rundir import CHECKPOINT, RESULT, SPEC, atomic_write_bytes, atomic_write_json, prepare_out_dir, to_jsonable
 from hpctl.task import Task
 from hpctl.tracking import RunRecorder, Tracker, end_quietly, warn
 
@@ -315,7 +314,7 @@ class Session:
             "command": "session",
             "knob": {"name": knob.name, "low": knob.low, "high": knob.high, "default": knob.default_value.tolist(),
                      "dim": knob.dim, "log": knob.log, "units": knob.units, "labels": list(knob.labels)},
-            "controller": ctrl_cls.name, "controller_config": _jsonable(dataclasses.asdict(ctrl_config)),
+            "controller": ctrl_cls.name, "controller_config": to_jsonable(dataclasses.asdict(ctrl_config)),
             "budget": self.budget, "group_size": _int("group_size", group_size), "seed": self.seed,
             "steps_per_round": steps_per_round, "total_steps": total_steps, "commit_rule": commit_rule,
             "reward": reward, "max_move": float(max_move),
@@ -779,15 +778,3 @@ def _positive_int(name: str, value: Any) -> int:
     if v < 1:
         raise ConfigError(f"{name} must be >= 1, got {v}")
     return v
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj

@@ -233,3 +233,15 @@ def test_unreachable_tracking_server_fails_without_retrying(hpctl_main, monkeypa
     code, _, err = hpctl_main("run", "synthetic", "--budget", "8", "--tracking-uri", "http://127.0.0.1:9")
     assert code == 2 and "cannot open MLflow tracking URI" in err and len(err.strip().splitlines()) == 1
     assert seen and seen[0] == ("0", "5")
+
+
+def test_to_jsonable_makes_numpy_paths_and_non_finite_numbers_plain_json():
+    """One helper for the session's spec (non-finite kept as text) and the benchmarks' results (null)."""
+    import numpy as np
+
+    from hpctl.rundir import to_jsonable
+
+    obj = {1: (np.float32(0.5), np.int64(3)), "a": np.array([1.0, np.inf]), "p": Path("x/y"), "n": float("nan")}
+    assert to_jsonable(obj) == {"1": [0.5, 3], "a": [1.0, "inf"], "p": "x/y", "n": "nan"}
+    assert to_jsonable(obj, nonfinite=lambda x: None)["a"] == [1.0, None]
+    json.dumps(to_jsonable(obj, nonfinite=lambda x: None), allow_nan=False)  # strict JSON

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from hpctl.rundir import to_jsonable
+
 from .analysis import TARGET_SCORE_GAP
 from .arms import ARM_LABELS, ARMS, GRASP_ARMS
 
@@ -381,16 +383,5 @@ def plot_seed(path: Path, arms: dict[str, dict[str, Any]], title: str) -> Path |
 
 
 def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    """Plain JSON for the results file; a non-finite number is a null there."""
+    return to_jsonable(obj, nonfinite=lambda x: None)
