@@ -35,6 +35,7 @@ from hpctl.errors import ConfigError, DataError
 from hpctl.plugins.grasp_lora.backbone import DTYPES, resolve_dtype
 from hpctl.plugins.grasp_lora.corpora import LANGS, TASKS, SplitSizes, check_lang, check_max_chars, check_task
 from hpctl.plugins.grasp_lora.lora import GROUPS, MERGE_RULES, LoraSpec, merge_weights, parse_merge_weights, parse_targets
+from hpctl.plugins.grasp_lora.outputs import ADAPTER_FOLDERS, saved_adapters
 from hpctl.plugins.grasp_lora.task import GraspTask
 from hpctl.task import Plugin
 
@@ -49,8 +50,8 @@ PROBE_METRICS = ("loss", *QA_PROBE_METRICS, *SUMMARY_PROBE_METRICS)
 # the adapter names are); the older hyphenated 'per-group' / 'target-only' are not accepted
 KNOBS = ("global", "per_group")
 BASELINES = ("none", "target_only")
-#: what ``hpctl eval --adapter`` scores (the folders are in :data:`.task.ADAPTER_FOLDERS`)
-EVAL_ADAPTERS = ("final", "target_only", "source", "target")
+#: what ``hpctl eval --adapter`` scores (the folders are in :data:`.outputs.ADAPTER_FOLDERS`)
+EVAL_ADAPTERS = tuple(ADAPTER_FOLDERS)
 #: options that must be >= 1 / >= 0 when set
 POSITIVE = ("steps", "controller_steps", "batch_size", "eval_batch_size", "max_len", "max_target_len",
             "max_new_tokens", "mask_every", "lora_r")
@@ -290,7 +291,7 @@ class GraspLoraPlugin(Plugin):
         from hpctl.plugins.grasp_lora.lora import load_lora, lora_factors, unload_lora
         from hpctl.plugins.grasp_lora.progress import eval_progress
         from hpctl.plugins.grasp_lora.splits import encode_split, split_metrics
-        from hpctl.plugins.grasp_lora.task import ADAPTER_FOLDERS, encoder_name
+        from hpctl.plugins.grasp_lora.outputs import encoder_name
 
         if adapter not in ADAPTER_FOLDERS:
             raise ConfigError(f"unknown adapter {adapter!r} (choose from {', '.join(ADAPTER_FOLDERS)})")
@@ -299,7 +300,7 @@ class GraspLoraPlugin(Plugin):
         run_dir = Path(run_dir)
         adapter_dir = run_dir / ADAPTER_FOLDERS[adapter]
         if not (adapter_dir / "adapter_config.json").is_file():
-            saved = [n for n, f in ADAPTER_FOLDERS.items() if (run_dir / f / "adapter_config.json").is_file()]
+            saved = list(saved_adapters(run_dir))
             raise ConfigError(f"{str(run_dir)!r} has no {adapter} adapter ({ADAPTER_FOLDERS[adapter]}/adapter_config.json"
                               f"); saved: {', '.join(saved) if saved else 'none (did the run finish?)'}")
         lang = lang or cfg.lang

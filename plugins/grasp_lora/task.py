@@ -33,18 +33,19 @@ Then the :class:`hpctl.task.Task` protocol:
     same measure as a probe, on the dev split): one grid-search point.
 ``finish(value)``
     the final merge-and-prune fine-tune from the merged start at the fixed learned value,
-    the final adapter saved in peft format (``out_dir/final_adapter``), test metrics and
-    ``dev_loss`` (the teacher-forced dev loss at that ratio: what a grid point is scored by, so
-    a learned ratio's regret against the grid can be measured); with
-    ``baseline="target_only"`` also the target-only baseline: the target adapter alone,
-    fine-tuned for the same number of steps on the same batches, no merging or pruning,
-    tested the same way (``target_only_*`` keys) and saved with its own factors in
-    ``out_dir/target_only_adapter``. ``notes["adapters"]`` (in ``grasp_phases.json``) and the
-    run's ``artifacts`` list the saved adapter folders; every one names a loadable backbone
-    path in ``adapter_config.json`` and hpctl's own names in ``grasp_lora.json``. Under
-    ``--controller grid`` the final run *is* the chosen grid point's fine-tune, redone from the
-    same start, seed and batches (bit-identical on the CPU), so ``final_adapter`` is that
-    point's adapter.
+    the final adapter saved in peft format, test metrics and ``dev_loss`` (the teacher-forced
+    dev loss at that ratio: what a grid point is scored by, so a learned ratio's regret against
+    the grid can be measured); with ``baseline="target_only"`` also the target adapter alone,
+    fine-tuned for the same steps on the same batches, no merging or pruning, tested the same
+    way (``target_only_*`` keys) and saved with its own factors. What lands in the run folder
+    is in :mod:`.outputs`. Under ``--controller grid`` the final run *is* the chosen grid
+    point's fine-tune, redone from the same start, seed and batches (bit-identical on the CPU).
+
+Why one class of ~450 lines: every protocol method above shares the same state (the model
+with its wrappers, the merged adapter, the pruner, the optimiser and the data order) and the
+phase timer; the pieces without that state are already their own modules (:mod:`.lora`,
+:mod:`.delta`, :mod:`.pruner`, :mod:`.training`, :mod:`.lm`, :mod:`.splits`,
+:mod:`.sources`, :mod:`.outputs`). Splitting the methods further would pass that state around.
 
 Device and dtype (``device``/``dtype``, default ``cpu``/``float32``): the config checks the
 dtype's name, the constructor whether the device is available here (one-line ConfigError,
@@ -65,7 +66,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -96,21 +96,20 @@ from hpctl.plugins.grasp_lora.lora import (
     unload_lora,
 )
 from hpctl.plugins.grasp_lora.metrics import SEMANTIC_KEY, describe_metrics
+from hpctl.plugins.grasp_lora.outputs import (
+    ADAPTER_FOLDERS,
+    adapter_metadata,
+    artifact_paths,
+    encoder_name,
+    saved_adapters,
+    write_phases,
+    write_predictions,
+)
 from hpctl.plugins.grasp_lora.pruner import GlobalMagnitudePruner
 from hpctl.plugins.grasp_lora.sources import prepare_adapter
 from hpctl.plugins.grasp_lora.splits import EVAL_SPLITS, Split, encode_split, primary_metric, split_metrics
 from hpctl.plugins.grasp_lora.training import DataOrder, adamw_step
 from hpctl.task import Task
-
-#: the adapters a run saves, by ``hpctl eval --adapter`` name, and their folders in the run folder
-ADAPTER_FOLDERS = {"final": "final_adapter", "target_only": "target_only_adapter",
-                   "source": "source_adapter", "target": "target_adapter"}
-
-
-def encoder_name(backbone: str) -> str:
-    """How the semantic F1's encoder is named in every output."""
-    return f"{backbone}: last hidden layer of the frozen backbone, no adapter"
-
 
 #: phases long enough to get a nested MLflow run each (through ``Task.phase_listener``)
 NESTED_PHASES = ("source_adapter", "target_adapter", "final_train", "target_only")
@@ -489,11 +488,10 @@ class GraspTask(Task):
         if self.cfg.baseline == "target_only":
             metrics.update({f"target_only_{k}": v for k, v in self.target_only().items()})
         metrics.update({k: float(v) for k, v in self.counter.as_dict().items()})
-        self.notes["adapters"] = {role: str(self.out_dir / folder) for role, folder in ADAPTER_FOLDERS.items()
-                                  if (self.out_dir / folder / "adapter_config.json").is_file()}
+        self.notes["adapters"] = {role: str(path) for role, path in saved_adapters(self.out_dir).items()}
         self.notes["metrics"] = describe_metrics(self.cfg.task, self.cfg.lang, encoder_name(self.backbone_name)
                                                  if self.cfg.task == "xlsum" else None)
-        self._write_phases()
+        write_phases(self.out_dir, self.phase_seconds, self.phase_passes, self.notes, self.backbone_name)
         return metrics
 
     # ------------------------------------------------------------------ baseline -------
@@ -533,35 +531,19 @@ class GraspTask(Task):
                 self._installed = self.adapter
         return scores
 
-    # ------------------------------------------------------------------ outputs --------
+    # ------------------------------------------------------------------ outputs (:mod:`.outputs`)
     def _write_predictions(self, filename: str) -> None:
-        if self._last_predictions is None:
-            return
-        split, preds = self._last_predictions
-        s = self.splits[split]
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / filename, "w", encoding="utf-8") as fh:
-            for i, p, refs in zip(s.ids, preds, s.references):
-                fh.write(json.dumps({"id": i, "prediction": p, "references": refs}, ensure_ascii=False) + "\n")
-
-    def _write_phases(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "grasp_phases.json").write_text(json.dumps(
-            {"seconds": self.phase_seconds, "passes": self.phase_passes, "notes": self.notes,
-             "backbone": self.backbone_name}, indent=2, default=str) + "\n")
+        if self._last_predictions is not None:
+            split, preds = self._last_predictions
+            s = self.splits[split]
+            write_predictions(self.out_dir / filename, s.ids, preds, s.references)
 
     def _adapter_metadata(self, role: str) -> dict[str, Any]:
-        """hpctl's own names for a saved adapter (``grasp_lora.json``): its role, the ``--backbone``
-        spec, the backbone's label, task and language (``adapter_config.json`` names a loadable path)."""
-        return {"role": role, "backbone_spec": self.cfg.backbone, "backbone": self.backbone_name,
-                "task": self.cfg.task, "lang": self.cfg.lang, "seed": self.seed}
+        return adapter_metadata(role, self.cfg, self.backbone_name, self.seed)
 
     def artifacts(self) -> list[Path]:
-        """What the run leaves worth keeping: every adapter folder (final, target-only, source,
-        target), the test predictions and the phase record."""
-        names = [*ADAPTER_FOLDERS.values(), "test_predictions.jsonl", "target_only_test_predictions.jsonl",
-                 "grasp_phases.json"]
-        return [self.out_dir / n for n in names if (self.out_dir / n).exists()]
+        """Every saved adapter folder, the test predictions and the phase record."""
+        return artifact_paths(self.out_dir)
 
     def backbone_parameters(self) -> dict[str, torch.Tensor]:
         """The frozen backbone's parameters by their original names (for checks)."""

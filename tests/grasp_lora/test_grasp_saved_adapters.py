@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 from hpctl.plugins.grasp_lora import GraspLoraConfig, GraspLoraPlugin  # noqa: E402
-from hpctl.plugins.grasp_lora.task import ADAPTER_FOLDERS  # noqa: E402
+from hpctl.plugins.grasp_lora.outputs import ADAPTER_FOLDERS  # noqa: E402
 
 XQUAD_AR = Path(__file__).resolve().parents[2] / "plugins" / "grasp_lora" / "data" / "xquad" / "xquad.ar.json"
 
