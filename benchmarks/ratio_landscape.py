@@ -19,7 +19,10 @@ the grid's curve and the ratio where each curve has its minimum; then per seed t
 correlation over the states. Nothing is fitted or tuned here: the script records curves.
 
     python -m benchmarks.ratio_landscape --preset smoke --seeds 0,1,2 --points 8 --dev 64
-    python -m benchmarks.ratio_landscape --preset default --seeds 0,1,2 --dev 300   # hours on 2 CPU cores
+    python -m benchmarks.ratio_landscape --preset default --seeds 0 --dev 300   # then --seeds 1, 2: one part each
+
+A run keeps the other seeds already in its results file when the configuration is the same
+(:func:`merged_seeds`), so a long measurement runs one seed per part.
 
 Writes ``<out>/ratio_landscape_<preset>.json`` (command, configs, every curve) and
 ``<out>/ratio_landscape_<preset>.md``; run folders (the adapters) go under ``--runs-dir``.
@@ -130,9 +133,26 @@ def measure_seed(config: Any, seed: int, points: int, out_dir: Path, budget: int
             "comparison": compare(ratios, grid, states)}
 
 
+def merged_seeds(path: Path, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """This run's seeds plus the other seeds of an earlier results file measured with the same
+    configuration (a long benchmark runs one seed per part); a different configuration replaces it."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return list(doc["seeds"])
+    same = all(old.get(k) == json.loads(json.dumps(doc[k], default=str))
+               for k in ("preset", "points", "budget", "group_size", "config"))
+    if not same:
+        return list(doc["seeds"])
+    mine = {s["seed"] for s in doc["seeds"]}
+    kept = [{"command": old.get("command"), **s} for s in old.get("seeds", []) if s.get("seed") not in mine]
+    return sorted(kept + list(doc["seeds"]), key=lambda s: s["seed"])
+
+
 # ----------------------------------------------------------------------------- report
 def markdown(doc: dict[str, Any]) -> str:
-    L = [f"# Ratio landscape: {doc['preset']} preset", "", f"`{doc['command']}`", "",
+    commands = list(dict.fromkeys(s.get("command") or doc["command"] for s in doc["seeds"]))
+    L = [f"# Ratio landscape: {doc['preset']} preset", "", " ; ".join(f"`{c}`" for c in commands), "",
          f"Backbone `{doc['config']['backbone']}`, task {doc['config']['task']} {doc['config']['lang']}, "
          f"{doc['points']} ratios in [{doc['config']['p_min']}, {doc['config']['p_max']}], dev set "
          f"{doc['seeds'][0]['split_sizes'].get('dev', '?')} examples, micro-dev "
@@ -214,7 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = {"command": "python -m benchmarks.ratio_landscape " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
            "preset": args.preset, "points": args.points, "budget": budget, "group_size": group,
            "config": dataclasses.asdict(cfg), "seeds": results}
+    for r in results:
+        r["command"] = doc["command"]
     out.mkdir(parents=True, exist_ok=True)
+    doc["seeds"] = merged_seeds(out / f"ratio_landscape_{args.preset}.json", doc)
     (out / f"ratio_landscape_{args.preset}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     (out / f"ratio_landscape_{args.preset}.md").write_text(markdown(doc))
     print(markdown(doc))

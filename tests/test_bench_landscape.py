@@ -64,3 +64,17 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert L.main(["--set", "probe_metric=f1", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("ratio_landscape: error:") for line in err)
+
+
+def test_seeds_run_in_parts_accumulate_in_one_results_file(tmp_path):
+    """A long landscape runs one seed per session: each part keeps the others' seeds of the same
+    configuration, replaces its own, and a different configuration starts the file afresh."""
+    path = tmp_path / "ratio_landscape_default.json"
+    base = {"preset": "default", "points": 8, "budget": 20, "group_size": 4, "config": {"lang": "ar", "dev": 300}}
+    path.write_text(json.dumps({**base, "seeds": [{"seed": 0, "v": "old"}, {"seed": 2, "v": "kept"}]}))
+    got = L.merged_seeds(path, {**base, "seeds": [{"seed": 1, "v": "new"}, {"seed": 0, "v": "new"}]})
+    assert [(s["seed"], s["v"]) for s in got] == [(0, "new"), (1, "new"), (2, "kept")]
+    assert got[2]["command"] is None  # a kept seed carries the command that measured it
+    other = {**base, "config": {"lang": "zh", "dev": 300}, "seeds": [{"seed": 1, "v": "zh"}]}
+    assert L.merged_seeds(path, other) == other["seeds"]
+    assert L.merged_seeds(tmp_path / "missing.json", other) == other["seeds"]
