@@ -8,8 +8,9 @@ set (``--dev``, a few hundred examples: the teacher-forced loss is cheap and smo
    the controller run (``controller_steps`` cut into ``budget // (group_size + 1)`` rounds, as
    ``hpctl run`` cuts it) and its end. Between rounds the merged adapter trains at the start
    ratio (the knob's default, where every controller starts; a controller would move it).
-   The large-dev loss is recorded at the same states and ratios too, so a disagreement can
-   be put down to the micro-dev's size or to the state.
+   The large-dev loss is recorded at the first and last of those states too (``--state-dev all``:
+   at every state; each costs ``points`` passes over the dev set), so a disagreement can be put
+   down to the micro-dev's size or to the state.
 2. **the grid's curve**: for each of the same ``k`` ratios (the grid controller's points) a
    whole fine-tune (``steps``) from the merged start, then the large-dev loss
    (``GraspTask.full_run``: what ``--controller grid`` scores every point by).
@@ -61,6 +62,8 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     """Spearman's rank correlation of two equally long curves; NaN when either is constant."""
     if len(a) != len(b) or len(a) < 2:
         raise ValueError(f"two curves of the same length >= 2 needed, got {len(a)} and {len(b)}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return float("nan")  # a curve that was not measured
     ra, rb = ranks(a), ranks(b)
     if ra.std() == 0 or rb.std() == 0:
         return float("nan")
@@ -68,8 +71,11 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def argmin_ratio(ratios: Sequence[float], losses: Sequence[float]) -> float:
-    """The ratio where a curve is lowest (the first one of ties)."""
-    return float(ratios[int(np.argmin(np.asarray(losses, dtype=np.float64)))])
+    """The ratio where a curve is lowest (the first one of ties); NaN for a curve not measured."""
+    x = np.asarray(losses, dtype=np.float64)
+    if not np.isfinite(x).any():
+        return float("nan")
+    return float(ratios[int(np.nanargmin(x))])
 
 
 def compare(ratios: Sequence[float], grid: Sequence[float], states: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -93,7 +99,7 @@ def compare(ratios: Sequence[float], grid: Sequence[float], states: Sequence[dic
 
 # ----------------------------------------------------------------------------- measuring
 def measure_seed(config: Any, seed: int, points: int, out_dir: Path, budget: int, group_size: int,
-                 say=print) -> dict[str, Any]:
+                 say=print, state_dev: str = "ends") -> dict[str, Any]:
     """The curves of one seed (see the module docstring); ``config`` is a resolved GraspLoraConfig."""
     from hpctl.controllers.search import grid_points
     from hpctl.plugins.grasp_lora import GraspTask
@@ -116,9 +122,11 @@ def measure_seed(config: Any, seed: int, points: int, out_dir: Path, budget: int
             done = at
         if states and states[-1]["steps_done"] == done:
             continue
+        with_dev = state_dev == "all" or r in (0, rounds)
         states.append({"steps_done": done,
                        "micro_dev_loss": [task.loss_at("micro_dev", np.array([v])) for v in ratios],
-                       "dev_loss": [task.loss_at("dev", np.array([v])) for v in ratios]})
+                       "dev_loss": ([task.loss_at("dev", np.array([v])) for v in ratios] if with_dev
+                                    else [float("nan")] * len(ratios))})
         say(f"seed {seed}: probe state after {done}/{task.total_steps} controller-run steps measured")
     grid = []
     for v in ratios:
@@ -140,8 +148,8 @@ def merged_seeds(path: Path, doc: dict[str, Any]) -> list[dict[str, Any]]:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return list(doc["seeds"])
-    same = all(old.get(k) == json.loads(json.dumps(doc[k], default=str))
-               for k in ("preset", "points", "budget", "group_size", "config"))
+    same = all(old.get(k) == json.loads(json.dumps(doc.get(k), default=str))
+               for k in ("preset", "points", "budget", "group_size", "state_dev", "config"))
     if not same:
         return list(doc["seeds"])
     mine = {s["seed"] for s in doc["seeds"]}
@@ -150,6 +158,11 @@ def merged_seeds(path: Path, doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- report
+def _f(x: float, spec: str) -> str:
+    """A number for the table; '-' where it was not measured."""
+    return format(x, spec) if x is not None and np.isfinite(x) else "-"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     commands = list(dict.fromkeys(s.get("command") or doc["command"] for s in doc["seeds"]))
     L = [f"# Ratio landscape: {doc['preset']} preset", "", " ; ".join(f"`{c}`" for c in commands), "",
@@ -164,14 +177,15 @@ def markdown(doc: dict[str, Any]) -> str:
     for s in doc["seeds"]:
         c = s["comparison"]
         for row in c["states"]:
-            L.append(f"| {s['seed']} | {row['steps_done']} | {row['spearman_micro_dev']:+.2f} | "
-                     f"{row['spearman_dev']:+.2f} | {row['argmin_micro_dev']:.3f} | {row['argmin_dev']:.3f} | "
+            L.append(f"| {s['seed']} | {row['steps_done']} | {_f(row['spearman_micro_dev'], '+.2f')} | "
+                     f"{_f(row['spearman_dev'], '+.2f')} | {_f(row['argmin_micro_dev'], '.3f')} | "
+                     f"{_f(row['argmin_dev'], '.3f')} | "
                      f"{c['grid_argmin']:.3f} |")
     L += ["", "| seed | mean Spearman micro-dev vs grid | mean Spearman dev vs grid | grid curve range (dev loss) | "
           "wall s |", "|---|---|---|---|---|"]
     for s in doc["seeds"]:
         c = s["comparison"]
-        L.append(f"| {s['seed']} | {c['mean_spearman_micro_dev']:+.2f} | {c['mean_spearman_dev']:+.2f} | "
+        L.append(f"| {s['seed']} | {_f(c['mean_spearman_micro_dev'], '+.2f')} | {_f(c['mean_spearman_dev'], '+.2f')} | "
                  f"{c['grid_range']:.4f} | {s['wall_s']:.0f} |")
     L += ["", "Curves (dev loss after each grid point's fine-tune; micro-dev loss per probe state) are in the JSON.",
           ""]
@@ -191,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
     ap.add_argument("--points", type=int, default=8, help="ratios per curve (the grid's k)")
     ap.add_argument("--dev", type=int, default=None, help="dev examples (default: 300, 64 for smoke)")
+    ap.add_argument("--state-dev", choices=("ends", "all"), default="ends",
+                    help="large-dev curves at the first and last probe state (ends) or at every one (all)")
     ap.add_argument("--budget", type=int, default=None, help="probes of the controller run (plugin default)")
     ap.add_argument("--group-size", type=int, default=None, help="probes per round (plugin default)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -224,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out)
         runs = Path(args.runs_dir) if args.runs_dir else out / "ratio_landscape_runs"
         results = [measure_seed(cfg, s, args.points, runs / f"seed{s}", budget, group,
-                                say=lambda m: print(f"[ratio_landscape] {m}", file=sys.stderr, flush=True))
+                                say=lambda m: print(f"[ratio_landscape] {m}", file=sys.stderr, flush=True),
+                                state_dev=args.state_dev)
                    for s in seeds]
     except HpctlError as exc:
         print(f"ratio_landscape: error: {exc}", file=sys.stderr)
@@ -233,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     doc = {"command": "python -m benchmarks.ratio_landscape " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
            "preset": args.preset, "points": args.points, "budget": budget, "group_size": group,
+           "state_dev": args.state_dev,
            "config": dataclasses.asdict(cfg), "seeds": results}
     for r in results:
         r["command"] = doc["command"]

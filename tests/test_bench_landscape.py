@@ -25,6 +25,8 @@ def test_spearman_matches_scipy_with_ties():
     assert np.isnan(L.spearman([1, 1, 1], [1, 2, 3]))  # a flat curve has no order
     with pytest.raises(ValueError):
         L.spearman([1, 2], [1, 2, 3])
+    assert np.isnan(L.spearman([1, float("nan"), 3], [1, 2, 3]))  # a curve not measured has no order
+    assert np.isnan(L.argmin_ratio([0.0, 0.5], [float("nan")] * 2)) and L._f(float("nan"), ".3f") == "-"
 
 
 def test_compare_states_with_the_grid():
@@ -55,6 +57,10 @@ def test_a_tiny_run_records_every_curve(tmp_path, capsys):
         assert len(s["micro_dev_loss"]) == len(s["dev_loss"]) == 3 and all(np.isfinite(s["micro_dev_loss"]))
     assert len(seed["grid_dev_loss"]) == 3 and all(np.isfinite(seed["grid_dev_loss"]))
     assert len(seed["comparison"]["states"]) == 3
+    # the large dev set is scored at the first and last probe state only (--state-dev ends)
+    assert [bool(np.isfinite(s["dev_loss"]).all()) for s in seed["states"]] == [True, False, True]
+    middle = seed["comparison"]["states"][1]
+    assert middle["spearman_dev"] is None or not np.isfinite(middle["spearman_dev"])
     md = (tmp_path / "ratio_landscape_smoke.md").read_text()
     assert "Spearman micro-dev vs grid" in md and "tiny random model" in md
 
