@@ -115,6 +115,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "commit_check=probe": {"commit_check": "probe"},
     "commit_check=none": {"commit_check": "none"},
     "max_step=0.3": {"max_step": 0.3},
+    "trend=none": {"trend": "none"},
 }
 
 #: warm start: (source optimum, target optimum), a similar landscape whose optimum moved
@@ -334,12 +335,25 @@ def build_doc(meta: dict[str, Any], runs: list[dict[str, Any]], warm: list[dict[
 
 
 def merge(out: Path, command: str) -> int:
+    """Combine the parts under ``out/parts`` into the results. Runs of an existing
+    ``controllers.json`` that no part re-ran are kept (a part that re-runs some controllers
+    replaces only their runs), and the commands that made them stay listed."""
     parts = sorted((out / "parts").glob("controllers-*.json"))
     if not parts:
         raise SystemExit(f"controllers.py: error: no parts in {out / 'parts'} to merge")
     runs: dict[tuple, dict[str, Any]] = {}
     warm: dict[tuple, dict[str, Any]] = {}
     metas = []
+    earlier: list[str] = []
+    previous = out / "controllers.json"
+    if previous.is_file():
+        doc = json.loads(previous.read_text())
+        for r in unpack_runs(doc["runs"]):
+            runs[(r["controller"], r["scenario"], r["seed"])] = r
+        for w in doc.get("warm_runs", []):
+            warm[(tuple(w["pair"]), w["noise"], w["seed"])] = w
+        earlier = [c for c in doc.get("commands") or [doc["command"]] if "--merge" not in c.split()]
+        metas.append({**doc, "command": None})
     for p in parts:
         doc = json.loads(p.read_text())
         metas.append(doc)
@@ -351,7 +365,8 @@ def merge(out: Path, command: str) -> int:
     for m in metas[1:]:
         if (m["budget"], m["group_size"]) != (first["budget"], first["group_size"]):
             raise SystemExit(f"controllers.py: error: parts differ in budget/group size ({m['command']})")
-    meta = {"command": command, "commands": [m["command"] for m in metas] + [command],
+    new = [m["command"] for m in metas if m["command"] is not None]
+    meta = {"command": command, "commands": [c for c in earlier if c not in new] + new + [command],
             "seeds": sorted({s for m in metas for s in m["seeds"]}), "budget": first["budget"],
             "group_size": first["group_size"], "scenarios": first["scenarios"],
             "torch_threads": first["torch_threads"], "versions": first["versions"], "success_threshold": SUCCESS,

@@ -509,9 +509,9 @@ class Session:
     def finish(self) -> float | np.ndarray:
         """Stop before the budget is spent (training is over) and record the result.
 
-        The learned value is what training uses now: the committed value (for GRPO, its
-        definition of learned anyway); for the search controllers, the best candidate
-        scored so far. Scores of the unfinished round count. Returns the learned value.
+        The learned value is what training uses now: the committed value (GRPO's answer
+        extrapolates a drift to the end of the planned training, which this one never
+        reaches); for the search controllers, the best candidate scored so far. Scores of the unfinished round count. Returns the learned value.
         """
         self._check_usable()
         if not self.done:

@@ -86,3 +86,25 @@ def test_time_is_relative_to_grpo_and_absent_without_it():
     (grpo, grid) = controllers.summarise(runs, ["grpo", "grid"], ["s"])
     assert grid["time_vs_grpo"] == pytest.approx(0.5) and (grpo["success"], grid["success"]) == (1.0, 0.0)
     assert controllers.overall(runs[1:], ["grid"])[0]["time_vs_grpo"] is None
+
+
+def test_a_part_rerun_replaces_only_its_controllers_in_the_results(tmp_path):
+    """--merge keeps the runs of controllers no part re-ran, and every command that made them."""
+    common = ["--seeds", "2", "--budget", str(BUDGET), "--group-size", str(GROUP), "--scenarios", SCENARIOS[0],
+              "--out", str(tmp_path)]
+    assert controllers.main([*common, "--controllers", "random", "--part", "a"]) == 0
+    assert controllers.main([*common, "--controllers", "grpo", "--part", "b"]) == 0
+    assert controllers.main(["--merge", "--out", str(tmp_path)]) == 0
+    first = json.loads((tmp_path / "controllers.json").read_text())
+    (tmp_path / "parts" / "controllers-a.json").unlink()  # parts are not kept: the results are the record
+    assert controllers.main([*common, "--controllers", "grpo,grid", "--part", "c"]) == 0
+    (tmp_path / "parts" / "controllers-b.json").unlink()
+    assert controllers.main(["--merge", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "controllers.json").read_text())
+    runs = controllers.unpack_runs(doc["runs"])
+    assert sorted({r["controller"] for r in runs}) == ["grid", "grpo", "random"]
+    assert len(runs) == 3 * 2  # one scenario, two seeds: grpo's runs replaced, not doubled
+    old_random = [r for r in controllers.unpack_runs(first["runs"]) if r["controller"] == "random"]
+    assert [r for r in runs if r["controller"] == "random"] == old_random
+    assert sum("--part a" in c for c in doc["commands"]) == 1 and any("--part c" in c for c in doc["commands"])
+    assert [("--merge" in c.split()) for c in doc["commands"]] == [False] * 3 + [True]  # one merge: the last

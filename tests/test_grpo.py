@@ -11,6 +11,8 @@ from hpctl.controllers.base import get_controller
 from hpctl.controllers.grpo import (
     GRPO,
     GRPOConfig,
+    bracketed_best,
+    drift_trend,
     gaussian_logp,
     group_advantages,
     kl_old_new,
@@ -317,7 +319,7 @@ def test_tracks_a_drifting_optimum(optimum, drift):
         env, learned = _run(optimum, seed, drift=drift, track=errs)
         final.append(env.task.landscape.distance(learned, 1.0))
         track.append(np.mean(errs))
-    assert np.median(final) < 0.1, final  # the last probes see progress 6/7: ~0.045 lag is built in
+    assert np.median(final) < 0.1, final  # the last probes see progress 6/7; the answer extrapolates the drift
     assert np.median(track) < 0.08, track
 
 
@@ -385,9 +387,10 @@ def test_log_scale_knob_is_searched_in_log_space():
 
 
 # ------------------------------------------------------------ config and resume ----
-def test_resume_from_a_state_dict_replays_the_same_run():
+@pytest.mark.parametrize("drift", [0.0, 0.4])
+def test_resume_from_a_state_dict_replays_the_same_run(drift):
     def make():
-        env = make_landscape_env(optimum=0.2, noise=0.05, group_size=6, steps_per_round=100)
+        env = make_landscape_env(optimum=0.2, noise=0.05, group_size=6, steps_per_round=100, drift=drift)
         return env, GRPO(env, seed=9)
 
     env, ctrl = make()
@@ -414,7 +417,8 @@ def test_registered_and_config_errors_are_config_errors():
     assert cfg.sigma_init == 0.25 and cfg.clip_eps == 0.2
     for bad in ({"sigma_init": 5.0}, {"commit_check": "maybe"}, {"max_step": 0}, {"group_size": 1}, {"epochs": 0},
                 {"entropy_coef": -0.1}, {"space": "beta"}, {"sampling": "sobol"}, {"sigma_floor": "x"},
-                {"adv_std": "x"}, {"max_kl": -1}, {"lambda_reg": -1}, {"adv_eps": 0}):
+                {"adv_std": "x"}, {"max_kl": -1}, {"lambda_reg": -1}, {"adv_eps": 0}, {"trend": "linear"},
+                {"trend_t": -1}):
         with pytest.raises(ConfigError, match="grpo"):
             GRPO.make_config(bad)
 
@@ -558,3 +562,53 @@ def test_warm_start_state_is_checked(tmp_path):
         GRPO(make_landscape_env(optimum=(0.3, 0.7))).warm_start({**state, "mu": [0.0], "sigma": [1.0]}, tmp_path)
     with pytest.raises(ConfigError, match="not finite"):
         GRPO(env).warm_start({**state, "mu": [0.0], "sigma": [0.0]}, tmp_path)
+
+
+# --------------------------------------------------------- step 8: drift ----------
+def test_bracketed_best_only_when_candidates_lie_on_both_sides():
+    rho = _a(0.1, 0.3, 0.5, 0.7).reshape(-1, 1)
+    assert bracketed_best(rho, _a(0.0, 2.0, 1.0, 0.5)) == pytest.approx([0.3])
+    assert bracketed_best(rho, _a(0.0, 1.0, 1.5, 2.0)) is None  # best at the edge: the peak is further out
+    assert bracketed_best(rho[:2], _a(0.0, 1.0)) is None  # two candidates bracket nothing
+    rho2 = np.array([[0.1, 0.5], [0.3, 0.9], [0.5, 0.2]])
+    assert bracketed_best(rho2, _a(0.0, 1.0, 0.5)) is None  # bracketed in x, not in y
+
+
+def test_drift_trend_by_hand():
+    p = _a(0.0, 0.2, 0.4, 0.6, 0.8)
+    rng = np.random.default_rng(0)
+    peaks = (0.3 + 0.4 * p + rng.normal(0, 0.005, size=5)).reshape(-1, 1)
+    shift, slope, t = drift_trend(p, peaks, 0.8, 3.0)
+    want = np.polyfit(p, peaks[:, 0], 1)[0]
+    assert slope == pytest.approx([want]) and t[0] > 30
+    assert shift == pytest.approx(slope * 0.2)  # from the last round (progress 0.8) to the end
+    flat = (0.3 + rng.normal(0, 0.02, size=5)).reshape(-1, 1)
+    shift, slope, t = drift_trend(p, flat, 0.8, 3.0)
+    assert t[0] < 3 and shift == pytest.approx([0.0])  # no significant trend: no move
+    assert drift_trend(p[:2], peaks[:2], 0.8, 3.0)[0] == pytest.approx([0.0])  # too few points
+    assert drift_trend(np.zeros(4), np.ones((4, 1)), 0.0, 3.0)[0] == pytest.approx([0.0])  # one progress
+
+
+def test_the_answer_follows_a_drift_to_the_end_and_leaves_a_fixed_optimum_alone():
+    """LandscapeDrift's optimum moves 0.3 -> 0.7; the last round sees progress 6/7 (0.643)."""
+    ends, commits, fixed = [], [], []
+    for seed in range(10):
+        env = make_landscape_env(optimum=0.3, drift=0.4, noise=0.05, group_size=8,
+                                 steps_per_round=steps_per_round(1000, 64, 8))
+        env.reset(seed=seed)
+        ctrl = GRPO(env, seed=seed)
+        learned = ctrl.run(64)
+        assert np.array_equal(learned, ctrl.answer())
+        ends.append(env.task.landscape.distance(learned, 1.0))
+        commits.append(env.task.landscape.distance(env.current, 1.0))
+        env = make_landscape_env(optimum=0.3, noise=0.05, group_size=8, steps_per_round=steps_per_round(1000, 64, 8))
+        env.reset(seed=seed)
+        ctrl = GRPO(env, seed=seed)
+        learned = ctrl.run(64)
+        fixed.append(abs(learned[0] - env.current[0]))
+    assert np.median(ends) < 0.05 < np.median(commits), (ends, commits)
+    assert np.median(fixed) == 0.0  # no drift: the answer is the committed value
+    env = make_landscape_env(optimum=0.3, drift=0.4, noise=0.05, group_size=8, steps_per_round=142)
+    env.reset(seed=0)
+    ctrl = GRPO(env, GRPOConfig(trend="none"), seed=0)
+    assert np.array_equal(ctrl.run(64), env.current)  # the ablation: the committed value
