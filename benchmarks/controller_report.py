@@ -151,6 +151,7 @@ def _seed_text(seeds: list[int]) -> str:
 
 def print_tables(rows: list[dict[str, Any]], totals: list[dict[str, Any]], title: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(stderr=True)
@@ -160,7 +161,7 @@ def print_tables(rows: list[dict[str, Any]], totals: list[dict[str, Any]], title
     for col in ("controller", "runs", "error med [IQR]", "p90", "trapped", "success", "updates", "time vs grpo"):
         o.add_column(col, justify="left" if col == "controller" else "right", no_wrap=True)
     for x in totals:
-        o.add_row(x["controller"], str(x["runs"]), _fmt_iqr(x["dist_median"], x["dist_q25"], x["dist_q75"]),
+        o.add_row(escape(x["controller"]), str(x["runs"]), _fmt_iqr(x["dist_median"], x["dist_q25"], x["dist_q75"]),
                   f"{x['dist_p90']:.3f}", _pct(x["trapped"]), _pct(x["success"]), f"{x['updates_median']:.0f}",
                   "" if x["time_vs_grpo"] is None else f"{x['time_vs_grpo']:.1f}x")
     console.print(o)

@@ -108,3 +108,18 @@ def test_a_part_rerun_replaces_only_its_controllers_in_the_results(tmp_path):
     assert [r for r in runs if r["controller"] == "random"] == old_random
     assert sum("--part a" in c for c in doc["commands"]) == 1 and any("--part c" in c for c in doc["commands"])
     assert [("--merge" in c.split()) for c in doc["commands"]] == [False] * 3 + [True]  # one merge: the last
+
+
+def test_the_readme_quotes_the_committed_results():
+    """The README's headline GRPO numbers are those of benchmarks/results/controllers.json."""
+    root = Path(__file__).resolve().parents[1]
+    doc = json.loads((root / "benchmarks" / "results" / "controllers.json").read_text())
+    grpo = next(t for t in doc["overall"] if t["controller"] == "grpo")
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    quoted = (f"GRPO {grpo['dist_median']:.3f} (90th percentile {grpo['dist_p90']:.3f}, "
+              f"{100 * grpo['trapped']:.1f} % of runs more than 0.1 away)")
+    assert quoted in readme, f"README should quote: {quoted}"
+    missed = [t["scenario"] for t in doc["targets"] if not all(t["checks"].values())]
+    for scenario in missed:  # every missed target is named in the README
+        name = scenario.replace(" n0.01", "").replace(" n0.05", "").replace(" n0.1", "")
+        assert name.split(" (")[0] in readme, scenario
