@@ -25,8 +25,8 @@ correlation over the states. Nothing is fitted or tuned here: the script records
 A run keeps the other seeds already in its results file when the configuration is the same
 (:func:`merged_seeds`), so a long measurement runs one seed per part.
 
-Writes ``<out>/ratio_landscape_<preset>.json`` (command, configs, every curve) and
-``<out>/ratio_landscape_<preset>.md``; run folders (the adapters) go under ``--runs-dir``.
+Writes ``<out>/ratio_landscape_<preset>.json`` (command, configs, every curve),
+``<out>/ratio_landscape_<preset>.md`` and ``.png`` (the curves, one panel per seed); run folders (the adapters) go under ``--runs-dir``.
 """
 
 from __future__ import annotations
@@ -195,6 +195,49 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(L)
 
 
+def plot(doc: dict[str, Any], path: Path) -> Path:
+    """One panel per seed: each curve min-max scaled to [0, 1] (their levels differ, their
+    shapes are what a controller follows): the micro-dev loss at every probe state (light to
+    dark as training goes on), the large-dev loss at the measured states (dashed), and the
+    grid's dev loss after whole fine-tunes (black); the minimum of each marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = doc["seeds"]
+    fig, axes = plt.subplots(1, len(seeds), figsize=(5.2 * len(seeds), 4.2), squeeze=False, sharey=True)
+
+    def scaled(y: Sequence[float]) -> np.ndarray:
+        y = np.asarray(y, dtype=np.float64)
+        span = np.nanmax(y) - np.nanmin(y)
+        return (y - np.nanmin(y)) / span if span > 0 else np.zeros_like(y)
+
+    for ax, sd in zip(axes[0], seeds):
+        x = sd["ratios"]
+        n = len(sd["states"])
+        for i, st in enumerate(sd["states"]):
+            shade = plt.cm.Blues(0.35 + 0.65 * i / max(1, n - 1))
+            ax.plot(x, scaled(st["micro_dev_loss"]), "o-", ms=3, color=shade, lw=1.2,
+                    label=f"micro-dev, after {st['steps_done']} steps" if i in (0, n - 1) else None)
+            if np.isfinite(st["dev_loss"]).all():
+                ax.plot(x, scaled(st["dev_loss"]), "--", color=shade, lw=1.0,
+                        label=f"dev, after {st['steps_done']} steps")
+        g = scaled(sd["grid_dev_loss"])
+        ax.plot(x, g, "s-", color="k", lw=2, label="grid: dev after a whole fine-tune")
+        ax.plot([x[int(np.argmin(g))]], [0.0], "*", ms=15, color="gold", mec="k")
+        ax.set_title(f"seed {sd['seed']}: Spearman micro-dev vs grid "
+                     f"{_f(sd['comparison']['mean_spearman_micro_dev'], '+.2f')}")
+        ax.set_xlabel("global prune ratio")
+    axes[0][0].set_ylabel("loss, scaled to [0, 1] per curve (lower is better)")
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"Ratio landscape, {doc['preset']} preset ({doc['config']['task']} {doc['config']['lang']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from hpctl.config import build_dataclass
     from hpctl.errors import HpctlError
@@ -257,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     doc["seeds"] = merged_seeds(out / f"ratio_landscape_{args.preset}.json", doc)
     (out / f"ratio_landscape_{args.preset}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    (out / f"ratio_landscape_{args.preset}.md").write_text(markdown(doc))
+    plot(doc, out / f"ratio_landscape_{args.preset}.png")
+    (out / f"ratio_landscape_{args.preset}.md").write_text(markdown(doc) + f"\n![curves](ratio_landscape_{args.preset}.png)\n")
     print(markdown(doc))
     return 0
 

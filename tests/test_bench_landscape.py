@@ -63,6 +63,7 @@ def test_a_tiny_run_records_every_curve(tmp_path, capsys):
     assert middle["spearman_dev"] is None or not np.isfinite(middle["spearman_dev"])
     md = (tmp_path / "ratio_landscape_smoke.md").read_text()
     assert "Spearman micro-dev vs grid" in md and "tiny random model" in md
+    assert (tmp_path / "ratio_landscape_smoke.png").stat().st_size > 10_000 and "ratio_landscape_smoke.png" in md
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
