@@ -24,7 +24,8 @@ def _rec(arm, wall, phases, metrics, passes, out_dir, learned=0.4, grid_points=(
     return {
         "arm": arm, "label": arms.ARM_LABELS[arm], "seed": 0, "controller": arm, "learned": {"prune_ratio": learned},
         "wall_s": wall, "phases": phases, "phase_passes": {}, "metrics": {**metrics, **passes},
-        "passes": passes, "probes": len(probes), "budget": 8, "faults": 0, "controller_state": {},
+        "passes": passes, "probes": len(probes), "budget": 8, "faults": 0,
+        "controller_state": {"updates": 6.0} if arm in arms.GRASP_ARMS else {},
         "mlflow_run_id": "x", "out_dir": str(out_dir), "backbone": "fake",
         "notes": {"split_sizes": {"test": 4, "dev": 2}}, "probe_trace": probes,
         "trajectory": [{"probe": i, "step": s, "value": [v], "loss": 1.0} for i, (s, v) in enumerate(trajectory)],
@@ -176,7 +177,8 @@ def test_tables_ratios_and_checks_from_fake_results(tmp_path):
     png = report.plot_seed(tmp_path / "p.png", records[0], "fake")
     md = report.markdown(meta, summary, tp, crit3, [str(png)])
     assert f"{830 / 220:.2f}x" in md and "shared by every arm" in md and "![p](p.png)" in md
-    assert "| grid (full runs) | 0.3000 |" in md and "FAIL" in md
+    assert "| grid (full runs) | 0.3000 | - |" in md and "FAIL" in md  # updates: none for the grid
+    assert "| updates |" in md and "| GRASP (GRPO) | 0.3700 | 6 |" in md
     assert "a controller run of 16 steps (1 per round)" in md and "(= the controller run's steps per round)" in md
     assert "| 40 examples (68; 33) |" in md and "from 40 micro-dev examples" in md
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

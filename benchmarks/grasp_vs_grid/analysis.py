@@ -229,7 +229,8 @@ def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int,
             rows[arm] = {"arm": arm, "label": rec["label"], "learned": rec["learned"],
                          "times": breakdown(rec, a_s), "passes": rec["passes"],
                          "metrics": {k: rec["metrics"][k] for k in METRIC_KEYS if k in rec["metrics"]},
-                         "probes": rec["probes"], "phases": rec["phases"]}
+                         "probes": rec["probes"], "phases": rec["phases"],
+                         "updates": (rec.get("controller_state") or {}).get("updates")}
         comps = {}
         if "grid" in arms:
             grid = arms["grid"]

@@ -36,7 +36,7 @@ def table_rows(seed_summary: dict[str, Any]) -> list[list[str]]:
         t, m, ps = r["times"], r["metrics"], r["passes"]
         vs = seed_summary["vs_grid"].get(arm, {})
         rows.append([
-            r["label"], _ratio_text(r["learned"]), _f(t["setup_s"], 1), _f(t["search_s"], 1),
+            r["label"], _ratio_text(r["learned"]), _f(r.get("updates"), 0), _f(t["setup_s"], 1), _f(t["search_s"], 1),
             _f(t["final_train_s"], 1), _f(t["export_test_s"], 1), _f(t["other_s"], 1), _f(t["total_s"], 1),
             _f(t["total_with_adapters_s"], 1),
             "1.00x" if arm == "grid" and grid else (f"{vs['time_ratio']['as_measured']:.2f}x" if vs else "-"),
@@ -47,7 +47,7 @@ def table_rows(seed_summary: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-MAIN_HEADER = ["arm", "ratio", "setup s", "search s", "final fine-tune s", "export+test s", "other s", "total s",
+MAIN_HEADER = ["arm", "ratio", "updates", "setup s", "search s", "final fine-tune s", "export+test s", "other s", "total s",
                "total + adapters s", "grid time / arm", "fwd/bwd/gen passes", "test F1", "test EM", "test loss",
                "sparsity"]
 
