@@ -25,6 +25,16 @@ correlation over the states. Nothing is fitted or tuned here: the script records
 A run keeps the other seeds already in its results file when the configuration is the same
 (:func:`merged_seeds`), so a long measurement runs one seed per part.
 
+Regret of real runs on a measured curve: ``--score-runs RUN_DIR,...`` reads finished
+``hpctl run grasp_lora`` folders (same preset and seed as a measured seed, ``--dev`` the same
+size, so the same splits; controller settings may differ), and reports each run's learned
+ratio and its final fine-tune's dev loss against that seed's grid curve: regret as a fraction
+of the curve's range (:func:`benchmarks.grasp_vs_grid.analysis.regret`). Nothing is measured
+then; the results file gains a ``runs`` table::
+
+    hpctl run grasp_lora --task xquad --lang ar --dev 300 --seed 0 --out runs/r0
+    python -m benchmarks.ratio_landscape --preset default --score-runs runs/r0
+
 Writes ``<out>/ratio_landscape_<preset>.json`` (command, configs, every curve),
 ``<out>/ratio_landscape_<preset>.md`` and ``.png`` (the curves, one panel per seed); run folders (the adapters) go under ``--runs-dir``.
 """
@@ -157,6 +167,61 @@ def merged_seeds(path: Path, doc: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(kept + list(doc["seeds"]), key=lambda s: s["seed"])
 
 
+#: settings a scored run may change: they steer the controller run, not the grid's fine-tunes
+CONTROLLER_SIDE = ("controller_steps", "baseline", "probe_metric", "start_ratio", "p_min", "p_max", "cache_dir")
+
+
+def run_command(spec: dict[str, Any]) -> str:
+    """The ``hpctl run`` options that made a run (its ``spec.json``), without ``--out``."""
+    opts = spec.get("options", {})
+    parts = [f"hpctl run {spec.get('plugin')}"]
+    parts += [f"--{k.replace('_', '-')} {v}" for k, v in spec.get("plugin_config", {}).items()]
+    if opts.get("controller"):
+        parts.append(f"-c {opts['controller']}")
+    parts.append(f"--seed {opts.get('seed', 0)}")
+    for k in ("budget", "group_size"):
+        if opts.get(k) is not None:
+            parts.append(f"--{k.replace('_', '-')} {opts[k]}")
+    parts += [f"--set {k}={v}" for k, v in (opts.get("controller_config") or {}).items()]
+    return " ".join(parts)
+
+
+def score_run(doc: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """One finished grasp_lora run against the grid curve of its seed in ``doc`` (see the docstring)."""
+    import dataclasses
+
+    from benchmarks.grasp_vs_grid.analysis import regret
+    from hpctl.config import build_dataclass
+    from hpctl.errors import HpctlError
+    from hpctl.plugins.grasp_lora import GraspLoraConfig, resolve_config
+
+    try:
+        spec = json.loads((run_dir / "spec.json").read_text())
+        result = json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise HpctlError(f"{run_dir}: not a finished run ({exc})") from None
+    if spec.get("plugin") != "grasp_lora":
+        raise HpctlError(f"{run_dir}: a {spec.get('plugin')!r} run, not grasp_lora")
+    seed = int(result["seed"])
+    mine = next((s for s in doc["seeds"] if s["seed"] == seed), None)
+    if mine is None:
+        raise HpctlError(f"{run_dir}: seed {seed} has no measured curve in this results file")
+    cfg = dataclasses.asdict(resolve_config(build_dataclass(GraspLoraConfig, spec["plugin_config"], what="grasp_lora")))
+    ref = json.loads(json.dumps(doc["config"], default=str))
+    cfg = json.loads(json.dumps(cfg, default=str))
+    differ = [k for k in ref if k not in CONTROLLER_SIDE and cfg.get(k) != ref[k]]
+    if differ:
+        raise HpctlError(f"{run_dir}: its {', '.join(f'{k}={cfg.get(k)!r}' for k in differ)} differ from the "
+                         f"curve's ({', '.join(f'{k}={ref[k]!r}' for k in differ)}): not the same fine-tunes")
+    dev_loss = result["metrics"].get("dev_loss")
+    if dev_loss is None:
+        raise HpctlError(f"{run_dir}: the run reports no dev_loss (run it with --dev > 0)")
+    r = regret(list(zip(mine["ratios"], mine["grid_dev_loss"])), float(dev_loss))
+    return {"run": str(run_dir), "command": run_command(spec), "seed": seed, "controller": result["controller"],
+            "controller_steps": cfg["controller_steps"], "learned": float(next(iter(result["learned"].values()))),
+            "updates": result.get("updates"), "wall_s": result.get("wall_s"), **r}
+
+
 # ----------------------------------------------------------------------------- report
 def _f(x: float, spec: str) -> str:
     """A number for the table; '-' where it was not measured."""
@@ -189,6 +254,18 @@ def markdown(doc: dict[str, Any]) -> str:
                  f"{c['grid_range']:.4f} | {s['wall_s']:.0f} |")
     L += ["", "Curves (dev loss after each grid point's fine-tune; micro-dev loss per probe state) are in the JSON.",
           ""]
+    if doc.get("runs"):
+        L += ["## Real runs scored on these curves", "",
+              "Each run's final fine-tune at its learned ratio, its dev loss on the same 300 examples, against the "
+              "grid curve of its seed: regret = that loss minus the best grid point's, as a fraction of the curve's "
+              "range (target: at most 10 %).", "",
+              "| seed | run | controller steps | learned ratio | dev loss | best grid point | regret (% of range) |",
+              "|---|---|---|---|---|---|---|"]
+        for r in doc["runs"]:
+            L.append(f"| {r['seed']} | `{r['command']}` | {r['controller_steps']} | {r['learned']:.3f} | "
+                     f"{r['learned_dev_loss']:.4f} | {r['best_grid_dev_loss']:.4f} at {r['best_grid_ratio']:.3f} | "
+                     f"{100 * r['fraction']:.1f} % |")
+        L.append("")
     if doc["preset"] == "smoke":
         L += ["The smoke preset's backbone is a tiny random model: these numbers check the tool, they say nothing "
               "about GRASP.", ""]
@@ -256,7 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="a grasp_lora option, e.g. --set steps=64 (repeatable)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--runs-dir", default=None, help="run folders (default: <out>/ratio_landscape_runs)")
+    ap.add_argument("--score-runs", default=None, metavar="RUN_DIR,...",
+                    help="score finished grasp_lora runs on the measured curves (measures nothing)")
     args = ap.parse_args(argv)
+    if args.score_runs:
+        return score_runs_main(args)
     try:
         seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
         if not seeds or any(s < 0 for s in seeds) or args.points < 2:
@@ -303,6 +384,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(doc, out / f"ratio_landscape_{args.preset}.png")
     (out / f"ratio_landscape_{args.preset}.md").write_text(markdown(doc) + f"\n![curves](ratio_landscape_{args.preset}.png)\n")
     print(markdown(doc))
+    return 0
+
+
+def score_runs_main(args: argparse.Namespace) -> int:
+    """``--score-runs``: add the runs to the results file of ``--preset`` and rewrite its report."""
+    from hpctl.errors import HpctlError
+
+    out = Path(args.out)
+    path = out / f"ratio_landscape_{args.preset}.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"ratio_landscape: error: no measured curves to score on ({path}: {exc})", file=sys.stderr)
+        return 2
+    try:
+        scored = [score_run(doc, Path(d.strip())) for d in args.score_runs.split(",") if d.strip()]
+    except HpctlError as exc:
+        print(f"ratio_landscape: error: {exc}", file=sys.stderr)
+        return 2
+    new = {r["command"] for r in scored}
+    doc["runs"] = [r for r in doc.get("runs", []) if r["command"] not in new] + scored
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    (out / f"ratio_landscape_{args.preset}.md").write_text(markdown(doc) + f"\n![curves](ratio_landscape_{args.preset}.png)\n")
+    for r in scored:
+        print(f"{r['run']}: learned {r['learned']:.3f}, dev loss {r['learned_dev_loss']:.4f}, regret "
+              f"{100 * r['fraction']:.1f} % of the curve's range (best {r['best_grid_ratio']:.3f})")
     return 0
 
 

@@ -85,3 +85,31 @@ def test_seeds_run_in_parts_accumulate_in_one_results_file(tmp_path):
     other = {**base, "config": {"lang": "zh", "dev": 300}, "seeds": [{"seed": 1, "v": "zh"}]}
     assert L.merged_seeds(path, other) == other["seeds"]
     assert L.merged_seeds(tmp_path / "missing.json", other) == other["seeds"]
+
+
+def test_a_real_run_is_scored_on_the_curve_of_its_seed(tmp_path, hpctl_main, capsys):
+    """--score-runs: a finished grasp_lora run with the curve's settings gets its regret; a run
+    whose fine-tunes differ (another steps) is refused in one line, and so is a missing run."""
+    out = tmp_path / "res"
+    sets = ["--set", "steps=2", "--set", "controller_steps=2"]
+    assert L.main(["--preset", "smoke", "--seeds", "0", "--points", "3", "--dev", "6", "--budget", "10",
+                   "--group-size", "4", *sets, "--out", str(out), "--runs-dir", str(tmp_path / "lr")]) == 0
+    code, _, err = hpctl_main("run", "grasp_lora", "--preset", "smoke", "--dev", "6", "--steps", "2",
+                              "--controller-steps", "2", "--budget", "10", "--seed", "0", "--out", str(tmp_path / "r0"))
+    assert code == 0, err
+    assert L.main(["--preset", "smoke", "--score-runs", str(tmp_path / "r0"), "--out", str(out)]) == 0
+    doc = json.loads((out / "ratio_landscape_smoke.json").read_text())
+    (row,) = doc["runs"]
+    result = json.loads((tmp_path / "r0" / "result.json").read_text())
+    grid = doc["seeds"][0]["grid_dev_loss"]
+    assert row["learned"] == pytest.approx(result["learned"]["prune_ratio"])
+    assert row["fraction"] == pytest.approx((result["metrics"]["dev_loss"] - min(grid)) / (max(grid) - min(grid)))
+    assert "--steps 2" in row["command"] and "regret (% of range)" in (out / "ratio_landscape_smoke.md").read_text()
+    spec = json.loads((tmp_path / "r0" / "spec.json").read_text())
+    spec["plugin_config"]["steps"] = 3
+    (tmp_path / "r0" / "spec.json").write_text(json.dumps(spec))
+    capsys.readouterr()
+    assert L.main(["--preset", "smoke", "--score-runs", str(tmp_path / "r0"), "--out", str(out)]) == 2
+    assert L.main(["--preset", "smoke", "--score-runs", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "steps=3" in err[0] and "not a finished run" in err[1]
