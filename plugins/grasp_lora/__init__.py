@@ -13,12 +13,12 @@ their merge, :mod:`.pruner` for the global pruning, :mod:`.backbone` for loading
 :mod:`.lm` for the fast label-only loss::
 
     hpctl run grasp_lora --preset smoke            # tiny random model, whole pipeline in seconds
-    hpctl run grasp_lora --task xquad --lang ar     # Gemma 3 270M, ~8 min on 2 CPU cores
+    hpctl run grasp_lora --task xquad --lang ar     # Gemma 3 270M, ~9 min on 2 CPU cores
     hpctl eval RUN_DIR --data xquad.ar.json         # score the saved final adapter on any file
     hpctl eval RUN_DIR --data xquad.ar.json --adapter target_only   # or the baseline's
 
 Presets fill every option left unset: ``smoke`` (tiny backbone and data: the whole
-pipeline, for tests), ``default`` (Gemma 3 270M sized for about 8 minutes on two CPU
+pipeline, for tests), ``default`` (Gemma 3 270M sized for about 9 minutes on two CPU
 cores, about 9 including the first-time model caching) and ``full`` (:mod:`.corpora`'s
 default split sizes and longer training; hours on a CPU).
 """
@@ -85,7 +85,7 @@ class GraspLoraConfig:
     task: str = field(default="xquad", metadata={"help": "task data", "choices": list(TASKS)})
     lang: str = field(default="ar", metadata={"help": "target language", "choices": list(LANGS)})
     preset: str = field(default="default", metadata={
-        "help": "sizes for unset options: smoke (tiny model, seconds), default (Gemma 3 270M, ~8 min on "
+        "help": "sizes for unset options: smoke (tiny model, seconds), default (Gemma 3 270M, ~9 min on "
                 "2 CPU cores), full (paper-like sizes, hours)", "choices": list(PRESET_NAMES)})
     backbone: str | None = field(default=None, metadata={
         "help": "frozen backbone: gemma3-270m (offline, from PyPI), tiny (random test model), a .gguf file, "
