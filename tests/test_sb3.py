@@ -45,8 +45,12 @@ def _run(name: str, seed: int, budget: int = 32, optimum=0.37, G: int = 8, confi
 
 
 @pytest.mark.parametrize("name", AGENTS)
-def test_runs_within_budget_deterministic_and_in_bounds(name):
+def test_runs_within_budget_deterministic_and_in_bounds(name, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where SB3's default logger makes its folder
     env, ctrl, learned, events, rounds = _run(name, seed=5)
+    assert not list(tmp_path.glob("SB3-*"))  # a silent controller leaves no log folder behind
     # 32 probes pay for 3 rounds of 8 steps + 1 baseline; the rest cannot pay for a rollout
     assert env.probes == 27 and ctrl.steps == 24 == ctrl.planned
     assert learned.shape == (1,) and 0.0 <= learned[0] <= 1.0

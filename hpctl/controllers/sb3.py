@@ -286,6 +286,11 @@ class SB3Controller(Controller):
             raise ConfigError(f"controller {self.name!r}: SB3 rejected the settings: {exc}") from None
         if self._warm_weights is not None:
             model.policy.load_state_dict(self._warm_weights)
+        if not kwargs.get("tensorboard_log") and not kwargs.get("verbose"):
+            # a silent SB3 model otherwise makes an empty $TMPDIR/SB3-<time> folder per learn()
+            from stable_baselines3.common.logger import Logger
+
+            model.set_logger(Logger(folder=None, output_formats=[]))
         self._count_updates(model)
         return model
 
