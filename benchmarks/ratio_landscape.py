@@ -15,12 +15,17 @@ set (``--dev``, a few hundred examples: the teacher-forced loss is cheap and smo
    whole fine-tune (``steps``) from the merged start, then the large-dev loss
    (``GraspTask.full_run``: what ``--controller grid`` scores every point by).
 
+3. optionally (``--trajectory K,...``) the micro-dev curve after ``K`` steps of each grid
+   point's own fine-tune: what a probe that first fine-tuned ``K`` steps at its candidate
+   ratio would rank (the grid points are unchanged by it, :func:`grid_point`).
+
 Reported per seed and state: the Spearman rank correlation of each probe-state curve with
 the grid's curve and the ratio where each curve has its minimum; then per seed the mean
 correlation over the states. Nothing is fitted or tuned here: the script records curves.
 
     python -m benchmarks.ratio_landscape --preset smoke --seeds 0,1,2 --points 8 --dev 64
     python -m benchmarks.ratio_landscape --preset default --seeds 0 --dev 300   # then --seeds 1, 2: one part each
+    python -m benchmarks.ratio_landscape --preset default --seeds 2 --dev 300 --trajectory 4,8,12
 
 A run keeps the other seeds already in its results file when the configuration is the same
 (:func:`merged_seeds`), so a long measurement runs one seed per part.
@@ -108,8 +113,33 @@ def compare(ratios: Sequence[float], grid: Sequence[float], states: Sequence[dic
 
 
 # ----------------------------------------------------------------------------- measuring
+def grid_point(task: Any, value: np.ndarray, at_steps: Sequence[int] = ()) -> tuple[float, list[float]]:
+    """One grid point (``GraspTask.full_run``: a whole fine-tune from the merged start, then the
+    dev loss) with the micro-dev loss recorded after each of ``at_steps`` steps on the way.
+
+    The steps must be multiples of the fine-tune's mask period (``mask_every``): the masks are then
+    recomputed at the same steps as in one uninterrupted fine-tune, and the evaluations in between
+    change nothing, so the point is the same bit for bit (tested).
+    """
+    every = int(task.cfg.mask_every)
+    bad = [k for k in at_steps if k % every or not 0 < k < task.fine_tune_steps]
+    if bad or list(at_steps) != sorted(set(at_steps)):
+        from hpctl.errors import ConfigError
+
+        raise ConfigError(f"--trajectory steps must rise, lie inside the {task.fine_tune_steps}-step fine-tune and "
+                          f"be multiples of mask_every={every}; got {', '.join(map(str, at_steps))}")
+    task.reset()
+    done, trajectory = 0, []
+    for k in at_steps:
+        task.train(k - done, value)
+        done = k
+        trajectory.append(task.loss_at("micro_dev", value))
+    task.train(task.fine_tune_steps - done, value)
+    return task.loss_at("dev" if task.splits["dev"].encoded else "micro_dev", value), trajectory
+
+
 def measure_seed(config: Any, seed: int, points: int, out_dir: Path, budget: int, group_size: int,
-                 say=print, state_dev: str = "ends") -> dict[str, Any]:
+                 say=print, state_dev: str = "ends", trajectory: Sequence[int] = ()) -> dict[str, Any]:
     """The curves of one seed (see the module docstring); ``config`` is a resolved GraspLoraConfig."""
     from hpctl.controllers.search import grid_points
     from hpctl.plugins.grasp_lora import GraspTask
@@ -138,33 +168,44 @@ def measure_seed(config: Any, seed: int, points: int, out_dir: Path, budget: int
                        "dev_loss": ([task.loss_at("dev", np.array([v])) for v in ratios] if with_dev
                                     else [float("nan")] * len(ratios))})
         say(f"seed {seed}: probe state after {done}/{task.total_steps} controller-run steps measured")
-    grid = []
+    grid, along = [], []
     for v in ratios:
-        grid.append(-float(task.full_run(np.array([v]))))  # minus the probe measure (loss) on the dev split
+        loss, traj = grid_point(task, np.array([v]), trajectory)
+        grid.append(float(loss))
+        along.append(traj)
         say(f"seed {seed}: grid point {v:.3f}: dev loss {grid[-1]:.4f}")
     wall = time.perf_counter() - t0
     sizes = task.notes.get("split_sizes", {})
     task.close()
-    return {"seed": seed, "ratios": ratios, "start_ratio": float(start[0]), "steps_per_round": spr,
-            "controller_steps": task.total_steps, "fine_tune_steps": task.fine_tune_steps, "states": states,
-            "grid_dev_loss": grid, "split_sizes": sizes, "wall_s": wall,
-            "comparison": compare(ratios, grid, states)}
+    out = {"seed": seed, "ratios": ratios, "start_ratio": float(start[0]), "steps_per_round": spr,
+           "controller_steps": task.total_steps, "fine_tune_steps": task.fine_tune_steps, "states": states,
+           "grid_dev_loss": grid, "split_sizes": sizes, "wall_s": wall,
+           "comparison": compare(ratios, grid, states)}
+    if trajectory:  # the micro-dev curve after k steps of every grid point's own fine-tune
+        out["trajectory"] = [{"steps": k, "micro_dev_loss": [t[i] for t in along],
+                              "spearman": spearman([t[i] for t in along], grid),
+                              "argmin": argmin_ratio(ratios, [t[i] for t in along])}
+                             for i, k in enumerate(trajectory)]
+    return out
 
 
-def merged_seeds(path: Path, doc: dict[str, Any]) -> list[dict[str, Any]]:
+def merged_seeds(path: Path, doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """This run's seeds plus the other seeds of an earlier results file measured with the same
-    configuration (a long benchmark runs one seed per part); a different configuration replaces it."""
+    configuration (a long benchmark runs one seed per part), and the scored runs of those other
+    seeds (a re-measured seed's runs are dropped: their regret was on its old curve); a different
+    configuration replaces the file."""
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
-        return list(doc["seeds"])
+        return list(doc["seeds"]), []
     same = all(old.get(k) == json.loads(json.dumps(doc.get(k), default=str))
                for k in ("preset", "points", "budget", "group_size", "state_dev", "config"))
     if not same:
-        return list(doc["seeds"])
+        return list(doc["seeds"]), []
     mine = {s["seed"] for s in doc["seeds"]}
     kept = [{"command": old.get("command"), **s} for s in old.get("seeds", []) if s.get("seed") not in mine]
-    return sorted(kept + list(doc["seeds"]), key=lambda s: s["seed"])
+    runs = [r for r in old.get("runs", []) if r.get("seed") not in mine]
+    return sorted(kept + list(doc["seeds"]), key=lambda s: s["seed"]), runs
 
 
 #: settings a scored run may change: they steer the controller run, not the grid's fine-tunes
@@ -252,6 +293,16 @@ def markdown(doc: dict[str, Any]) -> str:
         c = s["comparison"]
         L.append(f"| {s['seed']} | {_f(c['mean_spearman_micro_dev'], '+.2f')} | {_f(c['mean_spearman_dev'], '+.2f')} | "
                  f"{c['grid_range']:.4f} | {s['wall_s']:.0f} |")
+    traj = [s for s in doc["seeds"] if s.get("trajectory")]
+    if traj:
+        L += ["", "Along the grid's own fine-tunes (`--trajectory`): the micro-dev curve after k of the "
+              f"{traj[0]['fine_tune_steps']} steps, each ratio trained at itself from the merged start (what a "
+              "probe that first fine-tunes k steps at its candidate would see).", "",
+              "| seed | steps k | Spearman micro-dev vs grid | micro-dev min at | grid min at |", "|---|---|---|---|---|"]
+        for s in traj:
+            for t in s["trajectory"]:
+                L.append(f"| {s['seed']} | {t['steps']} | {_f(t['spearman'], '+.2f')} | {_f(t['argmin'], '.3f')} | "
+                         f"{s['comparison']['grid_argmin']:.3f} |")
     L += ["", "Curves (dev loss after each grid point's fine-tune; micro-dev loss per probe state) are in the JSON.",
           ""]
     if doc.get("runs"):
@@ -327,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dev", type=int, default=None, help="dev examples (default: 300, 64 for smoke)")
     ap.add_argument("--state-dev", choices=("ends", "all"), default="ends",
                     help="large-dev curves at the first and last probe state (ends) or at every one (all)")
+    ap.add_argument("--trajectory", default="", metavar="K,K,...",
+                    help="also record the micro-dev curve after K steps of every grid point's fine-tune "
+                         "(multiples of mask_every; what a probe that first fine-tunes K steps would see)")
     ap.add_argument("--budget", type=int, default=None, help="probes of the controller run (plugin default)")
     ap.add_argument("--group-size", type=int, default=None, help="probes per round (plugin default)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -340,11 +394,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return score_runs_main(args)
     try:
         seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+        trajectory = [int(k) for k in str(args.trajectory).split(",") if k.strip()]
         if not seeds or any(s < 0 for s in seeds) or args.points < 2:
             raise ValueError
     except ValueError:
-        print("ratio_landscape: error: --seeds must be a comma list of seeds >= 0 and --points at least 2",
-              file=sys.stderr)
+        print("ratio_landscape: error: --seeds must be a comma list of seeds >= 0, --trajectory one of step "
+              "counts and --points at least 2", file=sys.stderr)
         return 2
     plugin = GraspLoraPlugin()
     budget = int(args.budget or plugin.default_budget)
@@ -365,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = Path(args.runs_dir) if args.runs_dir else out / "ratio_landscape_runs"
         results = [measure_seed(cfg, s, args.points, runs / f"seed{s}", budget, group,
                                 say=lambda m: print(f"[ratio_landscape] {m}", file=sys.stderr, flush=True),
-                                state_dev=args.state_dev)
+                                state_dev=args.state_dev, trajectory=trajectory)
                    for s in seeds]
     except HpctlError as exc:
         print(f"ratio_landscape: error: {exc}", file=sys.stderr)
@@ -379,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         r["command"] = doc["command"]
     out.mkdir(parents=True, exist_ok=True)
-    doc["seeds"] = merged_seeds(out / f"ratio_landscape_{args.preset}.json", doc)
+    doc["seeds"], doc["runs"] = merged_seeds(out / f"ratio_landscape_{args.preset}.json", doc)
     (out / f"ratio_landscape_{args.preset}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     plot(doc, out / f"ratio_landscape_{args.preset}.png")
     (out / f"ratio_landscape_{args.preset}.md").write_text(markdown(doc) + f"\n![curves](ratio_landscape_{args.preset}.png)\n")

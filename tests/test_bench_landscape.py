@@ -45,7 +45,8 @@ def test_compare_states_with_the_grid():
 
 def test_a_tiny_run_records_every_curve(tmp_path, capsys):
     code = L.main(["--preset", "smoke", "--seeds", "0", "--points", "3", "--dev", "6", "--budget", "10",
-                   "--group-size", "4", "--set", "steps=2", "--set", "controller_steps=2", "--out", str(tmp_path)])
+                   "--group-size", "4", "--set", "steps=4", "--set", "controller_steps=2", "--set", "mask_every=2",
+                   "--trajectory", "2", "--out", str(tmp_path)])
     assert code == 0
     doc = json.loads((tmp_path / "ratio_landscape_smoke.json").read_text())
     seed = doc["seeds"][0]
@@ -57,13 +58,36 @@ def test_a_tiny_run_records_every_curve(tmp_path, capsys):
         assert len(s["micro_dev_loss"]) == len(s["dev_loss"]) == 3 and all(np.isfinite(s["micro_dev_loss"]))
     assert len(seed["grid_dev_loss"]) == 3 and all(np.isfinite(seed["grid_dev_loss"]))
     assert len(seed["comparison"]["states"]) == 3
+    (traj,) = seed["trajectory"]  # --trajectory 2: the micro-dev curve 2 steps into every grid point's fine-tune
+    assert traj["steps"] == 2 and len(traj["micro_dev_loss"]) == 3 and all(np.isfinite(traj["micro_dev_loss"]))
     # the large dev set is scored at the first and last probe state only (--state-dev ends)
     assert [bool(np.isfinite(s["dev_loss"]).all()) for s in seed["states"]] == [True, False, True]
     middle = seed["comparison"]["states"][1]
     assert middle["spearman_dev"] is None or not np.isfinite(middle["spearman_dev"])
     md = (tmp_path / "ratio_landscape_smoke.md").read_text()
-    assert "Spearman micro-dev vs grid" in md and "tiny random model" in md
+    assert "Spearman micro-dev vs grid" in md and "tiny random model" in md and "Along the grid's own" in md
     assert (tmp_path / "ratio_landscape_smoke.png").stat().st_size > 10_000 and "ratio_landscape_smoke.png" in md
+
+
+def test_a_grid_point_with_its_trajectory_is_the_whole_fine_tune_bit_for_bit(tmp_path):
+    """--trajectory evaluates the micro-dev on the way through a grid point's fine-tune; with the
+    stops at multiples of mask_every the fine-tune, and so the grid point, is unchanged."""
+    from hpctl.config import build_dataclass
+    from hpctl.errors import ConfigError
+    from hpctl.plugins.grasp_lora import GraspLoraConfig, GraspTask, resolve_config
+
+    cfg = resolve_config(build_dataclass(GraspLoraConfig, {"preset": "smoke", "dev": 6, "steps": 8, "mask_every": 2,
+                                                            "probe_metric": "loss", "baseline": "none"}, what="x"))
+    task = GraspTask(cfg, seed=0, out_dir=tmp_path)
+    task.reset(0)
+    value = np.array([0.6])
+    whole = -task.full_run(value)
+    loss, traj = L.grid_point(task, value, [2, 6])
+    assert loss == whole and len(traj) == 2 and all(np.isfinite(traj)) and traj[0] != traj[1]
+    for bad in ([3], [8], [6, 2]):
+        with pytest.raises(ConfigError, match="multiples of mask_every=2"):
+            L.grid_point(task, value, bad)
+    task.close()
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
@@ -78,13 +102,15 @@ def test_seeds_run_in_parts_accumulate_in_one_results_file(tmp_path):
     configuration, replaces its own, and a different configuration starts the file afresh."""
     path = tmp_path / "ratio_landscape_default.json"
     base = {"preset": "default", "points": 8, "budget": 20, "group_size": 4, "config": {"lang": "ar", "dev": 300}}
-    path.write_text(json.dumps({**base, "seeds": [{"seed": 0, "v": "old"}, {"seed": 2, "v": "kept"}]}))
-    got = L.merged_seeds(path, {**base, "seeds": [{"seed": 1, "v": "new"}, {"seed": 0, "v": "new"}]})
+    path.write_text(json.dumps({**base, "seeds": [{"seed": 0, "v": "old"}, {"seed": 2, "v": "kept"}],
+                                "runs": [{"seed": 0, "run": "a"}, {"seed": 2, "run": "b"}]}))
+    got, runs = L.merged_seeds(path, {**base, "seeds": [{"seed": 1, "v": "new"}, {"seed": 0, "v": "new"}]})
     assert [(s["seed"], s["v"]) for s in got] == [(0, "new"), (1, "new"), (2, "kept")]
     assert got[2]["command"] is None  # a kept seed carries the command that measured it
+    assert runs == [{"seed": 2, "run": "b"}]  # seed 0's run was scored on the curve just replaced
     other = {**base, "config": {"lang": "zh", "dev": 300}, "seeds": [{"seed": 1, "v": "zh"}]}
-    assert L.merged_seeds(path, other) == other["seeds"]
-    assert L.merged_seeds(tmp_path / "missing.json", other) == other["seeds"]
+    assert L.merged_seeds(path, other) == (other["seeds"], [])
+    assert L.merged_seeds(tmp_path / "missing.json", other) == (other["seeds"], [])
 
 
 def test_a_real_run_is_scored_on_the_curve_of_its_seed(tmp_path, hpctl_main, capsys):
