@@ -52,7 +52,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "(GRPO and the SB3 agents: the committed value; grid and random search: their best probe), scored at "
         f"the end of training. Error = distance to the optimal set; p90 = its 90th percentile; trapped = error > "
         f"{TRAPPED}; success = error <= {SUCCESS}; best probe = median error of the single best-scoring probe; "
-        "updates = gradient steps on the policy (median). Time: total wall time relative to grpo, same process.",
+        "updates = gradient steps on the policy (median). Time: total wall time relative to grpo, given only for "
+        "controllers run in the same process (part) as grpo.",
         "",
         "## Overall",
         "",
@@ -169,7 +170,7 @@ def print_tables(rows: list[dict[str, Any]], totals: list[dict[str, Any]], title
 
 #: the columns of the runs table in controllers.json
 RUN_FIELDS = ("controller", "scenario", "seed", "learned", "optimum_end", "distance", "true_reward",
-              "best_probe_distance", "probes", "updates", "wall_s")
+              "best_probe_distance", "probes", "updates", "wall_s", "process")
 
 
 def pack_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:

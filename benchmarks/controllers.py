@@ -110,6 +110,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "lambda_reg=0": {"lambda_reg": 0.0},
     "lambda_reg=0.5": {"lambda_reg": 0.5},
     "max_kl=0": {"max_kl": 0.0},
+    "epoch_check=none": {"epoch_check": "none"},
     "clip_eps=0.2": {"clip_eps": 0.2},
     "adv=population,1e-8": {"adv_std": "population", "adv_eps": 1e-8},
     "commit_check=probe": {"commit_check": "probe"},
@@ -192,9 +193,20 @@ def _q(x: list[float]) -> tuple[float, float, float]:
     return float(np.median(a)), float(np.percentile(a, 25)), float(np.percentile(a, 75))
 
 
+def time_vs_grpo(runs: list[dict[str, Any]], controller: str) -> float | None:
+    """Total wall time of ``controller``'s runs over grpo's, or None unless all of both ran in one
+    process (one part): times from parts run at different moments of a shared machine do not compare."""
+    mine = [r for r in runs if r["controller"] == controller]
+    grpo = [r for r in runs if r["controller"] == "grpo"]
+    processes = {r.get("process") for r in mine + grpo}
+    ref = sum(r["wall_s"] for r in grpo)
+    if not mine or not ref or len(processes) != 1 or None in processes:
+        return None
+    return sum(r["wall_s"] for r in mine) / ref
+
+
 def summarise(runs: list[dict[str, Any]], controllers: list[str], scenarios: list[str]) -> list[dict[str, Any]]:
-    wall = {c: sum(r["wall_s"] for r in runs if r["controller"] == c) for c in controllers}
-    ref = wall.get("grpo") or None
+    times = {c: time_vs_grpo(runs, c) for c in controllers}
     rows = []
     for s in scenarios:
         for c in controllers:
@@ -215,14 +227,13 @@ def summarise(runs: list[dict[str, Any]], controllers: list[str], scenarios: lis
                 "probes_median": float(np.median([r["probes"] for r in rs])),
                 "probes_max": int(max(r["probes"] for r in rs)),
                 "success": float(np.mean([x <= SUCCESS for x in dist])),
-                "time_vs_grpo": (wall[c] / ref) if ref else None,
+                "time_vs_grpo": times[c],
             })
     return rows
 
 
 def overall(runs: list[dict[str, Any]], controllers: list[str]) -> list[dict[str, Any]]:
     out = []
-    ref = sum(r["wall_s"] for r in runs if r["controller"] == "grpo") or None
     for c in controllers:
         rs = [r for r in runs if r["controller"] == c]
         if rs:
@@ -233,7 +244,7 @@ def overall(runs: list[dict[str, Any]], controllers: list[str]) -> list[dict[str
                         "trapped": float(np.mean([x > TRAPPED for x in dist])),
                         "success": float(np.mean([x <= SUCCESS for x in dist])),
                         "updates_median": float(np.median([r.get("updates", 0) for r in rs])),
-                        "time_vs_grpo": (sum(r["wall_s"] for r in rs) / ref) if ref else None})
+                        "time_vs_grpo": time_vs_grpo(runs, c)})
     return out
 
 
@@ -358,7 +369,7 @@ def merge(out: Path, command: str) -> int:
         doc = json.loads(p.read_text())
         metas.append(doc)
         for r in unpack_runs(doc["runs"]):
-            runs[(r["controller"], r["scenario"], r["seed"])] = r
+            runs[(r["controller"], r["scenario"], r["seed"])] = {**r, "process": r.get("process") or p.stem}
         for w in doc.get("warm_runs", []):
             warm[(tuple(w["pair"]), w["noise"], w["seed"])] = w
     first = metas[0]
@@ -425,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in scenarios:
         for c in controllers:
             for seed in seeds:
-                runs.append(run_one(c, s, seed, args.budget, args.group_size))
+                runs.append({**run_one(c, s, seed, args.budget, args.group_size), "process": args.part or "main"})
         print(f"  {s.name}: done ({time.perf_counter() - t_all:.0f} s)", file=sys.stderr, flush=True)
     warm: list[dict[str, Any]] = []
     if args.warm_start:

@@ -82,7 +82,7 @@ def test_summary_rows_agree_with_the_runs(result):
 
 def test_time_is_relative_to_grpo_and_absent_without_it():
     runs = [{"controller": c, "scenario": "s", "seed": 0, "distance": dist, "true_reward": 1.0, "probes": 4,
-             "wall_s": w} for c, dist, w in (("grpo", 0.01, 2.0), ("grid", 0.03, 1.0))]
+             "wall_s": w, "process": "main"} for c, dist, w in (("grpo", 0.01, 2.0), ("grid", 0.03, 1.0))]
     (grpo, grid) = controllers.summarise(runs, ["grpo", "grid"], ["s"])
     assert grid["time_vs_grpo"] == pytest.approx(0.5) and (grpo["success"], grid["success"]) == (1.0, 0.0)
     assert controllers.overall(runs[1:], ["grid"])[0]["time_vs_grpo"] is None
@@ -106,6 +106,9 @@ def test_a_part_rerun_replaces_only_its_controllers_in_the_results(tmp_path):
     assert len(runs) == 3 * 2  # one scenario, two seeds: grpo's runs replaced, not doubled
     old_random = [r for r in controllers.unpack_runs(first["runs"]) if r["controller"] == "random"]
     assert [r for r in runs if r["controller"] == "random"] == old_random
+    times = {t["controller"]: t["time_vs_grpo"] for t in doc["overall"]}
+    assert times["grpo"] == 1.0 and times["grid"] > 0  # run side by side in part c
+    assert times["random"] is None  # part a ran at another time: its wall time does not compare
     assert sum("--part a" in c for c in doc["commands"]) == 1 and any("--part c" in c for c in doc["commands"])
     assert [("--merge" in c.split()) for c in doc["commands"]] == [False] * 3 + [True]  # one merge: the last
 

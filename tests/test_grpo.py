@@ -487,6 +487,25 @@ def test_trust_region_and_exploration_floor():
     assert floor.sigma[0] >= abs(3.0 - floor.mu[0]) - 1e-9
 
 
+def test_an_epoch_that_lowers_the_objective_is_undone():
+    """The round that sent seed 22 of peaked 0.97 (noise 0.1) to 0.04: its best candidate is at
+    0.972, yet three unchecked epochs move the mean below the start (the second epoch
+    overshoots to the bound, where the importance ratios blow up, and the third swings back
+    past the start). Checked, the second epoch lowers the objective and is undone."""
+    u = np.array([0.252, 0.972, 0.782, 0.39, 0.599, 0.145, 0.557, 0.41])[:, None]
+    rewards = np.array([-0.084, 0.798, 0.565, 0.15, 0.106, -0.062, -0.028, -0.053]) + 0.035
+    moved = {}
+    for check in ("none", "monotone"):
+        ctrl = GRPO(make_landscape_env(), GRPOConfig(epoch_check=check))
+        ctrl.mu, ctrl.initialized = _a(0.0), True
+        ctrl.update(logit(u), rewards, center=_a(0.0))
+        moved[check] = (ctrl.mu[0], ctrl.updates, ctrl.undone)
+    assert moved["none"][0] < 0 and moved["none"][1:] == (3, 0)  # the wrong side of the start
+    assert moved["monotone"][0] > 1.0 and moved["monotone"][1:] == (1, 1)  # towards 0.97; the overshoot undone
+    with pytest.raises(ValueError, match="unknown epoch_check"):
+        GRPOConfig(epoch_check="sometimes")
+
+
 def test_budget_too_small_for_one_update_is_a_config_error():
     env = make_landscape_env(group_size=4, steps_per_round=100)
     env.reset(seed=0)
