@@ -15,9 +15,11 @@ set (``--dev``, a few hundred examples: the teacher-forced loss is cheap and smo
    whole fine-tune (``steps``) from the merged start, then the large-dev loss
    (``GraspTask.full_run``: what ``--controller grid`` scores every point by).
 
-3. optionally (``--trajectory K,...``) the micro-dev curve after ``K`` steps of each grid
-   point's own fine-tune: what a probe that first fine-tuned ``K`` steps at its candidate
-   ratio would rank (the grid points are unchanged by it, :func:`grid_point`).
+3. the micro-dev curve after each grid point's whole fine-tune (a grid scored on the
+   micro-dev: does the micro-dev's size alone agree with the large dev?), and with
+   ``--trajectory K,...`` after ``K`` steps of it too: what a probe that first fine-tuned
+   ``K`` steps at its candidate ratio would rank (the grid points are unchanged by either,
+   :func:`grid_point`).
 
 Reported per seed and state: the Spearman rank correlation of each probe-state curve with
 the grid's curve and the ratio where each curve has its minimum; then per seed the mean
@@ -115,7 +117,8 @@ def compare(ratios: Sequence[float], grid: Sequence[float], states: Sequence[dic
 # ----------------------------------------------------------------------------- measuring
 def grid_point(task: Any, value: np.ndarray, at_steps: Sequence[int] = ()) -> tuple[float, list[float]]:
     """One grid point (``GraspTask.full_run``: a whole fine-tune from the merged start, then the
-    dev loss) with the micro-dev loss recorded after each of ``at_steps`` steps on the way.
+    dev loss) with the micro-dev loss recorded after each of ``at_steps`` steps on the way and at
+    the end (the trajectory's last entry: what a grid scored on the micro-dev would see).
 
     The steps must be multiples of the fine-tune's mask period (``mask_every``): the masks are then
     recomputed at the same steps as in one uninterrupted fine-tune, and the evaluations in between
@@ -135,6 +138,7 @@ def grid_point(task: Any, value: np.ndarray, at_steps: Sequence[int] = ()) -> tu
         done = k
         trajectory.append(task.loss_at("micro_dev", value))
     task.train(task.fine_tune_steps - done, value)
+    trajectory.append(task.loss_at("micro_dev", value))
     return task.loss_at("dev" if task.splits["dev"].encoded else "micro_dev", value), trajectory
 
 
@@ -181,11 +185,11 @@ def measure_seed(config: Any, seed: int, points: int, out_dir: Path, budget: int
            "controller_steps": task.total_steps, "fine_tune_steps": task.fine_tune_steps, "states": states,
            "grid_dev_loss": grid, "split_sizes": sizes, "wall_s": wall,
            "comparison": compare(ratios, grid, states)}
-    if trajectory:  # the micro-dev curve after k steps of every grid point's own fine-tune
-        out["trajectory"] = [{"steps": k, "micro_dev_loss": [t[i] for t in along],
-                              "spearman": spearman([t[i] for t in along], grid),
-                              "argmin": argmin_ratio(ratios, [t[i] for t in along])}
-                             for i, k in enumerate(trajectory)]
+    # the micro-dev curve after k steps of every grid point's own fine-tune, k = the whole fine-tune last
+    out["trajectory"] = [{"steps": k, "micro_dev_loss": [t[i] for t in along],
+                          "spearman": spearman([t[i] for t in along], grid),
+                          "argmin": argmin_ratio(ratios, [t[i] for t in along])}
+                         for i, k in enumerate([*trajectory, task.fine_tune_steps])]
     return out
 
 
@@ -209,7 +213,8 @@ def merged_seeds(path: Path, doc: dict[str, Any]) -> tuple[list[dict[str, Any]],
 
 
 #: settings a scored run may change: they steer the controller run, not the grid's fine-tunes
-CONTROLLER_SIDE = ("controller_steps", "baseline", "probe_metric", "start_ratio", "p_min", "p_max", "cache_dir")
+CONTROLLER_SIDE = ("controller_steps", "baseline", "probe_metric", "probe_steps", "start_ratio", "p_min", "p_max",
+                   "cache_dir")
 
 
 def run_command(spec: dict[str, Any]) -> str:
@@ -295,9 +300,10 @@ def markdown(doc: dict[str, Any]) -> str:
                  f"{c['grid_range']:.4f} | {s['wall_s']:.0f} |")
     traj = [s for s in doc["seeds"] if s.get("trajectory")]
     if traj:
-        L += ["", "Along the grid's own fine-tunes (`--trajectory`): the micro-dev curve after k of the "
-              f"{traj[0]['fine_tune_steps']} steps, each ratio trained at itself from the merged start (what a "
-              "probe that first fine-tunes k steps at its candidate would see).", "",
+        L += ["", "Along the grid's own fine-tunes: the micro-dev curve after k of the "
+              f"{traj[0]['fine_tune_steps']} steps (`--trajectory`; k = {traj[0]['fine_tune_steps']}, always "
+              "measured: a grid scored on the micro-dev), each ratio trained at itself from the merged start "
+              "(what a probe that first fine-tunes k steps at its candidate would see).", "",
               "| seed | steps k | Spearman micro-dev vs grid | micro-dev min at | grid min at |", "|---|---|---|---|---|"]
         for s in traj:
             for t in s["trajectory"]:

@@ -58,8 +58,9 @@ def test_a_tiny_run_records_every_curve(tmp_path, capsys):
         assert len(s["micro_dev_loss"]) == len(s["dev_loss"]) == 3 and all(np.isfinite(s["micro_dev_loss"]))
     assert len(seed["grid_dev_loss"]) == 3 and all(np.isfinite(seed["grid_dev_loss"]))
     assert len(seed["comparison"]["states"]) == 3
-    (traj,) = seed["trajectory"]  # --trajectory 2: the micro-dev curve 2 steps into every grid point's fine-tune
-    assert traj["steps"] == 2 and len(traj["micro_dev_loss"]) == 3 and all(np.isfinite(traj["micro_dev_loss"]))
+    # --trajectory 2: the micro-dev curve 2 steps into every grid point's fine-tune, and at its end (4)
+    assert [t["steps"] for t in seed["trajectory"]] == [2, 4]
+    assert all(len(t["micro_dev_loss"]) == 3 and all(np.isfinite(t["micro_dev_loss"])) for t in seed["trajectory"])
     # the large dev set is scored at the first and last probe state only (--state-dev ends)
     assert [bool(np.isfinite(s["dev_loss"]).all()) for s in seed["states"]] == [True, False, True]
     middle = seed["comparison"]["states"][1]
@@ -83,7 +84,8 @@ def test_a_grid_point_with_its_trajectory_is_the_whole_fine_tune_bit_for_bit(tmp
     value = np.array([0.6])
     whole = -task.full_run(value)
     loss, traj = L.grid_point(task, value, [2, 6])
-    assert loss == whole and len(traj) == 2 and all(np.isfinite(traj)) and traj[0] != traj[1]
+    assert loss == whole and len(traj) == 3 and all(np.isfinite(traj)) and traj[0] != traj[1]
+    assert traj[2] == task.loss_at("micro_dev", value)  # the last: after the whole fine-tune
     for bad in ([3], [8], [6, 2]):
         with pytest.raises(ConfigError, match="multiples of mask_every=2"):
             L.grid_point(task, value, bad)

@@ -55,7 +55,7 @@ EVAL_ADAPTERS = tuple(ADAPTER_FOLDERS)
 #: options that must be >= 1 / >= 0 when set
 POSITIVE = ("steps", "controller_steps", "batch_size", "eval_batch_size", "max_len", "max_target_len",
             "max_new_tokens", "mask_every", "lora_r")
-NON_NEGATIVE = ("source_steps", "target_steps", "export_rank")
+NON_NEGATIVE = ("source_steps", "target_steps", "export_rank", "probe_steps")
 
 #: values a preset gives the options the user left unset (None)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -147,6 +147,11 @@ class GraspLoraConfig:
         "help": "what a probe scores: minus the micro-dev answer loss (fast), or a generation metric of the "
                 "task: exact_match, f1 (QA); rouge1, rouge2, rougeL, bleu4, semantic_f1 (xlsum)",
         "choices": list(PROBE_METRICS)})
+    probe_steps: int = field(default=0, metadata={
+        "help": "look-ahead probes: fine-tune this many steps at the candidate's ratio from the probe state "
+                "(then restore it) before scoring; 0 scores the state as it is (the paper). Each probe then "
+                "costs this many training steps more; on the default preset 4 did not help (issue 12, "
+                "benchmarks/results/ratio_landscape_default.md)"})
     mask_every: int = field(default=4, metadata={
         "help": "recompute the training masks from the adapter's magnitudes every this many steps (and at "
                 "the start of every controller round); 1 costs ~4 percent more time per step on Gemma 3 270M"})

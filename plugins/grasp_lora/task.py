@@ -405,7 +405,17 @@ class GraspTask(Task):
     def probe(self, value: np.ndarray) -> float:
         self._ensure_ready()
         with self._phase("probe"):
-            return self._score("micro_dev", value)
+            steps = int(self.cfg.probe_steps)
+            if not steps:
+                return self._score("micro_dev", value)
+            # look-ahead: the candidate's own short fine-tune from this state, then back bit for bit
+            state = self.snapshot()
+            try:
+                self._train_steps(steps, self.knob.validate(value), self.adapter, self.pruner, self.optimizer,
+                                  self.order)
+                return self._score("micro_dev", value)
+            finally:
+                self.restore(state)
 
     def snapshot(self) -> dict[str, Any]:
         self._ensure_ready()

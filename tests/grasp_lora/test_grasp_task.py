@@ -107,6 +107,24 @@ def test_probe_leaves_the_state_bitwise_untouched(smoke):
     assert scores[0] != scores[2]  # the ratio matters
 
 
+def test_a_look_ahead_probe_fine_tunes_the_candidate_then_restores_the_state(smoke, monkeypatch):
+    """probe_steps=k: the score after k steps at the candidate's own ratio from the probe state
+    (the same k batches for every candidate), and the state back bit for bit."""
+    task, _ = smoke
+    task.train(1, np.array([0.3]))
+    before = task.snapshot()
+    plain = task.probe(np.array([0.6]))
+    monkeypatch.setattr(task.cfg, "probe_steps", 2)
+    ahead = [task.probe(np.array([r])) for r in (0.6, 0.2, 0.6)]
+    _assert_same(before, task.snapshot())
+    assert ahead[0] == ahead[2] != ahead[1] and ahead[0] != plain
+    task.train(2, np.array([0.6]))  # what the probe did, done for real
+    assert task.loss_at("micro_dev", np.array([0.6])) == -ahead[0]
+    task.restore(before)
+    with pytest.raises(ConfigError, match="probe-steps must be >= 0"):
+        GraspLoraConfig(probe_steps=-1)
+
+
 def test_probe_raising_inside_restores_everything(smoke, monkeypatch):
     task, _ = smoke
     before = task.snapshot()
