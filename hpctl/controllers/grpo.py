@@ -253,6 +253,17 @@ def kl_old_new(mu_old: np.ndarray, ls_old: np.ndarray, mu: np.ndarray, ls: np.nd
     return float(np.sum(ls - ls_old + (v_old + (mu_old - mu) ** 2) / (2 * v) - 0.5))
 
 
+def surrogate(z: np.ndarray, adv: np.ndarray, mu: np.ndarray, log_sigma: np.ndarray, mu_old: np.ndarray,
+              ls_old: np.ndarray, clip_eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sample: the ratio ``pi / pi_old``, the PPO surrogate ``min(r A, clip(r) A)`` and where it
+    is not clipped (there its gradient is ``r A grad log pi``)."""
+    ratio = np.exp(gaussian_logp(z, mu, log_sigma) - gaussian_logp(z, mu_old, ls_old))
+    if clip_eps > 0:
+        active = np.where(adv >= 0, ratio < 1 + clip_eps, ratio > 1 - clip_eps)
+        return ratio, np.minimum(ratio * adv, np.clip(ratio, 1 - clip_eps, 1 + clip_eps) * adv), active
+    return ratio, ratio * adv, np.ones(len(adv), dtype=bool)
+
+
 def objective_grads(z: np.ndarray, adv: np.ndarray, mu: np.ndarray, log_sigma: np.ndarray,
                     mu_old: np.ndarray, ls_old: np.ndarray, center: np.ndarray,
                     cfg: GRPOConfig) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
@@ -263,14 +274,7 @@ def objective_grads(z: np.ndarray, adv: np.ndarray, mu: np.ndarray, log_sigma: n
     ratio and the fraction of clipped samples.
     """
     n = len(adv)
-    ratio = np.exp(gaussian_logp(z, mu, log_sigma) - gaussian_logp(z, mu_old, ls_old))
-    # the PPO surrogate min(r A, clip(r) A) has gradient r A grad log pi where it is not clipped
-    if cfg.clip_eps > 0:
-        active = np.where(adv >= 0, ratio < 1 + cfg.clip_eps, ratio > 1 - cfg.clip_eps)
-        surr = np.minimum(ratio * adv, np.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv)
-    else:
-        active = np.ones(n, dtype=bool)
-        surr = ratio * adv
+    ratio, surr, active = surrogate(z, adv, mu, log_sigma, mu_old, ls_old, cfg.clip_eps)
     w = (ratio * adv * active)[:, None] / n
     d_mu, d_ls = score_grads(z, mu, log_sigma)
     g_mu = np.sum(w * d_mu, axis=0)
@@ -293,11 +297,7 @@ def objective_grads(z: np.ndarray, adv: np.ndarray, mu: np.ndarray, log_sigma: n
 def objective_value(z: np.ndarray, adv: np.ndarray, mu: np.ndarray, log_sigma: np.ndarray,
                     mu_old: np.ndarray, ls_old: np.ndarray, center: np.ndarray, cfg: GRPOConfig) -> float:
     """The objective ``J`` itself (the value whose gradient :func:`objective_grads` gives)."""
-    ratio = np.exp(gaussian_logp(z, mu, log_sigma) - gaussian_logp(z, mu_old, ls_old))
-    if cfg.clip_eps > 0:
-        surr = np.minimum(ratio * adv, np.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv)
-    else:
-        surr = ratio * adv
+    _, surr, _ = surrogate(z, adv, mu, log_sigma, mu_old, ls_old, cfg.clip_eps)
     j = float(np.mean(surr)) - cfg.lambda_reg * float(np.sum((mu - center) ** 2 / (2 * np.exp(2 * ls_old))))
     j += cfg.entropy_coef * float(np.sum(log_sigma))
     if cfg.beta_kl > 0:
