@@ -17,9 +17,9 @@ set (``--dev``, a few hundred examples: the teacher-forced loss is cheap and smo
 
 3. the micro-dev curve after each grid point's whole fine-tune (a grid scored on the
    micro-dev: does the micro-dev's size alone agree with the large dev?), and with
-   ``--trajectory K,...`` after ``K`` steps of it too: what a probe that first fine-tuned
-   ``K`` steps at its candidate ratio would rank (the grid points are unchanged by either,
-   :func:`grid_point`).
+   ``--trajectory K,...`` the micro-dev and dev curves after ``K`` steps of it too: what a
+   probe that first fine-tuned ``K`` steps at its candidate ratio would rank on a small and
+   on a large probe set (the grid points are unchanged by either, :func:`grid_point`).
 
 Reported per seed and state: the Spearman rank correlation of each probe-state curve with
 the grid's curve and the ratio where each curve has its minimum; then per seed the mean
@@ -115,10 +115,11 @@ def compare(ratios: Sequence[float], grid: Sequence[float], states: Sequence[dic
 
 
 # ----------------------------------------------------------------------------- measuring
-def grid_point(task: Any, value: np.ndarray, at_steps: Sequence[int] = ()) -> tuple[float, list[float]]:
+def grid_point(task: Any, value: np.ndarray, at_steps: Sequence[int] = ()) -> tuple[float, list[float], list[float]]:
     """One grid point (``GraspTask.full_run``: a whole fine-tune from the merged start, then the
-    dev loss) with the micro-dev loss recorded after each of ``at_steps`` steps on the way and at
-    the end (the trajectory's last entry: what a grid scored on the micro-dev would see).
+    dev loss) with the micro-dev and the dev loss recorded after each of ``at_steps`` steps on the
+    way; returns ``(dev loss, micro-dev losses, dev losses)``, the two lists ending with the whole
+    fine-tune's (the micro-dev's: what a grid scored on the micro-dev would see).
 
     The steps must be multiples of the fine-tune's mask period (``mask_every``): the masks are then
     recomputed at the same steps as in one uninterrupted fine-tune, and the evaluations in between
@@ -131,15 +132,15 @@ def grid_point(task: Any, value: np.ndarray, at_steps: Sequence[int] = ()) -> tu
 
         raise ConfigError(f"--trajectory steps must rise, lie inside the {task.fine_tune_steps}-step fine-tune and "
                           f"be multiples of mask_every={every}; got {', '.join(map(str, at_steps))}")
+    dev = "dev" if task.splits["dev"].encoded else "micro_dev"
     task.reset()
-    done, trajectory = 0, []
-    for k in at_steps:
+    done, micro, large = 0, [], []
+    for k in [*at_steps, task.fine_tune_steps]:
         task.train(k - done, value)
         done = k
-        trajectory.append(task.loss_at("micro_dev", value))
-    task.train(task.fine_tune_steps - done, value)
-    trajectory.append(task.loss_at("micro_dev", value))
-    return task.loss_at("dev" if task.splits["dev"].encoded else "micro_dev", value), trajectory
+        micro.append(task.loss_at("micro_dev", value))
+        large.append(task.loss_at(dev, value))
+    return large[-1], micro, large
 
 
 def measure_seed(config: Any, seed: int, points: int, out_dir: Path, budget: int, group_size: int,
@@ -174,9 +175,9 @@ def measure_seed(config: Any, seed: int, points: int, out_dir: Path, budget: int
         say(f"seed {seed}: probe state after {done}/{task.total_steps} controller-run steps measured")
     grid, along = [], []
     for v in ratios:
-        loss, traj = grid_point(task, np.array([v]), trajectory)
+        loss, micro, large = grid_point(task, np.array([v]), trajectory)
         grid.append(float(loss))
-        along.append(traj)
+        along.append((micro, large))
         say(f"seed {seed}: grid point {v:.3f}: dev loss {grid[-1]:.4f}")
     wall = time.perf_counter() - t0
     sizes = task.notes.get("split_sizes", {})
@@ -186,10 +187,12 @@ def measure_seed(config: Any, seed: int, points: int, out_dir: Path, budget: int
            "grid_dev_loss": grid, "split_sizes": sizes, "wall_s": wall,
            "comparison": compare(ratios, grid, states)}
     # the micro-dev curve after k steps of every grid point's own fine-tune, k = the whole fine-tune last
-    out["trajectory"] = [{"steps": k, "micro_dev_loss": [t[i] for t in along],
-                          "spearman": spearman([t[i] for t in along], grid),
-                          "argmin": argmin_ratio(ratios, [t[i] for t in along])}
-                         for i, k in enumerate([*trajectory, task.fine_tune_steps])]
+    out["trajectory"] = []
+    for i, k in enumerate([*trajectory, task.fine_tune_steps]):
+        micro, large = [m[i] for m, _ in along], [d[i] for _, d in along]
+        out["trajectory"].append({"steps": k, "micro_dev_loss": micro, "dev_loss": large,
+                                  "spearman": spearman(micro, grid), "argmin": argmin_ratio(ratios, micro),
+                                  "spearman_dev": spearman(large, grid), "argmin_dev": argmin_ratio(ratios, large)})
     return out
 
 
@@ -302,12 +305,15 @@ def markdown(doc: dict[str, Any]) -> str:
     if traj:
         L += ["", "Along the grid's own fine-tunes: the micro-dev curve after k of the "
               f"{traj[0]['fine_tune_steps']} steps (`--trajectory`; k = {traj[0]['fine_tune_steps']}, always "
-              "measured: a grid scored on the micro-dev), each ratio trained at itself from the merged start "
-              "(what a probe that first fine-tunes k steps at its candidate would see).", "",
-              "| seed | steps k | Spearman micro-dev vs grid | micro-dev min at | grid min at |", "|---|---|---|---|---|"]
+              "measured: a grid scored on the micro-dev), and the dev loss there, each ratio trained at itself "
+              "from the merged start (what a probe that first fine-tunes k steps at its candidate would see, "
+              "on a small and on a large probe set).", "",
+              "| seed | steps k | Spearman micro-dev vs grid | micro-dev min at | Spearman dev vs grid | "
+              "dev min at | grid min at |", "|---|---|---|---|---|---|---|"]
         for s in traj:
             for t in s["trajectory"]:
                 L.append(f"| {s['seed']} | {t['steps']} | {_f(t['spearman'], '+.2f')} | {_f(t['argmin'], '.3f')} | "
+                         f"{_f(t.get('spearman_dev'), '+.2f')} | {_f(t.get('argmin_dev'), '.3f')} | "
                          f"{s['comparison']['grid_argmin']:.3f} |")
     L += ["", "Curves (dev loss after each grid point's fine-tune; micro-dev loss per probe state) are in the JSON.",
           ""]
@@ -385,8 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--state-dev", choices=("ends", "all"), default="ends",
                     help="large-dev curves at the first and last probe state (ends) or at every one (all)")
     ap.add_argument("--trajectory", default="", metavar="K,K,...",
-                    help="also record the micro-dev curve after K steps of every grid point's fine-tune "
-                         "(multiples of mask_every; what a probe that first fine-tunes K steps would see)")
+                    help="also record the micro-dev and dev curves after K steps of every grid point's fine-tune "
+                         "(multiples of mask_every; what a probe that first fine-tunes K steps would see; each K "
+                         "costs a dev pass per point, about 12 min at 300 dev examples here)")
     ap.add_argument("--budget", type=int, default=None, help="probes of the controller run (plugin default)")
     ap.add_argument("--group-size", type=int, default=None, help="probes per round (plugin default)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",

@@ -60,7 +60,9 @@ def test_a_tiny_run_records_every_curve(tmp_path, capsys):
     assert len(seed["comparison"]["states"]) == 3
     # --trajectory 2: the micro-dev curve 2 steps into every grid point's fine-tune, and at its end (4)
     assert [t["steps"] for t in seed["trajectory"]] == [2, 4]
-    assert all(len(t["micro_dev_loss"]) == 3 and all(np.isfinite(t["micro_dev_loss"])) for t in seed["trajectory"])
+    assert all(len(t["micro_dev_loss"]) == len(t["dev_loss"]) == 3 and all(np.isfinite(t["micro_dev_loss"]))
+               for t in seed["trajectory"])
+    assert seed["trajectory"][-1]["dev_loss"] == seed["grid_dev_loss"]  # the whole fine-tune's dev: the grid
     # the large dev set is scored at the first and last probe state only (--state-dev ends)
     assert [bool(np.isfinite(s["dev_loss"]).all()) for s in seed["states"]] == [True, False, True]
     middle = seed["comparison"]["states"][1]
@@ -83,9 +85,10 @@ def test_a_grid_point_with_its_trajectory_is_the_whole_fine_tune_bit_for_bit(tmp
     task.reset(0)
     value = np.array([0.6])
     whole = -task.full_run(value)
-    loss, traj = L.grid_point(task, value, [2, 6])
-    assert loss == whole and len(traj) == 3 and all(np.isfinite(traj)) and traj[0] != traj[1]
-    assert traj[2] == task.loss_at("micro_dev", value)  # the last: after the whole fine-tune
+    loss, micro, large = L.grid_point(task, value, [2, 6])
+    assert loss == whole == large[-1] and len(micro) == len(large) == 3 and micro[0] != micro[1]
+    assert all(np.isfinite(micro + large)) and large[0] != large[1]
+    assert micro[2] == task.loss_at("micro_dev", value)  # the last: after the whole fine-tune
     for bad in ([3], [8], [6, 2]):
         with pytest.raises(ConfigError, match="multiples of mask_every=2"):
             L.grid_point(task, value, bad)
