@@ -115,6 +115,17 @@ def compare(ratios: Sequence[float], grid: Sequence[float], states: Sequence[dic
 
 
 # ----------------------------------------------------------------------------- measuring
+def check_trajectory(at_steps: Sequence[int], fine_tune_steps: int, mask_every: int) -> None:
+    """A one-line ConfigError unless the ``--trajectory`` steps rise, lie inside the fine-tune and are
+    multiples of ``mask_every`` (checked before the hour of measuring, and again per grid point)."""
+    bad = [k for k in at_steps if k % mask_every or not 0 < k < fine_tune_steps]
+    if bad or list(at_steps) != sorted(set(at_steps)):
+        from hpctl.errors import ConfigError
+
+        raise ConfigError(f"--trajectory steps must rise, lie inside the {fine_tune_steps}-step fine-tune and "
+                          f"be multiples of mask_every={mask_every}; got {', '.join(map(str, at_steps))}")
+
+
 def grid_point(task: Any, value: np.ndarray, at_steps: Sequence[int] = ()) -> tuple[float, list[float], list[float]]:
     """One grid point (``GraspTask.full_run``: a whole fine-tune from the merged start, then the
     dev loss) with the micro-dev and the dev loss recorded after each of ``at_steps`` steps on the
@@ -125,13 +136,7 @@ def grid_point(task: Any, value: np.ndarray, at_steps: Sequence[int] = ()) -> tu
     recomputed at the same steps as in one uninterrupted fine-tune, and the evaluations in between
     change nothing, so the point is the same bit for bit (tested).
     """
-    every = int(task.cfg.mask_every)
-    bad = [k for k in at_steps if k % every or not 0 < k < task.fine_tune_steps]
-    if bad or list(at_steps) != sorted(set(at_steps)):
-        from hpctl.errors import ConfigError
-
-        raise ConfigError(f"--trajectory steps must rise, lie inside the {task.fine_tune_steps}-step fine-tune and "
-                          f"be multiples of mask_every={every}; got {', '.join(map(str, at_steps))}")
+    check_trajectory(at_steps, task.fine_tune_steps, int(task.cfg.mask_every))
     dev = "dev" if task.splits["dev"].encoded else "micro_dev"
     task.reset()
     done, micro, large = 0, [], []
@@ -429,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = resolve_config(build_dataclass(GraspLoraConfig, values, what="plugin 'grasp_lora'"))
         if cfg.probe_metric != "loss" or cfg.knob != "global":
             raise HpctlError("the landscape is the loss against one global ratio: keep probe_metric=loss, knob=global")
+        check_trajectory(trajectory, int(cfg.steps), int(cfg.mask_every))
         out = Path(args.out)
         runs = Path(args.runs_dir) if args.runs_dir else out / "ratio_landscape_runs"
         results = [measure_seed(cfg, s, args.points, runs / f"seed{s}", budget, group,

@@ -98,8 +98,9 @@ def test_a_grid_point_with_its_trajectory_is_the_whole_fine_tune_bit_for_bit(tmp
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert L.main(["--seeds", "x", "--out", str(tmp_path)]) == 2
     assert L.main(["--set", "probe_metric=f1", "--out", str(tmp_path)]) == 2
+    assert L.main(["--trajectory", "3", "--out", str(tmp_path)]) == 2  # before any measuring: not a multiple of 4
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("ratio_landscape: error:") for line in err)
+    assert len(err) == 3 and all(line.startswith("ratio_landscape: error:") for line in err)
 
 
 def test_seeds_run_in_parts_accumulate_in_one_results_file(tmp_path):
