@@ -34,7 +34,8 @@ A run keeps the other seeds already in its results file when the configuration i
 
 Regret of real runs on a measured curve: ``--score-runs RUN_DIR,...`` reads finished
 ``hpctl run grasp_lora`` folders (same preset and seed as a measured seed, ``--dev`` the same
-size, so the same splits; controller settings may differ), and reports each run's learned
+size, so the same splits; controller settings may differ; ``--steps`` the curve's or one of its
+``--trajectory`` steps, :func:`fine_tune_curves`), and reports each run's learned
 ratio and its final fine-tune's dev loss against that seed's grid curve: regret as a fraction
 of the curve's range (:func:`benchmarks.grasp_vs_grid.analysis.regret`). Nothing is measured
 then; the results file gains a ``runs`` table::
@@ -263,17 +264,37 @@ def score_run(doc: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     cfg = dataclasses.asdict(resolve_config(build_dataclass(GraspLoraConfig, spec["plugin_config"], what="grasp_lora")))
     ref = json.loads(json.dumps(doc["config"], default=str))
     cfg = json.loads(json.dumps(cfg, default=str))
-    differ = [k for k in ref if k not in CONTROLLER_SIDE and cfg.get(k) != ref[k]]
+    differ = [k for k in ref if k not in (*CONTROLLER_SIDE, "steps") and cfg.get(k) != ref[k]]
     if differ:
         raise HpctlError(f"{run_dir}: its {', '.join(f'{k}={cfg.get(k)!r}' for k in differ)} differ from the "
                          f"curve's ({', '.join(f'{k}={ref[k]!r}' for k in differ)}): not the same fine-tunes")
+    steps, curve = int(cfg["steps"]), fine_tune_curves(mine)
+    if steps not in curve:
+        raise HpctlError(f"{run_dir}: its fine-tunes are steps={steps}; seed {seed}'s curves are for steps="
+                         f"{', '.join(map(str, sorted(curve)))} (measure the landscape with --trajectory {steps})")
     dev_loss = result["metrics"].get("dev_loss")
     if dev_loss is None:
         raise HpctlError(f"{run_dir}: the run reports no dev_loss (run it with --dev > 0)")
-    r = regret(list(zip(mine["ratios"], mine["grid_dev_loss"])), float(dev_loss))
+    r = regret(list(zip(mine["ratios"], curve[steps])), float(dev_loss))
     return {"run": str(run_dir), "command": run_command(spec), "seed": seed, "controller": result["controller"],
-            "controller_steps": cfg["controller_steps"], "learned": float(next(iter(result["learned"].values()))),
+            "controller_steps": cfg["controller_steps"], "fine_tune_steps": steps,
+            "learned": float(next(iter(result["learned"].values()))),
             "updates": result.get("updates"), "wall_s": result.get("wall_s"), **r}
+
+
+def fine_tune_curves(seed_doc: dict[str, Any]) -> dict[int, list[float]]:
+    """The grid curve of every fine-tune length measured for a seed: ``{steps: dev losses}``.
+
+    The whole fine-tune's is the grid's; each ``--trajectory K`` adds the dev curve after K of its
+    steps, which *is* the grid of a K-step fine-tune: the learning rate is constant, the data order
+    and the mask recomputations are the same prefix, and the evaluations on the way change nothing
+    (tested), so a run with ``--steps K`` is scored on it exactly.
+    """
+    curves = {int(seed_doc["fine_tune_steps"]): list(seed_doc["grid_dev_loss"])}
+    for t in seed_doc.get("trajectory") or []:
+        if t.get("dev_loss") is not None and np.all(np.isfinite(t["dev_loss"])):
+            curves.setdefault(int(t["steps"]), list(t["dev_loss"]))
+    return curves
 
 
 # ----------------------------------------------------------------------------- report
@@ -324,13 +345,15 @@ def markdown(doc: dict[str, Any]) -> str:
           ""]
     if doc.get("runs"):
         L += ["## Real runs scored on these curves", "",
-              "Each run's final fine-tune at its learned ratio, its dev loss on the same 300 examples, against the "
-              "grid curve of its seed: regret = that loss minus the best grid point's, as a fraction of the curve's "
-              "range (target: at most 10 %).", "",
-              "| seed | run | controller steps | learned ratio | dev loss | best grid point | regret (% of range) |",
-              "|---|---|---|---|---|---|---|"]
+              "Each run's final fine-tune at its learned ratio, its dev loss on the same dev examples, against the "
+              "grid curve of its seed for fine-tunes of the same length (a shorter one: the `--trajectory` curve at "
+              "that step): regret = that loss minus the best grid point's, as a fraction of the curve's range "
+              "(target: at most 10 %).", "",
+              "| seed | run | fine-tune steps | controller steps | learned ratio | dev loss | best grid point | "
+              "regret (% of range) |", "|---|---|---|---|---|---|---|---|"]
         for r in doc["runs"]:
-            L.append(f"| {r['seed']} | `{r['command']}` | {r['controller_steps']} | {r['learned']:.3f} | "
+            steps = r.get("fine_tune_steps", doc["config"]["steps"])
+            L.append(f"| {r['seed']} | `{r['command']}` | {steps} | {r['controller_steps']} | {r['learned']:.3f} | "
                      f"{r['learned_dev_loss']:.4f} | {r['best_grid_dev_loss']:.4f} at {r['best_grid_ratio']:.3f} | "
                      f"{100 * r['fraction']:.1f} % |")
         L.append("")

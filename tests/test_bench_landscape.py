@@ -145,3 +145,51 @@ def test_a_real_run_is_scored_on_the_curve_of_its_seed(tmp_path, hpctl_main, cap
     assert L.main(["--preset", "smoke", "--score-runs", str(tmp_path / "nope"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "steps=3" in err[0] and "not a finished run" in err[1]
+
+
+def test_a_shorter_fine_tune_is_scored_on_the_trajectory_curve_of_its_length(tmp_path, hpctl_main, capsys):
+    """The dev curve after K steps of the grid's fine-tunes is the grid of K-step fine-tunes (constant
+    learning rate, same data order and mask steps): a K-step fine-tune from the merged start ends at
+    the same dev loss bit for bit, and a run with --steps K is scored on that curve."""
+    from hpctl.config import build_dataclass
+    from hpctl.plugins.grasp_lora import GraspLoraConfig, GraspTask, resolve_config
+
+    def task_with(steps: int, where: str):
+        cfg = resolve_config(build_dataclass(GraspLoraConfig, {"preset": "smoke", "dev": 6, "steps": steps,
+                                                                "mask_every": 2, "probe_metric": "loss",
+                                                                "baseline": "none"}, what="x"))
+        task = GraspTask(cfg, seed=0, out_dir=tmp_path / where)
+        task.reset(0)
+        return task
+
+    value = np.array([0.6])
+    long_task, short_task = task_with(4, "long"), task_with(2, "short")
+    _, _, along = L.grid_point(long_task, value, [2])
+    assert along[0] == -short_task.full_run(value) and along[0] != along[1]
+    long_task.close()
+    short_task.close()
+
+    out = tmp_path / "res"
+    sets = ["--set", "steps=4", "--set", "controller_steps=2", "--set", "mask_every=2"]
+    assert L.main(["--preset", "smoke", "--seeds", "0", "--points", "3", "--dev", "6", "--budget", "10",
+                   "--group-size", "4", *sets, "--trajectory", "2", "--out", str(out),
+                   "--runs-dir", str(tmp_path / "lr")]) == 0
+    code, _, err = hpctl_main("run", "grasp_lora", "--preset", "smoke", "--dev", "6", "--steps", "2",
+                              "--mask-every", "2", "--controller-steps", "2", "--budget", "10", "--seed", "0",
+                              "--out", str(tmp_path / "short"))
+    assert code == 0, err
+    assert L.main(["--preset", "smoke", "--score-runs", str(tmp_path / "short"), "--out", str(out)]) == 0
+    doc = json.loads((out / "ratio_landscape_smoke.json").read_text())
+    (row,) = doc["runs"]
+    curve = doc["seeds"][0]["trajectory"][0]["dev_loss"]  # after 2 of the 4 steps
+    assert row["fine_tune_steps"] == 2 and row["best_grid_dev_loss"] == min(curve)
+    dev_loss = json.loads((tmp_path / "short" / "result.json").read_text())["metrics"]["dev_loss"]
+    assert row["fraction"] == pytest.approx((dev_loss - min(curve)) / (max(curve) - min(curve)))
+    assert "| fine-tune steps |" in (out / "ratio_landscape_smoke.md").read_text()
+    spec = json.loads((tmp_path / "short" / "spec.json").read_text())
+    spec["plugin_config"]["steps"] = 3  # a length no curve was measured for
+    (tmp_path / "short" / "spec.json").write_text(json.dumps(spec))
+    capsys.readouterr()
+    assert L.main(["--preset", "smoke", "--score-runs", str(tmp_path / "short"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "steps=3" in err[0] and "--trajectory 3" in err[0]
