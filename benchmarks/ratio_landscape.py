@@ -190,7 +190,8 @@ def measure_seed(config: Any, seed: int, points: int, out_dir: Path, budget: int
     task.close()
     out = {"seed": seed, "ratios": ratios, "start_ratio": float(start[0]), "steps_per_round": spr,
            "controller_steps": task.total_steps, "fine_tune_steps": task.fine_tune_steps, "states": states,
-           "grid_dev_loss": grid, "split_sizes": sizes, "wall_s": wall,
+           "grid_dev_loss": grid, "split_sizes": sizes, "split_articles": task.notes.get("split_articles", {}),
+           "wall_s": wall,
            "comparison": compare(ratios, grid, states)}
     # the micro-dev curve after k steps of every grid point's own fine-tune, k = the whole fine-tune last
     out["trajectory"] = []
@@ -303,13 +304,52 @@ def _f(x: float, spec: str) -> str:
     return format(x, spec) if x is not None and np.isfinite(x) else "-"
 
 
+def _split(doc: dict[str, Any], name: str) -> str:
+    """``"48 examples (2 articles)"``: a split's size and, where recorded, how many articles it spans."""
+    seed = doc["seeds"][0]
+    n, arts = seed["split_sizes"].get(name, "?"), (seed.get("split_articles") or {}).get(name)
+    return f"{n} examples" + (f" ({arts} articles)" if arts is not None else "")
+
+
+def backfill_articles(doc: dict[str, Any]) -> None:
+    """``split_articles`` for seeds measured before it was recorded: the article split depends only on
+    the configuration (``data_seed``, sizes), not on the run seed, so it is recomputed from the data."""
+    if all(s.get("split_articles") for s in doc["seeds"]):
+        return
+    from hpctl.plugins.grasp_lora.corpora import SplitSizes, load_task_data
+
+    c = doc["config"]
+    sizes = SplitSizes(source_train=0 if c.get("source_adapter") else int(c["source_train"]),
+                       target_train=int(c["target_train"]), micro_dev=int(c["micro_dev"]), dev=int(c["dev"]),
+                       test=int(c["test"]))
+    articles = load_task_data(c["task"], c["lang"], data_dir=c.get("data_dir"), seed=int(c.get("data_seed", 0)),
+                              sizes=sizes, max_context_chars=c.get("max_context_chars")).articles()
+    for s in doc["seeds"]:
+        if not s.get("split_articles"):
+            s["split_articles"] = articles
+
+
+def best_state_dev(seed_doc: dict[str, Any]) -> dict[str, float] | None:
+    """The lowest large-dev loss over the probe states where it was measured, and where: ``{dev_loss,
+    ratio, steps_done}``; None when no state has a dev curve."""
+    best = None
+    for st in seed_doc["states"]:
+        losses = np.asarray(st["dev_loss"], dtype=np.float64)
+        if np.isfinite(losses).any():
+            i = int(np.nanargmin(losses))
+            if best is None or losses[i] < best["dev_loss"]:
+                best = {"dev_loss": float(losses[i]), "ratio": float(seed_doc["ratios"][i]),
+                        "steps_done": int(st["steps_done"])}
+    return best
+
+
 def markdown(doc: dict[str, Any]) -> str:
     commands = list(dict.fromkeys(s.get("command") or doc["command"] for s in doc["seeds"]))
     L = [f"# Ratio landscape: {doc['preset']} preset", "", " ; ".join(f"`{c}`" for c in commands), "",
          f"Backbone `{doc['config']['backbone']}`, task {doc['config']['task']} {doc['config']['lang']}, "
          f"{doc['points']} ratios in [{doc['config']['p_min']}, {doc['config']['p_max']}], dev set "
-         f"{doc['seeds'][0]['split_sizes'].get('dev', '?')} examples, micro-dev "
-         f"{doc['seeds'][0]['split_sizes'].get('micro_dev', '?')}; controller run {doc['seeds'][0]['controller_steps']} "
+         f"{_split(doc, 'dev')}, micro-dev {_split(doc, 'micro_dev')}, target train {_split(doc, 'target_train')}; "
+         f"controller run {doc['seeds'][0]['controller_steps']} "
          f"steps in rounds of {doc['seeds'][0]['steps_per_round']} (trained at the start ratio "
          f"{doc['seeds'][0]['start_ratio']:.3f}); grid fine-tunes {doc['seeds'][0]['fine_tune_steps']} steps.", "",
          "| seed | state (steps done) | Spearman micro-dev vs grid | Spearman dev vs grid | micro-dev min at | "
@@ -322,11 +362,19 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"{_f(row['argmin_dev'], '.3f')} | "
                      f"{c['grid_argmin']:.3f} |")
     L += ["", "| seed | mean Spearman micro-dev vs grid | mean Spearman dev vs grid | grid curve range (dev loss) | "
-          "wall s |", "|---|---|---|---|---|"]
+          "lowest dev loss at a probe state | lowest of the grid | wall s |", "|---|---|---|---|---|---|---|"]
     for s in doc["seeds"]:
         c = s["comparison"]
+        best = best_state_dev(s)
+        at_state = (f"{best['dev_loss']:.4f} (ratio {best['ratio']:.3f}, after {best['steps_done']} steps)"
+                    if best else "-")
         L.append(f"| {s['seed']} | {_f(c['mean_spearman_micro_dev'], '+.2f')} | {_f(c['mean_spearman_dev'], '+.2f')} | "
-                 f"{c['grid_range']:.4f} | {s['wall_s']:.0f} |")
+                 f"{c['grid_range']:.4f} | {at_state} | {min(s['grid_dev_loss']):.4f} "
+                 f"(ratio {c['grid_argmin']:.3f}) | {s['wall_s']:.0f} |")
+    L += ["", "A probe state's lowest dev loss below the grid's lowest means that pruning the controller run's "
+          "adapter at that state beats every whole fine-tune: the fine-tune then overfits its training split, "
+          "and the grid's curve measures how much each ratio regularises that, which no probe of an earlier "
+          "state sees."]
     traj = [s for s in doc["seeds"] if s.get("trajectory")]
     if traj:
         L += ["", "Along the grid's own fine-tunes: the micro-dev curve after k of the "
@@ -477,6 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         r["command"] = doc["command"]
     out.mkdir(parents=True, exist_ok=True)
     doc["seeds"], doc["runs"] = merged_seeds(out / f"ratio_landscape_{args.preset}.json", doc)
+    backfill_articles(doc)
     (out / f"ratio_landscape_{args.preset}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     plot(doc, out / f"ratio_landscape_{args.preset}.png")
     (out / f"ratio_landscape_{args.preset}.md").write_text(markdown(doc) + f"\n![curves](ratio_landscape_{args.preset}.png)\n")
@@ -502,6 +551,7 @@ def score_runs_main(args: argparse.Namespace) -> int:
         return 2
     new = {r["command"] for r in scored}
     doc["runs"] = [r for r in doc.get("runs", []) if r["command"] not in new] + scored
+    backfill_articles(doc)
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     (out / f"ratio_landscape_{args.preset}.md").write_text(markdown(doc) + f"\n![curves](ratio_landscape_{args.preset}.png)\n")
     for r in scored:

@@ -52,6 +52,10 @@ def test_a_tiny_run_records_every_curve(tmp_path, capsys):
     seed = doc["seeds"][0]
     assert seed["ratios"] == pytest.approx([0.0, 0.45, 0.9])  # the grid controller's points
     assert seed["split_sizes"]["dev"] == 6
+    measured = seed.pop("split_articles")
+    assert 1 <= measured["dev"] <= 6 and measured["micro_dev"] >= 1
+    L.backfill_articles(doc)  # a seed measured before articles were recorded: recomputed from the config
+    assert seed["split_articles"] == measured
     # 10 probes in rounds of 4 + 1 -> 2 rounds of 1 step; states at 0 and 1 steps, and the end (2)
     assert [s["steps_done"] for s in seed["states"]] == [0, 1, 2]
     for s in seed["states"]:
@@ -69,6 +73,7 @@ def test_a_tiny_run_records_every_curve(tmp_path, capsys):
     assert middle["spearman_dev"] is None or not np.isfinite(middle["spearman_dev"])
     md = (tmp_path / "ratio_landscape_smoke.md").read_text()
     assert "Spearman micro-dev vs grid" in md and "tiny random model" in md and "Along the grid's own" in md
+    assert f"dev set 6 examples ({measured['dev']} articles)" in md and "lowest dev loss at a probe state" in md
     assert (tmp_path / "ratio_landscape_smoke.png").stat().st_size > 10_000 and "ratio_landscape_smoke.png" in md
 
 

@@ -138,6 +138,11 @@ class TaskData:
         """Number of examples per split, in :data:`SPLITS` order."""
         return {name: len(getattr(self, name)) for name in SPLITS}
 
+    def articles(self) -> dict[str, int]:
+        """Number of distinct articles per split: how many topics a split's examples span (a 48-question
+        XQuAD split is one or two articles, since articles are assigned whole)."""
+        return {name: len({e.article for e in getattr(self, name)}) for name in SPLITS}
+
 
 # --------------------------------------------------------------------------- prompts
 

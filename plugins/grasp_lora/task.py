@@ -239,6 +239,7 @@ class GraspTask(Task):
             if not self.splits[name].encoded:
                 raise ConfigError(f"the {name.replace('_', '-')} split is empty; raise --{name.replace('_', '-')}")
         self.notes["split_sizes"] = data.sizes()
+        self.notes["split_articles"] = data.articles()
 
     def _encode(self, examples: Sequence[Any]) -> Split:
         return encode_split(self.tokenizer, examples, self.cfg, self.pad_id)
