@@ -45,12 +45,14 @@ then; the results file gains a ``runs`` table::
 
 Writes ``<out>/ratio_landscape_<preset>.json`` (command, configs, every curve),
 ``<out>/ratio_landscape_<preset>.md`` and ``.png`` (the curves, one panel per seed); run folders (the adapters) go under ``--runs-dir``.
+A variant (``--set`` options) takes ``--tag T`` and its own ``ratio_landscape_<preset>_<T>.*`` files.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import time
@@ -345,7 +347,7 @@ def best_state_dev(seed_doc: dict[str, Any]) -> dict[str, float] | None:
 
 def markdown(doc: dict[str, Any]) -> str:
     commands = list(dict.fromkeys(s.get("command") or doc["command"] for s in doc["seeds"]))
-    L = [f"# Ratio landscape: {doc['preset']} preset", "", " ; ".join(f"`{c}`" for c in commands), "",
+    L = [f"# Ratio landscape: {doc['preset']} preset" + (f", variant {doc['tag']}" if doc.get("tag") else ""), "", " ; ".join(f"`{c}`" for c in commands), "",
          f"Backbone `{doc['config']['backbone']}`, task {doc['config']['task']} {doc['config']['lang']}, "
          f"{doc['points']} ratios in [{doc['config']['p_min']}, {doc['config']['p_max']}], dev set "
          f"{_split(doc, 'dev')}, micro-dev {_split(doc, 'micro_dev')}, target train {_split(doc, 'target_train')}; "
@@ -454,6 +456,12 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def results_name(args: argparse.Namespace) -> str:
+    """``ratio_landscape_<preset>`` or, with ``--tag T``, ``ratio_landscape_<preset>_<T>``: a variant
+    (``--set`` options) keeps its own results file instead of replacing the preset's."""
+    return f"ratio_landscape_{args.preset}" + (f"_{args.tag}" if args.tag else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from hpctl.config import build_dataclass
     from hpctl.errors import HpctlError
@@ -474,11 +482,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--group-size", type=int, default=None, help="probes per round (plugin default)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a grasp_lora option, e.g. --set steps=64 (repeatable)")
+    ap.add_argument("--tag", default="", help="results file suffix for a variant, e.g. --tag train192 with "
+                    "--set target_train=192 (letters, digits, - and _)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--runs-dir", default=None, help="run folders (default: <out>/ratio_landscape_runs)")
     ap.add_argument("--score-runs", default=None, metavar="RUN_DIR,...",
                     help="score finished grasp_lora runs on the measured curves (measures nothing)")
     args = ap.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", args.tag):
+        print(f"ratio_landscape: error: --tag may hold letters, digits, - and _ only, got {args.tag!r}", file=sys.stderr)
+        return 2
     if args.score_runs:
         return score_runs_main(args)
     try:
@@ -518,17 +531,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     import dataclasses
 
     doc = {"command": "python -m benchmarks.ratio_landscape " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-           "preset": args.preset, "points": args.points, "budget": budget, "group_size": group,
+           "preset": args.preset, "tag": args.tag, "points": args.points, "budget": budget, "group_size": group,
            "state_dev": args.state_dev,
            "config": dataclasses.asdict(cfg), "seeds": results}
     for r in results:
         r["command"] = doc["command"]
     out.mkdir(parents=True, exist_ok=True)
-    doc["seeds"], doc["runs"] = merged_seeds(out / f"ratio_landscape_{args.preset}.json", doc)
+    name = results_name(args)
+    doc["seeds"], doc["runs"] = merged_seeds(out / f"{name}.json", doc)
     backfill_articles(doc)
-    (out / f"ratio_landscape_{args.preset}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    plot(doc, out / f"ratio_landscape_{args.preset}.png")
-    (out / f"ratio_landscape_{args.preset}.md").write_text(markdown(doc) + f"\n![curves](ratio_landscape_{args.preset}.png)\n")
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    plot(doc, out / f"{name}.png")
+    (out / f"{name}.md").write_text(markdown(doc) + f"\n![curves]({name}.png)\n")
     print(markdown(doc))
     return 0
 
@@ -538,7 +552,8 @@ def score_runs_main(args: argparse.Namespace) -> int:
     from hpctl.errors import HpctlError
 
     out = Path(args.out)
-    path = out / f"ratio_landscape_{args.preset}.json"
+    name = results_name(args)
+    path = out / f"{name}.json"
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -553,7 +568,7 @@ def score_runs_main(args: argparse.Namespace) -> int:
     doc["runs"] = [r for r in doc.get("runs", []) if r["command"] not in new] + scored
     backfill_articles(doc)
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    (out / f"ratio_landscape_{args.preset}.md").write_text(markdown(doc) + f"\n![curves](ratio_landscape_{args.preset}.png)\n")
+    (out / f"{name}.md").write_text(markdown(doc) + f"\n![curves]({name}.png)\n")
     for r in scored:
         print(f"{r['run']}: learned {r['learned']:.3f}, dev loss {r['learned_dev_loss']:.4f}, regret "
               f"{100 * r['fraction']:.1f} % of the curve's range (best {r['best_grid_ratio']:.3f})")

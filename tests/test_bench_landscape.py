@@ -104,8 +104,10 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert L.main(["--seeds", "x", "--out", str(tmp_path)]) == 2
     assert L.main(["--set", "probe_metric=f1", "--out", str(tmp_path)]) == 2
     assert L.main(["--trajectory", "3", "--out", str(tmp_path)]) == 2  # before any measuring: not a multiple of 4
+    assert L.main(["--tag", "../x", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("ratio_landscape: error:") for line in err)
+    assert len(err) == 4 and all(line.startswith("ratio_landscape: error:") for line in err)
+    assert "--tag" in err[3] and not any(tmp_path.iterdir())
 
 
 def test_seeds_run_in_parts_accumulate_in_one_results_file(tmp_path):
@@ -177,24 +179,26 @@ def test_a_shorter_fine_tune_is_scored_on_the_trajectory_curve_of_its_length(tmp
     out = tmp_path / "res"
     sets = ["--set", "steps=4", "--set", "controller_steps=2", "--set", "mask_every=2"]
     assert L.main(["--preset", "smoke", "--seeds", "0", "--points", "3", "--dev", "6", "--budget", "10",
-                   "--group-size", "4", *sets, "--trajectory", "2", "--out", str(out),
+                   "--group-size", "4", *sets, "--trajectory", "2", "--out", str(out), "--tag", "mask2",
                    "--runs-dir", str(tmp_path / "lr")]) == 0
+    assert not (out / "ratio_landscape_smoke.json").exists()  # a variant keeps its own file
     code, _, err = hpctl_main("run", "grasp_lora", "--preset", "smoke", "--dev", "6", "--steps", "2",
                               "--mask-every", "2", "--controller-steps", "2", "--budget", "10", "--seed", "0",
                               "--out", str(tmp_path / "short"))
     assert code == 0, err
-    assert L.main(["--preset", "smoke", "--score-runs", str(tmp_path / "short"), "--out", str(out)]) == 0
-    doc = json.loads((out / "ratio_landscape_smoke.json").read_text())
+    assert L.main(["--preset", "smoke", "--tag", "mask2", "--score-runs", str(tmp_path / "short"), "--out", str(out)]) == 0
+    doc = json.loads((out / "ratio_landscape_smoke_mask2.json").read_text())
     (row,) = doc["runs"]
     curve = doc["seeds"][0]["trajectory"][0]["dev_loss"]  # after 2 of the 4 steps
     assert row["fine_tune_steps"] == 2 and row["best_grid_dev_loss"] == min(curve)
     dev_loss = json.loads((tmp_path / "short" / "result.json").read_text())["metrics"]["dev_loss"]
     assert row["fraction"] == pytest.approx((dev_loss - min(curve)) / (max(curve) - min(curve)))
-    assert "| fine-tune steps |" in (out / "ratio_landscape_smoke.md").read_text()
+    md = (out / "ratio_landscape_smoke_mask2.md").read_text()
+    assert "| fine-tune steps |" in md and md.startswith("# Ratio landscape: smoke preset, variant mask2")
     spec = json.loads((tmp_path / "short" / "spec.json").read_text())
     spec["plugin_config"]["steps"] = 3  # a length no curve was measured for
     (tmp_path / "short" / "spec.json").write_text(json.dumps(spec))
     capsys.readouterr()
-    assert L.main(["--preset", "smoke", "--score-runs", str(tmp_path / "short"), "--out", str(out)]) == 2
+    assert L.main(["--preset", "smoke", "--tag", "mask2", "--score-runs", str(tmp_path / "short"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "steps=3" in err[0] and "--trajectory 3" in err[0]
