@@ -126,3 +126,20 @@ def test_the_readme_quotes_the_committed_results():
     for scenario in missed:  # every missed target is named in the README
         name = scenario.replace(" n0.01", "").replace(" n0.05", "").replace(" n0.1", "")
         assert name.split(" (")[0] in readme, scenario
+
+
+def test_a_grpo_variant_is_named_by_its_settings(tmp_path):
+    """``grpo[key=value;...]`` runs GRPO with those settings; an ablation's name keeps its settings;
+    a malformed or unknown setting stops the benchmark before any run, in one line."""
+    from hpctl.envs import make_landscape_env
+
+    assert controllers.variant_settings("grpo") == {}
+    assert controllers.variant_settings("grpo[max_step=0.3]") == controllers.ABLATIONS["max_step=0.3"]
+    assert controllers.variant_settings("grpo[lr_sigma=0.4; epochs=5]") == {"lr_sigma": "0.4", "epochs": "5"}
+    ctrl = controllers.make_controller("grpo[lr_sigma=0.4;epochs=5]", make_landscape_env(group_size=3), 0)
+    assert ctrl.config.lr_sigma == 0.4 and ctrl.config.epochs == 5
+    for bad, says in (("grpo[lr_sigma]", "key=value"), ("grpo[no_such=1]", "no_such"), ("grpo[epochs=x]", "epochs")):
+        with pytest.raises(SystemExit) as exc:
+            controllers.main(["--seeds", "1", "--controllers", bad, "--out", str(tmp_path)])
+        assert says in str(exc.value) and "\n" not in str(exc.value)
+    assert not any(tmp_path.iterdir())
