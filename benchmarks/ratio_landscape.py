@@ -205,6 +205,23 @@ def measure_seed(config: Any, seed: int, points: int, out_dir: Path, budget: int
     return out
 
 
+def same_config(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Two resolved grasp_lora configs make the same curves: equal, except that an option added to
+    grasp_lora after ``old`` was measured counts as equal when ``new`` leaves it at its default
+    (seed 2 of the default preset was measured after ``probe_steps`` existed, seeds 0 and 1 before)."""
+    import dataclasses
+
+    from hpctl.plugins.grasp_lora import GraspLoraConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(GraspLoraConfig)}
+    for key in set(old) | set(new):
+        if key not in old and key in defaults and new.get(key) == defaults[key]:
+            continue
+        if old.get(key) != new.get(key):
+            return False
+    return True
+
+
 def merged_seeds(path: Path, doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """This run's seeds plus the other seeds of an earlier results file measured with the same
     configuration (a long benchmark runs one seed per part), and the scored runs of those other
@@ -215,7 +232,8 @@ def merged_seeds(path: Path, doc: dict[str, Any]) -> tuple[list[dict[str, Any]],
     except (OSError, ValueError):
         return list(doc["seeds"]), []
     same = all(old.get(k) == json.loads(json.dumps(doc.get(k), default=str))
-               for k in ("preset", "points", "budget", "group_size", "state_dev", "config"))
+               for k in ("preset", "points", "budget", "group_size", "state_dev")) and same_config(
+        old.get("config") or {}, json.loads(json.dumps(doc.get("config") or {}, default=str)))
     if not same:
         return list(doc["seeds"]), []
     mine = {s["seed"] for s in doc["seeds"]}

@@ -121,6 +121,11 @@ def test_seeds_run_in_parts_accumulate_in_one_results_file(tmp_path):
     assert [(s["seed"], s["v"]) for s in got] == [(0, "new"), (1, "new"), (2, "kept")]
     assert got[2]["command"] is None  # a kept seed carries the command that measured it
     assert runs == [{"seed": 2, "run": "b"}]  # seed 0's run was scored on the curve just replaced
+    # an option added to grasp_lora after the file was measured, left at its default: the same curves
+    newer = {**base, "config": {"lang": "ar", "dev": 300, "probe_steps": 0}, "seeds": [{"seed": 3, "v": "new"}]}
+    assert [s["seed"] for s in L.merged_seeds(path, newer)[0]] == [0, 2, 3]
+    changed = {**newer, "config": {"lang": "ar", "dev": 300, "probe_steps": 4}}
+    assert L.merged_seeds(path, changed) == (changed["seeds"], [])
     other = {**base, "config": {"lang": "zh", "dev": 300}, "seeds": [{"seed": 1, "v": "zh"}]}
     assert L.merged_seeds(path, other) == (other["seeds"], [])
     assert L.merged_seeds(tmp_path / "missing.json", other) == (other["seeds"], [])
