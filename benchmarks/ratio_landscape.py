@@ -152,8 +152,10 @@ def grid_point(task: Any, value: np.ndarray, at_steps: Sequence[int] = ()) -> tu
 
 
 def measure_seed(config: Any, seed: int, points: int, out_dir: Path, budget: int, group_size: int,
-                 say=print, state_dev: str = "ends", trajectory: Sequence[int] = ()) -> dict[str, Any]:
-    """The curves of one seed (see the module docstring); ``config`` is a resolved GraspLoraConfig."""
+                 say=print, state_dev: str = "ends", trajectory: Sequence[int] = (),
+                 grid_only: bool = False) -> dict[str, Any]:
+    """The curves of one seed (see the module docstring); ``config`` is a resolved GraspLoraConfig.
+    ``grid_only``: no probe states, only the grid's fine-tunes (and their trajectories)."""
     from hpctl.controllers.search import grid_points
     from hpctl.plugins.grasp_lora import GraspTask
     from hpctl.runner import seed_everything, steps_per_round
@@ -168,7 +170,7 @@ def measure_seed(config: Any, seed: int, points: int, out_dir: Path, budget: int
     rounds = max(1, budget // (group_size + 1))
     states = []
     done = 0
-    for r in range(rounds + 1):
+    for r in range(0 if grid_only else rounds + 1):
         at = min(task.total_steps, r * spr) if r < rounds else task.total_steps
         if at > done:
             task.train(at - done, start)
@@ -232,7 +234,8 @@ def merged_seeds(path: Path, doc: dict[str, Any]) -> tuple[list[dict[str, Any]],
     except (OSError, ValueError):
         return list(doc["seeds"]), []
     same = all(old.get(k) == json.loads(json.dumps(doc.get(k), default=str))
-               for k in ("preset", "points", "budget", "group_size", "state_dev")) and same_config(
+               for k in ("preset", "points", "budget", "group_size", "state_dev")) and bool(
+        old.get("grid_only")) == bool(doc.get("grid_only")) and same_config(
         old.get("config") or {}, json.loads(json.dumps(doc.get("config") or {}, default=str)))
     if not same:
         return list(doc["seeds"]), []
@@ -492,6 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dev", type=int, default=None, help="dev examples (default: 300, 64 for smoke)")
     ap.add_argument("--state-dev", choices=("ends", "all"), default="ends",
                     help="large-dev curves at the first and last probe state (ends) or at every one (all)")
+    ap.add_argument("--grid-only", action="store_true",
+                    help="measure only the grid's fine-tunes, no probe states (e.g. a fine grid of close ratios "
+                         "with --set p_min=... --set p_max=...: how smooth is the curve between grid points?)")
     ap.add_argument("--trajectory", default="", metavar="K,K,...",
                     help="also record the micro-dev and dev curves after K steps of every grid point's fine-tune "
                          "(multiples of mask_every; what a probe that first fine-tunes K steps would see; each K "
@@ -541,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = Path(args.runs_dir) if args.runs_dir else out / "ratio_landscape_runs"
         results = [measure_seed(cfg, s, args.points, runs / f"seed{s}", budget, group,
                                 say=lambda m: print(f"[ratio_landscape] {m}", file=sys.stderr, flush=True),
-                                state_dev=args.state_dev, trajectory=trajectory)
+                                state_dev=args.state_dev, trajectory=trajectory, grid_only=args.grid_only)
                    for s in seeds]
     except HpctlError as exc:
         print(f"ratio_landscape: error: {exc}", file=sys.stderr)
@@ -550,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     doc = {"command": "python -m benchmarks.ratio_landscape " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
            "preset": args.preset, "tag": args.tag, "points": args.points, "budget": budget, "group_size": group,
-           "state_dev": args.state_dev,
+           "state_dev": args.state_dev, "grid_only": args.grid_only,
            "config": dataclasses.asdict(cfg), "seeds": results}
     for r in results:
         r["command"] = doc["command"]

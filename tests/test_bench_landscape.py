@@ -207,3 +207,15 @@ def test_a_shorter_fine_tune_is_scored_on_the_trajectory_curve_of_its_length(tmp
     assert L.main(["--preset", "smoke", "--tag", "mask2", "--score-runs", str(tmp_path / "short"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "steps=3" in err[0] and "--trajectory 3" in err[0]
+
+
+def test_grid_only_measures_the_fine_tunes_and_no_probe_state(tmp_path):
+    """--grid-only: a fine grid of close ratios (how rugged is the curve between grid points?)."""
+    assert L.main(["--preset", "smoke", "--seeds", "0", "--points", "3", "--dev", "6", "--grid-only",
+                   "--set", "steps=2", "--set", "p_min=0.8", "--set", "p_max=0.9", "--tag", "fine",
+                   "--out", str(tmp_path), "--runs-dir", str(tmp_path / "lr")]) == 0
+    doc = json.loads((tmp_path / "ratio_landscape_smoke_fine.json").read_text())
+    (seed,) = doc["seeds"]
+    assert doc["grid_only"] and seed["states"] == [] and seed["ratios"] == pytest.approx([0.8, 0.85, 0.9])
+    assert len(seed["grid_dev_loss"]) == 3 and all(np.isfinite(seed["grid_dev_loss"]))
+    assert "| 0 | - | - |" in (tmp_path / "ratio_landscape_smoke_fine.md").read_text()
