@@ -374,9 +374,17 @@ def markdown(doc: dict[str, Any]) -> str:
          f"{_split(doc, 'dev')}, micro-dev {_split(doc, 'micro_dev')}, target train {_split(doc, 'target_train')}; "
          f"controller run {doc['seeds'][0]['controller_steps']} "
          f"steps in rounds of {doc['seeds'][0]['steps_per_round']} (trained at the start ratio "
-         f"{doc['seeds'][0]['start_ratio']:.3f}); grid fine-tunes {doc['seeds'][0]['fine_tune_steps']} steps.", "",
-         "| seed | state (steps done) | Spearman micro-dev vs grid | Spearman dev vs grid | micro-dev min at | "
-         "dev min at | grid min at |", "|---|---|---|---|---|---|---|"]
+         f"{doc['seeds'][0]['start_ratio']:.3f}); grid fine-tunes {doc['seeds'][0]['fine_tune_steps']} steps"
+         + (" (`--grid-only`: no probe states measured)." if doc.get("grid_only") else "."), "",
+         "Dev loss after each grid point's fine-tune:", "",
+         "| seed | " + " | ".join(f"{r:.3f}" for r in doc["seeds"][0]["ratios"]) + " |",
+         "|---|" + "---|" * len(doc["seeds"][0]["ratios"])]
+    for s in doc["seeds"]:
+        L.append(f"| {s['seed']} | " + " | ".join(f"{x:.4f}" for x in s["grid_dev_loss"]) + " |")
+    L.append("")
+    if not doc.get("grid_only"):
+        L += ["| seed | state (steps done) | Spearman micro-dev vs grid | Spearman dev vs grid | micro-dev min at | "
+              "dev min at | grid min at |", "|---|---|---|---|---|---|---|"]
     for s in doc["seeds"]:
         c = s["comparison"]
         for row in c["states"]:
@@ -394,10 +402,11 @@ def markdown(doc: dict[str, Any]) -> str:
         L.append(f"| {s['seed']} | {_f(c['mean_spearman_micro_dev'], '+.2f')} | {_f(c['mean_spearman_dev'], '+.2f')} | "
                  f"{c['grid_range']:.4f} | {at_state} | {min(s['grid_dev_loss']):.4f} "
                  f"(ratio {c['grid_argmin']:.3f}) | {s['wall_s']:.0f} |")
-    L += ["", "A probe state's lowest dev loss below the grid's lowest means that pruning the controller run's "
-          "adapter at that state beats every whole fine-tune: the fine-tune then overfits its training split, "
-          "and the grid's curve measures how much each ratio regularises that, which no probe of an earlier "
-          "state sees."]
+    if not doc.get("grid_only"):
+        L += ["", "A probe state's lowest dev loss below the grid's lowest means that pruning the controller run's "
+              "adapter at that state beats every whole fine-tune: the fine-tune then overfits its training split, "
+              "and the grid's curve measures how much each ratio regularises that, which no probe of an earlier "
+              "state sees."]
     traj = [s for s in doc["seeds"] if s.get("trajectory")]
     if traj:
         L += ["", "Along the grid's own fine-tunes: the micro-dev curve after k of the "
