@@ -9,6 +9,8 @@ import pytest
 
 from benchmarks import ratio_landscape as L
 
+ROOT = L.ROOT
+
 
 def test_spearman_matches_scipy_with_ties():
     from scipy.stats import spearmanr
@@ -219,3 +221,31 @@ def test_grid_only_measures_the_fine_tunes_and_no_probe_state(tmp_path):
     assert doc["grid_only"] and seed["states"] == [] and seed["ratios"] == pytest.approx([0.8, 0.85, 0.9])
     assert len(seed["grid_dev_loss"]) == 3 and all(np.isfinite(seed["grid_dev_loss"]))
     assert "| 0 | - | - |" in (tmp_path / "ratio_landscape_smoke_fine.md").read_text()
+
+
+def test_the_readme_quotes_the_committed_landscape():
+    """Every number the README gives for the default preset's landscape is in its committed results."""
+    results = ROOT / "benchmarks" / "results"
+    doc = json.loads((results / "ratio_landscape_default.json").read_text())
+    fine = json.loads((results / "ratio_landscape_default_fine12.json").read_text())
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    section = readme[readme.index("python -m benchmarks.ratio_landscape --preset default --seeds 0"):]
+    section = section[:section.index("only check the tool")]
+    quoted = set()
+    for r in doc["runs"]:
+        quoted.add(f"{100 * r['fraction']:.1f} %")
+    for s in doc["seeds"]:
+        c = s["comparison"]
+        quoted |= {f"{c['grid_argmin']:.3f}", f"{min(s['grid_dev_loss']):.3f}", f"range {c['grid_range']:.3f}",
+                   f"{best_state(s):.3f}", f"{c['mean_spearman_micro_dev']:+.2f}".replace("+", "")}
+    traj = next(s for s in doc["seeds"] if s.get("trajectory"))["trajectory"][0]
+    quoted |= {f"{min(traj['dev_loss']):.3f}-{max(traj['dev_loss']):.3f}", f"{traj['argmin_dev']:.3f}",
+               f"{max(fine['seeds'][0]['grid_dev_loss']):.3f}"}
+    missing = sorted(q for q in quoted if q not in section)
+    assert not missing, f"the README's landscape section should quote {missing}"
+
+
+def best_state(seed: dict) -> float:
+    best = L.best_state_dev(seed)
+    assert best is not None
+    return best["dev_loss"]
