@@ -471,15 +471,24 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
             if np.isfinite(st["dev_loss"]).all():
                 ax.plot(x, scaled(st["dev_loss"]), "--", color=shade, lw=1.0,
                         label=f"dev, after {st['steps_done']} steps")
+        for t in (sd.get("trajectory") or [])[:-1]:  # the last is the whole fine-tune: the grid itself
+            if np.isfinite(t["dev_loss"]).all():
+                ax.plot(x, scaled(t["dev_loss"]), "^:", ms=4, color="tab:orange", lw=1.2,
+                        label=f"grid: dev after {t['steps']} of its steps")
         g = scaled(sd["grid_dev_loss"])
         ax.plot(x, g, "s-", color="k", lw=2, label="grid: dev after a whole fine-tune")
         ax.plot([x[int(np.argmin(g))]], [0.0], "*", ms=15, color="gold", mec="k")
         ax.set_title(f"seed {sd['seed']}: Spearman micro-dev vs grid "
-                     f"{_f(sd['comparison']['mean_spearman_micro_dev'], '+.2f')}")
+                     f"{_f(sd['comparison']['mean_spearman_micro_dev'], '+.2f')}" if sd["states"]
+                     else f"seed {sd['seed']}: grid only, {sd['fine_tune_steps']}-step fine-tunes")
         ax.set_xlabel("global prune ratio")
     axes[0][0].set_ylabel("loss, scaled to [0, 1] per curve (lower is better)")
     axes[0][0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"Ratio landscape, {doc['preset']} preset ({doc['config']['task']} {doc['config']['lang']})")
+    for ax, sd in list(zip(axes[0], seeds))[1:]:
+        if len(sd.get("trajectory") or []) > 1:  # its own curves, not in the first panel's legend
+            ax.legend(fontsize=7, loc="best")
+    variant = f", variant {doc['tag']}" if doc.get("tag") else ""
+    fig.suptitle(f"Ratio landscape, {doc['preset']} preset{variant} ({doc['config']['task']} {doc['config']['lang']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
