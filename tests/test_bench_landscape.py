@@ -241,6 +241,11 @@ def test_the_readme_quotes_the_committed_landscape():
     traj = next(s for s in doc["seeds"] if s.get("trajectory"))["trajectory"][0]
     quoted |= {f"{min(traj['dev_loss']):.3f}-{max(traj['dev_loss']):.3f}", f"{traj['argmin_dev']:.3f}",
                f"{max(fine['seeds'][0]['grid_dev_loss']):.3f}"}
+    variant = json.loads((results / "ratio_landscape_default_train192.json").read_text())
+    v = variant["seeds"][0]
+    quoted |= {f"{min(v['grid_dev_loss']):.3f}-{max(v['grid_dev_loss']):.3f}", f"{v['comparison']['grid_argmin']:.1f}",
+               *(f"{100 * r['fraction']:.1f} %" for r in variant["runs"]),
+               *(f"learned {r['learned']:.3f}" for r in variant["runs"])}
     missing = sorted(q for q in quoted if q not in section)
     assert not missing, f"the README's landscape section should quote {missing}"
 
