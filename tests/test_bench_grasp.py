@@ -187,10 +187,49 @@ def test_tables_ratios_and_checks_from_fake_results(tmp_path):
     assert back["nan"] is None and back["summary"]["per_seed"]["0"]["vs_grid"]["grpo"]["metric_diff"]["score"] == 0.0
 
 
+def test_parts_merge_seeds_of_the_same_configuration_and_pool_the_test_scores(tmp_path):
+    """A long benchmark runs a seed per part: a part keeps the earlier parts' seeds of the same
+    configuration (their per-question test scores travel in the JSON, the run folders may be gone)."""
+    import shutil
+
+    records, adapters = {}, {}
+    for seed in (0, 1):
+        fake_records, ad = _fake(tmp_path / f"s{seed}")
+        recs = fake_records[0]
+        for rec in recs.values():
+            rec["test_scores"] = analysis.per_example_scores("xquad", "en", rec["out_dir"])
+        records[seed], adapters[seed] = recs, ad[0]
+    shutil.rmtree(tmp_path / "s0")  # seed 0's run folders are gone: its record must carry its scores
+    meta = {"scale": "cpu", "k": 8, "budget": 20, "group_size": 4, "steps": 16, "controller_steps": 4,
+            "task": "xquad", "lang": "en", "resolved_plugin_config": {"lang": "en", "steps": 16}}
+    path = tmp_path / "grasp_vs_grid_cpu.json"
+    path.write_text(json.dumps(report._jsonable({**meta, "seeds": [0], "command": "part 0", "runs": {0: records[0]},
+                                                 "adapters": {0: adapters[0]}, "throughput": {"x": 1}})))
+    kept = cli.earlier_parts(path, meta, [1])
+    assert list(kept["runs"]) == [0] and kept["commands"] == ["part 0"] and kept["throughput"] == {"x": 1}
+    assert kept["runs"][0]["grpo"]["test_scores"] == records[0]["grpo"]["test_scores"]
+    assert cli.earlier_parts(path, meta, [0]) is None  # re-running seed 0 replaces it
+    assert cli.earlier_parts(path, {**meta, "lang": "zh"}, [1]) is None  # another configuration
+    assert cli.earlier_parts(path, {**meta, "resolved_plugin_config": {"lang": "en", "steps": 8}}, [1]) is None
+    assert cli.earlier_parts(tmp_path / "missing.json", meta, [1]) is None
+
+    merged = {**kept["runs"], 1: records[1]}
+    summary = analysis.summarise(merged, {0: kept["adapters"][0], 1: adapters[1]}, "xquad", "en", steps=16)
+    pooled = summary["median"]["grpo"]["score_diff_pooled"]
+    assert pooled["n"] == 8 and pooled["mean"] == pytest.approx(25.0)  # 4 questions x 2 seeds
+    assert summary["per_seed"][0]["vs_grid"]["grpo"]["score_diff_bootstrap"]["n"] == 4  # from the record alone
+    assert summary["median"]["grpo"]["time_ratio_range"]["as_measured"] == pytest.approx([830 / 220, 830 / 220])
+    lines = "\n".join(report.over_seeds(summary))
+    assert "## Over seeds 0, 1" in lines
+    assert "| GRASP (GRPO) | 0.3700, 0.3700 | 0.3000, 0.3000 |" in lines and "+25.00 [" in lines and "(8) |" in lines
+
+
 def test_options_are_checked_before_anything_runs(capsys):
     assert cli.parse_seeds("3") == [0, 1, 2] and cli.parse_seeds("0,5") == [0, 5]
-    with pytest.raises(Exception, match="--seeds"):
-        cli.parse_seeds("x")
+    assert cli.parse_seeds("1-2") == [1, 2] and cli.parse_seeds("1-1") == [1]
+    for bad in ("x", "0", "2-1"):
+        with pytest.raises(Exception, match="--seeds"):
+            cli.parse_seeds(bad)
     assert cli.parse_sets(["steps=3", "lora-r=2"]) == {"steps": "3", "lora_r": "2"}
     assert cli.main(["--scale", "smoke", "--arms", "grid,nope"]) == 2
     assert "unknown arm" in capsys.readouterr().err

@@ -57,7 +57,12 @@ them) are reported as findings, never single absolute times.
 Writes ``<out>/grasp_vs_grid_<scale>.json`` (command line, seeds, versions, configs, every
 figure), ``<out>/grasp_vs_grid_<scale>.md`` and ``<out>/grasp_vs_grid_<scale>_seed<N>.png``
 (grid dev score vs ratio with the controllers' ratio trajectories drawn over it). Run
-folders (adapters, predictions) and the MLflow store go under ``--runs-dir``.
+folders (adapters, predictions) and the MLflow store go under ``--runs-dir``. ``--tag T`` names
+the files ``grasp_vs_grid_<scale>_<T>.*`` (a language, a variant). A long benchmark runs in
+parts, a seed each (``--seeds 1-1``): a part keeps the seeds of an earlier file of the same
+configuration (every arm's per-question test scores are in the JSON, so the run folders need
+not survive), and the report adds, over all seeds, each arm's learned ratio and regret per
+seed and its test score difference to the grid pooled over every (seed, question) pair.
 
 Scales: ``smoke`` (tiny random backbone, minutes: checks the machinery, the metrics are
 meaningless), ``cpu`` (Gemma 3 270M, sizes pinned in ``CPU_SIZES``: 64-step fine-tunes, a

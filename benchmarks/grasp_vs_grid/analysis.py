@@ -52,6 +52,12 @@ def per_example_scores(task: str, lang: str, out_dir: str, filename: str = "test
     return out
 
 
+def test_scores(rec: dict[str, Any], task: str, lang: str) -> dict[str, float]:
+    """An arm's per-question test scores: kept in its record, else read from its run folder."""
+    kept = rec.get("test_scores")
+    return {k: float(v) for k, v in kept.items()} if kept else per_example_scores(task, lang, rec["out_dir"])
+
+
 def paired_bootstrap(a: dict[str, float], b: dict[str, float], n: int = 2000, seed: int = 0) -> dict[str, float] | None:
     """Mean of a - b over shared ids and a 95 % percentile bootstrap interval."""
     ids = sorted(set(a) & set(b))
@@ -234,7 +240,7 @@ def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int,
         comps = {}
         if "grid" in arms:
             grid = arms["grid"]
-            grid_scores = per_example_scores(task, lang, grid["out_dir"])
+            grid_scores = test_scores(grid, task, lang)
             for arm in [a for a in arms if a != "grid"]:
                 rec = arms[arm]
                 c = {"time_ratio": time_ratios(grid, rec, a_s),
@@ -242,8 +248,7 @@ def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int,
                                     for k in ("forward_passes", "backward_passes")},
                      "metric_diff": {k: rec["metrics"][k] - grid["metrics"][k] for k in METRIC_KEYS
                                      if k in rec["metrics"] and k in grid["metrics"]},
-                     "score_diff_bootstrap": paired_bootstrap(per_example_scores(task, lang, rec["out_dir"]),
-                                                              grid_scores, seed=seed)}
+                     "score_diff_bootstrap": paired_bootstrap(test_scores(rec, task, lang), grid_scores, seed=seed)}
                 if arm in GRASP_ARMS:
                     c["cost_model"] = cost_model(grid, rec, a_s, steps, controller_steps)
                     curve = grid_loss_curve(grid)
@@ -267,6 +272,18 @@ def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int,
         if cs:
             med[arm]["time_ratio"] = {k: _med([c["time_ratio"][k] for c in cs]) for k in cs[0]["time_ratio"]}
             med[arm]["metric_diff"] = {k: _med([c["metric_diff"].get(k) for c in cs]) for k in cs[0]["metric_diff"]}
+            # the test score difference pooled over seeds: one paired interval over every (seed, question)
+            pooled_a: dict[str, float] = {}
+            pooled_b: dict[str, float] = {}
+            for s in seeds:
+                arms_s = records[s]
+                if arm in arms_s and "grid" in arms_s:
+                    a, b = test_scores(arms_s[arm], task, lang), test_scores(arms_s["grid"], task, lang)
+                    pooled_a.update({f"{s}/{k}": v for k, v in a.items()})
+                    pooled_b.update({f"{s}/{k}": v for k, v in b.items()})
+            med[arm]["score_diff_pooled"] = paired_bootstrap(pooled_a, pooled_b)
+            med[arm]["time_ratio_range"] = {k: [float(min(c["time_ratio"][k] for c in cs)),
+                                                float(max(c["time_ratio"][k] for c in cs))] for k in cs[0]["time_ratio"]}
             fractions = [c["regret"]["fraction"] for c in cs if "regret" in c]
             if fractions:
                 med[arm]["regret_fraction"] = _med(fractions)

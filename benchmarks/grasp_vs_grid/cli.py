@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __doc__ as DOC
-from .analysis import criteria, summarise
+from .analysis import criteria, per_example_scores, summarise
 from .arms import ARMS, EXPERIMENT, SCALES, arm_spec, resolved, run_arm, train_shared_adapters, warm_up_metrics
 from .report import _jsonable, markdown, plot_seed, print_tables
 from .throughput import measure_throughput
@@ -34,19 +34,23 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"3"`` -> seeds 0, 1, 2; ``"0,5"`` -> seeds 0 and 5."""
+    """``"3"`` -> seeds 0, 1, 2; ``"1-2"`` -> seeds 1 and 2 (``"1-1"``: seed 1 alone, one part of a
+    long run); ``"0,5"`` -> seeds 0 and 5 (as ``benchmarks/controllers.py`` reads them)."""
     from hpctl.errors import ConfigError
 
     text = str(text).strip()
     try:
-        if "," in text:
+        if "-" in text:
+            a, b = text.split("-", 1)
+            seeds = list(range(int(a), int(b) + 1))
+        elif "," in text:
             seeds = [int(s) for s in text.split(",") if s.strip()]
         else:
             seeds = list(range(int(text)))
     except ValueError:
-        raise ConfigError(f"--seeds must be a count (3) or a comma list (0,5), got {text!r}") from None
+        raise ConfigError(f"--seeds takes a count (3), a range (1-2) or a comma list (0,5), got {text!r}") from None
     if not seeds or any(s < 0 for s in seeds):
-        raise ConfigError(f"--seeds must name at least one seed >= 0, got {text!r}")
+        raise ConfigError(f"--seeds {text!r} names no seed (seed 0 alone: 0-0)")
     return seeds
 
 
@@ -118,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Scales:\n" + "\n".join(f"  {s.name}: {s.note}" for s in SCALES.values()))
     p.add_argument("--scale", choices=list(SCALES), default="smoke")
-    p.add_argument("--seeds", default="1", help="a count (3 -> seeds 0,1,2) or a comma list (0,5)")
+    p.add_argument("--seeds", default="1", help="a count (3 -> seeds 0,1,2), a range (1-2; 1-1: seed 1 alone) or a comma list (0,5)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results"),
                    help="where the JSON, markdown and PNGs go")
     p.add_argument("--runs-dir", default=None, help="run folders and the MLflow store (default runs/grasp_vs_grid-<scale>)")
@@ -130,7 +134,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a grasp_lora option (repeatable)")
     p.add_argument("--throughput-reps", type=int, default=None, help="A/B alternations (0: skip throughput)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--tag", default=None, help="results as grasp_vs_grid_<scale>_<tag>.* (a variant or a language)")
     return p
+
+
+#: what must match for a part's seeds to join an earlier results file (else the file is replaced)
+SAME_RUN_KEYS = ("scale", "k", "budget", "group_size", "steps", "controller_steps", "task", "lang",
+                 "resolved_plugin_config")
+
+
+def earlier_parts(path: Path, meta: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any] | None:
+    """The seeds of an earlier results file at ``path`` measured with the same configuration and not
+    re-run now (a long benchmark runs a seed per part, each part committing its file), as
+    ``{"runs", "adapters", "throughput", "commands"}``; None when there is none.
+
+    A seed re-run now replaces its old records; a file with another configuration is replaced."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    now = json.loads(json.dumps(_jsonable({k: meta.get(k) for k in SAME_RUN_KEYS})))
+    if any(old.get(k) != now[k] for k in SAME_RUN_KEYS):
+        return None
+    keep = [s for s in old.get("seeds", []) if s not in set(seeds) and str(s) in old.get("runs", {})]
+    if not keep:
+        return None
+    commands = old.get("commands") or [old.get("command")]
+    return {"runs": {s: old["runs"][str(s)] for s in keep},
+            "adapters": {s: old["adapters"][str(s)] for s in keep if str(s) in old.get("adapters", {})},
+            "throughput": old.get("throughput"), "commands": [c for c in commands if c]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +252,10 @@ def _main(args: argparse.Namespace, argv: list[str] | None, console) -> int:
                 for arm in arms:
                     spec = arm_spec(arm, scale.plugin_config, adapters[seed], seed, scale, sd / arm, tracking_uri)
                     records[seed][arm] = run_arm(arm, spec, prog, parent.run_id)
+                    # per-question test scores travel with the results (a later part merges them
+                    # after these run folders are gone)
+                    records[seed][arm]["test_scores"] = per_example_scores(cfg.task, cfg.lang,
+                                                                           records[seed][arm]["out_dir"])
                     # what is done so far, in case a later arm fails (the run folders keep the rest)
                     (runs_dir / stamp / "progress.json").write_text(json.dumps(_jsonable(
                         {"command": command, "adapters": adapters, "runs": records}), indent=1) + "\n")
@@ -233,13 +269,29 @@ def _main(args: argparse.Namespace, argv: list[str] | None, console) -> int:
                     ratio=None if not learned else float(list(learned.values())[0]), group_size=group,
                     say=lambda s: prog.bar.update(tid, info=s))
                 prog.done(tid)
+        stem = f"grasp_vs_grid_{scale.name}" + (f"_{args.tag}" if args.tag else "")
+        js, md = out / f"{stem}.json", out / f"{stem}.md"
+        this_part = {"scale": scale.name, "k": scale.k, "budget": budget, "group_size": group,
+                     "steps": int(cfg.steps), "controller_steps": int(cfg.controller_steps), "task": cfg.task,
+                     "lang": cfg.lang, "resolved_plugin_config": dataclasses.asdict(cfg)}
+        earlier = earlier_parts(js, this_part, seeds)
+        commands = [command]
+        if earlier:
+            records = {**earlier["runs"], **records}
+            adapters = {**earlier["adapters"], **adapters}
+            throughput = throughput or earlier["throughput"]
+            commands = [c for c in earlier["commands"] if c != command] + [command]
+            console.print(f"kept seed(s) {', '.join(map(str, earlier['runs']))} of {js} (same configuration)",
+                          highlight=False, markup=False)
+        records = dict(sorted(records.items()))
         summary = summarise(records, adapters, cfg.task, cfg.lang, int(cfg.steps), int(cfg.controller_steps))
         crit = criteria(summary, throughput)
         first = next(iter(records.values()))
         backbone_name = next((r["backbone"] for r in first.values() if r.get("backbone")), None)
         meta = {
             "benchmark": "grasp_vs_grid", "scale": scale.name, "scale_note": scale.note, "command": command,
-            "argv": list(sys.argv[1:] if argv is None else argv), "seeds": seeds, "created_utc": stamp,
+            "argv": list(sys.argv[1:] if argv is None else argv), "seeds": sorted(records), "commands": commands,
+            "created_utc": stamp,
             "k": scale.k, "budget": budget, "group_size": group, "steps": int(cfg.steps),
             "controller_steps": int(cfg.controller_steps), "steps_per_round": steps_per_round, "arms": arms,
             "task": cfg.task, "lang": cfg.lang, "plugin_config": scale.plugin_config,
@@ -252,12 +304,13 @@ def _main(args: argparse.Namespace, argv: list[str] | None, console) -> int:
             "versions": versions(), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "adapters": {str(s): a for s, a in adapters.items()},
             "grid_points": {str(s): r["grid"]["grid_points"] for s, r in records.items() if "grid" in r},
+            "tag": args.tag,
             "backbone_name": backbone_name,
         }
         plots = []
         for seed, arms_rec in records.items():
             try:
-                png = plot_seed(out / f"grasp_vs_grid_{scale.name}_seed{seed}.png", arms_rec,
+                png = plot_seed(out / f"{stem}_seed{seed}.png", arms_rec,
                                 f"grasp_vs_grid {scale.name}, seed {seed}: grid dev score and controller ratios")
                 if png:
                     plots.append(str(png))
@@ -267,8 +320,6 @@ def _main(args: argparse.Namespace, argv: list[str] | None, console) -> int:
         meta["wall_s"] = time.perf_counter() - t_all
         doc = {**meta, "summary": summary, "throughput": throughput, "criteria": crit, "plots": plots,
                "runs": {str(s): r for s, r in records.items()}}
-        js = out / f"grasp_vs_grid_{scale.name}.json"
-        md = out / f"grasp_vs_grid_{scale.name}.md"
         js.write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
         md.write_text(markdown(meta, summary, throughput, crit, plots))
         parent.artifact(js)

@@ -156,10 +156,42 @@ def score_explanation(b: dict[str, Any] | None, diff: float | None, gap: float =
     return s + "."
 
 
+def over_seeds(summary: dict[str, Any]) -> list[str]:
+    """Markdown lines: per arm against the grid, every seed's learned ratio, regret and time ratio, and the test
+    score difference pooled over seeds with its paired interval (empty without a grid arm)."""
+    per_seed, med = summary["per_seed"], summary["median"]
+    arms = [a for a in med if any(a in s["vs_grid"] for s in per_seed.values())]
+    if not arms:
+        return []
+    seeds = list(per_seed)
+    L = [f"## Over seeds {', '.join(map(str, seeds))}", "",
+         "Per arm against the grid in the same seed. Regret: the learned ratio's dev loss after its final fine-tune "
+         "minus the best grid point's, as a percentage of the grid curve's range. Time ratio: the grid's wall time "
+         "over the arm's, as run (each seed's pair measured one after the other). Test score difference: arm minus "
+         "grid, pooled over every (seed, question) pair, with a 95 % paired bootstrap interval.", "",
+         "| arm | learned ratio per seed | grid's ratio per seed | regret per seed | time ratio median [min, max] "
+         "| test score diff pooled [95 % CI] (pairs) |", "|---|---|---|---|---|---|"]
+    for arm in arms:
+        learned, chosen, regrets = [], [], []
+        for s in seeds:
+            rows, c = per_seed[s]["rows"], per_seed[s]["vs_grid"].get(arm)
+            learned.append(_ratio_text(rows[arm]["learned"]) if arm in rows else "-")
+            chosen.append(_ratio_text(rows["grid"]["learned"]) if "grid" in rows else "-")
+            rg = (c or {}).get("regret")
+            regrets.append(f"{100 * rg['fraction']:.1f} %" if rg else "-")
+        m = med[arm]
+        tr, rng = (m.get("time_ratio") or {}).get("as_measured"), (m.get("time_ratio_range") or {}).get("as_measured")
+        b = m.get("score_diff_pooled")
+        L.append(f"| {ARM_LABELS.get(arm, arm)} | {', '.join(learned)} | {', '.join(chosen)} | {', '.join(regrets)} | "
+                 + (f"{tr:.2f}x [{rng[0]:.2f}, {rng[1]:.2f}]" if tr is not None and rng else "-") + " | "
+                 + (f"{b['mean']:+.2f} [{b['lo']:+.2f}, {b['hi']:+.2f}] ({b['n']})" if b else "-") + " |")
+    return L + [""]
+
+
 def markdown(meta: dict[str, Any], summary: dict[str, Any], throughput: dict[str, Any] | None,
              crit: dict[str, Any], plots: list[str]) -> str:
     L = [f"# GRASP LoRA vs the {meta['k']}-point grid ({meta['scale']} scale)", "",
-         f"`{meta['command']}`", "",
+         " ; ".join(f"`{c}`" for c in (meta.get("commands") or [meta["command"]])), "",
          f"Scale: {meta['scale_note']}. Backbone: {meta.get('backbone_name', meta['plugin_config'].get('backbone'))}. "
          f"Task {meta['task']} ({meta['lang']}), seeds {meta['seeds']}, {meta['steps']} optimizer steps per fine-tune "
          f"(every grid point, every final run, target-only), "
@@ -174,6 +206,7 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], throughput: dict[str
     if meta["scale"] == "smoke":
         L += ["> smoke scale: a tiny *random* backbone; every test score is expected to be ~0 and the times are "
               "dominated by fixed costs. It checks the machinery, not the method.", ""]
+    L += over_seeds(summary)
     for seed, s in summary["per_seed"].items():
         ap = meta["adapters"][str(seed)]["passes"]
         L += [f"## Seed {seed}", "", f"Shared adapters: {s['adapters_train_s']:.1f} s of training "
