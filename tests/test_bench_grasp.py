@@ -79,6 +79,7 @@ def test_tables_ratios_and_checks_from_fake_results(tmp_path):
     assert c["time_ratio"]["with_shared_adapters"] == pytest.approx(860 / 250)
     assert c["time_ratio"]["grid_without_rerun"] == pytest.approx(750 / 220)
     assert c["time_ratio"]["grid_without_rerun_with_shared_adapters"] == pytest.approx(780 / 250)
+    assert c["time_ratio"]["without_reporting"] == pytest.approx((830 - 25) / (220 - 25))  # test scoring out
     assert c["pass_ratio"]["forward_passes"] == pytest.approx(3.0)
     assert c["metric_diff"]["score"] == pytest.approx(0.0)
     # per-example F1 from the prediction files: grpo gets q2 right where the grid does not
@@ -136,6 +137,8 @@ def test_tables_ratios_and_checks_from_fake_results(tmp_path):
 
     crit = analysis.criteria(summary, None)
     assert crit["speedup_headline"]["value"] == pytest.approx(860 / 250) and not crit["speedup_headline"]["pass"]
+    assert crit["speedup_as_run_every_seed"]["value"] == pytest.approx(830 / 220)
+    assert not crit["speedup_as_run_every_seed"]["pass"] and crit["speedup_as_run_every_seed"]["target"] == 4.5
     assert crit["score_gap"]["pass"]
     # a GRASP score 0.6 points below the grid fails the score check
     records2, _ = _fake(tmp_path / "b", grpo_score=49.4)
@@ -177,6 +180,7 @@ def test_tables_ratios_and_checks_from_fake_results(tmp_path):
     png = report.plot_seed(tmp_path / "p.png", records[0], "fake")
     md = report.markdown(meta, summary, tp, crit3, [str(png)])
     assert f"{830 / 220:.2f}x" in md and "shared by every arm" in md and "![p](p.png)" in md
+    assert f"| {805 / 195:.2f}x |" in md  # the comparison's column without test scoring
     assert "| grid (full runs) | 0.3000 | - |" in md and "FAIL" in md  # updates: none for the grid
     assert "| updates |" in md and "| GRASP (GRPO) | 0.3700 | 6 |" in md
     assert "a controller run of 16 steps (1 per round)" in md and "(= the controller run's steps per round)" in md
@@ -222,6 +226,7 @@ def test_parts_merge_seeds_of_the_same_configuration_and_pool_the_test_scores(tm
     lines = "\n".join(report.over_seeds(summary))
     assert "## Over seeds 0, 1" in lines
     assert "| GRASP (GRPO) | 0.3700, 0.3700 | 0.3000, 0.3000 |" in lines and "+25.00 [" in lines and "(8) |" in lines
+    assert f"| {830 / 220:.2f}x [{830 / 220:.2f}, {830 / 220:.2f}] | {805 / 195:.2f}x [" in lines
 
 
 def test_options_are_checked_before_anything_runs(capsys):
@@ -273,3 +278,16 @@ def test_throughput_one_alternation_on_the_tiny_backbone(tmp_path, tracking_uri)
     assert sc["prune_restore_amortised_s"] / (n * sc["forward_per_example_s"]) < 0.01
     assert n == 1 or sc["prune_restore_amortised_s"] / ((n - 1) * sc["forward_per_example_s"]) >= 0.01
 
+
+
+@pytest.mark.parametrize("lang", ["ar", "zh"])
+def test_the_regret_scale_fits_the_shipped_xquad(lang):
+    """The regret scale's 300-question dev and test sets and 192 training questions come out of the 36
+    shipped XQuAD articles for both target languages, with the English source split still filled."""
+    from hpctl.plugins.grasp_lora.corpora import SplitSizes, load_task_data
+
+    cfg = arms.resolved({**arms.SCALES["regret"].plugin_config, "lang": lang})
+    sizes = SplitSizes(**{k: int(getattr(cfg, k)) for k in ("source_train", "target_train", "micro_dev", "dev", "test")})
+    td = load_task_data("xquad", lang, sizes=sizes, max_context_chars=cfg.max_context_chars)
+    assert td.sizes() == {"source_train": 48, "target_train": 192, "micro_dev": 16, "dev": 300, "test": 300}
+    assert td.articles()["target_train"] >= 8 and td.articles()["test"] >= 10

@@ -18,6 +18,8 @@ TARGET_THROUGHPUT = 0.95
 TARGET_PRUNE_FRACTION = 0.01
 #: issue 12: a learned ratio's dev loss at most this fraction of the grid curve's range above the best point's
 TARGET_REGRET_FRACTION = 0.10
+#: issue 12: ... while GRASP's end-to-end time stays at least this many times below the grid's, as run
+TARGET_SPEEDUP_WITH_REGRET = 4.5
 METRIC_KEYS = ("score", "f1", "exact_match", "rougeL", "rouge1", "rouge2", "bleu4", "loss", "sparsity")
 
 
@@ -71,15 +73,24 @@ def paired_bootstrap(a: dict[str, float], b: dict[str, float], n: int = 2000, se
             if len(d) > 1 else 0.0}
 
 
+#: phases that only report on a finished adapter (test metrics, the dev loss a regret is read from):
+#: the same work for every arm, none of it needed to choose the ratio or to train the adapter
+REPORTING_PHASES = ("eval_test_s", "eval_dev_s")
+
+
 def time_ratios(grid: dict[str, Any], other: dict[str, Any], adapters_s: float) -> dict[str, float]:
-    """grid time / arm time in four accountings (>1: the arm is faster)."""
+    """grid time / arm time in five accountings (>1: the arm is faster); ``without_reporting``
+    removes :data:`REPORTING_PHASES` from both sides (a 300-question test set costs every arm
+    the same minutes of generation and would otherwise dilute the ratio of the searches)."""
     rerun = float(grid["phases"].get("final_train_s", 0.0))
     g, o = grid["wall_s"], other["wall_s"]
+    rep = lambda rec: sum(float(rec["phases"].get(k, 0.0)) for k in REPORTING_PHASES)  # noqa: E731
     return {
         "as_measured": g / o,
         "with_shared_adapters": (g + adapters_s) / (o + adapters_s),
         "grid_without_rerun": (g - rerun) / o,
         "grid_without_rerun_with_shared_adapters": (g - rerun + adapters_s) / (o + adapters_s),
+        "without_reporting": (g - rep(grid)) / (o - rep(other)),
     }
 
 
@@ -310,6 +321,11 @@ def criteria(summary: dict[str, Any], throughput: dict[str, Any] | None) -> dict
         out["speedup_conservative"] = {"value": worst, "target": TARGET_SPEEDUP,
                                        "accounting": "the lowest of the four accountings",
                                        "pass": worst >= TARGET_SPEEDUP}
+        low = (med.get("time_ratio_range") or {}).get("as_measured")
+        if low:
+            out["speedup_as_run_every_seed"] = {
+                "value": low[0], "target": TARGET_SPEEDUP_WITH_REGRET, "pass": low[0] >= TARGET_SPEEDUP_WITH_REGRET,
+                "accounting": "issue 12: the lowest over seeds of the grid's wall time over GRASP's, both as run"}
     if "regret_fraction_worst" in med:
         worst = med["regret_fraction_worst"]
         out["regret"] = {"value": worst, "target": TARGET_REGRET_FRACTION, "pass": worst <= TARGET_REGRET_FRACTION,

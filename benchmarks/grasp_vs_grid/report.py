@@ -71,6 +71,7 @@ def comparison_rows(seed_summary: dict[str, Any]) -> list[list[str]]:
         pr = c["pass_ratio"]
         rows.append([ARM_LABELS[arm], f"{tr['as_measured']:.2f}x", f"{tr['with_shared_adapters']:.2f}x",
                      f"{tr['grid_without_rerun']:.2f}x", f"{tr['grid_without_rerun_with_shared_adapters']:.2f}x",
+                     f"{tr['without_reporting']:.2f}x" if "without_reporting" in tr else "-",
                      f"{_f(pr['forward_passes'])}x / {_f(pr['backward_passes'])}x",
                      f"{md.get('score', float('nan')):+.2f}", ci,
                      f"{md.get('exact_match', md.get('bleu4', float('nan'))):+.2f}", f"{md.get('loss', float('nan')):+.4f}"])
@@ -78,6 +79,7 @@ def comparison_rows(seed_summary: dict[str, Any]) -> list[list[str]]:
 
 
 COMP_HEADER = ["arm", "grid/arm time (as run)", "incl. shared adapters", "grid w/o re-run", "w/o re-run + adapters",
+               "w/o test and dev-loss scoring",
                "grid/arm fwd / bwd passes", "score diff (arm - grid)", "score diff 95% CI (paired bootstrap)",
                "EM diff", "test loss diff"]
 
@@ -170,7 +172,7 @@ def over_seeds(summary: dict[str, Any]) -> list[str]:
          "over the arm's, as run (each seed's pair measured one after the other). Test score difference: arm minus "
          "grid, pooled over every (seed, question) pair, with a 95 % paired bootstrap interval.", "",
          "| arm | learned ratio per seed | grid's ratio per seed | regret per seed | time ratio median [min, max] "
-         "| test score diff pooled [95 % CI] (pairs) |", "|---|---|---|---|---|---|"]
+         "| without test and dev-loss scoring | test score diff pooled [95 % CI] (pairs) |", "|---|---|---|---|---|---|---|"]
     for arm in arms:
         learned, chosen, regrets = [], [], []
         for s in seeds:
@@ -180,10 +182,13 @@ def over_seeds(summary: dict[str, Any]) -> list[str]:
             rg = (c or {}).get("regret")
             regrets.append(f"{100 * rg['fraction']:.1f} %" if rg else "-")
         m = med[arm]
-        tr, rng = (m.get("time_ratio") or {}).get("as_measured"), (m.get("time_ratio_range") or {}).get("as_measured")
+        def ratio(key: str) -> str:
+            tr, rng = (m.get("time_ratio") or {}).get(key), (m.get("time_ratio_range") or {}).get(key)
+            return f"{tr:.2f}x [{rng[0]:.2f}, {rng[1]:.2f}]" if tr is not None and rng else "-"
+
         b = m.get("score_diff_pooled")
         L.append(f"| {ARM_LABELS.get(arm, arm)} | {', '.join(learned)} | {', '.join(chosen)} | {', '.join(regrets)} | "
-                 + (f"{tr:.2f}x [{rng[0]:.2f}, {rng[1]:.2f}]" if tr is not None and rng else "-") + " | "
+                 f"{ratio('as_measured')} | {ratio('without_reporting')} | "
                  + (f"{b['mean']:+.2f} [{b['lo']:+.2f}, {b['hi']:+.2f}] ({b['n']})" if b else "-") + " |")
     return L + [""]
 
