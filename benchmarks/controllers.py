@@ -124,6 +124,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "commit_check=none": {"commit_check": "none"},
     "max_step=0.3": {"max_step": 0.3},
     "trend=none": {"trend": "none"},
+    "answer=committed": {"answer": "committed"},
+    "vertex_t=3": {"vertex_t": 3.0},
 }
 
 #: warm start: (source optimum, target optimum), a similar landscape whose optimum moved

@@ -18,6 +18,7 @@ from hpctl.controllers.grpo import (
     kl_old_new,
     logit,
     objective_grads,
+    quadratic_vertex,
     sigmoid,
     standard_normal_group,
     unit_logp,
@@ -524,7 +525,8 @@ def test_no_pull_onto_a_bound():
         env, learned = _run(0.02, seed)
         errs.append(abs(learned[0] - 0.02))
         on_bound += learned[0] == 0.0
-        _, lc = _run(0.02, seed, config=GRPOConfig(space="clamp", sigma_init=0.3, sigma_min=0.05, sigma_max=0.75))
+        _, lc = _run(0.02, seed, config=GRPOConfig(space="clamp", sigma_init=0.3, sigma_min=0.05, sigma_max=0.75,
+                                                       answer="committed"))  # the committed value piles up
         clamp_on_bound += lc[0] == 0.0
     assert np.median(errs) <= 0.015 and on_bound == 0, errs
     assert clamp_on_bound >= 4
@@ -622,7 +624,7 @@ def test_the_answer_follows_a_drift_to_the_end_and_leaves_a_fixed_optimum_alone(
         commits.append(env.task.landscape.distance(env.current, 1.0))
         env = make_landscape_env(optimum=0.3, noise=0.05, group_size=8, steps_per_round=steps_per_round(1000, 64, 8))
         env.reset(seed=seed)
-        ctrl = GRPO(env, seed=seed)
+        ctrl = GRPO(env, GRPOConfig(answer="committed"), seed=seed)  # step 9 alone
         learned = ctrl.run(64)
         fixed.append(abs(learned[0] - env.current[0]))
     assert np.median(ends) < 0.05 < np.median(commits), (ends, commits)
@@ -631,3 +633,41 @@ def test_the_answer_follows_a_drift_to_the_end_and_leaves_a_fixed_optimum_alone(
     env.reset(seed=0)
     ctrl = GRPO(env, GRPOConfig(trend="none"), seed=0)
     assert np.array_equal(ctrl.run(64), env.current)  # the ablation: the committed value
+
+
+def test_quadratic_vertex_by_hand():
+    rng = np.random.default_rng(0)
+    x = np.linspace(0.2, 0.6, 8).reshape(-1, 1)
+    exact = -((x[:, 0] - 0.43) ** 2)
+    assert quadratic_vertex(x, exact, _a(0.5)) == pytest.approx([0.43])
+    # the same peak under noise: used only while the curvature is significant
+    noisy = exact + rng.normal(0, 1e-4, 8)
+    assert quadratic_vertex(x, noisy, _a(0.5))[0] == pytest.approx(0.43, abs=0.01)
+    assert quadratic_vertex(x, exact + rng.normal(0, 0.05, 8), _a(0.5)) == pytest.approx([0.5])
+    assert quadratic_vertex(x, -exact, _a(0.5)) == pytest.approx([0.5])  # a valley: no peak
+    assert quadratic_vertex(x, -((x[:, 0] - 0.9) ** 2), _a(0.5)) == pytest.approx([0.5])  # peak outside the group
+    assert quadratic_vertex(x[:4], exact[:4], _a(0.5)) == pytest.approx([0.5])  # 1 residual dof: too few
+    assert quadratic_vertex(x, np.where(np.arange(8) == 3, np.nan, exact), _a(0.5)) == pytest.approx([0.5])
+    # 2-D, separable: each dimension on its own; one without a significant peak keeps its fallback
+    xy = rng.uniform(0.2, 0.6, size=(8, 2))
+    both = -((xy[:, 0] - 0.35) ** 2) - (xy[:, 1] - 0.45) ** 2
+    assert quadratic_vertex(xy, both, _a(0.5, 0.5)) == pytest.approx([0.35, 0.45])
+    one = -((xy[:, 0] - 0.35) ** 2) + 0.001 * xy[:, 1]
+    assert quadratic_vertex(xy, one, _a(0.5, 0.5)) == pytest.approx([0.35, 0.5])
+
+
+def test_the_vertex_answer_is_more_precise_at_low_noise():
+    """Step 8 against its ablation on the peak at 0.37, noise 0.01, 64 probes in groups of 8."""
+    errors = {"vertex": [], "committed": []}
+    for seed in range(8):
+        for answer in errors:
+            env = make_landscape_env(optimum=0.37, noise=0.01, group_size=8,
+                                     steps_per_round=steps_per_round(1000, 64, 8))
+            env.reset(seed=seed)
+            learned = GRPO(env, GRPOConfig(answer=answer), seed=seed).run(64)
+            errors[answer].append(env.task.landscape.distance(learned, 1.0))
+    assert np.median(errors["vertex"]) < 0.6 * np.median(errors["committed"]), errors
+    with pytest.raises(ValueError, match="answer"):
+        GRPOConfig(answer="mean")
+    with pytest.raises(ValueError, match="vertex_t"):
+        GRPOConfig(vertex_t=-1)
