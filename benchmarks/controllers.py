@@ -368,6 +368,12 @@ def build_doc(meta: dict[str, Any], runs: list[dict[str, Any]], warm: list[dict[
             "runs": runs}
 
 
+def part_name(command: str) -> str | None:
+    """The ``--part NAME`` of a command line, None without one."""
+    words = command.split()
+    return words[words.index("--part") + 1] if "--part" in words[:-1] else None
+
+
 def merge(out: Path, command: str) -> int:
     """Combine the parts under ``out/parts`` into the results. Runs of an existing
     ``controllers.json`` that no part re-ran are kept (a part that re-runs some controllers
@@ -400,7 +406,9 @@ def merge(out: Path, command: str) -> int:
         if (m["budget"], m["group_size"]) != (first["budget"], first["group_size"]):
             raise SystemExit(f"controllers.py: error: parts differ in budget/group size ({m['command']})")
     new = [m["command"] for m in metas if m["command"] is not None]
-    meta = {"command": command, "commands": [c for c in earlier if c not in new] + new + [command],
+    rerun = {part_name(c) for c in new} - {None}  # a part run again replaces its earlier command
+    earlier = [c for c in earlier if c not in new and part_name(c) not in rerun]
+    meta = {"command": command, "commands": earlier + new + [command],
             "seeds": sorted({s for m in metas for s in m["seeds"]}), "budget": first["budget"],
             "group_size": first["group_size"], "scenarios": first["scenarios"],
             "torch_threads": first["torch_threads"], "versions": first["versions"], "success_threshold": SUCCESS,

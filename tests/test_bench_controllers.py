@@ -111,6 +111,13 @@ def test_a_part_rerun_replaces_only_its_controllers_in_the_results(tmp_path):
     assert times["random"] is None  # part a ran at another time: its wall time does not compare
     assert sum("--part a" in c for c in doc["commands"]) == 1 and any("--part c" in c for c in doc["commands"])
     assert [("--merge" in c.split()) for c in doc["commands"]] == [False] * 3 + [True]  # one merge: the last
+    # part c run again with another option: its new command replaces the old one
+    assert controllers.main([*common, "--controllers", "grpo,grid", "--part", "c", "--threads", "1"]) == 0
+    assert controllers.main(["--merge", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "controllers.json").read_text())
+    assert [c for c in doc["commands"] if "--part c" in c] == [next(c for c in doc["commands"] if "--threads 1" in c)]
+    assert controllers.part_name("python benchmarks/controllers.py --part x --seeds 3") == "x"
+    assert controllers.part_name("python benchmarks/controllers.py --merge") is None
 
 
 def test_the_readme_quotes_the_committed_results():

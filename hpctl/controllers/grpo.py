@@ -66,10 +66,11 @@ paper's "every K optimizer steps"):
    rounds its mean is still about 0.01-0.02 from a sharp optimum; the group around it has
    already located the peak more precisely than the mean has moved. On seeds 1000-1029
    (64 probes, groups of 8), the median error at noise 0.01 fell from 0.018 to 0.010 in 2-D
-   and from 0.013 to 0.003 on the peak at 0.37; without the significance test the fit chases
-   the noise (noise 0.1: medians up by 10-60 %), at ``vertex_t`` 3 / 4.5 / 6 / 9 it gave up
-   12 % / 10 % / 6 % / 3 % on the noisiest landscapes and kept 0.0066 / 0.0068 / 0.0098 /
-   0.0131 in 2-D at noise 0.01; 6 is the default. With groups of 4 (grasp_lora's default) a
+   and from 0.013 to 0.003 on the peak at 0.37. Without a significance test the fit chases
+   the noise (median error at noise 0.1 up 28 %); at ``vertex_t`` 3 / 4.5 / 6 / 9 the median
+   at noise 0.1 rose 17 / 7 / 4 / 0 % and at noise 0.05 11 / 11 / 10 / 4 %, while the 2-D
+   median at noise 0.01 was 0.0066 / 0.0068 / 0.0098 / 0.0131; 6 is the default. With
+   groups of 4 (grasp_lora's default) a
    1-D fit has one residual degree of freedom and the step never applies;
 9. drift (``trend="extrapolate"``, ours: the paper has no drifting optimum): a round whose
    group brackets its best candidate (candidates on both sides of it in every dimension)
