@@ -81,14 +81,15 @@ def test_breakdown_cuts_the_wall_time_into_phases():
     assert (t["search_s"], t["search_train_s"], t["search_scoring_s"], t["other_s"]) == (700.0, 640.0, 60.0, 100.0)
 
 
-def test_time_ratios_in_four_accountings():
-    grid = {"wall_s": 100.0, "phases": {"final_train_s": 20.0}}
-    arm = {"wall_s": 25.0, "phases": {}}
+def test_time_ratios_in_five_accountings():
+    grid = {"wall_s": 100.0, "phases": {"final_train_s": 20.0, "eval_test_s": 10.0}}
+    arm = {"wall_s": 25.0, "phases": {"eval_test_s": 10.0, "eval_dev_s": 5.0}}
     assert analysis.time_ratios(grid, arm, 5.0) == pytest.approx({
         "as_measured": 4.0,  # 100 / 25
         "with_shared_adapters": 3.5,  # 105 / 30
         "grid_without_rerun": 3.2,  # 80 / 25
         "grid_without_rerun_with_shared_adapters": 85 / 30,
+        "without_reporting": 9.0,  # (100 - 10) / (25 - 10 - 5): test and dev-loss scoring out of both
     })
     # a grid without a recorded re-run: nothing to take off
     r = analysis.time_ratios({"wall_s": 100.0, "phases": {}}, arm, 0.0)

@@ -63,7 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   steps=4, source_steps=2, target_steps=2, lr=1e-3, adapter_lr=1e-3, lora_r=4,
                   batch_size=2, eval_batch_size=4, max_len=160, max_target_len=12, max_new_tokens=6,
                   max_context_chars=300, baseline="target_only"),
-    "default": dict(backbone="gemma3-270m", source_train=96, target_train=48, micro_dev=48, dev=16, test=48,
+    "default": dict(backbone="gemma3-270m", source_train=96, target_train=192, micro_dev=48, dev=16, test=48,
                     steps=24, source_steps=24, target_steps=16, lr=5e-4, adapter_lr=5e-4, lora_r=8,
                     batch_size=4, eval_batch_size=8, max_len=320, max_target_len=24, max_new_tokens=16,
                     max_context_chars=700, baseline="target_only"),

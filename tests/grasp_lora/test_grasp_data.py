@@ -89,14 +89,15 @@ def test_xquad_default_sizes_are_respected():
 
 
 def test_articles_per_split_count_the_topics_a_split_spans():
-    """The default preset's sizes on the shipped XQuAD: whole articles of ~25 questions, so the
-    48-question micro-dev the probes score spans two articles (issue 12)."""
-    sizes = SplitSizes(source_train=96, target_train=48, micro_dev=48, dev=300, test=48)
+    """The default preset's sizes on the shipped XQuAD with a 300-question dev set: whole articles of
+    ~25 questions, so the 48-question micro-dev the probes score spans two articles and the 192
+    training questions eight (issue 12: 48 training questions from two were memorised)."""
+    sizes = SplitSizes(source_train=96, target_train=192, micro_dev=48, dev=300, test=48)
     td = load_task_data("xquad", "ar", seed=0, sizes=sizes, max_context_chars=700)
     got = td.articles()
     assert list(got) == list(SPLITS)
     assert got == {name: len(articles(td, name)) for name in SPLITS}
-    assert got["micro_dev"] == 2 and got["test"] == 1 and got["dev"] == 13
+    assert got["target_train"] == 8 and got["micro_dev"] == 2 and got["test"] == 1 and got["dev"] == 13
     assert load_task_data("xquad", "zh", sizes=SplitSizes(4, 4, 0, 0, 4)).articles()["dev"] == 0  # an empty split
 
 
