@@ -238,6 +238,8 @@ def test_options_are_checked_before_anything_runs(capsys):
     assert cli.parse_sets(["steps=3", "lora-r=2"]) == {"steps": "3", "lora_r": "2"}
     assert cli.main(["--scale", "smoke", "--arms", "grid,nope"]) == 2
     assert "unknown arm" in capsys.readouterr().err
+    assert cli.main(["--scale", "smoke", "--tag", "../ar"]) == 2
+    assert "--tag may hold" in capsys.readouterr().err
     assert cli.main(["--scale", "smoke", "--set", "no_such_option=1"]) == 2
     assert "no option 'no_such_option'" in capsys.readouterr().err
     assert cli.main(["--scale", "smoke", "--set", "lora_r=many"]) == 2

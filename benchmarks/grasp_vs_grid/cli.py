@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -204,6 +205,8 @@ def _main(args: argparse.Namespace, argv: list[str] | None, console) -> int:
     if args.backbone:
         scale.plugin_config["backbone"] = args.backbone
     scale.plugin_config.update(parse_sets(args.set))
+    if args.tag is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", args.tag):
+        raise ConfigError(f"--tag may hold letters, digits, - and _ only, got {args.tag!r}")
     cfg = resolved(scale.plugin_config)  # validates every option before anything runs
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     bad = [a for a in arms if a not in ARMS]
