@@ -338,21 +338,14 @@ def warm_summary(warm: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"30"``: seeds 0-29; ``"10-19"``: that range; ``"1,5,9"``: those."""
-    text = text.strip()
+    """:func:`benchmarks.seeds.parse_seeds` (``"30"``: seeds 0-29; ``"10-19"``; ``"1,5,9"``), exiting in one
+    line for a bad value."""
+    from benchmarks.seeds import parse_seeds as parse
+
     try:
-        if "-" in text:
-            a, b = text.split("-", 1)
-            seeds = list(range(int(a), int(b) + 1))
-        elif "," in text:
-            seeds = [int(x) for x in text.split(",") if x.strip()]
-        else:
-            seeds = list(range(int(text)))
-    except ValueError:
-        raise SystemExit(f"controllers.py: error: --seeds takes N, A-B or a comma list, got {text!r}") from None
-    if not seeds or min(seeds) < 0:
-        raise SystemExit(f"controllers.py: error: --seeds {text!r} names no seeds")
-    return seeds
+        return parse(text)
+    except ValueError as exc:
+        raise SystemExit(f"controllers.py: error: {exc}") from None
 
 
 def build_doc(meta: dict[str, Any], runs: list[dict[str, Any]], warm: list[dict[str, Any]]) -> dict[str, Any]:

@@ -35,24 +35,15 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"3"`` -> seeds 0, 1, 2; ``"1-2"`` -> seeds 1 and 2 (``"1-1"``: seed 1 alone, one part of a
-    long run); ``"0,5"`` -> seeds 0 and 5 (as ``benchmarks/controllers.py`` reads them)."""
+    """:func:`benchmarks.seeds.parse_seeds`, a ConfigError (one line, exit 2) for a bad value."""
     from hpctl.errors import ConfigError
 
-    text = str(text).strip()
+    from ..seeds import parse_seeds as parse
+
     try:
-        if "-" in text:
-            a, b = text.split("-", 1)
-            seeds = list(range(int(a), int(b) + 1))
-        elif "," in text:
-            seeds = [int(s) for s in text.split(",") if s.strip()]
-        else:
-            seeds = list(range(int(text)))
-    except ValueError:
-        raise ConfigError(f"--seeds takes a count (3), a range (1-2) or a comma list (0,5), got {text!r}") from None
-    if not seeds or any(s < 0 for s in seeds):
-        raise ConfigError(f"--seeds {text!r} names no seed (seed 0 alone: 0-0)")
-    return seeds
+        return parse(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- progress
