@@ -15,6 +15,7 @@ from hpctl.controllers.grpo import (
     drift_trend,
     gaussian_logp,
     group_advantages,
+    rank_utilities,
     kl_old_new,
     logit,
     objective_grads,
@@ -65,6 +66,27 @@ def test_group_advantages_by_hand():
     # a baseline shift does not change the advantages; equal rewards give zero advantages
     np.testing.assert_allclose(group_advantages(_a(1, 2, 3, 4) - 7.0), group_advantages(_a(1, 2, 3, 4)))
     np.testing.assert_allclose(group_advantages(_a(0.3, 0.3, 0.3)), [0, 0, 0])
+
+
+def test_rank_shaping_by_hand():
+    # NES utilities for n=4: w_k = max(0, log 3 - log k) -> (log 3, log 1.5, 0, 0), / sum, - 1/4
+    w = np.array([math.log(3), math.log(1.5), 0.0, 0.0])
+    nes = w / w.sum() - 0.25
+    np.testing.assert_allclose(rank_utilities(_a(4, 1, 3, 2), "nes"), nes[[0, 3, 1, 2]], rtol=1e-12)
+    np.testing.assert_allclose(rank_utilities(_a(4, 1, 3, 2), "centered_rank"), [0.5, -0.5, 1 / 6, -1 / 6])
+    # ranks only: a far outlier weighs what its rank weighs, a monotone map changes nothing
+    np.testing.assert_allclose(rank_utilities(_a(100, 1, 3, 2), "nes"), rank_utilities(_a(4, 1, 3, 2), "nes"))
+    np.testing.assert_allclose(rank_utilities(np.exp(_a(4, 1, 3, 2)), "nes"), nes[[0, 3, 1, 2]], rtol=1e-12)
+    # ties share their ranks' mean utility; all equal -> zero advantages
+    np.testing.assert_allclose(rank_utilities(_a(2, 2, 1, 0), "nes")[:2], nes[:2].mean())
+    np.testing.assert_allclose(group_advantages(_a(0.3, 0.3, 0.3), shaping="nes"), [0, 0, 0])
+    # scaled to the std the plain advantages have, so near-ties still make small steps
+    a = group_advantages(_a(1, 2, 3, 4), shaping="centered_rank")
+    np.testing.assert_allclose(a, group_advantages(_a(1, 2, 3, 4)), rtol=1e-12)  # ranks of equal gaps are linear
+    tie = _a(0.5, 0.5 + 1e-7, 0.5 - 1e-7)
+    assert np.abs(group_advantages(tie, shaping="nes")).max() < 1e-2
+    with pytest.raises(ValueError, match="shaping"):
+        GRPOConfig(shaping="ranks")
 
 
 def test_mu_gradient_points_to_the_better_candidate():

@@ -105,6 +105,19 @@ trapped runs in all (it follows a drifting optimum more closely). Before step 9,
 had fewer runs trapped on the two-peak landscapes at noise 0.05-0.1; with it, on seeds 0-29,
 ``"probe"`` has 3 such runs of 120 and ``"nearest"`` 1.
 
+Fitness shaping (``shaping``, ours, off by default): ``"nes"`` replaces the rewards by the
+natural evolution strategies' rank utilities before step 3 (:func:`rank_utilities`: weight on
+the upper half of the group, most on the best; scaled to the plain advantages' std, so
+near-ties still make small steps), ``"centered_rank"`` by linear ranks. Tried against the
+decoy of the two-peak landscapes, where several middling candidates near the decoy can
+outweigh one good candidate at the peak. On seeds 1000-1029 ``"nes"`` lowered the median
+error from 0.0113 to 0.0097 and the p90 from 0.036 to 0.033 with 3 trapped runs of 900
+either way (``"centered_rank"``: 0.0111, 0.037, 7 trapped); on seeds 0-29 0.0088 to 0.0083,
+p90 0.035 to 0.030, trapped 3 to 2. It does not remove the trap: on seeds 0-29 it frees
+seed 14 of two-peaked 0.75 at noise 0.05 and traps one run of two-peaked 0.75 at noise 0.1,
+where random search has none. It is not the default yet because with grasp_lora's groups
+of 4 it changes every real run, whose regret against the grid was measured without it.
+
 Optimiser (ours, the paper names none): plain natural-gradient ascent with ``lr`` on ``mu``
 and ``lr_sigma`` on ``log sigma``; ``optimizer="adam"`` and ``natural_gradient=False``
 are there for comparison.
@@ -129,6 +142,7 @@ SPACES = ("logit", "clamp")
 SIGMA_FLOORS = ("best", "none")
 SAMPLINGS = ("stratified", "iid")
 ADV_STDS = ("unbiased", "population")
+SHAPINGS = ("none", "centered_rank", "nes")
 TRENDS = ("extrapolate", "none")
 EPOCH_CHECKS = ("monotone", "none")
 ANSWERS = ("committed", "vertex")
@@ -166,6 +180,7 @@ class GRPOConfig:
     normalize_std: bool = True  # divide centred rewards by their std
     adv_std: str = "unbiased"  # "unbiased" (ddof 1, as TRL) or "population"
     adv_eps: float = 1e-4
+    shaping: str = "none"  # rewards replaced by their rank's utility before step 3: "centered_rank", "nes"; "none"
     max_step: float = 0.5  # largest commit move per round (per component, unit coordinates)
     commit_check: str = "nearest"  # evidence for the guard: "nearest", "probe" or "none"
     commit_radius: float = 0.05  # "nearest": farthest candidate that may stand in for the target
@@ -179,7 +194,7 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in (("space", SPACES), ("sampling", SAMPLINGS), ("sigma_floor", SIGMA_FLOORS),
-                              ("adv_std", ADV_STDS), ("commit_check", COMMIT_CHECKS), ("optimizer", OPTIMIZERS),
+                              ("adv_std", ADV_STDS), ("shaping", SHAPINGS), ("commit_check", COMMIT_CHECKS), ("optimizer", OPTIMIZERS),
                               ("trend", TRENDS), ("epoch_check", EPOCH_CHECKS), ("answer", ANSWERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r} (choose from {', '.join(allowed)})")
@@ -232,14 +247,56 @@ def unit_logp(u: np.ndarray, mu: np.ndarray, log_sigma: np.ndarray) -> np.ndarra
     return gaussian_logp(logit(u), mu, log_sigma) - np.sum(np.log(u) + np.log1p(-u), axis=1)
 
 
+def rank_utilities(rewards: np.ndarray, shaping: str) -> np.ndarray:
+    """Fitness shaping: each reward replaced by a utility of its rank in the group (ties share).
+
+    ``"centered_rank"``: ranks mapped linearly onto ``[-1/2, 1/2]`` (OpenAI's evolution
+    strategies); ``"nes"``: the natural evolution strategies' utilities
+    ``max(0, log(n/2 + 1) - log k) / sum - 1/n`` for rank ``k`` (1 the best), which give
+    weight to the upper half only, most to the best. Either is invariant to any monotone
+    change of the score, so a few candidates far better than the rest weigh no more than
+    their ranks. Sums to zero.
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    n = r.size
+    if n < 2:
+        return np.zeros(n)
+    order = np.argsort(-r, kind="stable")  # best first
+    k = np.arange(1, n + 1, dtype=np.float64)
+    if shaping == "centered_rank":
+        by_rank = (n - k) / (n - 1) - 0.5
+    elif shaping == "nes":
+        w = np.maximum(0.0, math.log(n / 2 + 1) - np.log(k))
+        by_rank = w / w.sum() - 1.0 / n
+    else:
+        raise ValueError(f"unknown shaping {shaping!r} (choose from {', '.join(SHAPINGS[1:])})")
+    util = np.empty(n)
+    util[order] = by_rank
+    values, inverse = np.unique(r, return_inverse=True)
+    if values.size < n:  # ties share the mean utility of their ranks
+        util = (np.bincount(inverse, weights=util) / np.bincount(inverse))[inverse]
+    return util - util.mean()
+
+
 def group_advantages(rewards: np.ndarray, normalize_std: bool = True, eps: float = 1e-4,
-                     unbiased: bool = True) -> np.ndarray:
-    """``A_i = (r_i - mean r) / (std r + eps)``; ``std`` with ddof 1 if ``unbiased`` (TRL's GRPO)."""
+                     unbiased: bool = True, shaping: str = "none") -> np.ndarray:
+    """``A_i = (r_i - mean r) / (std r + eps)``; ``std`` with ddof 1 if ``unbiased`` (TRL's GRPO).
+
+    With ``shaping`` (:func:`rank_utilities`) the rank utilities take the place of the
+    centred rewards, scaled to the same std as ``(r - mean r) / (std r + eps)`` would have,
+    so near-ties of a deterministic loss still make small steps.
+    """
     r = np.asarray(rewards, dtype=np.float64)
     a = r - r.mean()
+    std = r.std(ddof=1) if unbiased and r.size > 1 else r.std()
+    if shaping != "none":
+        util = rank_utilities(r, shaping)
+        u_std = util.std(ddof=1) if unbiased and r.size > 1 else util.std()
+        if u_std == 0:
+            return np.zeros_like(r)
+        a = util / u_std * std
     if not normalize_std:
         return a
-    std = r.std(ddof=1) if unbiased and r.size > 1 else r.std()
     return a / (std + eps)
 
 
@@ -522,7 +579,8 @@ class GRPO(Controller):
         in latent coordinates.
         """
         cfg = self.config
-        adv = group_advantages(rewards, cfg.normalize_std, cfg.adv_eps, unbiased=cfg.adv_std == "unbiased")
+        adv = group_advantages(rewards, cfg.normalize_std, cfg.adv_eps, unbiased=cfg.adv_std == "unbiased",
+                               shaping=cfg.shaping)
         mu_old, ls_old = self.mu.copy(), self.log_sigma.copy()
         info: dict[str, float] = {}
         for _ in range(cfg.epochs):
