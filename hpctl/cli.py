@@ -267,6 +267,17 @@ cli.add_command(PluginCommands("compare", builder=build_compare_command,
                                help="Compare controllers on one plugin: hpctl compare PLUGIN --controllers a,b --seeds N"))
 
 
+def _ran_config(run_dir: Path) -> dict[str, Any]:
+    """The plugin config a finished run recorded in result.json (``{}`` for an older or unfinished run)."""
+    from hpctl.rundir import RESULT
+
+    try:
+        ran = json.loads((run_dir / RESULT).read_text(encoding="utf-8")).get("plugin_config")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return ran if isinstance(ran, dict) else {}
+
+
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", required=True, type=click.Path(exists=True), help="data file in the task's format")
@@ -292,7 +303,9 @@ def eval_cmd(run_dir: str, data: str, lang: str | None, sets: tuple[str, ...], a
     spec = read_spec(run_dir)
     plugin = load_plugin(spec.plugin)
     overrides = {k.replace("-", "_"): v for k, v in parse_sets(sets).items()}
-    config = build_dataclass(plugin.Config, {**spec.plugin_config, **overrides}, what=f"plugin {spec.plugin!r}")
+    asked = dict(spec.plugin_config)
+    ran = _ran_config(Path(run_dir))  # presets filled in, dtype "auto" resolved: score as the run ran
+    config = build_dataclass(plugin.Config, {**asked, **ran, **overrides}, what=f"plugin {spec.plugin!r}")
     which = {} if adapter is None else {"adapter": adapter}  # only plugins that save several take it
     if which and "adapter" not in inspect.signature(plugin.eval_run).parameters:
         raise ConfigError(f"plugin {spec.plugin!r} scores one artifact; its eval takes no --adapter")

@@ -289,6 +289,8 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
             "tracking_s": tracker.seconds - tracker.setup_seconds,
             "artifacts": [str(p) for p in task.artifacts()],
             "controller_files": [p.name for p in state_files],
+            # what ran: the plugin's config with its preset filled in (spec.json keeps what was asked)
+            "plugin_config": dict(task.describe()).get("config", dataclasses.asdict(config)),
         }
         on_round.log.append(recorder.history)  # complete before the result, for finish_record
         atomic_write_json(out_dir / RESULT, result)  # the result is safe before anything else can fail

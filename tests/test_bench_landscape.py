@@ -248,6 +248,18 @@ def test_the_readme_quotes_the_committed_landscape():
     quoted |= {f"{min(v['grid_dev_loss']):.3f}-{max(v['grid_dev_loss']):.3f}", f"{v['comparison']['grid_argmin']:.1f}",
                *(f"{100 * r['fraction']:.1f} %" for r in variant["runs"]),
                *(f"learned {r['learned']:.3f}" for r in variant["runs"])}
+    # bfloat16 (the default preset's dtype here) against float32 on the same seed
+    bf16 = json.loads((results / "ratio_landscape_default_bf16.json").read_text())
+    assert bf16["config"]["dtype"] == "bfloat16" and variant["config"]["dtype"] == "float32"
+    b = bf16["seeds"][0]
+    f = next(s for s in variant["seeds"] if s["seed"] == b["seed"])
+    shift = [y - x for x, y in zip(f["grid_dev_loss"], b["grid_dev_loss"])]
+    mean_shift = sum(shift) / len(shift)
+    quoted |= {f"Spearman {L.spearman(f['grid_dev_loss'], b['grid_dev_loss']):.2f}",
+               f"{b['comparison']['grid_argmin']:.1f} too ({min(b['grid_dev_loss']):.4f}, range "
+               f"{b['comparison']['grid_range']:.3f})", f"mean {mean_shift:.3f}",
+               f"{max(abs(d - mean_shift) for d in shift):.3f} off",
+               *(f"{100 * r['fraction']:.1f} %" for r in bf16["runs"]), *(f"{r['learned']:.3f}" for r in bf16["runs"])}
     missing = sorted(q for q in quoted if q not in section)
     assert not missing, f"the README's landscape section should quote {missing}"
 

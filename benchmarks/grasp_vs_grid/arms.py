@@ -40,8 +40,12 @@ class Scale:
 #: sizes pinned here (not left to the moving presets) so a scale means the same run over time
 CPU_SIZES = dict(source_train=48, target_train=32, micro_dev=16, dev=16, test=48, steps=64, controller_steps=16,
                  source_steps=16, target_steps=12, lr=5e-4, adapter_lr=5e-4, lora_r=8, batch_size=4, eval_batch_size=8,
-                 max_len=320, max_target_len=24, max_new_tokens=16, max_context_chars=700, mask_every=4)
-REGRET_SIZES = dict(target_train=192, dev=300, test=300)
+                 max_len=320, max_target_len=24, max_new_tokens=16, max_context_chars=700, mask_every=4,
+                 dtype="float32")
+#: bfloat16: what the default preset's dtype "auto" runs on a CPU with bfloat16 units (this machine), about
+#: 1.8x faster than float32; on seed 0 of the default preset's ratio landscape the two grid curves rank the
+#: 8 ratios alike (Spearman 0.98) with the same minimum (benchmarks/results/ratio_landscape_default_bf16.md)
+REGRET_SIZES = dict(target_train=192, dev=300, test=300, dtype="bfloat16")
 GPU_SIZES = dict(source_train=256, target_train=64, micro_dev=32, dev=64, test=128, steps=120, source_steps=200,
                  target_steps=100, lr=2e-4, adapter_lr=2e-4, lora_r=8, batch_size=4, eval_batch_size=8, max_len=512,
                  max_target_len=32, max_new_tokens=24, max_context_chars=1200, export_rank=64)
@@ -60,9 +64,9 @@ SCALES: dict[str, Scale] = {
     # articles: micro_dev stays 16 so that 48 English questions remain for the source adapter.
     "regret": Scale("regret", {"preset": "default", "backbone": "gemma3-270m",
                                **{**CPU_SIZES, **REGRET_SIZES}}, tp_rounds=2, tp_steps=4, tp_reps=0, probe_reps=3,
-                    note="the cpu scale with 192 target-train questions and 300-question dev and test sets: regret "
-                         "against the grid's curve and test F1 resolved to a few points; about an hour per seed and "
-                         "language on 2 cores (run a seed per part: --seeds 0-0 --tag ar)"),
+                    note="the cpu scale with 192 target-train questions and 300-question dev and test sets, in "
+                         "bfloat16: regret against the grid's curve and test F1 resolved to a few points; run a seed "
+                         "per part (--seeds 0-0 --tag ar)"),
     "gpu": Scale("gpu", {"preset": "full", "backbone": "meta-llama/Meta-Llama-3-8B", "device": "cuda",
                          "dtype": "bfloat16", **GPU_SIZES}, tp_rounds=2, tp_steps=None, tp_reps=5, probe_reps=5,
                  note="Llama-3-8B-class backbone on one GPU in bfloat16, paper-like sizes (120-step fine-tunes, a "

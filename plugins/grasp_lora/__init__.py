@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hpctl.errors import ConfigError, DataError
-from hpctl.plugins.grasp_lora.backbone import DTYPES, resolve_dtype
+from hpctl.plugins.grasp_lora.backbone import AUTO_DTYPE, DTYPES, auto_dtype, resolve_dtype
 from hpctl.plugins.grasp_lora.corpora import LANGS, TASKS, SplitSizes, check_lang, check_max_chars, check_task
 from hpctl.plugins.grasp_lora.lora import GROUPS, MERGE_RULES, LoraSpec, merge_weights, parse_merge_weights, parse_targets
 from hpctl.plugins.grasp_lora.outputs import ADAPTER_FOLDERS, saved_adapters
@@ -62,15 +62,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(backbone="tiny", source_train=8, target_train=8, micro_dev=4, dev=4, test=4,
                   steps=4, source_steps=2, target_steps=2, lr=1e-3, adapter_lr=1e-3, lora_r=4,
                   batch_size=2, eval_batch_size=4, max_len=160, max_target_len=12, max_new_tokens=6,
-                  max_context_chars=300, baseline="target_only"),
+                  max_context_chars=300, baseline="target_only", dtype="float32"),
     "default": dict(backbone="gemma3-270m", source_train=96, target_train=192, micro_dev=48, dev=16, test=48,
                     steps=24, source_steps=24, target_steps=16, lr=5e-4, adapter_lr=5e-4, lora_r=8,
                     batch_size=4, eval_batch_size=8, max_len=320, max_target_len=24, max_new_tokens=16,
-                    max_context_chars=700, baseline="target_only"),
+                    max_context_chars=700, baseline="target_only", dtype=AUTO_DTYPE),
     "full": dict(backbone="gemma3-270m", source_train=256, target_train=64, micro_dev=32, dev=64, test=128,
                  steps=120, source_steps=200, target_steps=100, lr=2e-4, adapter_lr=2e-4, lora_r=8,
                  batch_size=4, eval_batch_size=8, max_len=512, max_target_len=32, max_new_tokens=24,
-                 max_context_chars=1200, baseline="target_only"),
+                 max_context_chars=1200, baseline="target_only", dtype=AUTO_DTYPE),
 }
 #: per-task changes on top of a preset (summaries are longer than answers)
 TASK_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -97,10 +97,11 @@ class GraspLoraConfig:
     device: str = field(default="cpu", metadata={
         "help": "where the backbone and adapters run: cpu, cuda, cuda:N (one GPU) or mps; checked before "
                 "anything loads"})
-    dtype: str = field(default="float32", metadata={
-        "help": "dtype of the frozen backbone (e.g. bfloat16 on a GPU); the LoRA factors, their AdamW state "
-                "and the loss stay float32",
-        "choices": list(DTYPES)})
+    dtype: str | None = field(default=None, metadata={
+        "help": "dtype of the frozen backbone; auto: bfloat16 where the device computes it in hardware (a CPU "
+                "with AVX512-BF16 or AMX, a CUDA GPU), else float32, resolved once and recorded in the run's "
+                "config; the LoRA factors, their AdamW state and the loss stay float32",
+        "choices": [*DTYPES, AUTO_DTYPE]})
     p_min: float = field(default=0.0, metadata={"help": "lowest prune ratio the controller may pick"})
     p_max: float = field(default=0.9, metadata={"help": "highest prune ratio the controller may pick"})
     start_ratio: float | None = field(default=None, metadata={
@@ -177,7 +178,8 @@ class GraspLoraConfig:
         check_lang(self.lang)
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r} (choose from {', '.join(PRESET_NAMES)})")
-        resolve_dtype(self.dtype)
+        if self.dtype is not None and self.dtype != AUTO_DTYPE:
+            resolve_dtype(self.dtype)
         if not 0.0 <= self.p_min < self.p_max < 1.0:
             raise ConfigError(f"prune ratio bounds must satisfy 0 <= p_min < p_max < 1, "
                               f"got p_min={self.p_min}, p_max={self.p_max}")
@@ -244,6 +246,10 @@ def resolve_config(config: GraspLoraConfig) -> GraspLoraConfig:
         if v is None and f.name in fill:
             v = fill[f.name]
         values[f.name] = v
+    if values["dtype"] is None:
+        values["dtype"] = "float32"
+    if values["dtype"] == AUTO_DTYPE:  # the run's config records what ran
+        values["dtype"] = auto_dtype(values["device"])
     if values["lora_alpha"] is None:
         values["lora_alpha"] = 2.0 * float(values["lora_r"])
     if values["targets"] is None:

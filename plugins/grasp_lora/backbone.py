@@ -89,8 +89,9 @@ TINY_CONFIG: dict[str, Any] = {
 }
 TINY_SEED = 1234
 
-#: the ``--dtype`` choices
+#: the ``--dtype`` choices (and ``"auto"``, :func:`auto_dtype`)
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AUTO_DTYPE = "auto"
 #: the ``--device`` spellings (``cuda:N`` picks one GPU)
 DEVICES = ("cpu", "cuda", "cuda:N", "mps")
 
@@ -104,6 +105,34 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     elif str(dtype).strip().lower() in DTYPES:
         return DTYPES[str(dtype).strip().lower()]
     raise ConfigError(f"unknown dtype {str(dtype)!r} (choose from {', '.join(DTYPES)})")
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether ``device`` computes bfloat16 matmuls in hardware: a CPU with AVX512-BF16 or AMX
+    (oneDNN's check), a CUDA GPU with bfloat16 support; never MPS. An unknown or unavailable
+    device is False (its own error comes from :func:`resolve_device`)."""
+    try:
+        dev = torch.device(str(device).strip().lower())
+    except (RuntimeError, ValueError):
+        return False
+    if dev.type == "cpu":
+        try:
+            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # an older or a stripped torch build
+            return False
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return False
+
+
+def auto_dtype(device: str | torch.device = "cpu") -> str:
+    """``--dtype auto``: ``"bfloat16"`` where :func:`native_bf16`, else ``"float32"``.
+
+    Measured on this project's 2-core AMD EPYC (AVX512-BF16), the default run took 517 s in
+    bfloat16 against 935 s in float32 side by side, learning 0.8496 against 0.8503 with the
+    same test loss; without hardware support bfloat16 is emulated and slower than float32.
+    """
+    return "bfloat16" if native_bf16(device) else "float32"
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

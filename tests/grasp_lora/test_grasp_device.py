@@ -16,7 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 from hpctl.errors import ConfigError  # noqa: E402
-from hpctl.plugins.grasp_lora import GraspLoraConfig, GraspLoraPlugin  # noqa: E402
+from hpctl.plugins.grasp_lora import GraspLoraConfig, GraspLoraPlugin, resolve_config  # noqa: E402
+from hpctl.plugins.grasp_lora import backbone as backbone_module  # noqa: E402
 from hpctl.plugins.grasp_lora import task as task_module  # noqa: E402
 from hpctl.plugins.grasp_lora.backbone import load_backbone, resolve_device, resolve_dtype  # noqa: E402
 from hpctl.plugins.grasp_lora.delta import DeltaLinear  # noqa: E402
@@ -54,6 +55,34 @@ def test_dtype_and_device_names():
         with pytest.raises(ConfigError, match="unknown device") as err:
             resolve_device(bad)
         assert "\n" not in str(err.value) and "cuda:N" in str(err.value)
+
+
+def test_dtype_auto_is_bfloat16_only_where_the_hardware_computes_it(monkeypatch):
+    """The default and full presets ask for ``auto``; the resolved config records what runs."""
+    here = backbone_module.auto_dtype("cpu")
+    assert here == ("bfloat16" if backbone_module.native_bf16("cpu") else "float32")
+    assert resolve_config(GraspLoraConfig()).dtype == here
+    assert resolve_config(GraspLoraConfig(preset="smoke")).dtype == "float32"  # tests stay float32
+    assert resolve_config(GraspLoraConfig(dtype="float32")).dtype == "float32"  # an explicit choice wins
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(backbone_module, "native_bf16", lambda device="cpu", _n=native: _n)
+        assert backbone_module.auto_dtype("cpu") == expected
+        assert resolve_config(GraspLoraConfig(preset="full")).dtype == expected
+        assert resolve_config(GraspLoraConfig(preset="smoke", dtype="auto")).dtype == expected
+    monkeypatch.undo()
+    assert not backbone_module.native_bf16("mps") and not backbone_module.native_bf16("not-a-device")
+    with pytest.raises(ConfigError, match="unknown dtype 'float64'"):
+        GraspLoraConfig(dtype="float64")
+
+
+def test_cli_dtype_auto_is_recorded_as_the_dtype_that_ran(hpctl_main, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = hpctl_main(*SMOKE, "--dtype", "auto", "--budget", "5", "--out", "run", "--json")
+    assert code == 0, err
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert json.loads((tmp_path / "run" / "spec.json").read_text())["plugin_config"]["dtype"] == "auto"  # asked
+    config = result["plugin_config"]  # ran
+    assert config["dtype"] == backbone_module.auto_dtype("cpu")
 
 
 @pytest.mark.skipif(not NO_CUDA, reason="this machine has a CUDA GPU")
