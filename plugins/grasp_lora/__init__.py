@@ -246,9 +246,7 @@ def resolve_config(config: GraspLoraConfig) -> GraspLoraConfig:
         if v is None and f.name in fill:
             v = fill[f.name]
         values[f.name] = v
-    if values["dtype"] is None:
-        values["dtype"] = "float32"
-    if values["dtype"] == AUTO_DTYPE:  # the run's config records what ran
+    if values["dtype"] == AUTO_DTYPE:  # every preset sets a dtype; the run's config records what ran
         values["dtype"] = auto_dtype(values["device"])
     if values["lora_alpha"] is None:
         values["lora_alpha"] = 2.0 * float(values["lora_r"])

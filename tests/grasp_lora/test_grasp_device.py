@@ -59,6 +59,9 @@ def test_dtype_and_device_names():
 
 def test_dtype_auto_is_bfloat16_only_where_the_hardware_computes_it(monkeypatch):
     """The default and full presets ask for ``auto``; the resolved config records what runs."""
+    from hpctl.plugins.grasp_lora import PRESETS
+
+    assert all(p.get("dtype") for p in PRESETS.values())  # resolve_config leaves an unset dtype to the preset
     here = backbone_module.auto_dtype("cpu")
     assert here == ("bfloat16" if backbone_module.native_bf16("cpu") else "float32")
     assert resolve_config(GraspLoraConfig()).dtype == here
