@@ -78,14 +78,37 @@ def test_dtype_auto_is_bfloat16_only_where_the_hardware_computes_it(monkeypatch)
         GraspLoraConfig(dtype="float64")
 
 
-def test_cli_dtype_auto_is_recorded_as_the_dtype_that_ran(hpctl_main, tmp_path, monkeypatch):
+def test_cli_dtype_auto_is_recorded_and_eval_scores_in_it(hpctl_main, tmp_path, monkeypatch):
+    """``auto`` ran as bfloat16 (mocked hardware support); ``hpctl eval`` on a machine where ``auto``
+    would mean float32 still scores in bfloat16, the dtype result.json records, unless told otherwise."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(backbone_module, "native_bf16", lambda device="cpu": True)
     code, out, err = hpctl_main(*SMOKE, "--dtype", "auto", "--budget", "5", "--out", "run", "--json")
     assert code == 0, err
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert json.loads((tmp_path / "run" / "spec.json").read_text())["plugin_config"]["dtype"] == "auto"  # asked
-    config = result["plugin_config"]  # ran
-    assert config["dtype"] == backbone_module.auto_dtype("cpu")
+    assert result["plugin_config"]["dtype"] == "bfloat16"  # ran
+
+    monkeypatch.setattr(backbone_module, "native_bf16", lambda device="cpu": False)
+    assert backbone_module.auto_dtype("cpu") == "float32"
+    loaded = []
+    real_load = backbone_module.load_backbone
+
+    def recording_load(*args, **kwargs):
+        loaded.append(kwargs["dtype"])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(backbone_module, "load_backbone", recording_load)
+    data = tmp_path / "mini.json"
+    data.write_text(json.dumps({"version": "1", "data": [{"title": "t", "paragraphs": [{
+        "context": "باريس هي عاصمة فرنسا.", "qas": [{"id": "q1", "question": "ما هي عاصمة فرنسا؟",
+                                                   "answers": [{"text": "باريس", "answer_start": 0}]}]}]}]},
+                               ensure_ascii=False), encoding="utf-8")
+    for extra, expected in (((), torch.bfloat16), (("-o", "dtype=float32"), torch.float32)):
+        code, out, err = hpctl_main("eval", "run", "--data", str(data), "--json", *extra)
+        assert code == 0, err
+        assert loaded[-1] == expected
+        assert np.isfinite(json.loads(out.strip().splitlines()[-1])["loss"])
 
 
 @pytest.mark.skipif(not NO_CUDA, reason="this machine has a CUDA GPU")
