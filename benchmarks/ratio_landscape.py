@@ -299,10 +299,11 @@ def score_run(doc: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     dev_loss = result["metrics"].get("dev_loss")
     if dev_loss is None:
         raise HpctlError(f"{run_dir}: the run reports no dev_loss (run it with --dev > 0)")
-    r = regret(list(zip(mine["ratios"], curve[steps])), float(dev_loss))
+    learned = float(next(iter(result["learned"].values())))
+    r = regret(list(zip(mine["ratios"], curve[steps])), float(dev_loss), learned_ratio=learned)
     return {"run": str(run_dir), "command": run_command(spec), "seed": seed, "controller": result["controller"],
             "controller_steps": cfg["controller_steps"], "fine_tune_steps": steps,
-            "learned": float(next(iter(result["learned"].values()))),
+            "learned": learned,
             "updates": result.get("updates"), "wall_s": result.get("wall_s"), **r}
 
 
@@ -428,14 +429,18 @@ def markdown(doc: dict[str, Any]) -> str:
               "Each run's final fine-tune at its learned ratio, its dev loss on the same dev examples, against the "
               "grid curve of its seed for fine-tunes of the same length (a shorter one: the `--trajectory` curve at "
               "that step): regret = that loss minus the best grid point's, as a fraction of the curve's range "
-              "(target: at most 10 %).", "",
+              "(target: at most 10 %). On the trend: the same read off a quadratic fitted to the grid points, "
+              "without the scatter of one fine-tune; scatter: the points' std about that quadratic.", "",
               "| seed | run | fine-tune steps | controller steps | learned ratio | dev loss | best grid point | "
-              "regret (% of range) |", "|---|---|---|---|---|---|---|---|"]
+              "regret (% of range) | on the trend | scatter (% of range) |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in doc["runs"]:
             steps = r.get("fine_tune_steps", doc["config"]["steps"])
             L.append(f"| {r['seed']} | `{r['command']}` | {steps} | {r['controller_steps']} | {r['learned']:.3f} | "
                      f"{r['learned_dev_loss']:.4f} | {r['best_grid_dev_loss']:.4f} at {r['best_grid_ratio']:.3f} | "
-                     f"{100 * r['fraction']:.1f} % |")
+                     f"{100 * r['fraction']:.1f} % | "
+                     + (f"{100 * r['smoothed_fraction']:.0f} %" if "smoothed_fraction" in r else "-") + " | "
+                     + (f"{100 * r['roughness'] / r['grid_range']:.0f} %" if r.get("grid_range") and "roughness" in r
+                        else "-") + " |")
         L.append("")
     if doc["preset"] == "smoke":
         L += ["The smoke preset's backbone is a tiny random model: these numbers check the tool, they say nothing "

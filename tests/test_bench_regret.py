@@ -35,6 +35,24 @@ def test_regret_on_a_flat_curve_and_bad_input():
         analysis.regret([(0.0, 1.0)], 1.0)
 
 
+def test_roughness_is_the_scatter_about_a_quadratic_trend():
+    ratios = [0.9 * i / 7 for i in range(8)]
+    smooth = [(r, 1.0 + (r - 0.5) ** 2) for r in ratios]
+    r = analysis.regret(smooth, 1.0 + 0.4 ** 2, learned_ratio=0.9)
+    assert r["roughness"] == pytest.approx(0.0, abs=1e-9) and math.isinf(r["target_in_roughness"])
+    assert r["smoothed_fraction"] == pytest.approx(0.16 / 0.25)  # trend 1.16 at 0.9; min 1.0 at 0.5, max 1.25 at 0
+    assert analysis.regret(smooth, 1.0, learned_ratio=0.5)["smoothed_fraction"] == pytest.approx(0.0, abs=1e-6)
+    # every grid point 0.05 off the trend, alternately: one fine-tune's scatter, not the curve's shape
+    bumpy = [(x, y + (0.05 if i % 2 else -0.05)) for i, (x, y) in enumerate(smooth)]
+    rb = analysis.regret(bumpy, 1.1, learned_ratio=0.9)
+    assert 0.04 < rb["roughness"] < 0.07
+    assert rb["target_in_roughness"] == pytest.approx(0.1 * rb["grid_range"] / rb["roughness"])
+    assert rb["target_in_roughness"] < 1  # the 10 % target is finer than one fine-tune resolves here
+    assert rb["smoothed_fraction"] == pytest.approx(0.64, abs=0.15)  # near the noiseless curve's 0.64
+    assert "roughness" not in analysis.regret(CURVE, 1.0)  # 4 points leave no residual to estimate from
+    assert "smoothed_fraction" not in analysis.regret(smooth, 1.0)  # no learned ratio given
+
+
 def _grid(dev_loss, points=CURVE):
     return {"grid_points": [{"value": [r], "dev_score": -loss} for r, loss in points],
             "metrics": {"score": 50.0, "dev_loss": dev_loss}}
@@ -69,6 +87,24 @@ def test_summary_and_criteria_report_the_worst_seeds_regret():
     assert med["regret_fraction"] == pytest.approx(0.175) and med["regret_fraction_worst"] == pytest.approx(0.3)
     crit = analysis.criteria(s, None)["regret"]
     assert crit["value"] == pytest.approx(0.3) and crit["pass"] is False and "2 seed(s)" in crit["accounting"]
+
+
+def test_criteria_read_the_regret_off_the_trend_too():
+    # 6 points of 1 + (r - 0.5)^2, one bumped: the 4-point CURVE above leaves no residual, so no trend
+    points = [(0.9 * i / 5, 1.0 + (0.9 * i / 5 - 0.5) ** 2 + (0.02 if i == 3 else 0.0)) for i in range(6)]
+    best = min(loss for _, loss in points)
+    grid = _record("grid", 500.0, 0.54, best, grid_points=_grid(best, points)["grid_points"])
+    records = {0: {"grid": grid, "grpo": _record("grpo", 100.0, 0.5, best + 0.01)},
+               1: {"grid": grid, "grpo": _record("grpo", 100.0, 0.9, best + 0.01)}}
+    s = analysis.summarise(records, {}, "xquad", "ar", steps=8, controller_steps=2)
+    trend = [s["per_seed"][k]["vs_grid"]["grpo"]["regret"]["smoothed_fraction"] for k in (0, 1)]
+    assert trend[0] < 0.05 < 0.5 < trend[1]  # the same dev loss, at the trend's minimum and near its top
+    crit = analysis.criteria(s, None)
+    assert crit["regret_on_trend"]["value"] == pytest.approx(trend[1]) and not crit["regret_on_trend"]["pass"]
+    assert crit["regret"]["value"] == pytest.approx(s["per_seed"][1]["vs_grid"]["grpo"]["regret"]["fraction"])
+    assert "regret_on_trend" not in analysis.criteria(analysis.summarise(
+        {0: {"grid": _record("grid", 500.0, 0.6, 1.0, grid_points=_grid(1.0)["grid_points"]),
+             "grpo": _record("grpo", 100.0, 0.55, 1.05)}}, {}, "xquad", "ar", steps=8), None)
 
 
 def test_no_regret_without_a_learned_dev_loss():

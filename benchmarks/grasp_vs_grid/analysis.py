@@ -215,13 +215,14 @@ def grid_loss_curve(grid: dict[str, Any]) -> list[tuple[float, float]] | None:
 
 
 def regret(curve: Sequence[tuple[float, float]], learned_dev_loss: float,
-           target: float = TARGET_REGRET_FRACTION) -> dict[str, Any]:
+           target: float = TARGET_REGRET_FRACTION, learned_ratio: float | None = None) -> dict[str, Any]:
     """A learned ratio's dev loss after its final fine-tune against the grid's curve.
 
     ``regret`` = learned dev loss minus the best grid point's; ``fraction`` = regret over the
     curve's range (max minus min dev loss over the grid points): 0 means as good as the best
     point, 1 as bad as the worst, negative better than every point. ``pass``: ``fraction <=
-    target``. A flat curve (range 0) gives fraction 0 for a regret <= 0 and +inf otherwise.
+    target``. A flat curve (range 0) gives fraction 0 for a regret <= 0 and +inf otherwise. With 5 or
+    more points it adds :func:`curve_roughness` (with ``learned_ratio``: the smoothed regret too).
     """
     if len(curve) < 2:
         raise ValueError("a grid curve needs at least two points")
@@ -232,7 +233,42 @@ def regret(curve: Sequence[tuple[float, float]], learned_dev_loss: float,
     fraction = value / span if span > 0 else (0.0 if value <= 0 else float("inf"))
     return {"learned_dev_loss": float(learned_dev_loss), "best_grid_dev_loss": best,
             "best_grid_ratio": float(curve[best_i][0]), "grid_range": span, "regret": value,
-            "fraction": fraction, "target": target, "pass": bool(fraction <= target + 1e-9)}  # 1e-9: float noise
+            "fraction": fraction, "target": target, "pass": bool(fraction <= target + 1e-9),  # 1e-9: float noise
+            **curve_roughness(curve, learned_ratio, target)}
+
+
+def curve_roughness(curve: Sequence[tuple[float, float]], learned_ratio: float | None = None,
+                    target: float = TARGET_REGRET_FRACTION) -> dict[str, Any]:
+    """How far one fine-tune's dev loss strays from the grid curve's trend, and the regret read off that trend.
+
+    A quadratic in the ratio is fitted to the grid points by least squares (it bends once: an interior
+    minimum or a slope to one bound, the shapes the measured curves have). ``roughness`` is the std of
+    the points about it (``ddof=3``), an estimate of what one fine-tune's dev loss scatters by at a
+    fixed ratio (ratios 0.01 apart can differ by half a curve's range:
+    benchmarks/results/ratio_landscape_default_fine12.md); ``target_in_roughness`` is how many of those
+    the regret target (``target`` times the range) is: below 1, one fine-tune at the
+    learned ratio cannot show the target met or missed. With ``learned_ratio``, ``smoothed_fraction``
+    is the trend's value there minus its minimum over the grid's span, over the trend's range there:
+    the regret of the learned ratio's place on the curve, without the scatter of its one fine-tune.
+    Fewer than 5 points (no residual to estimate from): ``{}``.
+    """
+    if len(curve) < 5:
+        return {}
+    r = np.array([float(x) for x, _ in curve], dtype=np.float64)
+    y = np.array([float(v) for _, v in curve], dtype=np.float64)
+    coef = np.polyfit(r, y, 2)
+    rough = float(np.std(y - np.polyval(coef, r), ddof=3))
+    rough = 0.0 if rough <= 1e-12 * max(1.0, float(np.abs(y).max())) else rough  # float noise of an exact fit
+    span = float(y.max() - y.min())
+    out: dict[str, Any] = {"roughness": rough,
+                           "target_in_roughness": (target * span / rough) if rough > 0 else float("inf")}
+    if learned_ratio is not None:
+        dense = np.polyval(coef, np.linspace(r.min(), r.max(), 1001))
+        trend_span = float(dense.max() - dense.min())
+        at = float(np.polyval(coef, float(learned_ratio)))
+        out.update(learned_ratio=float(learned_ratio), trend_at_learned=at,
+                   smoothed_fraction=(at - float(dense.min())) / trend_span if trend_span > 0 else 0.0)
+    return out
 
 
 def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int, dict[str, Any]],
@@ -265,7 +301,9 @@ def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int,
                     curve = grid_loss_curve(grid)
                     learned_loss = rec["metrics"].get("dev_loss")
                     if curve is not None and learned_loss is not None and np.isfinite(learned_loss):
-                        c["regret"] = regret(curve, learned_loss)
+                        learned = list((rec.get("learned") or {}).values())
+                        c["regret"] = regret(curve, learned_loss,
+                                             learned_ratio=float(learned[0]) if len(learned) == 1 else None)
                 comps[arm] = c
         per_seed[seed] = {"rows": rows, "vs_grid": comps, "adapters_train_s": a_s}
     # medians over seeds
@@ -300,6 +338,10 @@ def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int,
                 med[arm]["regret_fraction"] = _med(fractions)
                 med[arm]["regret_fraction_worst"] = float(max(fractions))
                 med[arm]["regret_seeds"] = len(fractions)
+            trend = [c["regret"]["smoothed_fraction"] for c in cs if "smoothed_fraction" in c.get("regret", {})]
+            if trend:
+                med[arm]["regret_trend_worst"] = float(max(trend))
+                med[arm]["regret_trend_seeds"] = len(trend)
     return {"per_seed": per_seed, "median": med}
 
 
@@ -331,6 +373,13 @@ def criteria(summary: dict[str, Any], throughput: dict[str, Any] | None) -> dict
         out["regret"] = {"value": worst, "target": TARGET_REGRET_FRACTION, "pass": worst <= TARGET_REGRET_FRACTION,
                          "accounting": f"the worst of {med['regret_seeds']} seed(s): the learned ratio's dev loss after "
                                        "its final fine-tune minus the best grid point's, over the grid curve's range"}
+    if "regret_trend_worst" in med:
+        worst = med["regret_trend_worst"]
+        out["regret_on_trend"] = {
+            "value": worst, "target": TARGET_REGRET_FRACTION, "pass": worst <= TARGET_REGRET_FRACTION,
+            "accounting": f"the worst of {med['regret_trend_seeds']} seed(s): the regret read off a quadratic fitted "
+                          "to the grid points (where the learned ratio lies on the curve's trend, without the "
+                          "scatter of its one fine-tune), over the trend's range"}
     diff = (med.get("metric_diff") or {}).get("score")
     if diff is not None and np.isfinite(diff):
         out["score_gap"] = {"value": diff, "target": -TARGET_SCORE_GAP, "pass": diff >= -TARGET_SCORE_GAP}

@@ -168,7 +168,8 @@ def over_seeds(summary: dict[str, Any]) -> list[str]:
     seeds = list(per_seed)
     L = [f"## Over seeds {', '.join(map(str, seeds))}", "",
          "Per arm against the grid in the same seed. Regret: the learned ratio's dev loss after its final fine-tune "
-         "minus the best grid point's, as a percentage of the grid curve's range. Time ratio: the grid's wall time "
+         "minus the best grid point's, as a percentage of the grid curve's range (in brackets: the same read off a "
+         "quadratic fitted to the grid points, without one fine-tune's scatter). Time ratio: the grid's wall time "
          "over the arm's, as run (each seed's pair measured one after the other). Test score difference: arm minus "
          "grid, pooled over every (seed, question) pair, with a 95 % paired bootstrap interval.", "",
          "| arm | learned ratio per seed | grid's ratio per seed | regret per seed | time ratio median [min, max] "
@@ -180,7 +181,8 @@ def over_seeds(summary: dict[str, Any]) -> list[str]:
             learned.append(_ratio_text(rows[arm]["learned"]) if arm in rows else "-")
             chosen.append(_ratio_text(rows["grid"]["learned"]) if "grid" in rows else "-")
             rg = (c or {}).get("regret")
-            regrets.append(f"{100 * rg['fraction']:.1f} %" if rg else "-")
+            regrets.append((f"{100 * rg['fraction']:.1f} %" + (f" ({100 * rg['smoothed_fraction']:.0f} %)"
+                                                                if "smoothed_fraction" in rg else "")) if rg else "-")
         m = med[arm]
         def ratio(key: str) -> str:
             tr, rng = (m.get("time_ratio") or {}).get(key), (m.get("time_ratio_range") or {}).get(key)
@@ -236,6 +238,15 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], throughput: dict[str
                               f"the best grid point's (ratio {rg['best_grid_ratio']:.3f}) {rg['best_grid_dev_loss']:.4f}: "
                               f"{rg['regret']:+.4f}, {100 * rg['fraction']:+.1f} % of the grid curve's range "
                               f"{rg['grid_range']:.4f} (target at most {100 * rg['target']:.0f} %)"]
+                        if "roughness" in rg:
+                            L += [f"- Scatter: the grid points lie {rg['roughness']:.4f} (std) about a quadratic fitted "
+                                  f"to them, {100 * rg['roughness'] / rg['grid_range']:.0f} % of the range; the "
+                                  f"{100 * rg['target']:.0f} % target is {rg['target_in_roughness']:.2f} of that scatter"
+                                  + (" (below 1: one fine-tune cannot resolve it)" if rg['target_in_roughness'] < 1
+                                     else "")
+                                  + (f"; on the fitted trend the learned ratio {rg['learned_ratio']:.3f} has a regret "
+                                     f"of {100 * rg['smoothed_fraction']:.0f} % of the trend's range"
+                                     if "smoothed_fraction" in rg else "")]
                     se = score_explanation(c.get("score_diff_bootstrap"), c["metric_diff"].get("score"))
                     if se:
                         L += [f"- Test score: {se}"]
