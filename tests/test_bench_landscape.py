@@ -268,3 +268,47 @@ def best_state(seed: dict) -> float:
     best = L.best_state_dev(seed)
     assert best is not None
     return best["dev_loss"]
+
+
+def test_the_readme_quotes_the_regret_scales_scatter():
+    """The chaos of one 64-step fine-tune (a fine grid around GRPO's learned ratio; two ratios 1e-7 apart,
+    the second GRPO's own) and every curve's scatter and trend regret the README quotes, recomputed from
+    the committed results."""
+    from benchmarks.grasp_vs_grid import analysis
+
+    results = ROOT / "benchmarks" / "results"
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    near = json.loads((results / "ratio_landscape_default_regret_near.json").read_text())["seeds"][0]
+    same = json.loads((results / "ratio_landscape_default_regret_same.json").read_text())["seeds"][0]
+    grasp = json.loads((results / "grasp_vs_grid_regret_ar.json").read_text())["runs"]["0"]
+    # the run and the grid train alike: GRPO's final fine-tune is the grid's fine-tune at its ratio, bit for bit
+    assert same["ratios"][1] == grasp["grpo"]["learned"]["prune_ratio"]
+    assert same["grid_dev_loss"][1] == grasp["grpo"]["metrics"]["dev_loss"]
+    assert abs(same["ratios"][1] - same["ratios"][0]) < 1e-6
+    r = analysis.regret(analysis.grid_loss_curve(grasp["grid"]), grasp["grpo"]["metrics"]["dev_loss"],
+                        learned_ratio=grasp["grpo"]["learned"]["prune_ratio"])
+    quoted = {", ".join(f"{v:.4f}" for v in near["grid_dev_loss"][:4]) + f" and {near['grid_dev_loss'][4]:.4f}",
+              f"spread of {max(near['grid_dev_loss']) - min(near['grid_dev_loss']):.3f}",
+              f"scored {same['grid_dev_loss'][0]:.4f} and {same['grid_dev_loss'][1]:.4f}",
+              f"the {same['grid_dev_loss'][1] - same['grid_dev_loss'][0]:.3f} between them",
+              f"seed 0: {r['roughness']:.4f}, {100 * r['roughness'] / r['grid_range']:.0f} % of the range",
+              f"is {r['target_in_roughness']:.2f} of it", f"**{100 * r['smoothed_fraction']:.0f} %** for "
+              f"{r['learned_ratio']:.3f}"}
+    assert max(near["grid_dev_loss"]) - min(near["grid_dev_loss"]) > r["grid_range"]  # "more than the whole range"
+    # the default preset's 24-step curves (train192 in float32, bf16) and their scored runs, on the trend
+    ratios, trend = [], []
+    for tag in ("train192", "bf16"):
+        doc = json.loads((results / f"ratio_landscape_default_{tag}.json").read_text())
+        seeds = {s["seed"]: s for s in doc["seeds"]}
+        for s in seeds.values():
+            ratios.append(analysis.regret(list(zip(s["ratios"], s["grid_dev_loss"])), min(s["grid_dev_loss"]))
+                          ["target_in_roughness"])
+        for run in doc["runs"]:
+            s = seeds[run["seed"]]
+            assert run.get("fine_tune_steps", 24) == s["fine_tune_steps"] == 24
+            trend.append(analysis.regret(list(zip(s["ratios"], s["grid_dev_loss"])), run["learned_dev_loss"],
+                                         learned_ratio=run["learned"])["smoothed_fraction"])
+    quoted.add(f"{min(ratios):.2f}-{max(ratios):.2f} of their scatter")
+    quoted |= {f"{100 * t:.1f} %" for t in trend}
+    missing = sorted(q for q in quoted if q not in readme)
+    assert not missing, f"the README should quote {missing}"
