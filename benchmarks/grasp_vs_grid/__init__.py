@@ -62,7 +62,11 @@ the files ``grasp_vs_grid_<scale>_<T>.*`` (a language, a variant). A long benchm
 parts, a seed each (``--seeds 1-1``): a part keeps the seeds of an earlier file of the same
 configuration (every arm's per-question test scores are in the JSON, so the run folders need
 not survive), and the report adds, over all seeds, each arm's learned ratio and regret per
-seed and its test score difference to the grid pooled over every (seed, question) pair.
+seed and its test score difference to the grid pooled over every (seed, question) pair. Regret
+is read twice: off the learned ratio's one final fine-tune, and off a quadratic fitted to the grid
+points (the trend), with the points' scatter about it, because one fine-tune's dev loss is
+chaotic in the ratio (at the regret scale two ratios 1e-7 apart differ by two thirds of the
+curve's range: benchmarks/results/ratio_landscape_default_regret_same.md).
 
 Scales: ``smoke`` (tiny random backbone, minutes: checks the machinery, the metrics are
 meaningless), ``cpu`` (Gemma 3 270M, sizes pinned in ``CPU_SIZES``: 64-step fine-tunes, a
