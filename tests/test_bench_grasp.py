@@ -293,3 +293,28 @@ def test_the_regret_scale_fits_the_shipped_xquad(lang):
     td = load_task_data("xquad", lang, sizes=sizes, max_context_chars=cfg.max_context_chars)
     assert td.sizes() == {"source_train": 48, "target_train": 192, "micro_dev": 16, "dev": 300, "test": 300}
     assert td.articles()["target_train"] >= 8 and td.articles()["test"] >= 10
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "results").rglob("grasp_vs_grid_*.json")),
+                         ids=lambda p: str(p.relative_to(ROOT / "benchmarks" / "results")))
+def test_every_committed_report_is_what_this_code_reports_from_its_measurements(path, tmp_path, capsys):
+    """``--report-only`` re-summarises a results file with the current analysis: the committed reports
+    must be its fixed point, so a change to the analysis cannot leave their figures behind."""
+    doc = json.loads(path.read_text())
+    stem = f"grasp_vs_grid_{doc['scale']}" + (f"_{doc['tag']}" if doc.get("tag") else "")
+    assert path.name == f"{stem}.json"
+    (tmp_path / path.name).write_text(path.read_text())
+    argv = ["--scale", doc["scale"], "--out", str(tmp_path), "--report-only"] + (["--tag", doc["tag"]] if doc.get("tag") else [])
+    assert cli.main(argv) == 0
+    assert json.loads((tmp_path / path.name).read_text()) == doc
+    assert (tmp_path / f"{stem}.md").read_text() == path.with_suffix(".md").read_text()
+
+
+def test_report_only_errors_are_one_line(tmp_path, capsys):
+    assert cli.main(["--scale", "regret", "--tag", "xx", "--out", str(tmp_path), "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no results file" in err and "grasp_vs_grid_regret_xx.json" in err
+    (tmp_path / "grasp_vs_grid_regret_xx.json").write_text('{"runs": {}}')
+    assert cli.main(["--scale", "regret", "--tag", "xx", "--out", str(tmp_path), "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a grasp_vs_grid results file" in err

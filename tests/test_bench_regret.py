@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from benchmarks.grasp_vs_grid import analysis
@@ -113,3 +114,38 @@ def test_no_regret_without_a_learned_dev_loss():
     del grasp["metrics"]["dev_loss"]
     s = analysis.summarise({0: {"grid": grid, "grpo": grasp}}, {}, "xquad", "ar", steps=8)
     assert "regret" not in s["per_seed"][0]["vs_grid"]["grpo"] and "regret" not in analysis.criteria(s, None)
+
+
+def test_oracle_regret_shows_the_winners_curse_of_a_scattered_grid():
+    ratios = np.array([0.9 * i / 7 for i in range(8)])
+    bowl = np.polyfit(ratios, (ratios - 0.45) ** 2, 2)  # trend minimum 0 at 0.45, between two grid points
+    exact = analysis.oracle_regret(bowl, ratios, 0.0, learned_ratio=0.9)
+    assert exact["oracle_ratio"] == pytest.approx(0.45, abs=1e-3)
+    assert exact["oracle_fraction_median"] < 0 and exact["oracle_pass_rate"] == 1.0  # below the nearest grid point
+    assert exact["learned_pass_rate"] == 0.0  # 0.9 is the trend's worst place
+    # a flat trend whose fine-tunes scatter: the best of 8 noisy points is ~1.4 std low, the range ~2.8 std,
+    # so even a perfect controller's raw regret is about half the range and rarely meets 10 %
+    flat = analysis.oracle_regret(np.array([0.0, 0.0, 1.0]), ratios, 0.01, learned_ratio=0.9)
+    assert 0.35 < flat["oracle_fraction_median"] < 0.65 and flat["oracle_fraction_p90"] > 1.0
+    assert 0.05 < flat["oracle_pass_rate"] < 0.3
+    assert flat["learned_pass_rate"] == pytest.approx(flat["oracle_pass_rate"], abs=0.02)  # every ratio alike
+    assert analysis.oracle_regret(np.array([0.0, 0.0, 1.0]), ratios, 0.01, learned_ratio=0.9) == flat  # seeded
+    # the scatter scales out: only scatter over range matters
+    assert analysis.oracle_regret(np.array([0.0, 0.0, 5.0]), ratios, 0.02)["oracle_pass_rate"] == \
+        flat["oracle_pass_rate"]
+
+
+def test_regret_reports_what_a_perfect_controller_would_score_and_the_criteria_multiply_seeds():
+    ratios = [0.9 * i / 7 for i in range(8)]
+    bumpy = [(r, 1.0 + (r - 0.5) ** 2 + (0.01 if i % 2 else -0.01)) for i, r in enumerate(ratios)]
+    r = analysis.regret(bumpy, 1.05, learned_ratio=0.9)
+    assert 0 < r["oracle_pass_rate"] < 1 and r["learned_pass_rate"] < r["oracle_pass_rate"]
+    assert r["oracle_ratio"] == pytest.approx(0.5, abs=0.05)
+    best = min(loss for _, loss in bumpy)
+    grid = _record("grid", 500.0, 0.5, best, grid_points=_grid(best, bumpy)["grid_points"])
+    records = {s: {"grid": grid, "grpo": _record("grpo", 100.0, 0.5, best + 0.01)} for s in (0, 1)}
+    s = analysis.summarise(records, {}, "xquad", "ar", steps=8, controller_steps=2)
+    p = s["per_seed"][0]["vs_grid"]["grpo"]["regret"]["oracle_pass_rate"]
+    crit = analysis.criteria(s, None)["regret"]
+    assert crit["oracle_pass_every_seed"] == pytest.approx(p * p)
+    assert f"in all 2 seed(s) with probability {100 * p * p:.1f} %" in crit["accounting"]

@@ -66,7 +66,11 @@ seed and its test score difference to the grid pooled over every (seed, question
 is read twice: off the learned ratio's one final fine-tune, and off a quadratic fitted to the grid
 points (the trend), with the points' scatter about it, because one fine-tune's dev loss is
 chaotic in the ratio (at the regret scale two ratios 1e-7 apart differ by two thirds of the
-curve's range: benchmarks/results/ratio_landscape_default_regret_same.md).
+curve's range: benchmarks/results/ratio_landscape_default_regret_same.md). With that scatter
+the best of the grid's noisy points is biased low, so the report also draws what a perfect
+controller (on the trend's minimum) would score against a re-run grid (``analysis.oracle_regret``):
+how attainable the raw target is at all. ``--report-only`` re-summarises a committed results
+file with the current analysis code and runs nothing.
 
 Scales: ``smoke`` (tiny random backbone, minutes: checks the machinery, the metrics are
 meaningless), ``cpu`` (Gemma 3 270M, sizes pinned in ``CPU_SIZES``: 64-step fine-tunes, a

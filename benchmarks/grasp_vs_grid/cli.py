@@ -127,7 +127,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--throughput-reps", type=int, default=None, help="A/B alternations (0: skip throughput)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--tag", default=None, help="results as grasp_vs_grid_<scale>_<tag>.* (a variant or a language)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: re-summarise the results file of --scale/--tag (in --out) with this code's "
+                        "analysis and rewrite its JSON and markdown (the measurements are kept as they are)")
     return p
+
+
+#: the results file's keys that are not its meta (what ``markdown`` is given)
+DERIVED_KEYS = ("summary", "throughput", "criteria", "plots", "runs")
+
+
+def rereport(args: argparse.Namespace, console) -> int:
+    """``--report-only``: the committed results file, re-summarised by the current analysis code."""
+    from hpctl.errors import ConfigError
+
+    stem = f"grasp_vs_grid_{args.scale}" + (f"_{args.tag}" if args.tag else "")
+    js, md = Path(args.out) / f"{stem}.json", Path(args.out) / f"{stem}.md"
+    try:
+        doc = json.loads(js.read_text())
+        records = {int(s): r for s, r in doc["runs"].items()}
+        adapters = {int(s): a for s, a in doc["adapters"].items()}
+        summary = summarise(records, adapters, doc["task"], doc["lang"], int(doc["steps"]),
+                            int(doc["controller_steps"]))
+    except FileNotFoundError:
+        raise ConfigError(f"no results file {js} to re-report (run the benchmark, or check --scale/--tag/--out)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{js} is not a grasp_vs_grid results file ({type(exc).__name__}: {exc})") from None
+    crit = criteria(summary, doc.get("throughput"))
+    meta = {k: v for k, v in doc.items() if k not in DERIVED_KEYS}
+    doc.update(summary=summary, criteria=crit)
+    js.write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
+    md.write_text(markdown(meta, summary, doc.get("throughput"), crit, doc.get("plots") or []))
+    console.print(f"re-reported {js}, {md} ({len(records)} seed(s); nothing re-run)", highlight=False, markup=False,
+                  soft_wrap=True)
+    return 0
 
 
 #: what must match for a part's seeds to join an earlier results file (else the file is replaced)
@@ -165,9 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     try:
+        if args.report_only:
+            return rereport(args, console)
         return _main(args, argv, console)
     except HpctlError as exc:
-        console.print(f"error: {exc}", highlight=False, markup=False)
+        console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)  # one line, never wrapped
         return 2
 
 

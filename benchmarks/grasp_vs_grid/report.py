@@ -247,6 +247,14 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], throughput: dict[str
                                   + (f"; on the fitted trend the learned ratio {rg['learned_ratio']:.3f} has a regret "
                                      f"of {100 * rg['smoothed_fraction']:.0f} % of the trend's range"
                                      if "smoothed_fraction" in rg else "")]
+                        if "oracle_pass_rate" in rg:
+                            L += [f"- Attainable: a perfect controller, on the trend's minimum ({rg['oracle_ratio']:.3f}) "
+                                  f"with a final fine-tune that scatters like a grid point, would score a raw regret of "
+                                  f"{100 * rg['oracle_fraction_median']:.0f} % (median; 90th percentile "
+                                  f"{100 * rg['oracle_fraction_p90']:.0f} %) against a re-run grid and meet the "
+                                  f"{100 * rg['target']:.0f} % target in {100 * rg['oracle_pass_rate']:.0f} % of draws"
+                                  + (f"; a controller at the learned ratio in {100 * rg['learned_pass_rate']:.0f} %"
+                                     if "learned_pass_rate" in rg else "")]
                     se = score_explanation(c.get("score_diff_bootstrap"), c["metric_diff"].get("score"))
                     if se:
                         L += [f"- Test score: {se}"]
