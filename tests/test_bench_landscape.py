@@ -302,6 +302,18 @@ def test_the_readme_quotes_the_regret_scales_scatter():
     every = ar["criteria"]["regret"].get("oracle_pass_every_seed")
     if every is not None and len(ar["seeds"]) == 2:
         quoted.add(f"in both seeds with probability {100 * every:.1f} %")
+    zh_path = results / "grasp_vs_grid_regret_zh.json"
+    if zh_path.is_file():  # Chinese, seed 0
+        zh = json.loads(zh_path.read_text())
+        z = zh["summary"]["per_seed"]["0"]["vs_grid"]
+        rz, med = z["grpo"]["regret"], zh["summary"]["median"]
+        quoted |= {f"at {rz['best_grid_ratio']:.3f} (range {rz['grid_range']:.3f}, scatter "
+                   f"{100 * rz['roughness'] / rz['grid_range']:.0f} % of it)", f"GRPO learned {rz['learned_ratio']:.3f} again",
+                   f"regret {100 * rz['fraction']:.1f} % raw and {100 * rz['smoothed_fraction']:.0f} % on the trend",
+                   f"{z['grpo']['time_ratio']['as_measured']:.2f}x as run"}
+        for arm, text in (("grpo", "against the grid"), ("target-only", "target-only")):
+            b = med[arm]["score_diff_pooled"]
+            quoted.add(f"{text} {b['mean']:+.2f} [{b['lo']:+.2f}, {b['hi']:+.2f}]")
     runs = ar["runs"]
     if "1" in runs:  # the second part
         g1 = runs["1"]
