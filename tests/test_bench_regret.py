@@ -149,3 +149,41 @@ def test_regret_reports_what_a_perfect_controller_would_score_and_the_criteria_m
     crit = analysis.criteria(s, None)["regret"]
     assert crit["oracle_pass_every_seed"] == pytest.approx(p * p)
     assert f"in all 2 seed(s) with probability {100 * p * p:.1f} %" in crit["accounting"]
+
+
+def _trace(rounds):
+    return [{"step": step, "value": [r], "score": s} for step, pts in rounds for r, s in pts]
+
+
+def test_probe_rounds_say_whether_the_controller_saw_more_pruning_as_better():
+    rising = (0, [(0.45, -1.2), (0.1, -1.3), (0.8, -1.0), (0.5, -1.1)])  # every higher ratio scored better
+    interior = (4, [(0.3, -0.9), (0.6, -0.7), (0.9, -0.8)])  # best in the middle
+    falling = (8, [(0.2, -0.5), (0.7, -0.6)])
+    out = analysis.probe_rounds(_trace([interior, rising, falling]))
+    assert [r["step"] for r in out] == [0, 4, 8] and [r["n"] for r in out] == [4, 3, 2]
+    assert out[0]["spearman"] == pytest.approx(1.0) and out[0]["best_ratio"] == 0.8 and out[0]["best_is_highest"]
+    assert out[1]["spearman"] == pytest.approx(0.5) and out[1]["best_ratio"] == 0.6 and not out[1]["best_is_highest"]
+    assert out[2]["spearman"] == pytest.approx(-1.0) and not out[2]["best_is_highest"]
+    assert math.isnan(analysis.probe_rounds(_trace([(0, [(0.5, -1.0)])]))[0]["spearman"])  # one probe: no ranking
+    two_d = [{"step": 0, "value": [0.1, 0.2], "score": -1.0}]
+    assert analysis.probe_rounds(two_d) is None and analysis.probe_rounds([]) == []
+
+
+def test_the_summary_counts_the_rounds_whose_best_probe_was_the_most_pruned():
+    from benchmarks.grasp_vs_grid import report
+
+    grid = _record("grid", 500.0, 0.6, 1.0, grid_points=_grid(1.0)["grid_points"])
+    rising = _trace([(0, [(0.2, -1.1), (0.8, -1.0)]), (4, [(0.3, -0.9), (0.6, -0.8), (0.9, -0.7)])])
+    interior = _trace([(0, [(0.3, -0.8), (0.6, -0.7), (0.9, -0.9)])])
+    records = {0: {"grid": grid, "grpo": _record("grpo", 100.0, 0.9, 1.3, probe_trace=rising)},
+               1: {"grid": grid, "grpo": _record("grpo", 100.0, 0.6, 1.0, probe_trace=interior)}}
+    s = analysis.summarise(records, {}, "xquad", "ar", steps=8, controller_steps=2)
+    assert [r["step"] for r in s["per_seed"][0]["vs_grid"]["grpo"]["probe_rounds"]] == [0, 4]
+    pr = s["median"]["grpo"]["probe_rounds"]
+    assert (pr["rounds"], pr["best_is_highest"]) == (3, 2) and pr["spearman_median"] == pytest.approx(1.0)
+    text = "\n".join(report.over_seeds(s))
+    assert "in 2 of its 3 probe rounds the best micro-dev score was at the highest ratio probed" in text
+    assert "within a round is +1.00" in text
+    # a record without a trace (an older run) has no rounds
+    s2 = analysis.summarise({0: {"grid": grid, "grpo": _record("grpo", 100.0, 0.9, 1.3)}}, {}, "xquad", "ar", steps=8)
+    assert "probe_rounds" not in s2["per_seed"][0]["vs_grid"]["grpo"] and "probe_rounds" not in s2["median"]["grpo"]

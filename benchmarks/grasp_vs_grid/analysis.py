@@ -312,6 +312,29 @@ def oracle_regret(coef: np.ndarray, ratios: np.ndarray, scatter: float, target: 
     return out
 
 
+def probe_rounds(trace: Sequence[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """What the controller saw in each probe round of a 1-D run (its ``probe_trace``): per training state
+    (controller step), the ratios probed there (candidates, the baseline at the committed value and any guard
+    probe) with their micro-dev scores, Spearman's rank correlation of score against ratio (+1: every higher
+    ratio scored better), the best-scoring ratio and whether it is the highest ratio probed in that round.
+    None for a trace of another knob shape."""
+    from benchmarks.ratio_landscape import spearman
+
+    rounds: dict[int, list[tuple[float, float]]] = {}
+    for p in trace:
+        value = p.get("value")
+        if not isinstance(value, (list, tuple)) or len(value) != 1:
+            return None
+        rounds.setdefault(int(p["step"]), []).append((float(value[0]), float(p["score"])))
+    out = []
+    for step, pts in sorted(rounds.items()):
+        ratios, scores = [r for r, _ in pts], [s for _, s in pts]
+        best = ratios[int(np.argmax(scores))]
+        out.append({"step": step, "n": len(pts), "spearman": spearman(ratios, scores) if len(pts) > 1 else float("nan"),
+                    "best_ratio": best, "best_is_highest": bool(best == max(ratios))})
+    return out
+
+
 def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int, dict[str, Any]],
               task: str, lang: str, steps: int, controller_steps: int | None = None) -> dict[str, Any]:
     """Tables and comparisons per seed, plus medians over seeds (``controller_steps`` None: ``steps``)."""
@@ -345,6 +368,9 @@ def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int,
                         learned = list((rec.get("learned") or {}).values())
                         c["regret"] = regret(curve, learned_loss,
                                              learned_ratio=float(learned[0]) if len(learned) == 1 else None)
+                    rounds = probe_rounds(rec.get("probe_trace") or [])
+                    if rounds:
+                        c["probe_rounds"] = rounds
                 comps[arm] = c
         per_seed[seed] = {"rows": rows, "vs_grid": comps, "adapters_train_s": a_s}
     # medians over seeds
@@ -383,6 +409,11 @@ def summarise(records: dict[int, dict[str, dict[str, Any]]], adapters: dict[int,
             if trend:
                 med[arm]["regret_trend_worst"] = float(max(trend))
                 med[arm]["regret_trend_seeds"] = len(trend)
+            rounds = [r for c in cs for r in c.get("probe_rounds", [])]
+            if rounds:  # how often a round's best probe was its highest ratio, and the median rank correlation
+                med[arm]["probe_rounds"] = {"rounds": len(rounds),
+                                            "best_is_highest": sum(r["best_is_highest"] for r in rounds),
+                                            "spearman_median": _med([r["spearman"] for r in rounds])}
             oracle = [c["regret"]["oracle_pass_rate"] for c in cs if "oracle_pass_rate" in c.get("regret", {})]
             if oracle:  # independent seeds: how likely a perfect controller meets the target in every one
                 med[arm]["oracle_pass_every_seed"] = float(np.prod(oracle))

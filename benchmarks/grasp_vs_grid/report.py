@@ -192,7 +192,15 @@ def over_seeds(summary: dict[str, Any]) -> list[str]:
         L.append(f"| {ARM_LABELS.get(arm, arm)} | {', '.join(learned)} | {', '.join(chosen)} | {', '.join(regrets)} | "
                  f"{ratio('as_measured')} | {ratio('without_reporting')} | "
                  + (f"{b['mean']:+.2f} [{b['lo']:+.2f}, {b['hi']:+.2f}] ({b['n']})" if b else "-") + " |")
-    return L + [""]
+    L.append("")
+    for arm in arms:
+        pr = med[arm].get("probe_rounds")
+        if pr:
+            L += [f"What {ARM_LABELS.get(arm, arm)}'s probes saw: in {pr['best_is_highest']} of its {pr['rounds']} probe "
+                  f"rounds the best micro-dev score was at the highest ratio probed; the median Spearman correlation "
+                  f"of score against ratio within a round is {pr['spearman_median']:+.2f} (+1: the more pruning, the "
+                  f"better; each seed's rounds are listed under its \"Why\" below).", ""]
+    return L
 
 
 def markdown(meta: dict[str, Any], summary: dict[str, Any], throughput: dict[str, Any] | None,
@@ -255,6 +263,11 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], throughput: dict[str
                                   f"{100 * rg['target']:.0f} % target in {100 * rg['oracle_pass_rate']:.0f} % of draws"
                                   + (f"; a controller at the learned ratio in {100 * rg['learned_pass_rate']:.0f} %"
                                      if "learned_pass_rate" in rg else "")]
+                    if c.get("probe_rounds"):
+                        L += ["- Probes: per round (controller step: Spearman of micro-dev score against ratio over "
+                              "the round's probes, the best ratio; * where it is the highest probed): " + "; ".join(
+                                  f"{r['step']}: {r['spearman']:+.2f}, {r['best_ratio']:.3f}"
+                                  + ("*" if r["best_is_highest"] else "") for r in c["probe_rounds"])]
                     se = score_explanation(c.get("score_diff_bootstrap"), c["metric_diff"].get("score"))
                     if se:
                         L += [f"- Test score: {se}"]
