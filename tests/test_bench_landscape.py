@@ -326,6 +326,15 @@ def test_the_readme_quotes_the_regret_scales_scatter():
                  for _, part in sorted(zh["summary"]["per_seed"].items())]
         quoted.add("GRPO's ratios in " + (", ".join(rates[:-1]) + " and " + rates[-1] if len(rates) > 1 else rates[0]))
         n = med["grpo"]["score_diff_pooled"]["n"]
+        for lang, doc in (("Arabic", ar), ("Chinese", zh)):  # what the probes saw, per language
+            pr = doc["summary"]["median"]["grpo"]["probe_rounds"]
+            quoted.add(f"{pr['best_is_highest']} of the {pr['rounds']} {lang}")
+        regrets = [part["vs_grid"]["grpo"]["regret"] for doc in (ar, zh) for part in doc["summary"]["per_seed"].values()]
+        learned, minima = [r["learned_ratio"] for r in regrets], [r["oracle_ratio"] for r in regrets]
+        quoted |= {f"lands at {min(learned):.2f}-{max(learned):.2f} whatever",
+                   f"minima lie anywhere from {min(minima):.2f} to {max(minima):.2f}"}
+        quoted.add(f"+{ar['summary']['median']['grpo']['probe_rounds']['spearman_median']:.2f} and "
+                   f"+{med['grpo']['probe_rounds']['spearman_median']:.2f}")
         quoted.add(f"pooled over the {n} Chinese questions")
         quoted.add(f"Chinese, seeds {' and '.join(sorted(zh['summary']['per_seed']))}" if n < 900 else
                    "Chinese, seeds 0, 1 and 2")
