@@ -150,3 +150,35 @@ def test_a_grpo_variant_is_named_by_its_settings(tmp_path):
             controllers.main(["--seeds", "1", "--controllers", bad, "--out", str(tmp_path)])
         assert says in str(exc.value) and "\n" not in str(exc.value)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_readme_quotes_the_two_peak_trap_on_300_seeds():
+    """The decoy trap counts the README gives for the default GRPO, ``shaping=nes`` and random search on seeds
+    100-399 of the two-peak landscapes, recomputed from the committed runs."""
+    import numpy as np
+
+    doc = json.loads((ROOT / "benchmarks" / "results" / "controllers_twopeak300" / "controllers.json").read_text())
+    runs = controllers.unpack_runs(doc["runs"])
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    trapped, excess, dist = {}, {}, {}
+    for ctrl in ("grpo", "grpo[shaping=nes]", "random"):
+        mine = [r for r in runs if r["controller"] == ctrl]
+        assert {r["seed"] for r in mine} == set(range(100, 400))
+        trapped[ctrl] = sum(r["distance"] > controllers.TRAPPED for r in mine)
+        dist[ctrl] = float(np.median([r["distance"] for r in mine]))
+        per = {}
+        for r in runs:
+            if r["controller"] in (ctrl, "random"):
+                per.setdefault(r["scenario"], {}).setdefault(r["controller"], 0)
+                per[r["scenario"]][r["controller"]] += r["distance"] > controllers.TRAPPED
+        excess[ctrl] = max(v.get(ctrl, 0) - v.get("random", 0) for v in per.values())
+    n = sum(r["controller"] == "grpo" for r in runs)
+    quoted = [f"of {n} runs, the default GRPO ends on the decoy in {trapped['grpo']}, `shaping=nes` in "
+              f"{trapped['grpo[shaping=nes]']}, random search in {trapped['random']}",
+              f"the default has up to {excess['grpo']} trapped runs more than random search, `shaping=nes` at most "
+              f"{excess['grpo[shaping=nes]']}",
+              f"({dist['grpo[shaping=nes]']:.4f} against the default's {dist['grpo']:.4f} and random search's "
+              f"{dist['random']:.4f})"]
+    missing = [q for q in quoted if q not in readme]
+    assert not missing, f"README should quote: {missing}"
+    assert trapped["grpo[shaping=nes]"] < trapped["grpo"]  # what the paragraph concludes
