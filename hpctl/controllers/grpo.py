@@ -115,7 +115,9 @@ error from 0.0113 to 0.0097 and the p90 from 0.036 to 0.033 with 3 trapped runs 
 either way (``"centered_rank"``: 0.0111, 0.037, 7 trapped); on seeds 0-29 0.0088 to 0.0083,
 p90 0.035 to 0.030, trapped 3 to 2. It does not remove the trap: on seeds 0-29 it frees
 seed 14 of two-peaked 0.75 at noise 0.05 and traps one run of two-peaked 0.75 at noise 0.1,
-where random search has none. It is not the default yet because with grasp_lora's groups
+where random search has none. On 300 fresh seeds (100-399) of the two-peak landscapes it ends on
+the decoy in 3 of 1800 runs, the default in 11, random search in 2
+(``benchmarks/results/controllers_twopeak300``). It is not the default yet because with grasp_lora's groups
 of 4 it changes every real run, whose regret against the grid was measured without it.
 
 Optimiser (ours, the paper names none): plain natural-gradient ascent with ``lr`` on ``mu``
