@@ -1,7 +1,10 @@
 """ControlEnv: "set a training knob" as a Gymnasium environment.
 
 One episode is one training run of ``task.total_steps`` optimizer steps, cut into
-rounds of ``steps_per_round`` steps. Within a round the training state is frozen and
+rounds of ``steps_per_round`` steps; with ``warmup_steps`` the first of those steps are
+trained at the starting value before the first round, so that no probe scores the
+untrained start (an episode's ``reset`` runs them and emits a ``warmup`` event). Within
+a round the training state is frozen and
 up to ``group_size`` candidate values are probed there; then the round is *committed*:
 training continues at one value for ``steps_per_round`` steps and the next round starts.
 
@@ -70,6 +73,7 @@ class ControlEnv(gym.Env):
         commit_rule: str = "best",
         reward: str = "score",
         max_move: float = 1.0,
+        warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         if group_size < 2:
@@ -86,7 +90,10 @@ class ControlEnv(gym.Env):
         total = int(task.total_steps)
         if total < 1:
             raise ConfigError(f"task has {total} training steps; need >= 1")
-        self.steps_per_round = int(steps_per_round or max(1, total // 8))
+        if not 0 <= int(warmup_steps) < total:
+            raise ConfigError(f"warm-up must be >= 0 and below the run's {total} training steps, got {warmup_steps}")
+        self.warmup_steps = int(warmup_steps)
+        self.steps_per_round = int(steps_per_round or max(1, (total - self.warmup_steps) // 8))
         if self.steps_per_round < 1:
             raise ConfigError(f"steps per round must be >= 1, got {steps_per_round}")
         self.commit_rule = commit_rule
@@ -172,6 +179,11 @@ class ControlEnv(gym.Env):
         self._init_counters()
         self.episodes += 1
         self._emit({"event": "reset", "episode": self.episodes, "probes": self.probes})
+        if self.warmup_steps:  # trained at the starting value before the first round: no probe sees step 0
+            self.last_loss = float(self.task.train(self.warmup_steps, self.current.copy()))
+            self.steps_done = self.warmup_steps
+            self._emit({"event": "warmup", "step": self.steps_done, "episode": self.episodes, "probe": self.probes,
+                        "value": self.current.copy(), "loss": self.last_loss})
         return self._obs(), self._info()
 
     def step(self, action):

@@ -128,7 +128,9 @@ def build(spec: RunSpec, out_dir: Path):
     env_kwargs = {"group_size": group, "commit_rule": opts.commit_rule, "reward": opts.reward}
     env_kwargs.update(plugin.env_kwargs(config))
     if "steps_per_round" not in env_kwargs:
-        env_kwargs["steps_per_round"] = steps_per_round(task.total_steps, budget, group)
+        # the rounds share the steps after the warm-up (ControlEnv checks that one is left)
+        warm = int(env_kwargs.get("warmup_steps", 0))
+        env_kwargs["steps_per_round"] = steps_per_round(max(1, task.total_steps - warm), budget, group)
     env = ControlEnv(task, **env_kwargs)
     controller = ctrl_cls(env, config=ctrl_config, seed=opts.seed)
     try:

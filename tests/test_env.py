@@ -116,6 +116,24 @@ def test_probe_rejects_value_outside_bounds():
         env.probe(np.array([1.5]))
 
 
+def test_warmup_trains_at_the_start_value_before_the_first_round():
+    task = LandscapeTask(Landscape(optimum=(0.37,)), noise=0.0, total_steps=100)
+    env = ControlEnv(task, group_size=2, steps_per_round=10, warmup_steps=40)
+    events = []
+    env.listeners.append(events.append)
+    env.reset(seed=0)
+    assert env.steps_done == 40 and task.snapshot()["steps"] == 40 and env.progress == pytest.approx(0.4)
+    warm = [e for e in events if e["event"] == "warmup"]
+    assert len(warm) == 1 and warm[0]["step"] == 40 and warm[0]["value"][0] == pytest.approx(0.5)
+    env.probe(np.array([0.3]))
+    assert events[-1]["event"] == "probe" and events[-1]["step"] == 40  # the first probe sees the trained state
+    env.reset(seed=0)  # every episode warms up again
+    assert env.steps_done == 40 and sum(e["event"] == "warmup" for e in events) == 2
+    for bad in (-1, 100):
+        with pytest.raises(ConfigError, match="warm-up"):
+            ControlEnv(LandscapeTask(Landscape(), total_steps=100), warmup_steps=bad)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"group_size": 1}, "group size"),
     ({"commit_rule": "worst"}, "commit rule"),

@@ -55,7 +55,7 @@ EVAL_ADAPTERS = tuple(ADAPTER_FOLDERS)
 #: options that must be >= 1 / >= 0 when set
 POSITIVE = ("steps", "controller_steps", "batch_size", "eval_batch_size", "max_len", "max_target_len",
             "max_new_tokens", "mask_every", "lora_r")
-NON_NEGATIVE = ("source_steps", "target_steps", "export_rank", "probe_steps")
+NON_NEGATIVE = ("source_steps", "target_steps", "export_rank", "probe_steps", "warmup_steps")
 
 #: values a preset gives the options the user left unset (None)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -125,6 +125,12 @@ class GraspLoraConfig:
         "help": "optimizer steps of the controller run, the probes interleaved (default: a quarter of "
                 "--steps, at least 4; the paper's 3.9x-7.45x speed-ups over an 8-point grid imply a "
                 "controller run shorter than a fine-tune)"})
+    warmup_steps: int = field(default=0, metadata={
+        "help": "steps of the controller run trained at the start ratio before its first probe round, so no probe "
+                "scores the untrained merge; the rounds share the other controller steps (issue 12, "
+                "benchmarks/results/probe_levers.md)"})
+    controller_lr: float | None = field(default=None, metadata={
+        "help": "AdamW learning rate of the controller run (default: --lr, which every fine-tune uses)"})
     source_steps: int | None = field(default=None, metadata={"help": "steps training the source adapter"})
     target_steps: int | None = field(default=None, metadata={"help": "steps training the target adapter"})
     lr: float | None = field(default=None, metadata={"help": "AdamW learning rate of the merged adapter"})
@@ -188,7 +194,10 @@ class GraspLoraConfig:
         merge_weights(self.merge, parse_merge_weights(self.merge_weights))
         self._check_probe_metric()
         self._check_counts()
-        for name in ("lr", "adapter_lr"):
+        if None not in (self.controller_steps,) and int(self.warmup_steps) >= int(self.controller_steps):
+            raise ConfigError(f"warmup-steps ({self.warmup_steps}) must be below controller-steps "
+                              f"({self.controller_steps}): the probe rounds need steps too")
+        for name in ("lr", "adapter_lr", "controller_lr"):
             value = getattr(self, name)
             if value is not None and not (float(value) > 0 and math.isfinite(float(value))):
                 raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {value}")
@@ -272,6 +281,9 @@ class GraspLoraPlugin(Plugin):
     #: the paper's grid baseline: every grid point is one full merge-and-prune fine-tune, chosen on dev
     controller_defaults = {"grid": {"full_runs": True}}
     preset_defaults = PRESETS["default"]
+
+    def env_kwargs(self, config: GraspLoraConfig) -> dict[str, Any]:
+        return {"warmup_steps": int(config.warmup_steps)}
 
     def make_task(self, config: GraspLoraConfig, *, seed: int, out_dir: Path,
                   backbone: tuple[Any, Any, str] | None = None) -> GraspTask:

@@ -305,7 +305,9 @@ class GraspTask(Task):
             self.notes["adapter_entries"] = int(sum(m.out_features * m.in_features for m in self.adapter.modules.values()))
 
     # ------------------------------------------------------------------ protocol -------
-    def reset(self, seed: int | None = None) -> None:
+    def reset(self, seed: int | None = None, *, fine_tune: bool = False) -> None:
+        """Back to the merged start with a fresh optimizer: the controller run's (``controller_lr``), or with
+        ``fine_tune`` a fine-tune's (``lr``: a grid point, the final run)."""
         if not self._ready:
             self._ensure_ready()  # ends by calling reset(self.seed)
             if seed is None or int(seed) == self.seed:
@@ -318,7 +320,8 @@ class GraspTask(Task):
         params = self.adapter.parameters()
         for p in params:
             p.requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(params, lr=float(self.cfg.lr), weight_decay=float(self.cfg.weight_decay))
+        lr = self.cfg.lr if fine_tune or self.cfg.controller_lr is None else self.cfg.controller_lr
+        self.optimizer = torch.optim.AdamW(params, lr=float(lr), weight_decay=float(self.cfg.weight_decay))
         order_seed = self.seed if seed is None else int(seed)
         self.order = DataOrder([len(e.ids) for e in self.splits["target_train"].encoded],
                                int(self.cfg.batch_size), order_seed * 1000 + 21)
@@ -464,7 +467,7 @@ class GraspTask(Task):
     def full_run(self, value: np.ndarray) -> float:
         """One grid point: fine-tune from the merged start at ``value``, return the dev score."""
         self._ensure_ready()
-        self.reset()
+        self.reset(fine_tune=True)
         self.train(self.fine_tune_steps, value)
         split = "dev" if self.splits["dev"].encoded else "micro_dev"
         with self._phase("grid_dev_eval"):
@@ -474,7 +477,7 @@ class GraspTask(Task):
         """Final merge-and-prune fine-tune at ``value`` from the merged start; test metrics."""
         self._ensure_ready()
         ratio = self.knob.validate(value)
-        self.reset(self.seed)
+        self.reset(self.seed, fine_tune=True)
         with self._phase("final_train", self._fine_tune_params(ratio)):
             final_loss = self._train_steps(self.fine_tune_steps, ratio, self.adapter, self.pruner, self.optimizer,
                                            self.order, label=f"final run at {self.knob.format(ratio)}",

@@ -125,6 +125,44 @@ def test_a_look_ahead_probe_fine_tunes_the_candidate_then_restores_the_state(smo
         GraspLoraConfig(probe_steps=-1)
 
 
+def test_controller_lr_is_the_controller_runs_and_fine_tunes_keep_lr(smoke, monkeypatch):
+    task, _ = smoke
+    monkeypatch.setattr(task.cfg, "controller_lr", 3 * task.cfg.lr)
+    try:
+        task.reset(0)  # the controller run's start (ControlEnv.reset)
+        assert [g["lr"] for g in task.optimizer.param_groups] == [3 * task.cfg.lr]
+        task.reset(0, fine_tune=True)  # a grid point's or the final run's start
+        assert [g["lr"] for g in task.optimizer.param_groups] == [task.cfg.lr]
+    finally:
+        monkeypatch.undo()
+        task.reset(0)
+    for bad in (0, -1e-3, float("nan")):
+        with pytest.raises(ConfigError, match="controller-lr must be > 0"):
+            GraspLoraConfig(controller_lr=bad)
+
+
+def test_a_warm_up_trains_the_start_ratio_before_the_first_probe_round(tmp_path):
+    """--warmup-steps W: the controller run's first W steps at the start ratio, the probe rounds share the rest."""
+    from hpctl.envs import make_plugin_env
+
+    env = make_plugin_env("grasp_lora", out_dir=tmp_path, budget=10, group_size=4, preset="smoke",
+                          controller_steps=6, warmup_steps=4)
+    try:
+        events = []
+        env.listeners.append(events.append)
+        env.reset(seed=0)
+        assert env.warmup_steps == 4 and env.steps_done == 4 and env.steps_per_round == 1  # (6 - 4) // 2 rounds
+        env.probe_group(np.array([[0.2], [0.6]]))
+        assert [e["step"] for e in events if e["event"] == "probe"] == [4, 4]
+        assert [e["event"] for e in events][:2] == ["reset", "warmup"]
+    finally:
+        env.close()
+    with pytest.raises(ConfigError, match=r"warmup-steps \(6\) must be below controller-steps \(6\)"):
+        GraspLoraConfig(controller_steps=6, warmup_steps=6)
+    with pytest.raises(ConfigError, match="warmup-steps must be >= 0"):
+        GraspLoraConfig(warmup_steps=-1)
+
+
 def test_probe_raising_inside_restores_everything(smoke, monkeypatch):
     task, _ = smoke
     before = task.snapshot()

@@ -1,0 +1,217 @@
+"""Levers on what GRASP's probes see, screened against the regret scale's grid curves (issue 12).
+
+At the regret scale (``benchmarks/results/grasp_vs_grid_regret_{ar,zh}.md``) GRPO learned 0.78-0.87
+in five of six parts while the grid's 64-step fine-tunes preferred 0.0-0.64: the micro-dev probes of
+the controller run's early states (steps 0-12 of 16) favour the most pruned ratio whatever the grid
+prefers. A lever that fixes this must change what the probes measure and leave the final
+fine-tune alone, so the committed grid curves still score it.
+
+Per part (a language and seed of the committed regret results) and lever (plugin options set on
+top of that part's GRPO arm), this runs only the GRPO controller run, on the part's shared
+adapters (retrained, same seed, when their folder is gone), and reports where the learned ratio
+lands on the grid's trend (:func:`benchmarks.grasp_vs_grid.analysis.curve_roughness`: the quadratic
+through the grid points; ``trend regret`` = its value at the learned ratio minus its minimum, over its
+range), the raw-regret pass rate a controller landing there would have against a re-run grid, and
+the probe rounds (:func:`~benchmarks.grasp_vs_grid.analysis.probe_rounds`: Spearman of micro-dev score
+against ratio per training state). No final fine-tune runs: a lever that passes here then needs the
+regret scale's GRPO arm re-run for its raw regret and time ratio. Cost is counted in optimizer steps
+of the controller run (deterministic), never in seconds.
+
+    python -m benchmarks.probe_levers --parts ar:0,ar:1,ar:2,zh:0,zh:1,zh:2 --lever none
+    python -m benchmarks.probe_levers --parts zh:1,ar:0 --lever warmup_steps=16,controller_steps=32 --tag w16
+
+``--lever none`` re-runs each part's committed GRPO arm (it must learn the committed ratio: a check
+that the screen reproduces the benchmark). Results accumulate in ``<out>/probe_levers.json`` (one
+entry per lever tag and part; a re-run replaces its entry) and ``<out>/probe_levers.md`` is rewritten
+from all of them; ``--report-only`` only rewrites the markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.grasp_vs_grid import analysis  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+TARGET = analysis.TARGET_REGRET_FRACTION
+
+
+def parse_lever(text: str) -> dict[str, Any]:
+    """``"none"`` or ``key=value,...`` of grasp_lora options (numbers parsed)."""
+    if text.strip() in ("", "none"):
+        return {}
+    out: dict[str, Any] = {}
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise SystemExit(f"probe_levers.py: error: --lever {text!r}: give key=value pairs joined by ','")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def parse_parts(text: str) -> list[tuple[str, int]]:
+    parts = []
+    for item in text.split(","):
+        lang, _, seed = item.partition(":")
+        if lang not in ("ar", "zh") or not seed.isdigit():
+            raise SystemExit(f"probe_levers.py: error: part {item!r}: give LANG:SEED, LANG ar or zh")
+        parts.append((lang, int(seed)))
+    return parts
+
+
+def committed(lang: str, results: Path = RESULTS) -> dict[str, Any]:
+    path = results / f"grasp_vs_grid_regret_{lang}.json"
+    if not path.is_file():
+        raise SystemExit(f"probe_levers.py: error: {path} is missing (run the regret scale first)")
+    return json.loads(path.read_text())
+
+
+def shared_adapters(data: dict[str, Any], seed: int, work: Path) -> tuple[str, str]:
+    """The part's source and target adapter folders, retrained with the part's settings when gone."""
+    rec = data["adapters"][str(seed)]
+    if Path(rec["source_adapter"]).is_dir() and Path(rec["target_adapter"]).is_dir():
+        return rec["source_adapter"], rec["target_adapter"]
+    from benchmarks.grasp_vs_grid.arms import train_shared_adapters
+
+    base = {k: v for k, v in data["arm_specs"]["grpo"]["plugin_config"].items()
+            if k not in ("source_adapter", "target_adapter")}
+    out = work / f"adapters_{data['lang']}{seed}"
+    new = train_shared_adapters(base, seed, out, f"sqlite:///{work / 'mlflow.db'}", None)
+    return new["source_adapter"], new["target_adapter"]
+
+
+def screen(lang: str, seed: int, lever: dict[str, Any], work: Path, results: Path = RESULTS) -> dict[str, Any]:
+    """One part's GRPO controller run with ``lever`` set; where its learned ratio lands on the grid's trend."""
+    from hpctl.rundir import RunOptions, RunSpec
+    from hpctl.runner import build
+
+    data = committed(lang, results)
+    run = data["runs"][str(seed)]
+    spec_d = copy.deepcopy(data["arm_specs"]["grpo"])
+    src, tgt = shared_adapters(data, seed, work)
+    pc = {**spec_d["plugin_config"], "source_adapter": src, "target_adapter": tgt, **lever}
+    opts = {**spec_d["options"], "seed": seed, "out": None, "tracking_uri": None}
+    spec = RunSpec(plugin="grasp_lora", options=RunOptions(**opts), plugin_config=pc)
+    out = Path(tempfile.mkdtemp(prefix=f"lever_{lang}{seed}_", dir=work))
+    _, config, task, env, ctrl, budget = build(spec, out)
+    trace: list[dict[str, Any]] = []
+    env.listeners.append(lambda e: trace.append({"step": e["step"], "value": [float(v) for v in e["value"]],
+                                                 "score": float(e["score"]), "kind": e["kind"]})
+                         if e["event"] == "probe" else None)
+    try:
+        t0 = time.perf_counter()
+        env.reset(seed=seed)
+        learned = float(task.knob.validate(ctrl.run(budget))[0])
+        wall = time.perf_counter() - t0
+        steps = int(env.steps_done)
+    finally:
+        task.close()
+    curve = analysis.grid_loss_curve(run["grid"])
+    trend = analysis.curve_roughness(curve, learned)
+    before = analysis.curve_roughness(curve, float(run["grpo"]["learned"]["prune_ratio"]))
+    return {"lang": lang, "seed": seed, "lever": lever, "learned": learned,
+            "committed_learned": float(run["grpo"]["learned"]["prune_ratio"]),
+            "trend_regret": float(trend["smoothed_fraction"]), "committed_trend_regret": float(before["smoothed_fraction"]),
+            "learned_pass_rate": float(trend["learned_pass_rate"]), "oracle_ratio": float(trend["oracle_ratio"]),
+            "oracle_pass_rate": float(trend["oracle_pass_rate"]),
+            "controller_steps": steps, "committed_controller_steps": int(data["controller_steps"]),
+            "warmup_steps": int(env.warmup_steps), "steps_per_round": int(env.steps_per_round),
+            "probes": int(env.probes), "rounds": analysis.probe_rounds(trace), "probe_trace": trace,
+            "controller_state": ctrl.state(), "wall_s": wall}
+
+
+def tag_of(lever: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in lever.items()) or "none"
+
+
+def report(entries: list[dict[str, Any]]) -> str:
+    """Markdown: one table row per (lever, part), then per lever the summary over its parts."""
+    lines = ["# Probe levers at the regret scale (issue 12)", "",
+             "Each row: one part's (language, seed) GRPO controller run with the lever's options set on top of "
+             "the regret scale's GRPO arm, on the part's shared adapters; no final fine-tune. Trend regret = the "
+             "grid trend's value at the learned ratio minus its minimum, over its range (target "
+             f"{TARGET:.0%}); pass rate = how often a controller landing there would meet the raw-regret target "
+             "against a re-run grid (the perfect controller's rate beside it). Probes: Spearman of micro-dev "
+             "score against ratio per probe round (+1: every more pruned ratio scored better). Steps = "
+             "controller-run optimizer steps (warm-up included) against the committed run's.", "",
+             "Commands: " + " ; ".join(sorted({f"`{e['command']}`" for e in entries})), "",
+             "| lever | part | learned (committed) | trend regret (committed) | pass rate (perfect) | steps | "
+             "probe rounds: step Spearman |", "|---|---|---|---|---|---|---|"]
+    order = sorted(entries, key=lambda e: (e["tag"] != "none", e["tag"], e["lang"], e["seed"]))
+    for e in order:
+        rounds = " ".join(f"{r['step']}:{r['spearman']:+.2f}" for r in e["rounds"] or [])
+        lines.append(f"| {e['tag']} | {e['lang']} {e['seed']} | {e['learned']:.3f} ({e['committed_learned']:.3f}) | "
+                     f"{e['trend_regret']:.0%} ({e['committed_trend_regret']:.0%}) | "
+                     f"{e['learned_pass_rate']:.0%} ({e['oracle_pass_rate']:.0%}) | "
+                     f"{e['controller_steps']} ({e['committed_controller_steps']}) | {rounds} |")
+    lines += ["", "## Per lever", "",
+              "| lever | parts | trend regret median | worst | within target | committed: median, within |",
+              "|---|---|---|---|---|---|"]
+    for tag in sorted({e["tag"] for e in entries}, key=lambda t: (t != "none", t)):
+        es = [e for e in entries if e["tag"] == tag]
+        tr = [e["trend_regret"] for e in es]
+        cr = [e["committed_trend_regret"] for e in es]
+        lines.append(f"| {tag} | {len(es)} | {np.median(tr):.0%} | {max(tr):.0%} | "
+                     f"{sum(t <= TARGET for t in tr)} of {len(es)} | {np.median(cr):.0%}, "
+                     f"{sum(t <= TARGET for t in cr)} of {len(es)} |")
+    return "\n".join(lines) + "\n"
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text())["entries"] if path.is_file() else []
+
+
+def save(path: Path, entries: list[dict[str, Any]]) -> None:
+    path.write_text(json.dumps({"benchmark": "probe_levers", "entries": entries}, indent=1) + "\n")
+    path.with_suffix(".md").write_text(report(entries))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="ar:0,ar:1,ar:2,zh:0,zh:1,zh:2", help="LANG:SEED,... of the regret scale")
+    ap.add_argument("--lever", default="none", help="grasp_lora options key=value,... (none: the committed arm)")
+    ap.add_argument("--tag", default=None, help="name of the lever in the results (default: its options)")
+    ap.add_argument("--out", default=str(RESULTS), help="folder of probe_levers.json / .md")
+    ap.add_argument("--results", default=str(RESULTS), help="folder of the committed grasp_vs_grid_regret_*.json")
+    ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--report-only", action="store_true", help="only rewrite the markdown from the JSON")
+    args = ap.parse_args(argv)
+    path = Path(args.out) / "probe_levers.json"
+    entries = load(path)
+    if args.report_only:
+        save(path, entries)
+        return 0
+    lever, parts = parse_lever(args.lever), parse_parts(args.parts)
+    tag = args.tag or tag_of(lever)
+    command = "python -m benchmarks.probe_levers " + " ".join(sys.argv[1:] if argv is None else argv)
+    work = Path(args.work or tempfile.mkdtemp(prefix="probe_levers_"))
+    work.mkdir(parents=True, exist_ok=True)
+    for lang, seed in parts:
+        rec = screen(lang, seed, lever, work, Path(args.results))
+        rec.update(tag=tag, command=command)
+        entries = [e for e in entries if (e["tag"], e["lang"], e["seed"]) != (tag, lang, seed)] + [rec]
+        save(path, entries)  # after every part: a long screen that is stopped keeps what it finished
+        rounds = " ".join(f"{r['step']}:{r['spearman']:+.2f}" for r in rec["rounds"] or [])
+        print(f"{tag} {lang} {seed}: learned {rec['learned']:.3f} (committed {rec['committed_learned']:.3f}), "
+              f"trend regret {rec['trend_regret']:.0%} (committed {rec['committed_trend_regret']:.0%}), "
+              f"probe rounds {rounds}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
