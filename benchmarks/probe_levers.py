@@ -163,13 +163,23 @@ def report(entries: list[dict[str, Any]]) -> str:
               "| lever | parts | trend regret median | worst | within target | committed: median, within |",
               "|---|---|---|---|---|---|"]
     for tag in sorted({e["tag"] for e in entries}, key=lambda t: (t != "none", t)):
-        es = [e for e in entries if e["tag"] == tag]
-        tr = [e["trend_regret"] for e in es]
-        cr = [e["committed_trend_regret"] for e in es]
-        lines.append(f"| {tag} | {len(es)} | {np.median(tr):.0%} | {max(tr):.0%} | "
-                     f"{sum(t <= TARGET for t in tr)} of {len(es)} | {np.median(cr):.0%}, "
-                     f"{sum(t <= TARGET for t in cr)} of {len(es)} |")
+        m = lever_summary(entries, tag)
+        lines.append(f"| {tag} | {m['parts']} | {m['median']:.0%} | {m['worst']:.0%} | {m['within']} of {m['parts']} | "
+                     f"{m['committed_median']:.0%}, {m['committed_within']} of {m['parts']} |")
     return "\n".join(lines) + "\n"
+
+
+def lever_summary(entries: list[dict[str, Any]], tag: str) -> dict[str, Any]:
+    """One lever over its parts: trend regret median, worst, parts within the target (and the committed
+    runs' on the same parts), the learned ratios' range and the probe rounds' Spearman range."""
+    es = [e for e in entries if e["tag"] == tag]
+    tr = [e["trend_regret"] for e in es]
+    cr = [e["committed_trend_regret"] for e in es]
+    rho = [r["spearman"] for e in es for r in e["rounds"] or [] if np.isfinite(r["spearman"])]
+    return {"parts": len(es), "median": float(np.median(tr)), "worst": float(max(tr)),
+            "within": sum(t <= TARGET for t in tr), "committed_median": float(np.median(cr)),
+            "committed_within": sum(t <= TARGET for t in cr), "learned_min": min(e["learned"] for e in es),
+            "learned_max": max(e["learned"] for e in es), "rho_min": min(rho), "rho_max": max(rho)}
 
 
 def load(path: Path) -> list[dict[str, Any]]:

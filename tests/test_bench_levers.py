@@ -74,3 +74,26 @@ def test_the_committed_report_is_regenerated_from_its_json():
     entries = probe_levers.load(path)
     assert entries, "benchmarks/results/probe_levers.json holds no screened lever"
     assert path.with_suffix(".md").read_text() == probe_levers.report(entries)
+
+
+def test_the_readme_quotes_the_probe_levers():
+    """Every figure of the README's probe-lever paragraph, recomputed from the committed screen."""
+    entries = probe_levers.load(RESULTS / "probe_levers.json")
+    readme = " ".join((RESULTS.parent.parent / "README.md").read_text(encoding="utf-8").split())
+    w16, w48 = probe_levers.lever_summary(entries, "warmup16"), probe_levers.lever_summary(entries, "warmup48")
+    assert w16["parts"] == w48["parts"] == 6
+    by = {(e["tag"], e["lang"], e["seed"]): e for e in entries}
+    # the 16-step warm-up's rounds still favour pruning in five parts; zh seed 0 is the one that turned
+    turned = [k for k, e in by.items() if k[0] == "warmup16" and min(r["spearman"] for r in e["rounds"]) < 0]
+    assert turned == [("warmup16", "zh", 0)]
+    rest = [r["spearman"] for k, e in by.items() if k[0] == "warmup16" and k != turned[0] for r in e["rounds"]]
+    zh0, zh2 = by[("warmup16", "zh", 0)], by[("warmup16", "zh", 2)]
+    quoted = [f"correlate {min(rest):+.2f} to {max(rest):+.2f}",
+              f"within 10 % of the trend's range in {w16['within']} of 6 parts (the committed runs: "
+              f"{w16['committed_within']}), median {100 * w16['median']:.0f} % (committed {100 * w16['committed_median']:.0f} %)",
+              f"Chinese seed 0 from {zh0['committed_learned']:.3f} to {zh0['learned']:.3f}",
+              f"seed 2 from {zh2['committed_learned']:.3f} to {zh2['learned']:.3f}",
+              f"learned ratios fall to {w48['learned_min']:.3f}-{w48['learned_max']:.3f}",
+              f"within 10 % in {w48['within']} of 6, median {100 * w48['median']:.0f} %, worst {100 * w48['worst']:.0f} %"]
+    for text in quoted:
+        assert text in readme, text

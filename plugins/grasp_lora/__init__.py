@@ -127,8 +127,8 @@ class GraspLoraConfig:
                 "controller run shorter than a fine-tune)"})
     warmup_steps: int = field(default=0, metadata={
         "help": "steps of the controller run trained at the start ratio before its first probe round, so no probe "
-                "scores the untrained merge; the rounds share the other controller steps (issue 12, "
-                "benchmarks/results/probe_levers.md)"})
+                "scores the untrained merge; the rounds share the other controller steps. At the regret scale 16 "
+                "and 48 did not fix the learned ratio (issue 12, benchmarks/results/probe_levers.md)"})
     controller_lr: float | None = field(default=None, metadata={
         "help": "AdamW learning rate of the controller run (default: --lr, which every fine-tune uses)"})
     source_steps: int | None = field(default=None, metadata={"help": "steps training the source adapter"})
