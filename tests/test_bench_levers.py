@@ -95,5 +95,9 @@ def test_the_readme_quotes_the_probe_levers():
               f"seed 2 from {zh2['committed_learned']:.3f} to {zh2['learned']:.3f}",
               f"learned ratios fall to {w48['learned_min']:.3f}-{w48['learned_max']:.3f}",
               f"within 10 % in {w48['within']} of 6, median {100 * w48['median']:.0f} %, worst {100 * w48['worst']:.0f} %"]
+    same = probe_levers.lever_summary(entries, "warmup12-same-cost")
+    assert same["parts"] == 6 and all(e["controller_steps"] <= 16 for e in entries if e["tag"] == "warmup12-same-cost")
+    quoted.append(f"within 10 % in {same['within']} of 6, median {100 * same['median']:.0f} %, learned "
+                  f"{same['learned_min']:.3f}-{same['learned_max']:.3f}")
     for text in quoted:
         assert text in readme, text
