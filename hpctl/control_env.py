@@ -3,10 +3,10 @@
 One episode is one training run of ``task.total_steps`` optimizer steps, cut into
 rounds of ``steps_per_round`` steps; with ``warmup_steps`` the first of those steps are
 trained at the starting value before the first round, so that no probe scores the
-untrained start (an episode's ``reset`` runs them and emits a ``warmup`` event). Within
-a round the training state is frozen and
-up to ``group_size`` candidate values are probed there; then the round is *committed*:
-training continues at one value for ``steps_per_round`` steps and the next round starts.
+untrained start (an episode's ``reset`` runs them and emits a ``warmup`` event). Within a
+round the training state is frozen and up to ``group_size`` candidate values are probed
+there; then the round is *committed*: training continues at one value for
+``steps_per_round`` steps and the next round starts.
 
 Two ways to drive it, with the same probe accounting:
 

@@ -194,7 +194,7 @@ class GraspLoraConfig:
         merge_weights(self.merge, parse_merge_weights(self.merge_weights))
         self._check_probe_metric()
         self._check_counts()
-        if None not in (self.controller_steps,) and int(self.warmup_steps) >= int(self.controller_steps):
+        if self.controller_steps is not None and int(self.warmup_steps) >= int(self.controller_steps):
             raise ConfigError(f"warmup-steps ({self.warmup_steps}) must be below controller-steps "
                               f"({self.controller_steps}): the probe rounds need steps too")
         for name in ("lr", "adapter_lr", "controller_lr"):
