@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.grasp_vs_grid import analysis  # noqa: E402
+from hpctl.errors import HpctlError  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET = analysis.TARGET_REGRET_FRACTION
@@ -97,22 +98,22 @@ def shared_adapters(data: dict[str, Any], seed: int, work: Path) -> tuple[str, s
 
 def screen(lang: str, seed: int, lever: dict[str, Any], work: Path, results: Path = RESULTS) -> dict[str, Any]:
     """One part's GRPO controller run with ``lever`` set; where its learned ratio lands on the grid's trend."""
+    from benchmarks.grasp_vs_grid.arms import probe_entry
     from hpctl.rundir import RunOptions, RunSpec
-    from hpctl.runner import build
+    from hpctl.runner import build, configure
 
     data = committed(lang, results)
     run = data["runs"][str(seed)]
     spec_d = copy.deepcopy(data["arm_specs"]["grpo"])
-    src, tgt = shared_adapters(data, seed, work)
+    opts = RunOptions(**{**spec_d["options"], "seed": seed, "out": None, "tracking_uri": None})
+    configure(RunSpec(plugin="grasp_lora", options=opts, plugin_config={**spec_d["plugin_config"], **lever}))
+    src, tgt = shared_adapters(data, seed, work)  # after the lever's options are checked
     pc = {**spec_d["plugin_config"], "source_adapter": src, "target_adapter": tgt, **lever}
-    opts = {**spec_d["options"], "seed": seed, "out": None, "tracking_uri": None}
-    spec = RunSpec(plugin="grasp_lora", options=RunOptions(**opts), plugin_config=pc)
+    spec = RunSpec(plugin="grasp_lora", options=opts, plugin_config=pc)
     out = Path(tempfile.mkdtemp(prefix=f"lever_{lang}{seed}_", dir=work))
-    _, config, task, env, ctrl, budget = build(spec, out)
+    _, _, task, env, ctrl, budget = build(spec, out)
     trace: list[dict[str, Any]] = []
-    env.listeners.append(lambda e: trace.append({"step": e["step"], "value": [float(v) for v in e["value"]],
-                                                 "score": float(e["score"]), "kind": e["kind"]})
-                         if e["event"] == "probe" else None)
+    env.listeners.append(lambda e: trace.append(probe_entry(e)) if e["event"] == "probe" else None)
     try:
         t0 = time.perf_counter()
         env.reset(seed=seed)
@@ -212,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="probe_levers_"))
     work.mkdir(parents=True, exist_ok=True)
     for lang, seed in parts:
-        rec = screen(lang, seed, lever, work, Path(args.results))
+        try:
+            rec = screen(lang, seed, lever, work, Path(args.results))
+        except HpctlError as exc:  # a bad lever option: one line, the parts already screened are saved
+            raise SystemExit(f"probe_levers.py: error: {exc}") from None
         rec.update(tag=tag, command=command)
         entries = [e for e in entries if (e["tag"], e["lang"], e["seed"]) != (tag, lang, seed)] + [rec]
         save(path, entries)  # after every part: a long screen that is stopped keeps what it finished

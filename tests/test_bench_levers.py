@@ -69,6 +69,13 @@ def test_bad_arguments_are_one_line_errors(argv, match):
         probe_levers.main(argv)
 
 
+def test_an_unknown_lever_option_is_a_one_line_error(tmp_path):
+    _fake_regret_part(tmp_path)
+    with pytest.raises(SystemExit, match=r"probe_levers.py: error: .*warmup"):
+        probe_levers.main(["--parts", "zh:0", "--lever", "warmup=3", "--results", str(tmp_path), "--out",
+                           str(tmp_path), "--work", str(tmp_path / "work")])
+
+
 def test_the_committed_report_is_regenerated_from_its_json():
     path = RESULTS / "probe_levers.json"
     entries = probe_levers.load(path)

@@ -152,14 +152,19 @@ def arm_spec(arm: str, base: dict[str, Any], adapters: dict[str, Any], seed: int
     return RunSpec(plugin="grasp_lora", options=opts, plugin_config=pc, command="bench grasp_vs_grid")
 
 
+def probe_entry(e: dict[str, Any]) -> dict[str, Any]:
+    """A ``probe`` event as the results record it (what :func:`.analysis.probe_rounds` reads)."""
+    return {"probe": e["probe"], "step": e["step"], "value": [float(v) for v in e["value"]], "score": e["score"],
+            "kind": e["kind"]}
+
+
 def arm_record(arm: str, result: dict[str, Any]) -> dict[str, Any]:
     """What the tables need from one run's result, history and phase file."""
     out_dir = Path(result["out_dir"])
     history = json.loads((out_dir / "history.json").read_text()) if (out_dir / "history.json").is_file() else []
     phase_file = out_dir / "grasp_phases.json"
     ph = json.loads(phase_file.read_text()) if phase_file.is_file() else {}
-    probes = [{"probe": e["probe"], "step": e["step"], "value": [float(v) for v in e["value"]],
-               "score": e["score"], "kind": e["kind"]} for e in history if e.get("event") == "probe"]
+    probes = [probe_entry(e) for e in history if e.get("event") == "probe"]
     commits = [{"probe": e["probe"], "step": e["step"], "value": [float(v) for v in e["value"]],
                 "loss": e.get("loss")} for e in history if e.get("event") == "commit"]
     metrics = {k: float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float))}
