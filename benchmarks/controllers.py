@@ -126,6 +126,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "trend=none": {"trend": "none"},
     "answer=committed": {"answer": "committed"},
     "vertex_t=3": {"vertex_t": 3.0},
+    "revisit=none": {"revisit": "none"},
     "shaping=nes": {"shaping": "nes"},  # a variant, not a switch-back: rank utilities in place of z-scores
 }
 

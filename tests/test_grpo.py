@@ -441,7 +441,7 @@ def test_registered_and_config_errors_are_config_errors():
     for bad in ({"sigma_init": 5.0}, {"commit_check": "maybe"}, {"max_step": 0}, {"group_size": 1}, {"epochs": 0},
                 {"entropy_coef": -0.1}, {"space": "beta"}, {"sampling": "sobol"}, {"sigma_floor": "x"},
                 {"adv_std": "x"}, {"max_kl": -1}, {"lambda_reg": -1}, {"adv_eps": 0}, {"trend": "linear"},
-                {"trend_t": -1}):
+                {"trend_t": -1}, {"revisit": "always"}, {"revisit_radius": -0.1}):
         with pytest.raises(ConfigError, match="grpo"):
             GRPO.make_config(bad)
 
@@ -563,6 +563,40 @@ def test_two_peaks_global_one_found(optimum):
         env.reset(seed=seed)
         learned = GRPO(env, seed=seed).run(64)
         assert abs(learned[0] - optimum) < 0.1, (seed, learned)
+
+
+def _two_peak_run(seed: int, budget: int = 64, group: int = 8, **config) -> tuple[ControlEnv, GRPO, np.ndarray]:
+    env = make_landscape_env(shape="two-peaked", optimum=0.75, noise=0.05, group_size=group,
+                             steps_per_round=steps_per_round(1000, budget, group))
+    env.reset(seed=seed)
+    ctrl = GRPO(env, GRPOConfig(**config), seed=seed)
+    return env, ctrl, ctrl.run(budget)
+
+
+def test_revisit_frees_a_run_settled_on_the_decoy():
+    # seed 14 (the benchmark's one trapped run of 30 before step 10): the first groups' best candidates sat
+    # near 0.75, the decoy's many middling candidates pulled the mean to 0.27, and the drift line through the
+    # jumping bests moved the answer to 0.08
+    _, off, stuck = _two_peak_run(14, revisit="none")
+    assert abs(stuck[0] - 0.75) > 0.1 and off.revisits == 0
+    env, ctrl, learned = _two_peak_run(14)
+    assert ctrl.revisits == 1 and ctrl.escapes == 1 and env.probes <= 64
+    assert abs(learned[0] - 0.75) < 0.05, learned  # not moved along the other peak's drift line
+    assert ctrl.state()["escapes"] == 1.0
+
+
+def test_revisit_spends_only_a_probe_the_rounds_leave():
+    # 4 rounds of 1 + 4 probes spend a budget of 20 exactly (grasp_lora's default): step 10 never runs
+    for seed in range(6):
+        env_on, on, a = _two_peak_run(seed, budget=20, group=4)
+        env_off, _, b = _two_peak_run(seed, budget=20, group=4, revisit="none")
+        assert np.array_equal(a, b) and env_on.probes == env_off.probes <= 20 and on.revisits == 0
+    revisits = 0
+    for seed in range(10, 20):  # 7 rounds of 1 + 8 leave two probes of 65: at most one revisit, within the budget
+        env, ctrl, _ = _two_peak_run(seed, budget=65)
+        assert env.probes <= 65 and ctrl.revisits <= 1
+        revisits += ctrl.revisits
+    assert revisits >= 1  # seed 14
 
 
 def _probes_to_reach(ctrl: GRPO, env: ControlEnv, optimum: float, budget: int = 64) -> float:

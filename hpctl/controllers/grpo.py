@@ -80,10 +80,26 @@ paper's "every K optimizer steps"):
    ``|slope| >= trend_t`` standard errors (else not moved). The last round probes at
    ``1 - 1/rounds`` of training (85 % with 7 rounds), so without it a drifting optimum is
    always scored a round behind where the final phase uses it. ``trend="none"``: the committed
-   value.
+   value;
+10. revisit (``revisit="far_best"``, ours): a probe the rounds leave unspent (64 probes in rounds
+   of 1 + 8 leave one unless a guard probe took it; grasp_lora's 20 in rounds of 1 + 4 leave none,
+   so its runs are unchanged) is spent in the last round on the best candidate of the earlier
+   rounds that lies more than ``revisit_radius`` (0.1, the benchmark's "trapped" distance) from
+   the answer, if it outscored every earlier candidate near the answer. Probed again at the last
+   round's training state, if it beats the mean score of that round's probes near the answer,
+   the run had settled on a lesser peak and the answer moves there (carried along step 9's drift
+   only if it lies on that drift's line: a line through bests that jumped between peaks says
+   nothing about the other one). Seed 14 of two-peaked 0.75 at noise 0.05 is the case: its first
+   groups' best candidates sat at 0.75 and 0.78, the many middling candidates around the decoy
+   pulled the mean to 0.27, and the drift line through the jumping bests moved the answer to 0.08;
+   the revisit of 0.777 scored 1.015 against the decoy's 0.7 and the answer is 0.777. On seeds
+   0-29 it changes only that answer (in 49 drift runs the revisit loses); on seeds 1000-1029
+   one drift run's answer (the one trapped two-peak run there had no probe left: a guard probe
+   took it); on 300 fresh seeds of the two-peak landscapes the trapped runs fall from 11 to 5 of
+   1800 (random search: 2). ``revisit="none"``: no revisit.
 
 The learned value (:meth:`GRPO.answer`) is what the final phase uses: the committed value of
-step 7, or the vertex of step 8, moved by step 9.
+step 7, or the vertex of step 8, moved by step 9; or step 10's revisited value.
 
 Every choice is switchable, and ``benchmarks/controllers.py --ablations`` measures each
 one switched back on every landscape and noise level (``benchmarks/results/controllers.md``):
@@ -91,7 +107,7 @@ one switched back on every landscape and noise level (``benchmarks/results/contr
 sampling mass beyond a bound piles up on it and pulls the learned value there),
 ``sampling="iid"``, ``sigma_floor="best"``, ``lambda_reg=0``, ``max_kl=0``/``clip_eps``/
 ``beta_kl``/``epochs``/``epoch_check="none"`` (the trust region), ``adv_std="population"`` with ``adv_eps=1e-8``
-(the old advantages), ``commit_check``, ``max_step``, ``answer="committed"`` and ``trend="none"``. ``epochs=1``
+(the old advantages), ``commit_check``, ``max_step``, ``answer="committed"``, ``trend="none"`` and ``revisit="none"``. ``epochs=1``
 with no trust region is REINFORCE with a group baseline. The defaults were chosen on seeds
 1000-1029 of the benchmark's landscapes (64 probes, groups of 8); the benchmark reports seeds
 0-29. Step 9 was compared there in the forms: ``trend_t`` 2.5, 3 and 4, bests weighted by
@@ -113,12 +129,12 @@ decoy of the two-peak landscapes, where several middling candidates near the dec
 outweigh one good candidate at the peak. On seeds 1000-1029 ``"nes"`` lowered the median
 error from 0.0113 to 0.0097 and the p90 from 0.036 to 0.033 with 3 trapped runs of 900
 either way (``"centered_rank"``: 0.0111, 0.037, 7 trapped); on seeds 0-29 0.0088 to 0.0083,
-p90 0.035 to 0.030, trapped 3 to 2. It does not remove the trap: on seeds 0-29 it frees
-seed 14 of two-peaked 0.75 at noise 0.05 and traps one run of two-peaked 0.75 at noise 0.1,
-where random search has none. On 300 fresh seeds (100-399) of the two-peak landscapes it ends on
-the decoy in 3 of 1800 runs, the default in 11, random search in 2
-(``benchmarks/results/controllers_twopeak300``). It is not the default yet because with grasp_lora's groups
-of 4 it changes every real run, whose regret against the grid was measured without it.
+p90 0.035 to 0.030, trapped 3 to 2 (both before step 10). With step 10, on seeds 0-29 it traps
+one run of two-peaked 0.75 at noise 0.1 where the default and random search have none; on 300
+fresh seeds (100-399) of the two-peak landscapes it ends on the decoy in 0 of 1800 runs, the
+default in 5, random search in 2 (``benchmarks/results/controllers_twopeak300``). It is not the
+default yet because with grasp_lora's groups of 4 it changes every real run, whose regret
+against the grid was measured without it.
 
 Optimiser (ours, the paper names none): plain natural-gradient ascent with ``lr`` on ``mu``
 and ``lr_sigma`` on ``log sigma``; ``optimizer="adam"`` and ``natural_gradient=False``
@@ -148,6 +164,7 @@ SHAPINGS = ("none", "centered_rank", "nes")
 TRENDS = ("extrapolate", "none")
 EPOCH_CHECKS = ("monotone", "none")
 ANSWERS = ("committed", "vertex")
+REVISITS = ("far_best", "none")
 
 
 @dataclass
@@ -191,13 +208,16 @@ class GRPOConfig:
     trend_t: float = 3.0  # |slope| / its standard error needed before the answer extrapolates
     answer: str = "vertex"  # "vertex": the last group's fitted quadratic peak where significant; "committed"
     vertex_t: float = 6.0  # |curvature| / its standard error needed before the vertex is used
+    revisit: str = "far_best"  # step 10: a probe left after the last round re-scores the best far probe; "none"
+    revisit_radius: float = 0.1  # "far": farther than this from the answer (unit coordinates, max norm)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
 
     def __post_init__(self) -> None:
         for name, allowed in (("space", SPACES), ("sampling", SAMPLINGS), ("sigma_floor", SIGMA_FLOORS),
                               ("adv_std", ADV_STDS), ("shaping", SHAPINGS), ("commit_check", COMMIT_CHECKS), ("optimizer", OPTIMIZERS),
-                              ("trend", TRENDS), ("epoch_check", EPOCH_CHECKS), ("answer", ANSWERS)):
+                              ("trend", TRENDS), ("epoch_check", EPOCH_CHECKS), ("answer", ANSWERS),
+                              ("revisit", REVISITS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r} (choose from {', '.join(allowed)})")
         if self.group_size is not None and self.group_size < 2:
@@ -213,7 +233,7 @@ class GRPOConfig:
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         for name in ("clip_eps", "beta_kl", "max_kl", "lambda_reg", "entropy_coef", "commit_radius", "commit_tol",
-                     "trend_t", "vertex_t"):
+                     "trend_t", "vertex_t", "revisit_radius"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.max_step <= 1:
@@ -489,6 +509,10 @@ class GRPO(Controller):
         self.peaks = np.zeros((0, 1 + dim))  # (progress, bracketed best in unit coordinates) per round
         self.round_progress = 0.0  # training progress at the last round's probes
         self.last_group = np.zeros((0, 1 + dim))  # the last round's valid (score, unit coordinates)
+        self.history = np.zeros((0, 1 + dim))  # every earlier round's valid (score, unit coordinates)
+        self.revisits = 0
+        self.escapes = 0
+        self.escape: np.ndarray | None = None  # step 10's answer (unit coordinates), if it found one
 
     # -- the policy's space ---------------------------------------------------------
     @property
@@ -681,11 +705,43 @@ class GRPO(Controller):
                     self.commits += 1
                 else:
                     self.refusals += 1
+            # 10. the last round: a probe left unspent re-scores the best far candidate of earlier rounds
+            self._revisit(value, np.vstack([u_cur, rho[ok]]), np.concatenate([[base], scores[ok]]), budget)
+            self.history = np.vstack([self.history, self.last_group])
             env.advance(value)
             self.rounds += 1
             if callback is not None:
                 callback(self)
         return self.answer()
+
+    def _revisit(self, value: np.ndarray, points: np.ndarray, scores: np.ndarray, budget: int) -> None:
+        """Step 10, in the last round and only with a probe the rounds left unspent: the best candidate
+        of the earlier rounds farther than ``revisit_radius`` from the answer, if it outscored every
+        earlier candidate near the answer, is probed again at this round's training state. If it
+        beats the mean score of this round's probes near the answer (``points``/``scores``: the
+        baseline and the candidates), the run settled on a lesser peak and the answer moves there."""
+        env, cfg = self.env, self.config
+        if cfg.revisit == "none" or not len(self.history) or env.probes >= budget:
+            return
+        if not (env.steps_done + env.steps_per_round >= env.task.total_steps
+                or budget - env.probes - self.round_cost(0) < 2):
+            return  # not the last round
+        answer = np.clip(self.knob.to_unit(self._answer_at(value)), 0.0, 1.0)
+        far = np.max(np.abs(self.history[:, 1:] - answer), axis=1) > cfg.revisit_radius
+        if not far.any():
+            return
+        i = int(np.flatnonzero(far)[np.argmax(self.history[far, 0])])
+        if (~far).any() and self.history[i, 0] <= self.history[~far, 0].max():
+            return
+        u = self.history[i, 1:].copy()
+        score = env.probe(self.knob.from_unit(u), kind="revisit")
+        self.revisits += 1
+        ok = np.isfinite(scores)
+        near = ok & (np.max(np.abs(points - answer), axis=1) <= cfg.revisit_radius)
+        here = float(scores[near].mean()) if near.any() else (float(scores[ok].max()) if ok.any() else -math.inf)
+        if math.isfinite(score) and score > here:
+            self.escape = u
+            self.escapes += 1
 
     def trend(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Step 9's ``(shift, slope, t)`` (unit coordinates per unit of training progress)."""
@@ -693,13 +749,30 @@ class GRPO(Controller):
 
     def answer(self) -> np.ndarray:
         """The committed value (or the last group's significant peak, step 8), moved along a measured
-        drift to the end of training (step 9)."""
-        current = self.env.current.copy()
-        if self.config.answer == "vertex":
+        drift to the end of training (step 9); or the far value step 10 found better."""
+        if self.escape is not None:
+            return self._answer_at(self.knob.from_unit(self.escape), vertex=False, trend=self._on_trend(self.escape))
+        return self._answer_at(self.env.current)
+
+    def _on_trend(self, u: np.ndarray) -> bool:
+        """Whether ``u`` (unit coordinates) lies within ``revisit_radius`` of the drift line of step 9
+        at the last round: only then does that drift carry a revisited value along (a line through
+        the bests of a run that jumped between peaks says nothing about the other peak)."""
+        if len(self.peaks) < 3:
+            return False
+        p, peaks = self.peaks[:, 0], self.peaks[:, 1:]
+        slope = self.trend()[1]
+        line = peaks.mean(axis=0) + slope * (self.round_progress - p.mean())
+        return bool(np.max(np.abs(np.asarray(u) - line)) <= self.config.revisit_radius)
+
+    def _answer_at(self, committed: np.ndarray, vertex: bool = True, trend: bool = True) -> np.ndarray:
+        """Steps 8 (with ``vertex``) and 9 (with ``trend``) from the committed value ``committed``."""
+        current = np.array(committed, dtype=np.float64)
+        if vertex and self.config.answer == "vertex":
             current = self.knob.from_unit(quadratic_vertex(self.last_group[:, 1:], self.last_group[:, 0],
                                                            np.clip(self.knob.to_unit(current), 0.0, 1.0),
                                                            self.config.vertex_t))  # step 8
-        if self.config.trend == "none":
+        if self.config.trend == "none" or not trend:
             return current
         shift = self.trend()[0]
         if not shift.any():
@@ -724,7 +797,7 @@ class GRPO(Controller):
                 out[f"trend_slope{sfx}"], out[f"trend_t{sfx}"] = float(slope[i]), float(t[i])
         out.update({"rounds": float(self.rounds), "updates": float(self.updates), "commits": float(self.commits),
                     "refusals": float(self.refusals), "guard_probes": float(self.guard_probes),
-                    "undone": float(self.undone)})
+                    "undone": float(self.undone), "revisits": float(self.revisits), "escapes": float(self.escapes)})
         out.update({k: v for k, v in self.last.items() if math.isfinite(v)})
         return out
 
@@ -764,7 +837,8 @@ class GRPO(Controller):
             "adam_t": self.adam_t, "rounds": self.rounds, "updates": self.updates, "commits": self.commits,
             "refusals": self.refusals, "guard_probes": self.guard_probes, "guard_nearest": self.guard_nearest,
             "undone": self.undone, "last": dict(self.last), "peaks": self.peaks.copy(), "round_progress": self.round_progress,
-            "last_group": self.last_group.copy(),
+            "last_group": self.last_group.copy(), "history": self.history.copy(), "revisits": self.revisits,
+            "escapes": self.escapes, "escape": None if self.escape is None else self.escape.copy(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -786,6 +860,11 @@ class GRPO(Controller):
             self.round_progress = float(state.get("round_progress", 0.0))
             self.last_group = np.asarray(state.get("last_group", np.zeros((0, 1 + self.knob.dim))),
                                          dtype=np.float64).reshape(-1, 1 + self.knob.dim)
+            self.history = np.asarray(state.get("history", np.zeros((0, 1 + self.knob.dim))),
+                                      dtype=np.float64).reshape(-1, 1 + self.knob.dim)
+            self.revisits, self.escapes = int(state.get("revisits", 0)), int(state.get("escapes", 0))
+            escape = state.get("escape")
+            self.escape = None if escape is None else np.asarray(escape, dtype=np.float64).copy()
         except KeyError as exc:
             raise ResumeError(f"grpo checkpoint lacks {exc.args[0]!r}") from None
         if self.mu.shape != (self.knob.dim,):
