@@ -367,6 +367,25 @@ def best_state_dev(seed_doc: dict[str, Any]) -> dict[str, float] | None:
     return best
 
 
+def trajectory_rows(seed_doc: dict[str, Any]) -> list[str]:
+    """The trajectory table's rows of one seed: per ``--trajectory`` step k, the micro-dev and dev curves'
+    Spearman against the grid and their minima, and where the micro-dev minimum lies on the grid's trend
+    (:func:`benchmarks.grasp_vs_grid.analysis.curve_roughness`'s ``smoothed_fraction``: the regret on the
+    trend of a controller that picked the best k-step look-ahead; '-' with fewer than 5 grid points)."""
+    from benchmarks.grasp_vs_grid.analysis import curve_roughness
+
+    s = seed_doc
+    curve = list(zip(s["ratios"], s["grid_dev_loss"]))
+    rows = []
+    for t in s["trajectory"]:
+        place = curve_roughness(curve, t["argmin"]).get("smoothed_fraction") if np.isfinite(t["argmin"]) else None
+        rows.append(f"| {s['seed']} | {t['steps']} | {_f(t['spearman'], '+.2f')} | {_f(t['argmin'], '.3f')} | "
+                    f"{'-' if place is None else format(100 * place, '.0f') + ' %'} | "
+                    f"{_f(t.get('spearman_dev'), '+.2f')} | {_f(t.get('argmin_dev'), '.3f')} | "
+                    f"{s['comparison']['grid_argmin']:.3f} |")
+    return rows
+
+
 def markdown(doc: dict[str, Any]) -> str:
     commands = list(dict.fromkeys(s.get("command") or doc["command"] for s in doc["seeds"]))
     L = [f"# Ratio landscape: {doc['preset']} preset" + (f", variant {doc['tag']}" if doc.get("tag") else ""), "", " ; ".join(f"`{c}`" for c in commands), "",
@@ -414,14 +433,14 @@ def markdown(doc: dict[str, Any]) -> str:
               f"{traj[0]['fine_tune_steps']} steps (`--trajectory`; k = {traj[0]['fine_tune_steps']}, always "
               "measured: a grid scored on the micro-dev), and the dev loss there, each ratio trained at itself "
               "from the merged start (what a probe that first fine-tunes k steps at its candidate would see, "
-              "on a small and on a large probe set).", "",
-              "| seed | steps k | Spearman micro-dev vs grid | micro-dev min at | Spearman dev vs grid | "
-              "dev min at | grid min at |", "|---|---|---|---|---|---|---|"]
+              "on a small and on a large probe set). On the grid's trend: where the micro-dev minimum lies on "
+              "the quadratic fitted to the whole fine-tunes' dev losses, as a fraction of that trend's range (0: "
+              "at its minimum; the regret on the trend of a controller that picked the best of these k-step "
+              "look-aheads; target 10 %).", "",
+              "| seed | steps k | Spearman micro-dev vs grid | micro-dev min at | on the grid's trend | "
+              "Spearman dev vs grid | dev min at | grid min at |", "|---|---|---|---|---|---|---|---|"]
         for s in traj:
-            for t in s["trajectory"]:
-                L.append(f"| {s['seed']} | {t['steps']} | {_f(t['spearman'], '+.2f')} | {_f(t['argmin'], '.3f')} | "
-                         f"{_f(t.get('spearman_dev'), '+.2f')} | {_f(t.get('argmin_dev'), '.3f')} | "
-                         f"{s['comparison']['grid_argmin']:.3f} |")
+            L += trajectory_rows(s)
     L += ["", "Curves (dev loss after each grid point's fine-tune; micro-dev loss per probe state) are in the JSON.",
           ""]
     if doc.get("runs"):

@@ -387,3 +387,33 @@ def test_the_readme_quotes_the_regret_scales_scatter():
     quoted |= {f"{100 * t:.1f} %" for t in trend}
     missing = sorted(q for q in quoted if q not in readme)
     assert not missing, f"the README should quote {missing}"
+
+
+def test_every_committed_landscape_report_is_what_the_code_reports():
+    """Each committed ``ratio_landscape_*.md`` is :func:`markdown` of its JSON plus the plot's link, so a
+    change to the report's analysis (a new column) is regenerated in every committed report, not left
+    to drift."""
+    results = ROOT / "benchmarks" / "results"
+    docs = sorted(results.glob("ratio_landscape_*.json"))
+    assert len(docs) >= 7
+    for path in docs:
+        want = L.markdown(json.loads(path.read_text())) + f"\n![curves]({path.stem}.png)\n"
+        assert path.with_suffix(".md").read_text() == want, f"{path.name}: regenerate its report"
+
+
+def test_the_look_ahead_column_places_the_k_step_minimum_on_the_grid_trend():
+    """The trajectory table's "on the grid's trend": the micro-dev argmin at k steps, read off the quadratic
+    fitted to the whole fine-tunes' dev losses (0 % at the trend's minimum, 100 % at its maximum)."""
+    ratios = [0.0, 0.2, 0.4, 0.6, 0.8]
+    grid = [(r - 0.4) ** 2 for r in ratios]  # an exact quadratic: minimum at 0.4, maximum 0.16 at 0.0 and 0.8
+    seed = {"seed": 0, "ratios": ratios, "grid_dev_loss": grid, "fine_tune_steps": 8,
+            "comparison": {"grid_argmin": 0.4},
+            "trajectory": [{"steps": 4, "spearman": 0.5, "argmin": 0.8, "spearman_dev": 0.5, "argmin_dev": 0.8},
+                           {"steps": 8, "spearman": 1.0, "argmin": 0.4, "spearman_dev": 1.0, "argmin_dev": 0.4}]}
+    from benchmarks.grasp_vs_grid.analysis import curve_roughness
+
+    assert curve_roughness(list(zip(ratios, grid)), 0.8)["smoothed_fraction"] == pytest.approx(1.0)
+    assert curve_roughness(list(zip(ratios, grid)), 0.4)["smoothed_fraction"] == pytest.approx(0.0, abs=1e-9)
+    rows = L.trajectory_rows(seed)
+    assert rows == ["| 0 | 4 | +0.50 | 0.800 | 100 % | +0.50 | 0.800 | 0.400 |",
+                    "| 0 | 8 | +1.00 | 0.400 | 0 % | +1.00 | 0.400 | 0.400 |"]
