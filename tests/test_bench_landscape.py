@@ -417,3 +417,32 @@ def test_the_look_ahead_column_places_the_k_step_minimum_on_the_grid_trend():
     rows = L.trajectory_rows(seed)
     assert rows == ["| 0 | 4 | +0.50 | 0.800 | 100 % | +0.50 | 0.800 | 0.400 |",
                     "| 0 | 8 | +1.00 | 0.400 | 0 % | +1.00 | 0.400 | 0.400 |"]
+
+
+def test_the_readme_quotes_the_regret_scales_look_ahead():
+    """The README's figures for the k-step look-ahead at the regret sizes (Arabic seed 1) are those of
+    ratio_landscape_default_regret_traj.json, whose 64-step curve is the committed grid curve of that seed."""
+    from benchmarks.grasp_vs_grid.analysis import curve_roughness, grid_loss_curve
+
+    results = ROOT / "benchmarks" / "results"
+    s = json.loads((results / "ratio_landscape_default_regret_traj.json").read_text())["seeds"][0]
+    regret = json.loads((results / "grasp_vs_grid_regret_ar.json").read_text())
+    committed = grid_loss_curve(regret["runs"][str(s["seed"])]["grid"])
+    assert [y for _, y in committed] == s["grid_dev_loss"]  # bit for bit
+    k16, k32 = s["trajectory"][0], s["trajectory"][1]
+    assert (k16["steps"], k32["steps"]) == (16, 32)
+    curve = list(zip(s["ratios"], s["grid_dev_loss"]))
+    grpo = float(next(iter(regret["runs"][str(s["seed"])]["grpo"]["learned"].values())))
+    span = max(s["grid_dev_loss"]) - min(s["grid_dev_loss"])
+    quoted = [f"correlates {k16['spearman']:+.2f} with the 64-step grid (after 32: {k32['spearman']:+.2f})",
+              f"minimum at {k16['argmin']:.3f}",
+              f"{100 * curve_roughness(curve, k16['argmin'])['smoothed_fraction']:.0f} % up the trend",
+              f"GRPO's {grpo:.3f} is {100 * curve_roughness(curve, grpo)['smoothed_fraction']:.0f} % up it",
+              f"0.9 only {100 * curve_roughness(curve, 0.9)['smoothed_fraction']:.0f} %",
+              f"({min(k32['dev_loss']):.3f}-{max(k32['dev_loss']):.3f}) is below that after 64 "
+              f"({min(s['grid_dev_loss']):.3f}-{max(s['grid_dev_loss']):.3f})",
+              f"whole range ({span:.3f})"]
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    missing = [q for q in quoted if q not in readme]
+    assert not missing, f"README should quote: {missing}"
+    assert all(a < b for a, b in zip(k32["dev_loss"], s["grid_dev_loss"]))  # "at every one of the 8 ratios"
