@@ -173,8 +173,8 @@ def test_the_readme_quotes_the_two_peak_trap_on_300_seeds():
                 per[r["scenario"]][r["controller"]] += r["distance"] > controllers.TRAPPED
         excess[ctrl] = max(v.get(ctrl, 0) - v.get("random", 0) for v in per.values())
     n = sum(r["controller"] == "grpo" for r in runs)
-    for ctrl in ("grpo[revisit=none]",):
-        trapped[ctrl] = sum(r["distance"] > controllers.TRAPPED for r in runs if r["controller"] == ctrl)
+    trapped["grpo[revisit=none]"] = sum(r["distance"] > controllers.TRAPPED for r in runs
+                                        if r["controller"] == "grpo[revisit=none]")
     quoted = [f"of {n} runs, the default GRPO ends on the decoy in {trapped['grpo']}, `shaping=nes` in "
               f"{trapped['grpo[shaping=nes]']}, random search in {trapped['random']} (without step 10: "
               f"{trapped['grpo[revisit=none]']})",

@@ -583,6 +583,11 @@ def test_revisit_frees_a_run_settled_on_the_decoy():
     assert ctrl.revisits == 1 and ctrl.escapes == 1 and env.probes <= 64
     assert abs(learned[0] - 0.75) < 0.05, learned  # not moved along the other peak's drift line
     assert ctrl.state()["escapes"] == 1.0
+    from hpctl.statefile import dumps, loads
+
+    back = GRPO(env, seed=14)  # a checkpoint keeps the revisit's answer
+    back.load_state_dict(loads(dumps(ctrl.state_dict())))
+    assert np.array_equal(back.answer(), learned) and back.escapes == 1
 
 
 def test_revisit_spends_only_a_probe_the_rounds_leave():

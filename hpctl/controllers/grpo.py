@@ -208,7 +208,7 @@ class GRPOConfig:
     trend_t: float = 3.0  # |slope| / its standard error needed before the answer extrapolates
     answer: str = "vertex"  # "vertex": the last group's fitted quadratic peak where significant; "committed"
     vertex_t: float = 6.0  # |curvature| / its standard error needed before the vertex is used
-    revisit: str = "far_best"  # step 10: a probe left after the last round re-scores the best far probe; "none"
+    revisit: str = "far_best"  # step 10: a probe the rounds leave unspent re-scores the best far candidate; "none"
     revisit_radius: float = 0.1  # "far": farther than this from the answer (unit coordinates, max norm)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
