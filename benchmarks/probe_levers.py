@@ -149,7 +149,8 @@ def report(entries: list[dict[str, Any]]) -> str:
              f"{TARGET:.0%}); pass rate = how often a controller landing there would meet the raw-regret target "
              "against a re-run grid (the perfect controller's rate beside it). Probes: Spearman of micro-dev "
              "score against ratio per probe round (+1: every more pruned ratio scored better). Steps = "
-             "controller-run optimizer steps (warm-up included) against the committed run's.", "",
+             "controller-run optimizer steps (warm-up included; + the look-ahead probes' training steps) against the "
+             "committed run's.", "",
              "Commands: " + " ; ".join(sorted({f"`{e['command']}`" for e in entries})), "",
              "| lever | part | learned (committed) | trend regret (committed) | pass rate (perfect) | steps | "
              "probe rounds: step Spearman |", "|---|---|---|---|---|---|---|"]
@@ -159,7 +160,7 @@ def report(entries: list[dict[str, Any]]) -> str:
         lines.append(f"| {e['tag']} | {e['lang']} {e['seed']} | {e['learned']:.3f} ({e['committed_learned']:.3f}) | "
                      f"{e['trend_regret']:.0%} ({e['committed_trend_regret']:.0%}) | "
                      f"{e['learned_pass_rate']:.0%} ({e['oracle_pass_rate']:.0%}) | "
-                     f"{e['controller_steps']} ({e['committed_controller_steps']}) | {rounds} |")
+                     f"{steps_text(e)} ({e['committed_controller_steps']}) | {rounds} |")
     lines += ["", "## Per lever", "",
               "| lever | parts | trend regret median | worst | within target | committed: median, within |",
               "|---|---|---|---|---|---|"]
@@ -168,6 +169,12 @@ def report(entries: list[dict[str, Any]]) -> str:
         lines.append(f"| {tag} | {m['parts']} | {m['median']:.0%} | {m['worst']:.0%} | {m['within']} of {m['parts']} | "
                      f"{m['committed_median']:.0%}, {m['committed_within']} of {m['parts']} |")
     return "\n".join(lines) + "\n"
+
+
+def steps_text(e: dict[str, Any]) -> str:
+    """Controller-run steps, and the look-ahead probes' training steps (the regret arms probe with none)."""
+    probe = int(e["lever"].get("probe_steps", 0)) * int(e["probes"])
+    return f"{e['controller_steps']} + {probe}" if probe else str(e["controller_steps"])
 
 
 def lever_summary(entries: list[dict[str, Any]], tag: str) -> dict[str, Any]:
@@ -188,6 +195,7 @@ def load(path: Path) -> list[dict[str, Any]]:
 
 
 def save(path: Path, entries: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"benchmark": "probe_levers", "entries": entries}, indent=1) + "\n")
     path.with_suffix(".md").write_text(report(entries))
 

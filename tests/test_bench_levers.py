@@ -106,5 +106,22 @@ def test_the_readme_quotes_the_probe_levers():
     assert same["parts"] == 6 and all(e["controller_steps"] <= 16 for e in entries if e["tag"] == "warmup12-same-cost")
     quoted.append(f"within 10 % in {same['within']} of 6, median {100 * same['median']:.0f} %, learned "
                   f"{same['learned_min']:.3f}-{same['learned_max']:.3f}")
+    # the look-ahead from the merged start, screened on the two parts furthest up their trends
+    s8 = [by[("start8", lang, seed)] for lang, seed in (("ar", 0), ("zh", 1))]
+    assert probe_levers.lever_summary(entries, "start8")["parts"] == 2
+    assert all(e["lever"] == {"probe_from": "start", "probe_steps": 8} and e["probes"] == 20 for e in s8)
+    rho = [r["spearman"] for e in s8 for r in e["rounds"]]
+    quoted += [f"every round still correlates {min(rho):+.2f} to {max(rho):+.2f}",
+               f"GRPO learned {s8[0]['learned']:.3f} and {s8[1]['learned']:.3f}, "
+               f"{100 * s8[0]['trend_regret']:.0f} % and {100 * s8[1]['trend_regret']:.0f} % up the trend (committed "
+               f"{100 * s8[0]['committed_trend_regret']:.0f} % and {100 * s8[1]['committed_trend_regret']:.0f} %)",
+               f"{min(e['wall_s'] for e in s8) / 60:.0f}-{max(e['wall_s'] for e in s8) / 60:.0f} min a part for "
+               f"{8 * 20} more training steps"]
     for text in quoted:
         assert text in readme, text
+
+
+def test_a_look_ahead_levers_probe_training_is_counted_in_its_steps():
+    entry = {"lever": {"probe_from": "start", "probe_steps": 8}, "probes": 20, "controller_steps": 16}
+    assert probe_levers.steps_text(entry) == "16 + 160"
+    assert probe_levers.steps_text({**entry, "lever": {"warmup_steps": 4}}) == "16"

@@ -49,6 +49,7 @@ PROBE_METRICS = ("loss", *QA_PROBE_METRICS, *SUMMARY_PROBE_METRICS)
 # choices are spelled with underscores throughout (as --merge target_only, the metric keys and
 # the adapter names are); the older hyphenated 'per-group' / 'target-only' are not accepted
 KNOBS = ("global", "per_group")
+PROBE_FROM = ("state", "start")
 BASELINES = ("none", "target_only")
 #: what ``hpctl eval --adapter`` scores (the folders are in :data:`.outputs.ADAPTER_FOLDERS`)
 EVAL_ADAPTERS = tuple(ADAPTER_FOLDERS)
@@ -159,6 +160,11 @@ class GraspLoraConfig:
                 "(then restore it) before scoring; 0 scores the state as it is (the paper). Each probe then "
                 "costs this many training steps more; on the default preset 4 did not help (issue 12, "
                 "benchmarks/results/ratio_landscape_default.md)"})
+    probe_from: str = field(default="state", metadata={
+        "help": "where a look-ahead probe (--probe-steps K) starts: the controller run's state (its optimizer and "
+                "data order), or the merged start with a fine-tune's optimizer and data order, so the probe scores "
+                "the first K steps of that ratio's own fine-tune (issue 12, benchmarks/results/probe_levers.md)",
+        "choices": list(PROBE_FROM)})
     mask_every: int = field(default=4, metadata={
         "help": "recompute the training masks from the adapter's magnitudes every this many steps (and at "
                 "the start of every controller round); 1 costs ~4 percent more time per step on Gemma 3 270M"})
@@ -189,6 +195,11 @@ class GraspLoraConfig:
         if not 0.0 <= self.p_min < self.p_max < 1.0:
             raise ConfigError(f"prune ratio bounds must satisfy 0 <= p_min < p_max < 1, "
                               f"got p_min={self.p_min}, p_max={self.p_max}")
+        if self.probe_from not in PROBE_FROM:
+            raise ConfigError(f"unknown probe-from {self.probe_from!r} (choose from {', '.join(PROBE_FROM)})")
+        if self.probe_from == "start" and not int(self.probe_steps):
+            raise ConfigError("probe-from 'start' needs --probe-steps K > 0: a probe of the merged start "
+                              "untrained scores every candidate from the same weights")
         if self.knob not in KNOBS:
             raise ConfigError(f"unknown knob {self.knob!r} (choose from {', '.join(KNOBS)})")
         merge_weights(self.merge, parse_merge_weights(self.merge_weights))

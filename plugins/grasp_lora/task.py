@@ -312,6 +312,12 @@ class GraspTask(Task):
             self._ensure_ready()  # ends by calling reset(self.seed)
             if seed is None or int(seed) == self.seed:
                 return
+        self.optimizer, self.order = self._merged_start(self.seed if seed is None else int(seed), fine_tune)
+        self.steps_done = 0
+
+    def _merged_start(self, seed: int, fine_tune: bool) -> tuple[torch.optim.Optimizer, DataOrder]:
+        """Load the merged start into the adapter; a fresh optimizer (a fine-tune's with ``fine_tune``,
+        else the controller run's) and data order for ``seed``, for the caller to keep or drop."""
         assert self.adapter is not None and self.pruner is not None
         start = {}
         for name, fac in self.merged_start.items():
@@ -321,13 +327,12 @@ class GraspTask(Task):
         for p in params:
             p.requires_grad_(True)
         lr = self.cfg.lr if fine_tune or self.cfg.controller_lr is None else self.cfg.controller_lr
-        self.optimizer = torch.optim.AdamW(params, lr=float(lr), weight_decay=float(self.cfg.weight_decay))
-        order_seed = self.seed if seed is None else int(seed)
-        self.order = DataOrder([len(e.ids) for e in self.splits["target_train"].encoded],
-                               int(self.cfg.batch_size), order_seed * 1000 + 21)
-        self.steps_done = 0
+        optimizer = torch.optim.AdamW(params, lr=float(lr), weight_decay=float(self.cfg.weight_decay))
+        order = DataOrder([len(e.ids) for e in self.splits["target_train"].encoded],
+                          int(self.cfg.batch_size), seed * 1000 + 21)
         self.pruner.clear_training_masks()
         self.pruner.invalidate()
+        return optimizer, order
 
     def _progress(self, label: str, steps: int, phase: str | None = None):
         """An ``on_step(step, loss)`` that reports about four times per phase on stderr and, for a
@@ -412,11 +417,17 @@ class GraspTask(Task):
             steps = int(self.cfg.probe_steps)
             if not steps:
                 return self._score("micro_dev", value)
-            # look-ahead: the candidate's own short fine-tune from this state, then back bit for bit
+            # look-ahead: the candidate's own short fine-tune, then back to this state bit for bit; from
+            # this state (its optimizer and data order), or from the merged start with a fine-tune's optimizer
+            # and data order (``probe_from="start"``: the first steps of that ratio's grid fine-tune, bit for bit)
+            ratio = self.knob.validate(value)
             state = self.snapshot()
             try:
-                self._train_steps(steps, self.knob.validate(value), self.adapter, self.pruner, self.optimizer,
-                                  self.order)
+                if self.cfg.probe_from == "start":
+                    optimizer, order = self._merged_start(self.seed, fine_tune=True)
+                else:
+                    optimizer, order = self.optimizer, self.order
+                self._train_steps(steps, ratio, self.adapter, self.pruner, optimizer, order)
                 return self._score("micro_dev", value)
             finally:
                 self.restore(state)

@@ -125,6 +125,36 @@ def test_a_look_ahead_probe_fine_tunes_the_candidate_then_restores_the_state(smo
         GraspLoraConfig(probe_steps=-1)
 
 
+def test_a_look_ahead_from_the_start_scores_the_first_steps_of_the_candidates_own_fine_tune(smoke, monkeypatch):
+    """probe_from="start": whatever state the controller run is in, a k-step probe scores what k steps of
+    that ratio's grid fine-tune (merged start, a fine-tune's optimizer and data order) score, bit for bit,
+    and puts the controller run's state back."""
+    task, _ = smoke
+    monkeypatch.setattr(task.cfg, "probe_steps", 2)
+    monkeypatch.setattr(task.cfg, "probe_from", "start")
+    monkeypatch.setattr(task.cfg, "controller_lr", 3 * task.cfg.lr)  # a probe must use the fine-tune's lr
+    try:
+        task.reset(0)
+        early = task.probe(np.array([0.6]))
+        task.train(3, np.array([0.3]))
+        before = task.snapshot()
+        later = [task.probe(np.array([r])) for r in (0.6, 0.2)]
+        _assert_same(before, task.snapshot())
+        assert later[0] == early != later[1]  # the controller run's 3 steps changed nothing it sees
+        monkeypatch.setattr(task.cfg, "probe_from", "state")
+        assert task.probe(np.array([0.6])) != early  # from this state it is another look-ahead
+        task.reset(0, fine_tune=True)  # the grid point at 0.6, stopped after 2 steps
+        task.train(2, np.array([0.6]))
+        assert -task.loss_at("micro_dev", np.array([0.6])) == early
+    finally:
+        monkeypatch.undo()
+        task.reset(0)
+    with pytest.raises(ConfigError, match="probe-from 'start' needs --probe-steps"):
+        GraspLoraConfig(probe_from="start")
+    with pytest.raises(ConfigError, match="unknown probe-from 'end'"):
+        GraspLoraConfig(probe_from="end", probe_steps=2)
+
+
 def test_controller_lr_is_the_controller_runs_and_fine_tunes_keep_lr(smoke, monkeypatch):
     task, _ = smoke
     monkeypatch.setattr(task.cfg, "controller_lr", 3 * task.cfg.lr)
