@@ -1,0 +1,92 @@
+"""benchmarks/yardstick.py: the 64-step and 32-step grids side by side, on synthetic and committed results."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import yardstick
+from benchmarks.grasp_vs_grid import analysis
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+RATIOS = [0.9 * i / 7 for i in range(8)]
+
+
+def _write(folder: Path, *, short_lang: str = "ar", short_ratios=RATIOS) -> tuple[list[float], list[float]]:
+    """A committed-looking pair: a 64-step grid whose minimum is at 0.386 (GRPO learned 0.9), a 32-step
+    landscape for seed 0 (minimum near 0.771), and a trajectory file that also holds seed 0 (ignored: the
+    32-step grid wins) and seed 1 at 32 of its 64 steps."""
+    long = [1.0 + (r - 0.386) ** 2 + 0.002 * (i % 2) for i, r in enumerate(RATIOS)]
+    short = [0.7 + 0.5 * (r - 0.771) ** 2 - 0.001 * (i % 3) for i, r in enumerate(RATIOS)]
+    grid = {"grid_points": [{"value": [r], "dev_score": -v} for r, v in zip(RATIOS, long)],
+            "metrics": {"dev_loss": min(long)}, "wall_s": 1000.0, "phases": {"train_s": 800.0, "final_train_s": 100.0}}
+    grpo = {"learned": {"prune_ratio": 0.9}, "wall_s": 250.0,
+            "phases": {"train_s": 20.0, "final_train_s": 100.0, "probe_s": 30.0}}
+    runs = {str(s): {"grid": grid, "grpo": grpo} for s in (0, 1)}
+    (folder / "grasp_vs_grid_regret_ar.json").write_text(json.dumps({"runs": runs}))
+    land = {"command": "landscape 32", "config": {"lang": short_lang, "steps": 32},
+            "seeds": [{"seed": 0, "ratios": short_ratios, "fine_tune_steps": 32, "grid_dev_loss": short}]}
+    (folder / "ratio_landscape_default_regret32.json").write_text(json.dumps(land))
+    traj = {"command": "trajectory", "config": {"lang": "ar", "steps": 64},
+            "seeds": [{"seed": s, "ratios": RATIOS, "fine_tune_steps": 64, "grid_dev_loss": long,
+                       "trajectory": [{"steps": 16, "dev_loss": long}, {"steps": 32, "dev_loss": [v - 0.1 for v in long]}]}
+                      for s in (0, 1)]}
+    (folder / "ratio_landscape_default_regret_traj.json").write_text(json.dumps(traj))
+    return long, short
+
+
+def test_each_part_reads_grpos_ratio_off_both_trends(tmp_path):
+    long, short = _write(tmp_path)
+    rows = yardstick.collect(tmp_path)
+    assert [(r["lang"], r["seed"], r["source"]) for r in rows] == [
+        ("ar", 0, "ratio_landscape_default_regret32.json"), ("ar", 1, "ratio_landscape_default_regret_traj.json")]
+    r0, r1 = rows
+    assert r0["long"]["trend_regret"] == pytest.approx(
+        analysis.curve_roughness(list(zip(RATIOS, long)), 0.9)["smoothed_fraction"])
+    assert r0["short"]["trend_regret"] == pytest.approx(
+        analysis.curve_roughness(list(zip(RATIOS, short)), 0.9)["smoothed_fraction"])
+    assert r0["long"]["trend_regret"] > 0.5 > r0["short"]["trend_regret"]  # 0.9 is far from 0.386, near 0.771
+    assert r0["long"]["best"] == pytest.approx(RATIOS[3]) and r0["short"]["best"] == pytest.approx(RATIOS[6])
+    assert r0["short_below"] == 8 and r0["points"] == 8
+    assert r1["short_below"] == 8 and r1["gap_min"] == pytest.approx(0.1) == r1["gap_max"]
+    assert r1["short"]["trend_regret"] == pytest.approx(r1["long"]["trend_regret"])  # a shifted copy
+    # halved fine-tunes: the grid (900 s of them, 100 s fixed) against GRPO (100 s final, 150 s fixed, 20 s of it
+    # the controller run's training, which the scaled variant halves too)
+    assert r0["time_ratio"] == pytest.approx({"measured": 4.0, "short": 550 / 200, "short_controller_scaled": 550 / 190})
+    md = yardstick.report(rows)
+    assert "| ar 0 | 0.900 |" in md and "`landscape 32`" in md and "`trajectory`" in md
+    assert "at every ratio in 2 of 2 parts" in md and "ratio would be 2.75x-2.75x (2.89x-2.89x" in md
+
+
+def test_mismatched_inputs_are_one_line_errors(tmp_path):
+    _write(tmp_path, short_lang="zh")
+    with pytest.raises(SystemExit, match="measured 'zh', not 'ar'"):
+        yardstick.collect(tmp_path)
+    _write(tmp_path, short_ratios=[r / 2 for r in RATIOS])
+    with pytest.raises(SystemExit, match="ar seed 0: the two grids do not share their ratios"):
+        yardstick.collect(tmp_path)
+    with pytest.raises(SystemExit, match="no part has both"):
+        yardstick.main(["--results", str(tmp_path / "none"), "--out", str(tmp_path / "y.md")])
+
+
+def test_the_committed_report_is_what_the_code_reports():
+    assert (RESULTS / "yardstick.md").read_text() == yardstick.report(yardstick.collect(RESULTS))
+
+
+def test_the_readme_quotes_the_yardstick():
+    """Every figure of the README's 32-step paragraph, recomputed from the committed results."""
+    rows = yardstick.collect(RESULTS)
+    s = yardstick.summary(rows)
+    readme = " ".join((RESULTS.parent.parent / "README.md").read_text(encoding="utf-8").split())
+    names = {"ar": "Arabic", "zh": "Chinese"}
+    per_part = "; ".join(f"{names[r['lang']]} seed {r['seed']} {100 * r['short']['trend_regret']:.0f} % "
+                         f"({100 * r['long']['trend_regret']:.0f} % on the 64-step trend)" for r in rows)
+    quoted = [f"at every ratio in {s['all_below']} of {s['parts']} parts measured",
+              f"by {min(r['gap_max'] for r in rows):.3f}-{max(r['gap_max'] for r in rows):.3f} at the ratio where they differ most",
+              f"within 10 % of the 32-step trend's range in {s['short']['within']} of {s['parts']} "
+              f"(on the 64-step trends: {s['long']['within']}): {per_part}",
+              f"at {s['time_short'][0]:.1f}x-{s['time_short'][1]:.1f}x ({s['time_short_scaled'][0]:.1f}x-"
+              f"{s['time_short_scaled'][1]:.1f}x with an 8-step controller run)"]
+    for text in quoted:
+        assert text in readme, text
