@@ -40,6 +40,8 @@ from benchmarks.grasp_vs_grid import analysis  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET = analysis.TARGET_REGRET_FRACTION
 SHORT, LONG, CONTROLLER = 32, 64, 16  # fine-tune steps of the two grids; the controller run's steps
+#: options the two grids may differ in: the length compared, where the adapters came from
+IGNORED = ("steps", "source_adapter", "target_adapter")
 LANDSCAPES = {"ar": ("ratio_landscape_default_regret32.json", "ratio_landscape_default_regret_traj.json"),
               "zh": ("ratio_landscape_default_regret32_zh.json",)}
 
@@ -52,28 +54,35 @@ def short_curves(lang: str, results: Path = RESULTS) -> dict[int, dict[str, Any]
         if not path.is_file():
             continue
         doc = json.loads(path.read_text())
-        if doc["config"].get("lang", "ar") != lang:
-            raise SystemExit(f"yardstick.py: error: {name} measured {doc['config'].get('lang')!r}, not {lang!r}")
+        measured = doc["config"].get("lang", "ar")  # the default preset's language when the file names none
+        if measured != lang:
+            raise SystemExit(f"yardstick.py: error: {name} measured {measured!r}, not {lang!r}")
         for s in doc["seeds"]:
             seed = int(s["seed"])
             if seed in out:
                 continue
-            if int(s["fine_tune_steps"]) == SHORT:
-                losses = s["grid_dev_loss"]
+            if int(s.get("fine_tune_steps", doc["config"].get("steps", 0))) == SHORT:
+                losses = s.get("grid_dev_loss")
             else:
                 traj = [t for t in s.get("trajectory") or [] if int(t["steps"]) == SHORT]
-                if not traj:
-                    continue
-                losses = traj[0]["dev_loss"]
+                losses = traj[0].get("dev_loss") if traj else None
+            if not losses or not all(np.isfinite(losses)):
+                continue  # no whole 32-step dev curve for this seed
             out[seed] = {"curve": list(zip(map(float, s["ratios"]), map(float, losses))), "source": name,
-                         "command": s.get("command") or doc.get("command")}
+                         "command": s.get("command") or doc.get("command") or "(not recorded)",
+                         "config": doc["config"]}
     return out
 
 
-def part(lang: str, seed: int, run: dict[str, Any], short: dict[str, Any]) -> dict[str, Any]:
+def part(lang: str, seed: int, run: dict[str, Any], short: dict[str, Any],
+         grid_config: dict[str, Any]) -> dict[str, Any]:
     """One part: each grid's best point, trend minimum, range and scatter; GRPO's place on each trend;
     at how many ratios the 32-step fine-tune's dev loss is below the 64-step one's."""
     learned = float(run["grpo"]["learned"]["prune_ratio"])
+    for key, value in grid_config.items():  # the two grids measured alike but for their length
+        if key not in IGNORED and key in short["config"] and short["config"][key] != value:
+            raise SystemExit(f"yardstick.py: error: {lang} seed {seed}: the 32-step grid ({short['source']}) has "
+                             f"{key}={short['config'][key]!r}, the 64-step grid {value!r}")
     long_curve = analysis.grid_loss_curve(run["grid"])
     row: dict[str, Any] = {"lang": lang, "seed": seed, "learned": learned, "source": short["source"],
                            "command": short["command"]}
@@ -107,11 +116,13 @@ def collect(results: Path = RESULTS) -> list[dict[str, Any]]:
         path = results / f"grasp_vs_grid_regret_{lang}.json"
         if not path.is_file():
             continue
-        runs = json.loads(path.read_text())["runs"]
+        data = json.loads(path.read_text())
         shorts = short_curves(lang, results)
-        for seed in sorted(int(s) for s in runs):
-            if seed in shorts:
-                rows.append(part(lang, seed, runs[str(seed)], shorts[seed]))
+        grid_config = ((data.get("arm_specs") or {}).get("grid") or {}).get("plugin_config") or {}
+        for seed in sorted(int(s) for s in data["runs"]):
+            run = data["runs"][str(seed)]
+            if seed in shorts and "grpo" in run and "grid" in run:  # a part run without GRPO has nothing to read
+                rows.append(part(lang, seed, run, shorts[seed], grid_config))
     return rows
 
 
@@ -130,25 +141,25 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def report(rows: list[dict[str, Any]]) -> str:
     lines = ["# The regret scale's yardstick: 64-step against 32-step fine-tunes (issue 12)", "",
              "`python -m benchmarks.yardstick` (from the committed results; nothing trained)", "",
-             "Per part: each grid's best point, its trend's minimum (the quadratic through the 8 points), its range "
+             "Per part: each grid's best point, its trend's minimum (the quadratic through its points), its range "
              "and scatter (std about the trend, as a share of the range); where GRPO's committed ratio lies on each "
-             f"trend (0 %: at its minimum; target {TARGET:.0%}); and at how many of the 8 ratios the 32-step fine-tune "
+             f"trend (0 %: at its minimum; target {TARGET:.0%}); and at how many of the ratios the 32-step fine-tune "
              "ends with a lower dev loss than the 64-step one (gap = 64-step minus 32-step dev loss). GRPO's "
              "controller run does not depend on the fine-tune length, so its ratio is the same against both grids. "
              "Time ratio: the grid's wall time over GRPO's as run, measured at 64 steps; at 32 steps as the "
              "regret report's cost model puts it from the same run's phases (the fine-tunes halved, the rest "
-             "as measured; the controller run kept at 16 steps, or halved to 8).",
+             "as measured; the controller run's training kept at 16 steps, or halved to 8 with its probes as measured).",
              "", "Commands (32-step grids): " + " ; ".join(sorted({f"`{r['command']}`" for r in rows})), "",
              "| part | GRPO learned | 64 steps: best, trend min, range, scatter | GRPO on the 64-step trend | "
              "32 steps: best, trend min, range, scatter | GRPO on the 32-step trend | 32 below 64 | gap | "
-             "time ratio as run: 64 steps; 32 steps (controller 16; 8) |",
+             "time ratio as run: 64 steps; 32 steps (controller training 16; 8) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r["time_ratio"]
         cells = [f"{r[k]['best']:.3f}, {r[k]['trend_min']:.3f}, {r[k]['range']:.4f}, {r[k]['scatter']:.0%}"
                  for k in ("long", "short")]
         lines.append(f"| {r['lang']} {r['seed']} | {r['learned']:.3f} | {cells[0]} | {r['long']['trend_regret']:.0%} | "
-                     f"{cells[1]} | {r['short']['trend_regret']:.0%} | {r['short_below']} of 8 | "
+                     f"{cells[1]} | {r['short']['trend_regret']:.0%} | {r['short_below']} of {r['points']} | "
                      f"{r['gap_min']:+.4f} to {r['gap_max']:+.4f} | {t['measured']:.2f}x; {t['short']:.2f}x "
                      f"({t['short_controller_scaled']:.2f}x) |")
     if rows:
@@ -159,7 +170,8 @@ def report(rows: list[dict[str, Any]]) -> str:
                   f"{s['short']['median']:.0%}, worst {s['short']['worst']:.0%}). The 32-step fine-tune ends below "
                   f"the 64-step one at every ratio in {s['all_below']} of {s['parts']} parts. At 32 steps the as-run time "
                   f"ratio would be {s['time_short'][0]:.2f}x-{s['time_short'][1]:.2f}x "
-                  f"({s['time_short_scaled'][0]:.2f}x-{s['time_short_scaled'][1]:.2f}x with an 8-step controller run)."]
+                  f"({s['time_short_scaled'][0]:.2f}x-{s['time_short_scaled'][1]:.2f}x with the controller run's training halved "
+                  "to 8 steps, its probes as measured)."]
     return "\n".join(lines) + "\n"
 
 
@@ -172,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         raise SystemExit("yardstick.py: error: no part has both a 64-step and a 32-step grid "
                          f"in {args.results}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report(rows))
     print(Path(args.out).read_text())
     return 0

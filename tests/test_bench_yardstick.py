@@ -13,7 +13,8 @@ RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 RATIOS = [0.9 * i / 7 for i in range(8)]
 
 
-def _write(folder: Path, *, short_lang: str = "ar", short_ratios=RATIOS) -> tuple[list[float], list[float]]:
+def _write(folder: Path, *, short_lang: str = "ar", short_ratios=RATIOS, short_dev: int = 300,
+           grpo_seeds=(0, 1)) -> tuple[list[float], list[float]]:
     """A committed-looking pair: a 64-step grid whose minimum is at 0.386 (GRPO learned 0.9), a 32-step
     landscape for seed 0 (minimum near 0.771), and a trajectory file that also holds seed 0 (ignored: the
     32-step grid wins) and seed 1 at 32 of its 64 steps."""
@@ -23,10 +24,11 @@ def _write(folder: Path, *, short_lang: str = "ar", short_ratios=RATIOS) -> tupl
             "metrics": {"dev_loss": min(long)}, "wall_s": 1000.0, "phases": {"train_s": 800.0, "final_train_s": 100.0}}
     grpo = {"learned": {"prune_ratio": 0.9}, "wall_s": 250.0,
             "phases": {"train_s": 20.0, "final_train_s": 100.0, "probe_s": 30.0}}
-    runs = {str(s): {"grid": grid, "grpo": grpo} for s in (0, 1)}
-    (folder / "grasp_vs_grid_regret_ar.json").write_text(json.dumps({"runs": runs}))
-    land = {"command": "landscape 32", "config": {"lang": short_lang, "steps": 32},
-            "seeds": [{"seed": 0, "ratios": short_ratios, "fine_tune_steps": 32, "grid_dev_loss": short}]}
+    runs = {str(s): {"grid": grid, **({"grpo": grpo} if s in grpo_seeds else {})} for s in (0, 1)}
+    specs = {"grid": {"plugin_config": {"dev": 300, "steps": 64, "source_adapter": "/gone/src"}}}
+    (folder / "grasp_vs_grid_regret_ar.json").write_text(json.dumps({"runs": runs, "arm_specs": specs}))
+    land = {"command": "landscape 32", "config": {"lang": short_lang, "steps": 32, "dev": short_dev, "source_adapter": None},
+            "seeds": [{"seed": 0, "ratios": short_ratios, "grid_dev_loss": short}]}  # its length from the config
     (folder / "ratio_landscape_default_regret32.json").write_text(json.dumps(land))
     traj = {"command": "trajectory", "config": {"lang": "ar", "steps": 64},
             "seeds": [{"seed": s, "ratios": RATIOS, "fine_tune_steps": 64, "grid_dev_loss": long,
@@ -66,6 +68,11 @@ def test_mismatched_inputs_are_one_line_errors(tmp_path):
     _write(tmp_path, short_ratios=[r / 2 for r in RATIOS])
     with pytest.raises(SystemExit, match="ar seed 0: the two grids do not share their ratios"):
         yardstick.collect(tmp_path)
+    _write(tmp_path, short_dev=64)
+    with pytest.raises(SystemExit, match="ar seed 0: the 32-step grid .* has dev=64, the 64-step grid 300"):
+        yardstick.collect(tmp_path)
+    _write(tmp_path, grpo_seeds=(1,))  # a part run without the GRPO arm: nothing to read off, left out
+    assert [r["seed"] for r in yardstick.collect(tmp_path)] == [1]
     with pytest.raises(SystemExit, match="no part has both"):
         yardstick.main(["--results", str(tmp_path / "none"), "--out", str(tmp_path / "y.md")])
 
@@ -87,6 +94,21 @@ def test_the_readme_quotes_the_yardstick():
               f"within 10 % of the 32-step trend's range in {s['short']['within']} of {s['parts']} "
               f"(on the 64-step trends: {s['long']['within']}): {per_part}",
               f"at {s['time_short'][0]:.1f}x-{s['time_short'][1]:.1f}x ({s['time_short_scaled'][0]:.1f}x-"
-              f"{s['time_short_scaled'][1]:.1f}x with an 8-step controller run)"]
+              f"{s['time_short_scaled'][1]:.1f}x with the controller run's training halved to 8 steps"]
+    # the 32-step grids' own cost, and the look-ahead lever (benchmarks/probe_levers.py) on these trends
+    walls = [seed["wall_s"] / 60 for name in ("ratio_landscape_default_regret32.json",
+                                                "ratio_landscape_default_regret32_zh.json")
+             for seed in json.loads((RESULTS / name).read_text())["seeds"]]
+    quoted.append(f"{min(walls):.0f}-{max(walls):.0f} min a seed, Arabic seed 1 taken from the trajectory run")
+    from benchmarks import probe_levers
+
+    by = {(r["lang"], r["seed"]): r for r in rows}
+    start8 = {(e["lang"], e["seed"]): e for e in probe_levers.load(RESULTS / "probe_levers.json") if e["tag"] == "start8"}
+    on32 = {k: analysis.curve_roughness(yardstick.short_curves(k[0], RESULTS)[k[1]]["curve"], e["learned"])
+            for k, e in start8.items()}
+    a0, z1 = ("ar", 0), ("zh", 1)
+    quoted.append(f"{100 * on32[a0]['smoothed_fraction']:.0f} % at Arabic seed 0 and {100 * on32[z1]['smoothed_fraction']:.0f} "
+                  f"% at Chinese seed 1 (GRPO {100 * by[a0]['short']['trend_regret']:.0f} % and "
+                  f"{100 * by[z1]['short']['trend_regret']:.0f} %)")
     for text in quoted:
         assert text in readme, text

@@ -163,7 +163,8 @@ class GraspLoraConfig:
     probe_from: str = field(default="state", metadata={
         "help": "where a look-ahead probe (--probe-steps K) starts: the controller run's state (its optimizer and "
                 "data order), or the merged start with a fine-tune's optimizer and data order, so the probe scores "
-                "the first K steps of that ratio's own fine-tune (issue 12, benchmarks/results/probe_levers.md)",
+                "the first K steps of that ratio's own fine-tune; at the regret scale K=8 still favoured pruning "
+                "(issue 12, benchmarks/results/probe_levers.md)",
         "choices": list(PROBE_FROM)})
     mask_every: int = field(default=4, metadata={
         "help": "recompute the training masks from the adapter's magnitudes every this many steps (and at "

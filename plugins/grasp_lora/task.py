@@ -309,8 +309,8 @@ class GraspTask(Task):
         """Back to the merged start with a fresh optimizer: the controller run's (``controller_lr``), or with
         ``fine_tune`` a fine-tune's (``lr``: a grid point, the final run)."""
         if not self._ready:
-            self._ensure_ready()  # ends by calling reset(self.seed)
-            if seed is None or int(seed) == self.seed:
+            self._ensure_ready()  # ends by calling reset(self.seed): the controller run's start
+            if (seed is None or int(seed) == self.seed) and not fine_tune:
                 return
         self.optimizer, self.order = self._merged_start(self.seed if seed is None else int(seed), fine_tune)
         self.steps_done = 0

@@ -155,6 +155,15 @@ def test_a_look_ahead_from_the_start_scores_the_first_steps_of_the_candidates_ow
         GraspLoraConfig(probe_from="end", probe_steps=2)
 
 
+def test_a_fine_tunes_reset_on_a_task_not_yet_ready_gets_the_fine_tunes_lr(tmp_path):
+    task = _make(tmp_path, controller_lr=1e-2)
+    try:
+        task.reset(0, fine_tune=True)  # the first call loads and merges (ending at the controller run's start)
+        assert [g["lr"] for g in task.optimizer.param_groups] == [task.cfg.lr] != [1e-2]
+    finally:
+        task.close()
+
+
 def test_controller_lr_is_the_controller_runs_and_fine_tunes_keep_lr(smoke, monkeypatch):
     task, _ = smoke
     monkeypatch.setattr(task.cfg, "controller_lr", 3 * task.cfg.lr)
