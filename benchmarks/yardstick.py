@@ -19,6 +19,12 @@ Inputs (committed, nothing is trained here):
   there is taken from a trajectory file (``..._regret_traj.json``: the same fine-tunes stopped at 32
   of 64 steps, bit for bit the 32-step grid, the learning rate being constant).
 
+Its second part asks whether the yardstick reproduces itself: where other measurements of a part's
+best ratio lie on that part's trend (other seeds on the same data, the other fine-tune length, a fixed
+ratio, and a re-draw: the same 32-step grid measured again with every ratio moved by 1e-7,
+``ratio_landscape_default_regret32_jit[_zh].json``), and the expected landscape, each language's
+seeds' curves averaged, with GRPO's and the probe levers' learned ratios on it.
+
     python -m benchmarks.yardstick          # writes benchmarks/results/yardstick.md
 """
 from __future__ import annotations
@@ -44,12 +50,18 @@ SHORT, LONG, CONTROLLER = 32, 64, 16  # fine-tune steps of the two grids; the co
 IGNORED = ("steps", "source_adapter", "target_adapter")
 LANDSCAPES = {"ar": ("ratio_landscape_default_regret32.json", "ratio_landscape_default_regret_traj.json"),
               "zh": ("ratio_landscape_default_regret32_zh.json",)}
+#: the same 32-step grids measured again, every ratio moved by 1e-7 (a few weights pruned differently)
+REDRAWS = {"ar": ("ratio_landscape_default_regret32_jit.json",), "zh": ("ratio_landscape_default_regret32_jit_zh.json",)}
+#: options a re-draw differs in: its ratios' bounds (moved by 1e-7) and the start ratio they imply; the
+#: first grid's length (a trajectory file's is 64: its curve is then read at 32 steps) and probe options
+#: a grid does not use
+REDRAW_IGNORED = ("p_min", "p_max", "start_ratio", "steps", "probe_from")
 
 
-def short_curves(lang: str, results: Path = RESULTS) -> dict[int, dict[str, Any]]:
+def short_curves(lang: str, results: Path = RESULTS, names: tuple[str, ...] | None = None) -> dict[int, dict[str, Any]]:
     """Per seed: the 32-step grid curve ``[(ratio, dev loss)]`` and the command that measured it."""
     out: dict[int, dict[str, Any]] = {}
-    for name in LANDSCAPES[lang]:
+    for name in LANDSCAPES[lang] if names is None else names:
         path = results / name
         if not path.is_file():
             continue
@@ -90,7 +102,8 @@ def part(lang: str, seed: int, run: dict[str, Any], short: dict[str, Any],
         r = np.array([x for x, _ in curve])
         y = np.array([v for _, v in curve])
         trend = analysis.curve_roughness(curve, learned)
-        row[key] = {"best": float(r[int(np.argmin(y))]), "trend_min": float(trend["oracle_ratio"]),
+        row[key] = {"curve": [(float(a), float(b)) for a, b in curve],
+                    "best": float(r[int(np.argmin(y))]), "trend_min": float(trend["oracle_ratio"]),
                     "range": float(y.max() - y.min()), "min_loss": float(y.min()),
                     "scatter": float(trend["roughness"] / (y.max() - y.min())),
                     "trend_regret": float(trend["smoothed_fraction"])}
@@ -123,7 +136,122 @@ def collect(results: Path = RESULTS) -> list[dict[str, Any]]:
             run = data["runs"][str(seed)]
             if seed in shorts and "grpo" in run and "grid" in run:  # a part run without GRPO has nothing to read
                 rows.append(part(lang, seed, run, shorts[seed], grid_config))
+    for r in rows[1:]:  # parts are compared ratio by ratio (other seeds, fixed ratios, the mean curves)
+        if [round(x, 6) for x, _ in r["short"]["curve"]] != [round(x, 6) for x, _ in rows[0]["short"]["curve"]]:
+            raise SystemExit(f"yardstick.py: error: {r['lang']} seed {r['seed']}: its grid's ratios differ from "
+                             f"{rows[0]['lang']} seed {rows[0]['seed']}'s")
     return rows
+
+
+def _trend(curve: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The quadratic through a grid curve and its values at 1001 ratios over the grid's span (as
+    :func:`benchmarks.grasp_vs_grid.analysis.curve_roughness` fits it)."""
+    r = np.array([x for x, _ in curve], dtype=np.float64)
+    coef = np.polyfit(r, np.array([v for _, v in curve], dtype=np.float64), 2)
+    dense_r = np.linspace(float(r.min()), float(r.max()), 1001)
+    return coef, dense_r, np.polyval(coef, dense_r)
+
+
+def on_trend(curve: list[tuple[float, float]], ratio: float) -> float:
+    """Where ``ratio`` lies on ``curve``'s trend: 0 at its minimum over the grid's span, 1 at its maximum
+    (``curve_roughness``'s ``smoothed_fraction``, without its oracle simulation)."""
+    coef, _, dense = _trend(curve)
+    span = float(dense.max() - dense.min())
+    # clipped at 0: a ratio a hair outside the span (a re-draw's 0 against 1e-7) is at the minimum, not below it
+    return max(0.0, (float(np.polyval(coef, float(ratio))) - float(dense.min())) / span) if span > 0 else 0.0
+
+
+def trend_min(curve: list[tuple[float, float]]) -> float:
+    """The ratio where ``curve``'s trend is lowest over the grid's span (``curve_roughness``'s ``oracle_ratio``)."""
+    _, dense_r, dense = _trend(curve)
+    return float(dense_r[int(np.argmin(dense))])
+
+
+def redraws(rows: list[dict[str, Any]], results: Path = RESULTS) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per part with a re-draw: its 32-step grid measured again, every ratio moved by 1e-7, and where each
+    of the two grids' trend minima (and GRPO's ratio) lie on the other's trend."""
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in rows:
+        again = short_curves(r["lang"], results, REDRAWS[r["lang"]]).get(r["seed"])
+        if again is None:
+            continue
+        short = short_curves(r["lang"], results)[r["seed"]]
+        for key, value in short["config"].items():
+            if key not in REDRAW_IGNORED and key in again["config"] and again["config"][key] != value:
+                raise SystemExit(f"yardstick.py: error: {r['lang']} seed {r['seed']}: the re-draw ({again['source']}) has "
+                                 f"{key}={again['config'][key]!r}, the 32-step grid {value!r}")
+        a, b = r["short"]["curve"], again["curve"]
+        if len(a) != len(b) or not np.allclose([x for x, _ in a], [x for x, _ in b], rtol=0.0, atol=1e-6):
+            raise SystemExit(f"yardstick.py: error: {r['lang']} seed {r['seed']}: the re-draw ({again['source']}) does not "
+                             "share the 32-step grid's ratios")
+        ya, yb = np.array([v for _, v in a]), np.array([v for _, v in b])
+        out[r["lang"], r["seed"]] = {
+            "curve": b, "command": again["command"], "trend_min": trend_min(b),
+            "best": float(b[int(np.argmin(yb))][0]), "range": float(yb.max() - yb.min()),
+            "first_on_again": on_trend(b, r["short"]["trend_min"]), "again_on_first": on_trend(a, trend_min(b)),
+            "learned_on_again": on_trend(b, r["learned"]),
+            # one fine-tune's own scatter at a fixed ratio: the two draws' differences have mean 0 and twice
+            # its variance (a point the tiny move left unchanged counts as a difference of 0)
+            "point_sd": float(np.sqrt(np.mean((ya - yb) ** 2) / 2)),
+            "max_diff": float(np.abs(ya - yb).max()), "same_points": int(np.sum(ya == yb))}
+    return out
+
+
+def reproducibility(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per part and yardstick (64 or 32 steps): where other measurements of the best ratio lie on this part's
+    trend. The seeds of a language share their data (``data_seed``: the same questions in every split); the
+    run seed sets how the source and target adapters are initialised and trained (so each seed prunes its
+    own merged adapter) and the fine-tunes' batch order."""
+    out = []
+    for r in rows:
+        row: dict[str, Any] = {"lang": r["lang"], "seed": r["seed"]}
+        others = [o for o in rows if o["lang"] == r["lang"] and o["seed"] != r["seed"]]
+        for key, other in (("long", "short"), ("short", "long")):
+            curve = r[key]["curve"]
+            pooled = None
+            if others:  # the trend of the other seeds' mean curve: a ratio chosen from their grids
+                mean = np.mean([[v for _, v in o[key]["curve"]] for o in others], axis=0)
+                pooled = trend_min([(x, float(v)) for (x, _), v in zip(curve, mean)])
+            row[key] = {"other_length": on_trend(curve, r[other]["trend_min"]),
+                        "other_seeds": [on_trend(curve, o[key]["trend_min"]) for o in others],
+                        "pooled_ratio": pooled, "pooled": None if pooled is None else on_trend(curve, pooled)}
+        out.append(row)
+    return out
+
+
+def fixed_ratios(rows: list[dict[str, Any]]) -> dict[str, list[tuple[float, int]]]:
+    """Per yardstick: for each of the grid's ratios used everywhere, in how many parts it is within the target."""
+    ratios = [x for x, _ in rows[0]["short"]["curve"]] if rows else []
+    return {key: [(x, sum(on_trend(r[key]["curve"], x) <= TARGET for r in rows)) for x in ratios]
+            for key in ("long", "short")}
+
+
+def expected(rows: list[dict[str, Any]], results: Path = RESULTS) -> dict[str, Any]:
+    """The expected landscape: per language and yardstick, the mean of the seeds' grid curves (same data and
+    ratios; each seed's own adapters and batch orders averaged over), and where GRPO's committed ratios, the probe levers'
+    learned ratios (``probe_levers.json``) and the two bounds lie on its trend."""
+    curves: dict[str, Any] = {}
+    for lang in sorted({r["lang"] for r in rows}):
+        mine = [r for r in rows if r["lang"] == lang]
+        for key in ("long", "short"):
+            mean = np.mean([[v for _, v in r[key]["curve"]] for r in mine], axis=0)
+            curve = [(x, float(v)) for (x, _), v in zip(mine[0][key]["curve"], mean)]
+            rough = analysis.curve_roughness(curve)
+            curves[lang, key] = {"curve": curve, "trend_min": trend_min(curve), "range": float(mean.max() - mean.min()),
+                                 "scatter": float(rough["roughness"] / (mean.max() - mean.min())), "seeds": len(mine)}
+    from benchmarks import probe_levers  # its results only
+
+    learned: dict[str, list[tuple[str, int, float]]] = {"GRPO (committed)": [(r["lang"], r["seed"], r["learned"]) for r in rows]}
+    for e in probe_levers.load(results / "probe_levers.json"):
+        learned.setdefault(str(e["tag"]), []).append((e["lang"], int(e["seed"]), float(e["learned"])))
+    ratios = [x for x, _ in rows[0]["short"]["curve"]]
+    for bound in (min(ratios), max(ratios)):
+        learned[f"fixed {bound:.2f}"] = [(r["lang"], r["seed"], bound) for r in rows]
+    table = {name: [{"lang": lang, "seed": seed, "learned": x,
+                     **{key: on_trend(curves[lang, key]["curve"], x) for key in ("long", "short")}}
+                    for lang, seed, x in sorted(found) if (lang, "long") in curves]
+             for name, found in learned.items()}
+    return {"curves": curves, "learned": table}
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -138,7 +266,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def report(rows: list[dict[str, Any]]) -> str:
+def report(rows: list[dict[str, Any]], results: Path = RESULTS) -> str:
     lines = ["# The regret scale's yardstick: 64-step against 32-step fine-tunes (issue 12)", "",
              "`python -m benchmarks.yardstick` (from the committed results; nothing trained)", "",
              "Per part: each grid's best point, its trend's minimum (the quadratic through its points), its range "
@@ -172,7 +300,114 @@ def report(rows: list[dict[str, Any]]) -> str:
                   f"ratio would be {s['time_short'][0]:.2f}x-{s['time_short'][1]:.2f}x "
                   f"({s['time_short_scaled'][0]:.2f}x-{s['time_short_scaled'][1]:.2f}x with the controller run's training halved "
                   "to 8 steps, its probes as measured)."]
+    if rows:
+        lines += reproducibility_report(rows, results)
     return "\n".join(lines) + "\n"
+
+
+def _pct(values: list[float]) -> str:
+    return ", ".join(f"{v:.0%}" for v in values) if values else "-"
+
+
+def reproducibility_report(rows: list[dict[str, Any]], results: Path = RESULTS) -> list[str]:
+    s = repro_summary(rows, results)
+    rep, again, fixed, exp = s["parts"]
+    pct = f"{TARGET:.0%}".replace("%", " %")
+    lines = ["", "## Does the yardstick reproduce itself?", "",
+             "A part's target is its own grid's trend minimum. How far do other measurements of that minimum lie on "
+             f"the part's trend (same measure, 0 %: at its minimum, target {pct})? The seeds of a language share their "
+             "data (`data_seed` 0: the same train, micro-dev, dev and test questions); the run seed sets how the "
+             "source and target adapters are initialised and trained (so each seed prunes its own merged adapter) "
+             "and the fine-tunes' batch order. Other seeds' mean: the trend minimum of the mean of the other seeds' "
+             "curves.", "",
+             "| part | on the 64-step trend: the 32-step minimum; other seeds' minima; their mean's | "
+             "on the 32-step trend: the 64-step minimum; other seeds' minima; their mean's |", "|---|---|---|"]
+    for r in rep:
+        cells = [f"{r[k]['other_length']:.0%}; {_pct(r[k]['other_seeds'])}; "
+                 + ("-" if r[k]["pooled"] is None else f"{r[k]['pooled']:.0%} ({r[k]['pooled_ratio']:.2f})")
+                 for k in ("long", "short")]
+        lines.append(f"| {r['lang']} {r['seed']} | {cells[0]} | {cells[1]} |")
+    if again:
+        lines += ["", "The same 32-step grid measured twice: every ratio moved by 1e-7 (a few of the merged "
+                  "adapter's weights pruned differently), all else equal (seed, adapters, batches). One fine-tune's "
+                  "scatter at a fixed ratio: the root mean square of the two grids' differences over the square root "
+                  "of 2, as a share of the first grid's range; unchanged: points the move left bit for bit the same.", "",
+                  "Commands (re-draws): " + " ; ".join(sorted({f"`{a['command']}`" for a in again.values()})), "",
+                  "| part | re-draw: best, trend min, range | first grid's minimum on its trend | its minimum on "
+                  "the first's trend | GRPO on it (on the first) | one fine-tune's scatter | largest difference | unchanged |",
+                  "|---|---|---|---|---|---|---|---|"]
+        by = {(r["lang"], r["seed"]): r for r in rows}
+        for (lang, seed), a in sorted(again.items()):
+            r = by[lang, seed]
+            lines.append(f"| {lang} {seed} | {a['best']:.3f}, {a['trend_min']:.3f}, {a['range']:.4f} | "
+                         f"{a['first_on_again']:.0%} | {a['again_on_first']:.0%} | {a['learned_on_again']:.0%} "
+                         f"({r['short']['trend_regret']:.0%}) | {a['point_sd']:.4f} ({a['point_sd'] / r['short']['range']:.0%}) | "
+                         f"{a['max_diff']:.4f} | {a['same_points']} of {len(a['curve'])} |")
+    lines += ["", "A fixed ratio used in every part, on each part's own trend: in how many of the "
+              f"{len(rows)} parts it is within {pct} (GRPO: {s['grpo_within']['long']} on the 64-step "
+              f"trends, {s['grpo_within']['short']} on the 32-step ones).", "",
+              "| yardstick | " + " | ".join(f"{x:.3f}" for x, _ in fixed["short"]) + " |",
+              "|---|" + "---|" * len(fixed["short"])]
+    for key, name in (("long", "64 steps"), ("short", "32 steps")):
+        lines.append(f"| {name} | " + " | ".join(str(n) for _, n in fixed[key]) + " |")
+    lines += ["", "### The expected landscape", "",
+              "Per language, the mean of its seeds' grid curves: the landscape averaged over the seeds' adapters "
+              "and fine-tunes, the question every seed's grid shares. Trend minimum, range "
+              "and scatter (std about the trend, share of the range) of each mean curve:", "",
+              "| language | 64 steps: trend min, range, scatter | 32 steps: trend min, range, scatter |",
+              "|---|---|---|"]
+    for lang in sorted({lang for lang, _ in exp["curves"]}):
+        cells = [f"{c['trend_min']:.3f}, {c['range']:.4f}, {c['scatter']:.0%}"
+                 for c in (exp["curves"][lang, "long"], exp["curves"][lang, "short"])]
+        lines.append(f"| {lang} ({exp['curves'][lang, 'long']['seeds']} seeds) | {cells[0]} | {cells[1]} |")
+    lines += ["", "Each controller's learned ratio (per part) on its language's expected trend, 64 steps / 32 steps; "
+              "the probe levers' are their screens' learned ratios (`benchmarks/results/probe_levers.md`), "
+              "the fixed ones a bound used everywhere:", "",
+              f"| controller | parts | within {pct}, Arabic: 64 steps; 32 steps | Chinese: 64 steps; 32 steps | "
+              "per part: learned, 64-step %, 32-step % |", "|---|---|---|---|---|"]
+    for name, found in exp["learned"].items():
+        per = "; ".join(f"{e['lang']} {e['seed']}: {e['learned']:.3f}, {e['long']:.0%}, {e['short']:.0%}" for e in found)
+        w = s["expected_by"][name]
+        cells = [f"{w[lang]['long']} of {w[lang]['n']}; {w[lang]['short']}" if w[lang]["n"] else "-" for lang in ("ar", "zh")]
+        lines.append(f"| {name} | {len(found)} | {cells[0]} | {cells[1]} | {per} |")
+    lines += ["", f"Across seeds on the same data, another seed's trend minimum lies within {pct} of this "
+              f"seed's trend in {s['other_seeds']['long'][0]} of {s['other_seeds']['long'][1]} pairs at 64 steps and "
+              f"{s['other_seeds']['short'][0]} of {s['other_seeds']['short'][1]} at 32; the other fine-tune length's "
+              f"minimum in {s['other_length']['long']} of {len(rows)} and {s['other_length']['short']} of {len(rows)}. "
+              f"The best fixed ratio is within it in {s['best_fixed']['long']} of {len(rows)} parts at 64 steps and "
+              f"{s['best_fixed']['short']} at 32 (GRPO: {s['grpo_within']['long']} and {s['grpo_within']['short']})."
+              + (f" Measured twice, a 32-step grid's trend minimum lies within it on its own re-draw's trend in "
+                 f"{s['redraw_within']} of {s['redraws']} parts; one fine-tune's scatter is "
+                 f"{s['redraw_sd_share'][0]:.0%}-{s['redraw_sd_share'][1]:.0%} of the range." if again else "")
+              + f" On the expected landscape GRPO's committed ratios are within {pct} in "
+              f"{s['expected']['ar']['long']} of {s['expected']['ar']['n']} Arabic parts at 64 steps and "
+              f"{s['expected']['ar']['short']} at 32, in {s['expected']['zh']['long']} of {s['expected']['zh']['n']} "
+              f"Chinese parts at 64 steps and {s['expected']['zh']['short']} at 32."]
+    return lines
+
+
+def repro_summary(rows: list[dict[str, Any]], results: Path = RESULTS) -> dict[str, Any]:
+    """The counts the reproducibility section states; ``parts``: what they were counted from."""
+    rep, again, fixed, exp = reproducibility(rows), redraws(rows, results), fixed_ratios(rows), expected(rows, results)
+    out: dict[str, Any] = {
+        "parts": (rep, again, fixed, exp),
+        "other_seeds": {k: (sum(v <= TARGET for r in rep for v in r[k]["other_seeds"]),
+                            sum(len(r[k]["other_seeds"]) for r in rep)) for k in ("long", "short")},
+        "other_length": {k: sum(r[k]["other_length"] <= TARGET for r in rep) for k in ("long", "short")},
+        "best_fixed": {k: max(n for _, n in fixed[k]) for k in ("long", "short")},
+        "grpo_within": {k: sum(r[k]["trend_regret"] <= TARGET for r in rows) for k in ("long", "short")},
+        "redraws": len(again), "redraw_within": sum(a["first_on_again"] <= TARGET for a in again.values())}
+    if again:
+        by = {(r["lang"], r["seed"]): r for r in rows}
+        shares = [a["point_sd"] / by[k]["short"]["range"] for k, a in again.items()]
+        out["redraw_sd_share"] = [min(shares), max(shares)]
+    out["expected_by"] = {name: {lang: {"n": sum(e["lang"] == lang for e in found),
+                                        **{k: sum(e[k] <= TARGET for e in found if e["lang"] == lang)
+                                           for k in ("long", "short")}}
+                                 for lang in ("ar", "zh")}
+                          for name, found in exp["learned"].items()}
+    out["expected"] = out["expected_by"]["GRPO (committed)"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("yardstick.py: error: no part has both a 64-step and a 32-step grid "
                          f"in {args.results}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(report(rows))
+    Path(args.out).write_text(report(rows, Path(args.results)))
     print(Path(args.out).read_text())
     return 0
 

@@ -56,7 +56,7 @@ def test_each_part_reads_grpos_ratio_off_both_trends(tmp_path):
     # halved fine-tunes: the grid (900 s of them, 100 s fixed) against GRPO (100 s final, 150 s fixed, 20 s of it
     # the controller run's training, which the scaled variant halves too)
     assert r0["time_ratio"] == pytest.approx({"measured": 4.0, "short": 550 / 200, "short_controller_scaled": 550 / 190})
-    md = yardstick.report(rows)
+    md = yardstick.report(rows, tmp_path)
     assert "| ar 0 | 0.900 |" in md and "`landscape 32`" in md and "`trajectory`" in md
     assert "at every ratio in 2 of 2 parts" in md and "ratio would be 2.75x-2.75x (2.89x-2.89x" in md
 
@@ -121,5 +121,181 @@ def test_the_readme_quotes_the_yardstick():
     quoted.append(f"{100 * on32[a0]['smoothed_fraction']:.0f} % at Arabic seed 0 and {100 * on32[z1]['smoothed_fraction']:.0f} "
                   f"% at Chinese seed 1 (GRPO {100 * by[a0]['short']['trend_regret']:.0f} % and "
                   f"{100 * by[z1]['short']['trend_regret']:.0f} %)")
+    for text in quoted:
+        assert text in readme, text
+
+
+LONG_MIN, SHORT_MIN, LEARNED = (0.2, 0.3, 0.7), 0.45, (0.4, 0.9, 0.45)
+
+
+def _quad(m: float, c: float = 0.7) -> list[float]:
+    return [c + (r - m) ** 2 for r in RATIOS]
+
+
+def _write3(folder: Path, *, zh_ratios=RATIOS) -> None:
+    """Three Arabic seeds with exact quadratic curves: 64-step minima at 0.2, 0.3 and 0.7, 32-step ones all at 0.45
+    (other heights); GRPO learned 0.4, 0.9 and 0.45. A Chinese part with its own ratios when asked."""
+    def run(m, learned, ratios=RATIOS):
+        grid = {"grid_points": [{"value": [r], "dev_score": -v} for r, v in zip(ratios, _quad(m))],
+                "metrics": {"dev_loss": min(_quad(m))}, "wall_s": 1000.0, "phases": {"train_s": 800.0, "final_train_s": 100.0}}
+        return {"grid": grid, "grpo": {"learned": {"prune_ratio": learned}, "wall_s": 250.0,
+                                       "phases": {"train_s": 20.0, "final_train_s": 100.0, "probe_s": 30.0}}}
+    specs = {"grid": {"plugin_config": {"dev": 300, "steps": 64}}}
+    runs = {str(s): run(m, x) for s, (m, x) in enumerate(zip(LONG_MIN, LEARNED))}
+    (folder / "grasp_vs_grid_regret_ar.json").write_text(json.dumps({"runs": runs, "arm_specs": specs}))
+    land = {"command": "landscape 32", "config": {"lang": "ar", "steps": 32, "dev": 300},
+            "seeds": [{"seed": s, "ratios": RATIOS, "grid_dev_loss": _quad(SHORT_MIN, 0.5 + 0.01 * s)} for s in range(3)]}
+    (folder / "ratio_landscape_default_regret32.json").write_text(json.dumps(land))
+    if zh_ratios is not None:
+        (folder / "grasp_vs_grid_regret_zh.json").write_text(json.dumps(
+            {"runs": {"0": run(0.5, 0.5, zh_ratios)}, "arm_specs": specs}))
+        land = {"command": "landscape 32 zh", "config": {"lang": "zh", "steps": 32, "dev": 300},
+                "seeds": [{"seed": 0, "ratios": zh_ratios, "grid_dev_loss": [0.6 + (r - 0.5) ** 2 for r in zh_ratios]}]}
+        (folder / "ratio_landscape_default_regret32_zh.json").write_text(json.dumps(land))
+    levers = {"entries": [{"tag": "lever", "lang": "ar", "seed": 1, "learned": 0.4},
+                          {"tag": "lever", "lang": "ar", "seed": 0, "learned": 0.0}]}
+    (folder / "probe_levers.json").write_text(json.dumps(levers))
+
+
+def _write_redraw(folder: Path, *, m: float = 0.6, dev: int = 300, ratios=RATIOS) -> list[float]:
+    """Arabic seed 0's 32-step grid measured again at ratios moved by 1e-7: its minimum at ``m``, not 0.45."""
+    again = _quad(m, 0.5)
+    doc = {"command": "redraw 32", "config": {"lang": "ar", "steps": 32, "dev": dev, "p_min": 1e-7, "p_max": 0.9000001},
+           "seeds": [{"seed": 0, "ratios": [r + 1e-7 for r in ratios], "grid_dev_loss": again}]}
+    (folder / "ratio_landscape_default_regret32_jit.json").write_text(json.dumps(doc))
+    return again
+
+
+def test_on_trend_and_trend_min_are_the_regret_reports_measures():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        curve = list(zip(RATIOS, (0.7 + 0.05 * rng.standard_normal(8)).tolist()))
+        rough = analysis.curve_roughness(curve, 0.33)
+        assert yardstick.on_trend(curve, 0.33) == pytest.approx(rough["smoothed_fraction"])
+        assert yardstick.trend_min(curve) == pytest.approx(rough["oracle_ratio"])
+    assert yardstick.on_trend(list(zip(RATIOS, _quad(0.2))), 0.5) == pytest.approx(0.09 / 0.49, abs=1e-4)
+
+
+def test_the_yardstick_read_against_other_seeds_and_lengths(tmp_path):
+    _write3(tmp_path, zh_ratios=None)
+    rows = yardstick.collect(tmp_path)
+    rep = {r["seed"]: r for r in yardstick.reproducibility(rows)}
+    d = 0.9 - 0.2  # seed 0's 64-step trend: 0 at 0.2, 1 at 0.9
+    assert rep[0]["long"]["other_seeds"] == [pytest.approx(0.1 ** 2 / d ** 2, abs=1e-3), pytest.approx(0.5 ** 2 / d ** 2, abs=1e-3)]
+    assert rep[0]["long"]["other_length"] == pytest.approx(0.25 ** 2 / d ** 2, abs=1e-3)  # the 32-step minimum, 0.45
+    # the other seeds' mean curve bends at the mean of their minima (equal curvatures): 0.5
+    assert rep[0]["long"]["pooled_ratio"] == pytest.approx(0.5, abs=1e-3)
+    assert rep[0]["long"]["pooled"] == pytest.approx(0.3 ** 2 / d ** 2, abs=1e-3)
+    assert rep[2]["long"]["pooled_ratio"] == pytest.approx(0.25, abs=1e-3)
+    assert rep[1]["short"]["other_seeds"] == [pytest.approx(0.0, abs=1e-5)] * 2  # same minimum, other heights
+    fixed = yardstick.fixed_ratios(rows)
+    assert [n for _, n in fixed["long"]] == [1, 2, 2, 2, 1, 1, 1, 1]
+    assert [n for _, n in fixed["short"]] == [0, 0, 0, 3, 3, 0, 0, 0]
+    s = yardstick.repro_summary(rows, tmp_path)
+    assert s["other_seeds"] == {"long": (2, 6), "short": (6, 6)} and s["other_length"] == {"long": 1, "short": 0}
+    assert s["best_fixed"] == {"long": 2, "short": 3} and s["grpo_within"] == {"long": 1, "short": 2}
+    assert s["redraws"] == 0 and "measured twice" not in yardstick.report(rows, tmp_path)
+
+
+def test_a_grid_measured_twice(tmp_path):
+    _write3(tmp_path, zh_ratios=None)
+    rows = yardstick.collect(tmp_path)
+    again = _write_redraw(tmp_path)
+    a = yardstick.redraws(rows, tmp_path)[("ar", 0)]
+    assert a["trend_min"] == pytest.approx(0.6, abs=1e-3) and a["best"] == pytest.approx(RATIOS[5])
+    assert a["first_on_again"] == pytest.approx(0.15 ** 2 / 0.6 ** 2, abs=1e-3)  # 0.45 on the re-draw's trend
+    assert a["again_on_first"] == pytest.approx(0.15 ** 2 / 0.45 ** 2, abs=1e-3)  # 0.6 on the first's
+    assert a["learned_on_again"] == pytest.approx(0.2 ** 2 / 0.6 ** 2, abs=1e-3)  # GRPO's 0.4
+    first = _quad(SHORT_MIN, 0.5)
+    import numpy as np
+    assert a["point_sd"] == pytest.approx(float(np.sqrt(np.mean((np.array(first) - again) ** 2) / 2)))
+    assert a["same_points"] == 0 and a["max_diff"] == pytest.approx(max(abs(x - y) for x, y in zip(first, again)))
+    md = yardstick.report(rows, tmp_path)
+    assert "`redraw 32`" in md and "| ar 0 | 0.643, 0.600, " in md and "| 6% | 11% | 11% (" in md
+    s = yardstick.repro_summary(rows, tmp_path)
+    assert (s["redraws"], s["redraw_within"]) == (1, 1)
+    assert "on its own re-draw's trend in 1 of 1 parts" in md
+    _write_redraw(tmp_path, m=0.8)
+    assert yardstick.repro_summary(rows, tmp_path)["redraw_within"] == 0  # 0.45 on a trend bent at 0.8: 28 %
+    _write_redraw(tmp_path, dev=64)
+    with pytest.raises(SystemExit, match=r"ar seed 0: the re-draw \(ratio_landscape_default_regret32_jit.json\) has dev=64, "
+                                         "the 32-step grid 300"):
+        yardstick.redraws(rows, tmp_path)
+    _write_redraw(tmp_path, ratios=[r / 2 for r in RATIOS])
+    with pytest.raises(SystemExit, match=r"ar seed 0: the re-draw \(ratio_landscape_default_regret32_jit.json\) does not share"):
+        yardstick.redraws(rows, tmp_path)
+
+
+def test_the_expected_landscape(tmp_path):
+    _write3(tmp_path)
+    rows = yardstick.collect(tmp_path)
+    exp = yardstick.expected(rows, tmp_path)
+    assert exp["curves"]["ar", "long"]["trend_min"] == pytest.approx(0.4, abs=1e-3)  # the mean of 0.2, 0.3, 0.7
+    assert exp["curves"]["ar", "short"]["trend_min"] == pytest.approx(0.45, abs=1e-3)
+    assert exp["curves"]["zh", "long"]["seeds"] == 1
+    grpo = exp["learned"]["GRPO (committed)"]
+    assert [(e["lang"], e["seed"], e["learned"]) for e in grpo] == [("ar", 0, 0.4), ("ar", 1, 0.9), ("ar", 2, 0.45), ("zh", 0, 0.5)]
+    assert [e["long"] for e in grpo[:3]] == [pytest.approx(0.0, abs=1e-4), pytest.approx(1.0), pytest.approx(0.01, abs=1e-3)]
+    assert exp["learned"]["fixed 0.00"][0]["long"] == pytest.approx(0.64, abs=1e-3)
+    lever = exp["learned"]["lever"]  # the probe levers' screens, sorted by part
+    assert [(e["seed"], e["learned"]) for e in lever] == [(0, 0.0), (1, 0.4)]
+    s = yardstick.repro_summary(rows, tmp_path)
+    assert s["expected"] == {"ar": {"n": 3, "long": 2, "short": 2}, "zh": {"n": 1, "long": 1, "short": 1}}
+    assert s["expected_by"]["lever"]["ar"] == {"n": 2, "long": 1, "short": 1}
+    assert "| lever | 2 | 1 of 2; 1 | - |" in yardstick.report(rows, tmp_path)
+
+
+def test_parts_compared_ratio_by_ratio_must_share_their_ratios(tmp_path):
+    _write3(tmp_path, zh_ratios=[0.1 * i for i in range(8)])
+    with pytest.raises(SystemExit, match="zh seed 0: its grid's ratios differ from ar seed 0's"):
+        yardstick.collect(tmp_path)
+
+
+def test_the_readme_quotes_the_yardsticks_reproducibility():
+    rows = yardstick.collect(RESULTS)
+    s = yardstick.repro_summary(rows, RESULTS)
+    readme = " ".join((RESULTS.parent.parent / "README.md").read_text(encoding="utf-8").split())
+    quoted = [f"in {s['other_seeds']['long'][0]} of {s['other_seeds']['long'][1]} pairs on the 64-step trends and "
+              f"{s['other_seeds']['short'][0]} of {s['other_seeds']['short'][1]} on the 32-step ones",
+              f"the best fixed ratio passes in {s['best_fixed']['long']} of {len(rows)} parts at 64 steps and "
+              f"{s['best_fixed']['short']} at 32",
+              f"GRPO's committed ratios are within 10 % in {s['expected']['ar']['long']} of {s['expected']['ar']['n']} "
+              f"Arabic parts at 64 steps and {s['expected']['ar']['short']} at 32, and in {s['expected']['zh']['long']} "
+              f"and {s['expected']['zh']['short']} of {s['expected']['zh']['n']} Chinese parts"]
+    assert s["other_length"]["long"] == s["other_length"]["short"]  # "on either"
+    quoted.append(f"the other fine-tune length's, in {s['other_length']['long']} of {len(rows)} on either")
+    quoted.append(f"at 32 (GRPO: {s['grpo_within']['long']} and {s['grpo_within']['short']})")
+    c = yardstick.expected(rows, RESULTS)["curves"]
+    quoted.append(f"trend minimum {c['ar', 'long']['trend_min']:.2f} at 64 steps and {c['ar', 'short']['trend_min']:.2f} "
+                  f"at 32 in Arabic, {c['zh', 'long']['trend_min']:.2f} and {c['zh', 'short']['trend_min']:.2f} in Chinese")
+    from benchmarks import probe_levers
+
+    w48 = [e["learned"] for e in probe_levers.load(RESULTS / "probe_levers.json") if e["tag"] == "warmup48"]
+    assert {e["lang"] for e in probe_levers.load(RESULTS / "probe_levers.json") if e["tag"] == "warmup48"} == {"ar", "zh"}
+    quoted.append(f"in both languages (learned {min(w48):.3f}-{max(w48):.3f})")
+    # "no lever screened gets more Chinese parts within 10 % without losing Arabic ones" (GRPO on the same parts)
+    learned = yardstick.expected(rows, RESULTS)["learned"]
+    grpo = {(e["lang"], e["seed"]): e for e in learned["GRPO (committed)"]}
+    for name, found in learned.items():
+        if name == "GRPO (committed)" or name.startswith("fixed "):
+            continue
+        for k in ("long", "short"):
+            count = lambda es, lang: sum(e[k] <= 0.1 for e in es if e["lang"] == lang)  # noqa: E731
+            base = [grpo[e["lang"], e["seed"]] for e in found]
+            if count(found, "zh") > count(base, "zh"):
+                assert count(found, "ar") < count(base, "ar"), (name, k)
+    assert s["redraws"] == s["redraw_within"] == 3  # "reproducible"
+    again = s["parts"][1]
+    assert sorted(again) == [("ar", 2), ("zh", 1), ("zh", 2)]
+    quoted.append(f"in 3 of 3 parts (Arabic seed 2, Chinese seeds 1 and 2)")
+    quoted.append("GRPO's probes miss (on the re-draws' trends: " + ", ".join(
+        f"{100 * again[k]['learned_on_again']:.0f} %" for k in sorted(again)[:-1])
+        + f" and {100 * again[sorted(again)[-1]]['learned_on_again']:.0f} %)")
+    if s["redraws"]:
+        quoted.append(f"within 10 % of its own re-draw's trend in {s['redraw_within']} of {s['redraws']} parts")
+        quoted.append(f"one fine-tune's scatter at a fixed ratio is {100 * s['redraw_sd_share'][0]:.0f} %-"
+                      f"{100 * s['redraw_sd_share'][1]:.0f} % of the range")
     for text in quoted:
         assert text in readme, text
