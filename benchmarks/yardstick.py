@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.grasp_vs_grid import analysis  # noqa: E402
+from benchmarks.grasp_vs_grid.analysis import on_trend, trend_min  # noqa: E402  (the regret report's trend measures)
 
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET = analysis.TARGET_REGRET_FRACTION
@@ -141,30 +142,6 @@ def collect(results: Path = RESULTS) -> list[dict[str, Any]]:
             raise SystemExit(f"yardstick.py: error: {r['lang']} seed {r['seed']}: its grid's ratios differ from "
                              f"{rows[0]['lang']} seed {rows[0]['seed']}'s")
     return rows
-
-
-def _trend(curve: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The quadratic through a grid curve and its values at 1001 ratios over the grid's span (as
-    :func:`benchmarks.grasp_vs_grid.analysis.curve_roughness` fits it)."""
-    r = np.array([x for x, _ in curve], dtype=np.float64)
-    coef = np.polyfit(r, np.array([v for _, v in curve], dtype=np.float64), 2)
-    dense_r = np.linspace(float(r.min()), float(r.max()), 1001)
-    return coef, dense_r, np.polyval(coef, dense_r)
-
-
-def on_trend(curve: list[tuple[float, float]], ratio: float) -> float:
-    """Where ``ratio`` lies on ``curve``'s trend: 0 at its minimum over the grid's span, 1 at its maximum
-    (``curve_roughness``'s ``smoothed_fraction``, without its oracle simulation)."""
-    coef, _, dense = _trend(curve)
-    span = float(dense.max() - dense.min())
-    # clipped at 0: a ratio a hair outside the span (a re-draw's 0 against 1e-7) is at the minimum, not below it
-    return max(0.0, (float(np.polyval(coef, float(ratio))) - float(dense.min())) / span) if span > 0 else 0.0
-
-
-def trend_min(curve: list[tuple[float, float]]) -> float:
-    """The ratio where ``curve``'s trend is lowest over the grid's span (``curve_roughness``'s ``oracle_ratio``)."""
-    _, dense_r, dense = _trend(curve)
-    return float(dense_r[int(np.argmin(dense))])
 
 
 def redraws(rows: list[dict[str, Any]], results: Path = RESULTS) -> dict[tuple[str, int], dict[str, Any]]:

@@ -239,6 +239,30 @@ def regret(curve: Sequence[tuple[float, float]], learned_dev_loss: float,
             **curve_roughness(curve, learned_ratio, target)}
 
 
+def quadratic_trend(curve: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A grid curve's trend: the least-squares quadratic through its points (``coef``, highest power
+    first), and its values at 1001 ratios over the grid's span (``dense_r``, ``dense``)."""
+    r = np.array([float(x) for x, _ in curve], dtype=np.float64)
+    coef = np.polyfit(r, np.array([float(v) for _, v in curve], dtype=np.float64), 2)
+    dense_r = np.linspace(float(r.min()), float(r.max()), 1001)
+    return coef, dense_r, np.polyval(coef, dense_r)
+
+
+def on_trend(curve: Sequence[tuple[float, float]], ratio: float) -> float:
+    """Where ``ratio`` lies on ``curve``'s trend: 0 at the trend's minimum over the grid's span, 1 at its
+    maximum (:func:`curve_roughness`'s ``smoothed_fraction``, without its oracle simulation), clipped at 0:
+    a ratio a hair outside the span (a re-drawn grid's 0 against 1e-7) is at the minimum, not below it."""
+    coef, _, dense = quadratic_trend(curve)
+    span = float(dense.max() - dense.min())
+    return max(0.0, (float(np.polyval(coef, float(ratio))) - float(dense.min())) / span) if span > 0 else 0.0
+
+
+def trend_min(curve: Sequence[tuple[float, float]]) -> float:
+    """The ratio where ``curve``'s trend is lowest over the grid's span (:func:`curve_roughness`'s ``oracle_ratio``)."""
+    _, dense_r, dense = quadratic_trend(curve)
+    return float(dense_r[int(np.argmin(dense))])
+
+
 def curve_roughness(curve: Sequence[tuple[float, float]], learned_ratio: float | None = None,
                     target: float = TARGET_REGRET_FRACTION) -> dict[str, Any]:
     """How far one fine-tune's dev loss strays from the grid curve's trend, and the regret read off that trend.
@@ -260,14 +284,13 @@ def curve_roughness(curve: Sequence[tuple[float, float]], learned_ratio: float |
         return {}
     r = np.array([float(x) for x, _ in curve], dtype=np.float64)
     y = np.array([float(v) for _, v in curve], dtype=np.float64)
-    coef = np.polyfit(r, y, 2)
+    coef, _, dense = quadratic_trend(curve)
     rough = float(np.std(y - np.polyval(coef, r), ddof=3))
     rough = 0.0 if rough <= 1e-12 * max(1.0, float(np.abs(y).max())) else rough  # float noise of an exact fit
     span = float(y.max() - y.min())
     out: dict[str, Any] = {"roughness": rough,
                            "target_in_roughness": (target * span / rough) if rough > 0 else float("inf")}
     if learned_ratio is not None:
-        dense = np.polyval(coef, np.linspace(r.min(), r.max(), 1001))
         trend_span = float(dense.max() - dense.min())
         at = float(np.polyval(coef, float(learned_ratio)))
         out.update(learned_ratio=float(learned_ratio), trend_at_learned=at,
