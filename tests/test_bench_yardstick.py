@@ -310,3 +310,34 @@ def test_the_readme_quotes_the_yardsticks_reproducibility():
         assert s["redraw_raw_within"] < 2 * s["redraws"]  # "would miss the raw target in some part"
     for text in quoted:
         assert text in readme, text
+
+
+def test_the_grasp_section_states_where_grasp_stands():
+    """The GRASP section's summary of the regret scale, recomputed from the committed results."""
+    import numpy as np
+
+    readme = " ".join((RESULTS.parent.parent / "README.md").read_text(encoding="utf-8").split())
+    runs = {lang: json.loads((RESULTS / f"grasp_vs_grid_regret_{lang}.json").read_text()) for lang in ("ar", "zh")}
+    per = [v["vs_grid"]["grpo"] for d in runs.values() for v in d["summary"]["per_seed"].values()]
+    assert len(per) == 6
+    speed = [p["time_ratio"]["as_measured"] for p in per]
+    raw = [p["regret"]["fraction"] for p in per]
+    pooled = {lang: d["summary"]["median"]["grpo"]["score_diff_pooled"] for lang, d in runs.items()}
+    rows = yardstick.collect(RESULTS)
+    s = yardstick.repro_summary(rows, RESULTS)
+    trend = [r["long"]["trend_regret"] for r in rows]
+    assert np.allclose(sorted(trend), sorted(p["regret"]["smoothed_fraction"] for p in per))  # one measure
+    quoted = [f"ran {min(speed):.2f}x-{max(speed):.2f}x faster than the 8-point grid as run (the 4.5x target is met in "
+              f"{sum(x >= 4.5 for x in speed)} of 6 parts)",
+              f"pooled paired difference over {pooled['ar']['n']} questions: Arabic {pooled['ar']['mean']:.2f} "
+              f"[{pooled['ar']['lo']:.2f}, {pooled['ar']['hi']:+.2f}], Chinese {pooled['zh']['mean']:.2f} "
+              f"[{pooled['zh']['lo']:.2f}, {pooled['zh']['hi']:+.2f}]",
+              f"is {100 * min(raw):.0f} %-{100 * max(raw):.0f} %, within the 10 % target in {sum(x <= 0.1 for x in raw)} of 6",
+              f"within 10 % in only {s['redraw_raw_within']} of {2 * s['redraws']} cases",
+              f"GRPO's ratio is within 10 % in {s['grpo_within']['long']} of 6 parts",
+              f"in all {s['expected']['ar']['n']} Arabic parts and in {s['expected']['zh']['long']}-"
+              f"{s['expected']['zh']['short']} of {s['expected']['zh']['n']} Chinese ones"]
+    assert s["expected"]["ar"]["long"] == s["expected"]["ar"]["short"] == s["expected"]["ar"]["n"]  # "all"
+    assert pooled["zh"]["n"] == pooled["ar"]["n"]
+    for text in quoted:
+        assert text in readme, text
