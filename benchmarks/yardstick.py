@@ -170,8 +170,8 @@ def redraws(rows: list[dict[str, Any]], results: Path = RESULTS) -> dict[tuple[s
             # issue 12's raw regret (a point's dev loss minus the grid's best, over the grid's range) of each
             # grid's best point scored by the other grid: what a controller that knew one draw's best ratio
             # exactly would score against the other
-            "raw_again_on_first": float((ya[int(np.argmin(yb))] - ya.min()) / (ya.max() - ya.min())),
-            "raw_first_on_again": float((yb[int(np.argmin(ya))] - yb.min()) / (yb.max() - yb.min())),
+            "raw_again_on_first": analysis.regret(a, float(ya[int(np.argmin(yb))]))["fraction"],
+            "raw_first_on_again": analysis.regret(b, float(yb[int(np.argmin(ya))]))["fraction"],
             # one fine-tune's own scatter at a fixed ratio: the two draws' differences have mean 0 and twice
             # its variance (a point the tiny move left unchanged counts as a difference of 0)
             "point_sd": float(np.sqrt(np.mean((ya - yb) ** 2) / 2)),

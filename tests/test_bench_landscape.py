@@ -467,6 +467,7 @@ def test_the_readme_quotes_the_32_step_look_aheads(traj, grid, seed, lang):
 
     up = on_trend(list(zip(s["ratios"], s["grid_dev_loss"])), k16["argmin_dev"])
     quoted.append(f"would pick a ratio {100 * up:.0f} %" if lang == "Chinese" else f"and {100 * up:.0f} % up the trend")
+    quoted.append(f"{s['wall_s'] / 60:.0f} min run alone" if lang == "Chinese" else f"{s['wall_s'] / 60:.0f} min beside the test suite")
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
     missing = [q for q in quoted if q not in readme]
     assert not missing, f"README should quote: {missing}"
