@@ -42,6 +42,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from hpctl.engines.base import raise_user_error, score_of
 from hpctl.errors import ConfigError
 from hpctl.task import Task
 
@@ -262,8 +263,6 @@ class ControlEnv(gym.Env):
         vals = np.asarray(values, dtype=np.float64).reshape(-1, self.knob.dim)
         if self.workers is None or not self.workers.probes or len(vals) < 2:
             return np.array([self.probe(v) for v in vals], dtype=np.float64)
-        from hpctl.engines.base import raise_user_error, score_of
-
         vals = np.stack([self.knob.validate(v) for v in vals])
         outcomes = self.workers.probe_group(self.task.snapshot(), vals, self.worker_fault)
         self.task.skip_probes(len(vals))  # as if this task had run them
@@ -278,8 +277,6 @@ class ControlEnv(gym.Env):
         """``task.full_run`` of each row of ``values`` on the workers, in parallel, recording
         nothing; ``(score, error)`` per row (NaN and the error for a failed one). The task
         ends in the state of the last row's run, as if it had run them in order."""
-        from hpctl.engines.base import raise_user_error, score_of
-
         vals = [self.knob.validate(v) for v in np.asarray(values, dtype=np.float64).reshape(-1, self.knob.dim)]
         outcomes, final = self.workers.full_runs(self.task.snapshot(), vals, self.worker_fault)
         if final is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import shutil
 import time
 import traceback
@@ -26,20 +25,10 @@ from hpctl.errors import HpctlError, ResumeError, Terminated, shorten
 from hpctl.registry import load_plugin
 from hpctl.rundir import (CHECKPOINT_EVERY_S, RESULT, SPEC, HistoryLog, RunSpec, atomic_write_json,
                           load_checkpoint, prepare_out_dir, save_checkpoint)
+from hpctl.seeding import seed_everything  # re-exported: hpctl.runner.seed_everything
 from hpctl.tracking import PhaseRuns, RunRecorder, Tracker, end_quietly, log_outputs, warn
 
 __all__ = ["RoundHook", "RunSpec", "build", "controller_settings", "run", "seed_everything", "steps_per_round"]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    try:
-        import torch
-
-        torch.manual_seed(seed)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
 
 
 def steps_per_round(total_steps: int, budget: int, group_size: int) -> int:

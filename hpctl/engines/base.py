@@ -145,7 +145,7 @@ def build_task(spec_json: dict[str, Any], out_dir: str | Path):
     from hpctl.config import build_dataclass
     from hpctl.registry import load_plugin
     from hpctl.rundir import RunSpec
-    from hpctl.runner import seed_everything
+    from hpctl.seeding import seed_everything
 
     spec = RunSpec.from_json(spec_json)
     plugin = load_plugin(spec.plugin)
