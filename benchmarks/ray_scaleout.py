@@ -165,8 +165,13 @@ def _md_section(rec: dict) -> str:
 
 
 def write_md() -> None:
+    (RESULTS / "ray_scaleout.md").write_text(render_md(RESULTS))
+
+
+def render_md(results: Path = RESULTS) -> str:
+    """ray_scaleout.md from the parts' JSON files in ``results`` (benchmarks/pages.py regenerates it)."""
     parts = []
-    for f in sorted(RESULTS.glob("ray_scaleout_*.json")):
+    for f in sorted(results.glob("ray_scaleout_*.json")):
         parts.append(_md_section(json.loads(f.read_text())))
     head = ("# `--engine ray` vs `--engine local` on this machine\n\n"
             "Written by `benchmarks/ray_scaleout.py` (see its docstring for what is measured); whole "
@@ -174,7 +179,7 @@ def write_md() -> None:
             "with one thread (its one reserved CPU), the local run with torch's default (one per core) "
             "unless the section says otherwise: the grid rows with and without `OMP_NUM_THREADS=1` for "
             "the local run separate what the thread count does from what running two workers does.\n\n")
-    (RESULTS / "ray_scaleout.md").write_text(head + "\n".join(parts))
+    return head + "\n".join(parts)
 
 
 def main() -> None:

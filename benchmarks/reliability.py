@@ -146,9 +146,14 @@ def write(part: str, data: dict) -> None:
     data = {"part": part, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_avg_1m": os.getloadavg()[0], "cpus": os.cpu_count(), **data}
     (RESULTS / f"reliability_{part}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / "reliability.md").write_text(render_md(RESULTS))
+
+
+def render_md(results: Path = RESULTS) -> str:
+    """reliability.md from the parts' JSON files in ``results`` (benchmarks/pages.py regenerates it)."""
     lines = ["# Reliability (issue 17)", "", "Reproduce one part: `python benchmarks/reliability.py --part PART`.", ""]
     for name in ("concurrent", "kills", "throughput"):
-        f = RESULTS / f"reliability_{name}.json"
+        f = results / f"reliability_{name}.json"
         if not f.exists():
             continue
         d = json.loads(f.read_text())
@@ -170,7 +175,7 @@ def write(part: str, data: dict) -> None:
                          f"{d['end_probes_per_s']:.0f} over the last {d['window']} (ratio "
                          f"{d['end_over_start']:.2f}); final checkpoint {d['checkpoint_bytes'] / 1024:.1f} KiB.")
         lines.append("")
-    (RESULTS / "reliability.md").write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

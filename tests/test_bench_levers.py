@@ -83,44 +83,6 @@ def test_the_committed_report_is_regenerated_from_its_json():
     assert path.with_suffix(".md").read_text() == probe_levers.report(entries)
 
 
-def test_the_readme_quotes_the_probe_levers():
-    """Every figure of the README's probe-lever paragraph, recomputed from the committed screen."""
-    entries = probe_levers.load(RESULTS / "probe_levers.json")
-    readme = " ".join((RESULTS.parent.parent / "README.md").read_text(encoding="utf-8").split())
-    w16, w48 = probe_levers.lever_summary(entries, "warmup16"), probe_levers.lever_summary(entries, "warmup48")
-    assert w16["parts"] == w48["parts"] == 6
-    by = {(e["tag"], e["lang"], e["seed"]): e for e in entries}
-    # the 16-step warm-up's rounds still favour pruning in five parts; zh seed 0 is the one that turned
-    turned = [k for k, e in by.items() if k[0] == "warmup16" and min(r["spearman"] for r in e["rounds"]) < 0]
-    assert turned == [("warmup16", "zh", 0)]
-    rest = [r["spearman"] for k, e in by.items() if k[0] == "warmup16" and k != turned[0] for r in e["rounds"]]
-    zh0, zh2 = by[("warmup16", "zh", 0)], by[("warmup16", "zh", 2)]
-    quoted = [f"correlate {min(rest):+.2f} to {max(rest):+.2f}",
-              f"within 10 % of the trend's range in {w16['within']} of 6 parts (the committed runs: "
-              f"{w16['committed_within']}), median {100 * w16['median']:.0f} % (committed {100 * w16['committed_median']:.0f} %)",
-              f"Chinese seed 0 from {zh0['committed_learned']:.3f} to {zh0['learned']:.3f}",
-              f"seed 2 from {zh2['committed_learned']:.3f} to {zh2['learned']:.3f}",
-              f"learned ratios fall to {w48['learned_min']:.3f}-{w48['learned_max']:.3f}",
-              f"within 10 % in {w48['within']} of 6, median {100 * w48['median']:.0f} %, worst {100 * w48['worst']:.0f} %"]
-    same = probe_levers.lever_summary(entries, "warmup12-same-cost")
-    assert same["parts"] == 6 and all(e["controller_steps"] <= 16 for e in entries if e["tag"] == "warmup12-same-cost")
-    quoted.append(f"within 10 % in {same['within']} of 6, median {100 * same['median']:.0f} %, learned "
-                  f"{same['learned_min']:.3f}-{same['learned_max']:.3f}")
-    # the look-ahead from the merged start, screened on the two parts furthest up their trends
-    s8 = [by[("start8", lang, seed)] for lang, seed in (("ar", 0), ("zh", 1))]
-    assert probe_levers.lever_summary(entries, "start8")["parts"] == 2
-    assert all(e["lever"] == {"probe_from": "start", "probe_steps": 8} and e["probes"] == 20 for e in s8)
-    rho = [r["spearman"] for e in s8 for r in e["rounds"]]
-    quoted += [f"every round still correlates {min(rho):+.2f} to {max(rho):+.2f}",
-               f"GRPO learned {s8[0]['learned']:.3f} and {s8[1]['learned']:.3f}, "
-               f"{100 * s8[0]['trend_regret']:.0f} % and {100 * s8[1]['trend_regret']:.0f} % up the trend (committed "
-               f"{100 * s8[0]['committed_trend_regret']:.0f} % and {100 * s8[1]['committed_trend_regret']:.0f} %)",
-               f"{min(e['wall_s'] for e in s8) / 60:.0f}-{max(e['wall_s'] for e in s8) / 60:.0f} min a part for "
-               f"{8 * 20} more training steps"]
-    for text in quoted:
-        assert text in readme, text
-
-
 def test_a_look_ahead_levers_probe_training_is_counted_in_its_steps():
     entry = {"lever": {"probe_from": "start", "probe_steps": 8}, "probes": 20, "controller_steps": 16}
     assert probe_levers.steps_text(entry) == "16 + 160"
