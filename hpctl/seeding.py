@@ -14,11 +14,11 @@ __all__ = ["seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
-    """Seed ``random``, numpy's global RNG and, when torch is installed, torch's."""
+    """Seed ``random``, numpy's global RNG and, when torch is installed, torch's (now if it
+    is imported, else as it is first imported: a run that never uses torch does not import
+    it; see :mod:`hpctl.torch_seed`)."""
+    from hpctl.torch_seed import seed_torch
+
     random.seed(seed)
     np.random.seed(seed)
-    try:
-        import torch
-    except ImportError:  # the core runs without torch (its extras bring it)
-        return
-    torch.manual_seed(seed)
+    seed_torch(seed)
