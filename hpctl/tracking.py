@@ -5,13 +5,19 @@ Every ``hpctl run`` is an MLflow run. The default store is a local sqlite databa
 ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` choose another.
 
 Logging is batched and asynchronous: events from the environment are turned into MLflow
-``Metric`` entities in memory and handed, ``flush_every`` at a time, to MLflow's own
-asynchronous logging (``log_batch(..., synchronous=False)``, which queues them for its
-writer thread); :meth:`Tracker.flush` waits on the returned operations and raises a
-failed write there, :meth:`Tracker.end` waits for all. So a synthetic run's probes
-(microseconds each) never wait for a database write.
+``Metric`` entities in memory and handed, ``flush_every`` at a time, to one background
+writer thread per process (:func:`_writer`), which calls ``log_batch``;
+:meth:`Tracker.flush` waits on the returned futures and raises a failed write there,
+:meth:`Tracker.end` waits for all. So a synthetic run's probes (microseconds each) never
+wait for a database write. (MLflow's own ``log_batch(..., synchronous=False)`` would do
+the same, but its queue polls once a second and every ``set_terminated`` shuts it down,
+so each run's end waited up to a second for nothing.)
 :attr:`Tracker.seconds` accumulates the time the run's own thread spends in tracking so
 the overhead can be reported.
+
+A new sqlite store is a copy of a template (:func:`store_template`): an empty store that
+MLflow created and migrated once per MLflow version, kept in hpctl's cache folder, so a
+run in a fresh folder does not replay MLflow's schema migrations (about 2 s) every time.
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ import json
 import logging
 import math
 import os
+import shutil
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -54,14 +63,97 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+def cache_dir() -> Path:
+    """hpctl's cache folder: ``$HPCTL_CACHE_DIR``, else ``$XDG_CACHE_HOME/hpctl``, else ``~/.cache/hpctl``."""
+    env = os.environ.get("HPCTL_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hpctl"
+
+
+def store_template() -> Path | None:
+    """An empty MLflow sqlite store at the current schema, made once per MLflow version.
+
+    MLflow creates a new store by running its whole chain of schema migrations (about 2 s
+    here); copying this file gives the same tables, indexes, rows and schema revision in
+    milliseconds. It is made by the function MLflow's ``SqlAlchemyStore`` runs on an
+    empty database (``mlflow.store.db.utils._initialize_tables``), stopping where MLflow
+    would go on to add the ``Default`` experiment: MLflow adds it when it first opens the
+    copy, with the artifact location it would give it there. Returns None (the caller
+    lets MLflow create the store) where that function is missing, the cache folder cannot
+    be written, or workspaces are enabled (``MLFLOW_ENABLE_WORKSPACES``: another store class).
+    """
+    import mlflow
+
+    if os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() in ("1", "true", "yes"):
+        return None
+    folder = cache_dir()
+    path = folder / f"mlflow-{mlflow.__version__}-store.db"
+    if path.is_file():
+        return path
+    tmp = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        import sqlalchemy
+        from mlflow.store.db import utils as db_utils
+
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+        try:
+            db_utils._initialize_tables(engine)
+            db_utils._verify_schema(engine)  # at MLflow's head revision
+            with engine.connect() as con:
+                if con.execute(sqlalchemy.text("SELECT COUNT(*) FROM experiments")).scalar():
+                    raise RuntimeError("migrations added an experiment")  # not the empty store we want
+        finally:
+            engine.dispose()
+        os.replace(tmp, path)  # atomic: a concurrent maker's copy is as good as ours
+        return path
+    except Exception:  # noqa: BLE001 - a template is an optimisation; MLflow can always create the store
+        tmp.unlink(missing_ok=True)
+        return None
+
+
+def _create_from_template(db: Path) -> bool:
+    """Create the store ``db`` (absent or empty) as a copy of :func:`store_template`.
+
+    Called with the store's lock held. Returns whether it did (False: MLflow creates it).
+    """
+    template = store_template()
+    if template is None:
+        return False
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(template, tmp)
+        os.replace(tmp, db)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _discard_template() -> None:
+    """Forget a template MLflow refused (e.g. an MLflow reinstalled in place under the same version)."""
+    try:
+        import mlflow
+
+        (cache_dir() / f"mlflow-{mlflow.__version__}-store.db").unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 @contextmanager
-def _store_guard(uri: str) -> Iterator[None]:
+def _store_guard(uri: str) -> Iterator[bool]:
     """Open the store safely: fail fast when it cannot work, never race its creation.
 
     * sqlite: the folder must be writable (checked by writing, which also catches a
       read-only file system), and a file lock beside the database serialises the first
-      use, when MLflow creates and migrates the schema: concurrent first runs otherwise
-      race in alembic and leave a store every later run fails on.
+      use, when the store is created (a copy of :func:`store_template`, or MLflow's
+      migrations where there is none): concurrent first runs otherwise race in alembic
+      and leave a store every later run fails on.
+
+    Yields whether this call created the store from the template.
     * http(s): the first requests run without retries and with a short timeout, so a
       server that is not there is a one-line error in seconds, not minutes of backoff.
       Later logging keeps MLflow's usual retries.
@@ -82,7 +174,8 @@ def _store_guard(uri: str) -> Iterator[None]:
             raise ConfigError(f"MLflow store {str(db)!r} is not writable: {exc.strerror or exc}") from None
         try:
             with FileLock(str(db) + ".lock", timeout=300):
-                yield
+                created = (not db.exists() or db.stat().st_size == 0) and _create_from_template(db)
+                yield created
         except Timeout:
             raise ConfigError(f"MLflow store {str(db)!r} stayed locked for 300 s by another process") from None
     elif uri.startswith(("http://", "https://")):
@@ -90,7 +183,7 @@ def _store_guard(uri: str) -> Iterator[None]:
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(CONNECT_TIMEOUT_S)
         try:
-            yield
+            yield False
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -98,7 +191,7 @@ def _store_guard(uri: str) -> Iterator[None]:
                 else:
                     os.environ[k] = v
     else:
-        yield
+        yield False
 
 
 def _experiment_id(client: Any, uri: str, name: str) -> str:
@@ -152,6 +245,32 @@ def _git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+_WRITER: ThreadPoolExecutor | None = None
+_WRITER_LOCK = threading.Lock()
+
+
+def _writer() -> ThreadPoolExecutor:
+    """The process's background writer: one thread, so batches land in the order sent.
+
+    A submitted write starts at once (no polling interval), and nothing needs shutting
+    down between runs: the idle thread costs nothing and is joined at interpreter exit.
+    """
+    global _WRITER
+    with _WRITER_LOCK:
+        if _WRITER is None:
+            _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpctl-mlflow-writer")
+        return _WRITER
+
+
+def _forget_writer() -> None:  # a forked child has the executor but not its thread
+    global _WRITER, _WRITER_LOCK
+    _WRITER, _WRITER_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_writer)
+
+
 class Tracker:
     """One MLflow run (optionally nested under a parent) with batched metric logging."""
 
@@ -174,9 +293,18 @@ class Tracker:
         self.uri = uri or default_tracking_uri()
         self.flush_every = int(flush_every)
         try:
-            with _store_guard(self.uri):
-                self.client = MlflowClient(tracking_uri=self.uri)
-                exp_id = _experiment_id(self.client, self.uri, experiment)
+            with _store_guard(self.uri) as from_template:
+                try:
+                    self.client = MlflowClient(tracking_uri=self.uri)
+                    exp_id = _experiment_id(self.client, self.uri, experiment)
+                except Exception:
+                    if not from_template:
+                        raise
+                    # MLflow refused the copied template: forget it and let MLflow create the store
+                    _discard_template()
+                    _sqlite_path(self.uri).unlink(missing_ok=True)
+                    self.client = MlflowClient(tracking_uri=self.uri)
+                    exp_id = _experiment_id(self.client, self.uri, experiment)
                 if run_id is not None:
                     self.run_id = run_id
                     if reopen:
@@ -193,7 +321,7 @@ class Tracker:
             raise ConfigError(f"cannot open MLflow tracking URI {self.uri!r}: {one_line(exc, with_type=False)}") from None
         self.experiment_id = exp_id
         self._metrics: list[Any] = []
-        self._pending: list[Any] = []  # MLflow RunOperations not waited for yet
+        self._pending: list[Future] = []  # background writes not waited for yet
         self.seconds = time.perf_counter() - t0
         self.setup_seconds = self.seconds
         self.ended = False
@@ -243,11 +371,13 @@ class Tracker:
     def _flush(self, wait: bool = False) -> None:
         batch, self._metrics = self._metrics, []
         for k in range(0, len(batch), 1000):  # MLflow's per-request limit
-            self._pending.append(self.client.log_batch(self.run_id, metrics=batch[k:k + 1000], synchronous=False))
+            self._pending.append(_writer().submit(self.client.log_batch, self.run_id, metrics=batch[k:k + 1000]))
         if wait:
             pending, self._pending = self._pending, []
-            for op in pending:
-                op.wait()  # raises the MlflowException of a failed write
+            errors = [op.exception() for op in pending]  # waits for every write, failed or not
+            failed = next((e for e in errors if e is not None), None)
+            if failed is not None:
+                raise failed
 
     def flush(self, wait: bool = True) -> None:
         """Send queued metrics; with ``wait`` return once they are in the store."""
