@@ -79,6 +79,9 @@ def run_trial(spec_json: dict[str, Any], parent_run_id: str | None, token: str,
     comparison to read another machine's disk. If this comparison (``token``) already
     started the trial - a retry after its worker was lost - it resumes from the trial's
     checkpoint into the same MLflow run, or returns the result the lost worker wrote.
+    A trial draws no ``run.png`` of its own: the comparison's ``compare.png`` shows every
+    trial, and the trial's ``history.json`` (in its folder and MLflow run) is what
+    :func:`hpctl.plots.plot_run` would draw from.
     """
     spec = RunSpec.from_json(spec_json)
     out_dir = Path(spec.options.out)
@@ -87,13 +90,13 @@ def run_trial(spec_json: dict[str, Any], parent_run_id: str | None, token: str,
     if retry and (out_dir / RESULT).is_file():
         result = json.loads((out_dir / RESULT).read_text())
     elif retry and (out_dir / CHECKPOINT).is_file():
-        result = run(spec, resume_dir=out_dir, parent_run_id=parent_run_id, progress=progress)
+        result = run(spec, resume_dir=out_dir, parent_run_id=parent_run_id, progress=progress, plot=False)
     else:
         if retry:  # lost before its first checkpoint: start this trial's own folder again
             (out_dir / SPEC).unlink(missing_ok=True)
         prepare_out_dir(spec.options.out, spec.plugin, spec.options.controller or "default", spec.options.seed)
         mark.write_text(token + "\n")
-        result = run(spec, parent_run_id=parent_run_id, progress=progress)
+        result = run(spec, parent_run_id=parent_run_id, progress=progress, plot=False)
     hist_file = Path(result["out_dir"]) / "history.json"
     history = json.loads(hist_file.read_text()) if hist_file.is_file() else []
     return {"result": result, "history": history}

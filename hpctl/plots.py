@@ -1,4 +1,10 @@
-"""PNG plots of a run: the knob value over training and the probes' rewards."""
+"""PNG plots of a run: the knob value over training and the probes' rewards.
+
+Figures are drawn with matplotlib's object API and its Agg canvas, never ``pyplot``:
+that skips pyplot's import (a few tenths of a second per ``hpctl run``), and it leaves
+the process's pyplot backend alone (a notebook driving a :class:`hpctl.Session` keeps
+its inline plots).
+"""
 
 from __future__ import annotations
 
@@ -8,24 +14,38 @@ from typing import Any, Sequence
 import numpy as np
 
 
-def _plt():
+def _figure(**kwargs: Any):
+    """A matplotlib Figure with an Agg canvas (no pyplot, no global backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _colors() -> list[str]:
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 
-    return plt
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
 
 
 def plot_run(history: Sequence[dict[str, Any]], names: Sequence[str], path: str | Path, *,
              title: str = "", optimum: Sequence[float] | None = None,
              learned: Sequence[float] | None = None) -> Path:
     """Two panels: knob value(s) per probe and committed, and reward per probe."""
-    plt = _plt()
     probes = [e for e in history if e["event"] == "probe"]
     commits = [e for e in history if e["event"] == "commit"]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = _figure(figsize=(8, 6))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
+    colors = _colors()
     for d, name in enumerate(names):
         c = colors[d % len(colors)]
         if probes:
@@ -61,20 +81,16 @@ def plot_run(history: Sequence[dict[str, Any]], names: Sequence[str], path: str 
         ax2.legend(fontsize=7, loc="best")
     ax2.set_xlabel("probe")
     ax2.set_ylabel("probe score")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_compare(trajectories: dict[str, list[list[tuple[int, list[float]]]]], names: Sequence[str],
                  path: str | Path, *, optimum: Sequence[float] | None = None, title: str = "") -> Path:
     """Knob trajectories (committed or learned value vs probe) per controller, one line per seed."""
-    plt = _plt()
     dims = len(names)
-    fig, axes = plt.subplots(dims, 1, figsize=(8, 3.2 * dims), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = _figure(figsize=(8, 3.2 * dims))
+    axes = fig.subplots(dims, 1, squeeze=False)
+    colors = _colors()
     for d, name in enumerate(names):
         ax = axes[d][0]
         for i, (ctrl, runs) in enumerate(trajectories.items()):
@@ -92,8 +108,4 @@ def plot_compare(trajectories: dict[str, list[list[tuple[int, list[float]]]]], n
     axes[-1][0].set_xlabel("probe")
     if title:
         axes[0][0].set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -147,10 +147,12 @@ def best_probe(history: list[dict[str, Any]], knob) -> dict[str, Any] | None:
 
 def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None = None,
         parent_run_id: str | None = None, resume_dir: str | Path | None = None,
-        experiment: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+        experiment: str | None = None, overwrite: bool = False, plot: bool = True) -> dict[str, Any]:
     """Run one controller on one plugin; return the result dictionary.
 
     ``--out`` naming a folder that already holds a run is refused unless ``overwrite``.
+    ``plot=False`` skips ``run.png`` (``hpctl compare`` draws one figure for all its
+    trials; ``history.json`` holds what :func:`hpctl.plots.plot_run` draws from).
 
     ``progress(kind, info)`` receives ``("start", {"budget": ...})``, ``("probe", event)``
     and ``("phase", {"name": ...})`` for progress bars.
@@ -163,7 +165,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     if resume_dir is not None:
         out_dir = Path(resume_dir)
         if (out_dir / RESULT).is_file():  # killed after its result was safe: finish the record
-            return finish_record(out_dir, spec, experiment=experiment)
+            return finish_record(out_dir, spec, experiment=experiment, plot=plot)
         checkpoint = load_checkpoint(out_dir)
         tracking_uri = checkpoint.get("tracking_uri") or tracking_uri  # the store the run lives in
     else:
@@ -305,7 +307,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     # The run is finished and its result is on disk: from here on, a failure to upload
     # or plot is recorded as a warning tag and never turns the run into a crash.
     try:
-        _record_outputs(tracker, recorder, result, out_dir, names, spec, learned, optimum)
+        _record_outputs(tracker, recorder, result, out_dir, names, spec, learned, optimum, plot=plot)
     except Exception as exc:  # noqa: BLE001
         warn(tracker, f"outputs not fully recorded: {type(exc).__name__}: {exc}")
     finally:
@@ -323,7 +325,7 @@ def _close(task, workers) -> None:
         task.close()
 
 
-def finish_record(out_dir: Path, spec: RunSpec, *, experiment: str | None = None) -> dict[str, Any]:
+def finish_record(out_dir: Path, spec: RunSpec, *, experiment: str | None = None, plot: bool = True) -> dict[str, Any]:
     """``--resume`` of a run killed after its ``result.json`` was written.
 
     The result is final; what may be missing is the MLflow side (outputs, metrics, the
@@ -353,7 +355,7 @@ def finish_record(out_dir: Path, spec: RunSpec, *, experiment: str | None = None
     learned = np.array(list(result["learned"].values()))
     optimum = None if result.get("optimum") is None else np.array(list(result["optimum"].values()))
     try:
-        _record_outputs(tracker, recorder, result, out_dir, names, spec, learned, optimum)
+        _record_outputs(tracker, recorder, result, out_dir, names, spec, learned, optimum, plot=plot)
     except Exception as exc:  # noqa: BLE001
         warn(tracker, f"outputs not fully recorded: {type(exc).__name__}: {exc}")
     finally:
@@ -363,22 +365,24 @@ def finish_record(out_dir: Path, spec: RunSpec, *, experiment: str | None = None
 
 
 def _record_outputs(tracker: Tracker, recorder: RunRecorder, result: dict[str, Any], out_dir: Path,
-                    names: tuple[str, ...], spec: RunSpec, learned: np.ndarray, optimum: np.ndarray | None) -> None:
+                    names: tuple[str, ...], spec: RunSpec, learned: np.ndarray, optimum: np.ndarray | None,
+                    *, plot: bool = True) -> None:
     # final-phase metrics keep the names the task gave them (test_accuracy, f1, distance, ...)
     tracker.metrics(result["metrics"], result["probes"])
     tracker.metrics({f"learned/{k}": v for k, v in result["learned"].items()}, result["probes"])
     tracker.set_tags({"learned": ", ".join(f"{k}={v:.6g}" for k, v in result["learned"].items())})
     tracker.metrics({f"time/{k}": v for k, v in result["phases"].items()})
     atomic_write_json(out_dir / "history.json", recorder.history)
-    try:
-        from hpctl.plots import plot_run
+    if plot:
+        try:
+            from hpctl.plots import plot_run
 
-        png = plot_run(recorder.history, names, out_dir / "run.png",
-                       title=f"{spec.plugin} / {result['controller']} / seed {result['seed']}",
-                       optimum=optimum, learned=learned)
-        tracker.artifact(png)
-    except Exception as exc:  # noqa: BLE001 - a plot never costs a finished result
-        warn(tracker, f"plot failed: {exc}")
+            png = plot_run(recorder.history, names, out_dir / "run.png",
+                           title=f"{spec.plugin} / {result['controller']} / seed {result['seed']}",
+                           optimum=optimum, learned=learned)
+            tracker.artifact(png)
+        except Exception as exc:  # noqa: BLE001 - a plot never costs a finished result
+            warn(tracker, f"plot failed: {exc}")
     tracker.artifact(out_dir / RESULT)
     tracker.artifact(out_dir / "history.json")
     for name in result.get("controller_files", []):  # the controller state, for --warm-start
