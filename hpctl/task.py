@@ -27,12 +27,24 @@ from hpctl.knob import Knob
 class Task(ABC):
     """One training loop whose knob is learned online.
 
-    Contract:
+    Contract (:func:`hpctl.testing.check_task` checks it on your task):
       * ``probe`` never changes the training state: after it returns (or raises) the
-        trainable state is bit-for-bit what it was before.
+        trainable state is bit-for-bit what it was before. Only its own randomness (probe
+        noise) may advance, exactly as :meth:`skip_probes` advances it.
       * ``snapshot``/``restore`` capture *all* of the trainable state (weights,
-        optimizer, RNGs of the training loop). Snapshots are picklable with
-        ``torch.save``; they are used for resets, checkpoints and forks.
+        optimizer, RNGs of the training loop): training on after ``restore(s)`` does what
+        training on after ``snapshot()`` did. A snapshot is a copy (later training must not
+        change it). Snapshots are used for resets, probe replicas, forks and checkpoints.
+      * A snapshot goes into checkpoints through :mod:`hpctl.statefile` (no pickle: reading a
+        checkpoint never runs code), so it may hold only: ``None``, ``bool``, ``int``,
+        ``float``, ``str``; numpy scalars and arrays of bool, (u)int8-64, float16-64 (and
+        complex64 arrays); torch tensors; and lists, tuples and dicts of these (dict keys:
+        str, int, float, bool, None or tuples of them). A tensor comes back detached,
+        contiguous and on the CPU (``restore`` moves it where it belongs, e.g. with
+        ``param.copy_(t)``), an ``OrderedDict`` such as ``model.state_dict()`` as a plain dict.
+        Anything else (a namedtuple, a dataclass, a custom object, bytes) is refused with a
+        one-line :class:`hpctl.statefile.StateTypeError` naming it and its place
+        (``state['task']['params'][1]``); turn it into a dict first.
       * Scores are "higher is better" (e.g. minus a loss, an F1).
     """
 
@@ -65,7 +77,8 @@ class Task(ABC):
 
     @abstractmethod
     def snapshot(self) -> Any:
-        """The trainable state, to be given back to :meth:`restore`."""
+        """The trainable state, to be given back to :meth:`restore` (a copy; see the contract
+        above for what it may hold)."""
 
     @abstractmethod
     def restore(self, state: Any) -> None:
