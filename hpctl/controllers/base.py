@@ -62,6 +62,14 @@ class Controller(ABC):
     def check_budget(self, budget: int) -> None:
         """Raise :class:`ConfigError` if ``budget`` probes cannot pay for one update (learners)."""
 
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this controller cannot run here (e.g. its pip extra is missing), in one line; None if it can.
+
+        :func:`get_controller` raises it as a :class:`ConfigError`; ``hpctl list`` shows it.
+        """
+        return None
+
     def export_state(self, out_dir: Path) -> dict[str, Any]:
         """What a later run can warm-start from (JSON-able; may write files into ``out_dir``)."""
         return {}
@@ -98,7 +106,7 @@ class Controller(ABC):
 
 _REGISTRY: dict[str, type[Controller]] = {}
 #: the controllers hpctl ships (the CLI's choices; a test checks it against the registry)
-BUILTIN_CONTROLLERS = ("grpo", "ppo", "a2c", "sac", "td3", "grid", "random", "fixed")
+BUILTIN_CONTROLLERS = ("grpo", "ppo", "a2c", "sac", "td3", "grid", "random", "fixed", "tpe", "cmaes", "gp")
 
 
 def register(cls: type[Controller]) -> type[Controller]:
@@ -112,19 +120,32 @@ def controller_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def unavailable_controllers() -> dict[str, str]:
+    """The registered controllers that cannot run here, with why (``hpctl list`` shows them)."""
+    _load_builtin()
+    return {name: why for name in sorted(_REGISTRY) if (why := _REGISTRY[name].unavailable()) is not None}
+
+
 def get_controller(name: str) -> type[Controller]:
+    """The controller class registered as ``name``; a one-line :class:`ConfigError` if it is
+    unknown or cannot run here (:meth:`Controller.unavailable`: a missing extra)."""
     _load_builtin()
     try:
-        return _REGISTRY[name]
+        cls = _REGISTRY[name]
     except KeyError:
         raise ConfigError(f"unknown controller {name!r} (known: {', '.join(sorted(_REGISTRY))})") from None
+    reason = cls.unavailable()
+    if reason is not None:
+        raise ConfigError(reason)
+    return cls
 
 
 def _load_builtin() -> None:
     # Imported lazily so `import hpctl` stays cheap (SB3 pulls in torch).
     import importlib
 
-    for mod in ("hpctl.controllers.search", "hpctl.controllers.grpo", "hpctl.controllers.sb3"):
+    for mod in ("hpctl.controllers.search", "hpctl.controllers.grpo", "hpctl.controllers.sb3",
+                "hpctl.controllers.optuna"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
