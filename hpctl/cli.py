@@ -323,6 +323,7 @@ def eval_cmd(run_dir: str, data: str, lang: str | None, sets: tuple[str, ...], a
 @cli.command("list")
 def list_cmd() -> None:
     """Installed plugins, controllers and registered Gymnasium ids."""
+    from rich.markup import escape
     from rich.table import Table
 
     from hpctl.controllers.base import controller_names
@@ -336,10 +337,10 @@ def list_cmd() -> None:
     t.add_column("description")
     for name, ep in sorted(plugin_entry_points().items()):
         try:
-            desc = load_plugin(name).description
-        except HpctlError as exc:
-            desc = f"[red]{exc}[/red]"
-        t.add_row(name, ep.value, desc)
+            desc = escape(load_plugin(name).description)
+        except HpctlError as exc:  # e.g. a missing extra: "grasp_lora needs the 'grasp' extra: ..."
+            desc = f"[red]{escape(str(exc))}[/red]"
+        t.add_row(name, escape(ep.value), desc)
     console.print(t)
     console.print("controllers: " + ", ".join(controller_names()))
     console.print("gymnasium ids: " + ", ".join(env_ids()))

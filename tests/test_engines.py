@@ -144,7 +144,7 @@ def test_engine_ray_without_ray_installed_is_one_line(hpctl_main, monkeypatch):
         code, out, err = hpctl_main(*args)
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1, err
-        assert "--engine ray needs Ray" in lines[0] and "pip install 'hpctl[ray]'" in lines[0]
+        assert "--engine ray needs the 'ray' extra: pip install 'hpctl[ray]'" in lines[0]
 
 
 def test_only_the_ray_engine_imports_ray():

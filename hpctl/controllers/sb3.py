@@ -45,6 +45,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from hpctl import extras
 from hpctl.controllers.base import Controller, register
 from hpctl.control_env import ControlEnv
 from hpctl.errors import ConfigError, ResumeError
@@ -202,7 +203,15 @@ class SB3Controller(Controller):
     algo: ClassVar[str]
     on_policy: ClassVar[bool] = True
 
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why SB3 controllers cannot run here (the ``sb3`` extra is missing), in one line; None if they can."""
+        module = extras.missing_module("sb3")
+        return None if module is None else str(extras.MissingExtraError(f"controller {cls.name!r}", "sb3",
+                                                                        missing=module))
+
     def __init__(self, env: ControlEnv, config: Any = None, seed: int = 0) -> None:
+        extras.require(f"controller {self.name!r}", "sb3")  # before anything is set up: one line naming [sb3]
         super().__init__(env, config, seed)
         self.model: Any = None
         self.wrapped: UnitActionWrapper | None = None

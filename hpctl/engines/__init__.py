@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpctl import extras
 from hpctl.engines.base import Engine, Outcome, RunWorkers
 from hpctl.errors import ConfigError
 
@@ -96,12 +97,7 @@ def get_engine(options: EngineOptions) -> Engine:
         from hpctl.engines.local import LocalEngine
 
         return LocalEngine()
-    try:
-        from hpctl.engines.ray import RayEngine
-    except ImportError as exc:
-        if (exc.name or "").split(".")[0] != "ray":
-            raise
-        raise ConfigError("--engine ray needs Ray, which is not installed: pip install 'hpctl[ray]'") from None
+    RayEngine = extras.import_for("hpctl.engines.ray", "--engine ray", "ray").RayEngine
     cpus = 1.0 if options.cpus_per_trial is None else options.cpus_per_trial
     gpus = 0.0 if options.gpus_per_trial is None else options.gpus_per_trial
     return RayEngine(options.address, cpus=cpus, gpus=gpus)

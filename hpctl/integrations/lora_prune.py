@@ -1,8 +1,8 @@
 """GRASP LoRA's knob on any peft LoRA model: one global magnitude-pruning ratio of the adapter's delta.
 
-:class:`PeftDeltaAdapter` shows a peft model's adapter to grasp_lora's
-:class:`~hpctl.plugins.grasp_lora.pruner.GlobalMagnitudePruner` (views sharing the adapter's
-own parameters); :class:`LoraPruneKnob` trains through the mask of the committed ratio and
+:class:`PeftDeltaAdapter` shows a peft model's adapter to the
+:class:`~hpctl.integrations.pruner.GlobalMagnitudePruner` that grasp_lora uses too (views
+sharing the adapter's own parameters); :class:`LoraPruneKnob` trains through the mask of the committed ratio and
 probes candidates with masks that are undone bit for bit.
 """
 
@@ -18,16 +18,19 @@ import torch.nn.functional as F
 
 from hpctl.errors import ConfigError
 from hpctl.integrations.base import TrainerContext, TrainerKnob
+from hpctl.integrations.delta import DeltaLinear, LowRank
+from hpctl.integrations.peft_export import export_peft
+from hpctl.integrations.pruner import GlobalMagnitudePruner
 from hpctl.knob import Knob
 
 __all__ = ["LoraPruneKnob", "PeftDeltaAdapter"]
 
 
 class PeftDeltaAdapter:
-    """A peft LoRA model's adapter seen as grasp_lora's :class:`~hpctl.plugins.grasp_lora.delta.DeltaAdapter`.
+    """A peft LoRA model's adapter seen as a :class:`~hpctl.integrations.delta.DeltaAdapter`.
 
     For every peft ``lora.Linear`` layer with the active adapter, a
-    :class:`~hpctl.plugins.grasp_lora.delta.DeltaLinear` *view* shares the layer's frozen
+    :class:`~hpctl.integrations.delta.DeltaLinear` *view* shares the layer's frozen
     base ``nn.Linear`` and the adapter's own ``lora_A``/``lora_B`` parameters (the ones the
     Trainer's optimizer updates; nothing is copied). The layer's ``forward`` is routed
     through the view while the pruner has set a mask or a probe weight on it, and is
@@ -39,9 +42,6 @@ class PeftDeltaAdapter:
 
     def __init__(self, model: nn.Module) -> None:
         from peft.tuners.lora import Linear as LoraLinear
-
-        from hpctl.plugins.grasp_lora.delta import DeltaLinear
-        from hpctl.plugins.grasp_lora.lora import LowRank
 
         self.model = model
         self.modules: dict[str, DeltaLinear] = {}
@@ -152,8 +152,6 @@ class LoraPruneKnob(TrainerKnob):
         self._indexed_at: int | None = None
 
     def setup(self, ctx: TrainerContext) -> None:
-        from hpctl.plugins.grasp_lora.pruner import GlobalMagnitudePruner
-
         super().setup(ctx)
         if self.adapter is None:
             self.adapter = PeftDeltaAdapter(ctx.model)
@@ -206,9 +204,7 @@ class LoraPruneKnob(TrainerKnob):
 
     def export(self, path: str | Path, *, rank: int | None = None) -> dict[str, float]:
         """Save the adapter pruned at the training ratio, ``M * dW``, as a peft LoRA folder
-        (exact by default; ``rank=k``: a truncated SVD; see grasp_lora's ``export_peft``)."""
-        from hpctl.plugins.grasp_lora.lora import export_peft
-
+        (exact by default; ``rank=k``: a truncated SVD; see :func:`~hpctl.integrations.peft_export.export_peft`)."""
         self._need_pruner().invalidate()
         masks = self.pruner.masks(self.ratio if self.ratio is not None else 0.0)
         base = getattr(getattr(self.ctx.model, "config", None), "_name_or_path", None)

@@ -35,7 +35,7 @@ re-exported here):
 
 * :class:`LoraPruneKnob` - GRASP LoRA's global magnitude pruning of a peft LoRA model's
   delta ``dW = B A * scale`` at one ratio ranked across all adapted modules, with the
-  grasp_lora pruner (:class:`hpctl.plugins.grasp_lora.pruner.GlobalMagnitudePruner`):
+  pruner grasp_lora uses (:class:`hpctl.integrations.pruner.GlobalMagnitudePruner`):
   masks are separate tensors, parameters are never written, a probe is undone bit for bit.
 * :class:`LearningRateKnob` - the learning rate on a log scale. A probe forks the trainable
   state (the trainable parameters, their gradients, buffers, the optimizer state and

@@ -9,7 +9,7 @@ reports test metrics (EM/F1 for XQuAD/MLQA; ROUGE-1/2/L, BLEU-4 and a semantic F
 XL-Sum), next to the target-only baseline. Every adapter the run makes is saved in peft
 format (``final_adapter``, ``target_only_adapter``, ``source_adapter``, ``target_adapter``)
 and ``hpctl eval --adapter`` scores any of them on any file. See :mod:`.task` for the phases, :mod:`.lora` for the adapters and
-their merge, :mod:`.pruner` for the global pruning, :mod:`.backbone` for loading and
+their merge, :mod:`hpctl.integrations.pruner` for the global pruning, :mod:`.backbone` for loading and
 :mod:`.lm` for the fast label-only loss::
 
     hpctl run grasp_lora --preset smoke            # tiny random model, whole pipeline in seconds
@@ -309,7 +309,7 @@ class GraspLoraPlugin(Plugin):
         ``source`` or ``target`` (:data:`EVAL_ADAPTERS`). Encoded and scored exactly as the task
         scores a split (:func:`.splits.encode_split`, :func:`.splits.split_metrics`), on the run's
         ``device`` in its ``dtype``, with the adapter merged into copies of the adapted weights
-        (:func:`.delta.merged_into_copies`: one matmul per layer; exact for the saved
+        (:func:`hpctl.integrations.delta.merged_into_copies`: one matmul per layer; exact for the saved
         identity-factor form). A progress bar (plain lines when stderr is not a terminal)
         follows generation and the loss pass. Returns the metrics (XL-Sum: with the semantic F1
         and ``semantic_f1_encoder`` naming its encoder), ``examples``, ``seconds_per_example`` and
@@ -319,7 +319,7 @@ class GraspLoraPlugin(Plugin):
 
         from hpctl.plugins.grasp_lora.backbone import load_backbone, resolve_device, resolve_dtype
         from hpctl.plugins.grasp_lora.corpora import read_examples
-        from hpctl.plugins.grasp_lora.delta import merged_into_copies
+        from hpctl.integrations.delta import merged_into_copies
         from hpctl.plugins.grasp_lora.lm import embed_texts
         from hpctl.plugins.grasp_lora.lora import load_lora, lora_factors, unload_lora
         from hpctl.plugins.grasp_lora.progress import eval_progress

@@ -9,7 +9,7 @@ Setup (lazily, on the first call that needs the model; each part is timed):
    (a later run in the same ``out_dir`` with the same settings, e.g. ``--resume``, loads
    them instead of retraining; :mod:`.sources`);
 3. merge them (:func:`.lora.merge_adapters`, exact for every rule) and install the
-   merged adapter as dense-delta wrappers with a :class:`.pruner.GlobalMagnitudePruner`.
+   merged adapter as dense-delta wrappers with a :class:`hpctl.integrations.pruner.GlobalMagnitudePruner`.
 
 Then the :class:`hpctl.task.Task` protocol:
 
@@ -44,8 +44,8 @@ Then the :class:`hpctl.task.Task` protocol:
 Why one class of ~450 lines: every protocol method above shares the same state (the model
 with its wrappers, the merged adapter, the pruner, the optimiser and the data order) and the
 phase timer; the pieces without that state are already their own modules (:mod:`.lora`,
-:mod:`.delta`, :mod:`.pruner`, :mod:`.training`, :mod:`.lm`, :mod:`.splits`,
-:mod:`.sources`, :mod:`.outputs`). Splitting the methods further would pass that state around.
+:mod:`hpctl.integrations.delta`, :mod:`hpctl.integrations.pruner`, :mod:`.training`,
+:mod:`.lm`, :mod:`.splits`, :mod:`.sources`, :mod:`.outputs`). Splitting the methods further would pass that state around.
 
 Device and dtype (``device``/``dtype``, default ``cpu``/``float32``): the config checks the
 dtype's name, the constructor whether the device is available here (one-line ConfigError,
@@ -53,7 +53,7 @@ before anything loads), then the frozen backbone is loaded in ``dtype`` on ``dev
 (:mod:`.lm`); every loss is a float32 cross-entropy on upcast logits. The trainable LoRA
 factors are *float32 master weights* whatever ``dtype`` is, cast to the backbone's dtype in
 the forward, so AdamW steps and its state stay float32: peft keeps the source/target adapters
-in float32 (``autocast_adapter_dtype``), and :class:`.delta.DeltaLinear` does the same for the
+in float32 (``autocast_adapter_dtype``), and :class:`hpctl.integrations.delta.DeltaLinear` does the same for the
 merged adapter. Snapshots hold the factors on ``device``; exported adapters are written from
 CPU tensors. The ``dtype`` is part of a reused adapter's fingerprint (except float32).
 
@@ -75,6 +75,8 @@ import numpy as np
 import torch
 
 from hpctl.errors import ConfigError
+from hpctl.integrations.delta import DeltaAdapter
+from hpctl.integrations.pruner import GlobalMagnitudePruner
 from hpctl.knob import Knob
 from hpctl.plugins.grasp_lora.backbone import (
     backbone_path,
@@ -84,7 +86,6 @@ from hpctl.plugins.grasp_lora.backbone import (
     resolve_dtype,
     say,
 )
-from hpctl.plugins.grasp_lora.delta import DeltaAdapter
 from hpctl.plugins.grasp_lora.lm import PassCounter, batched_loss, collate, embed_texts, greedy_generate
 from hpctl.plugins.grasp_lora.lora import (
     GROUPS,
@@ -105,7 +106,6 @@ from hpctl.plugins.grasp_lora.outputs import (
     write_phases,
     write_predictions,
 )
-from hpctl.plugins.grasp_lora.pruner import GlobalMagnitudePruner
 from hpctl.plugins.grasp_lora.sources import prepare_adapter
 from hpctl.plugins.grasp_lora.splits import EVAL_SPLITS, Split, encode_split, primary_metric, split_metrics
 from hpctl.plugins.grasp_lora.training import DataOrder, adamw_step
