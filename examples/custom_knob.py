@@ -5,7 +5,9 @@ Run:  python examples/custom_knob.py        (seconds; prints the learned learnin
 A Task is your training loop: ``train`` (k steps at a value), ``probe`` (score a value at
 the current state without changing it), ``snapshot``/``restore``. A Plugin makes Tasks
 from a Config dataclass; registered under the ``hpctl.plugins`` entry point it becomes
-``hpctl run regression_lr`` (see docs/add_your_own_knob.md). Here it is used directly.
+``hpctl run regression_lr`` (see docs/add_your_own_knob.md). Here it is used directly,
+after :func:`hpctl.testing.check_task` has checked that the task keeps the contract (it
+raises, naming the broken rule, if not).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from hpctl.controllers.base import get_controller
 from hpctl.control_env import ControlEnv
 from hpctl.knob import Knob
 from hpctl.task import Plugin, Task
+from hpctl.testing import check_task
 
 
 class RegressionLR(Task):
@@ -78,7 +81,10 @@ class RegressionPlugin(Plugin):
 
 
 if __name__ == "__main__":
-    task = RegressionPlugin().make_task(RegressionConfig(), seed=0, out_dir=Path(tempfile.mkdtemp()))
+    out_dir = Path(tempfile.mkdtemp())
+    # snapshots round-trip through checkpoints, probes leave the state alone, restore reproduces training
+    check_task(lambda: RegressionPlugin().make_task(RegressionConfig(), seed=0, out_dir=out_dir), steps=5)
+    task = RegressionPlugin().make_task(RegressionConfig(), seed=0, out_dir=out_dir)
     env = ControlEnv(task, group_size=8, steps_per_round=20)  # 10 rounds of 8 probes + a baseline
     env.reset(seed=0)
     learned = get_controller("grpo")(env, seed=0).run(90)  # spend at most ~90 probes

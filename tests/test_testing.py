@@ -5,6 +5,7 @@ one line naming the type and its place."""
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict, namedtuple
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from hpctl.registry import load_plugin
 from hpctl.statefile import StateTypeError, dumps, loads
 from hpctl.task import Task
 from hpctl.testing import RULES, ContractError, check_task, state_difference
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _factory(name: str, tmp_path: Path, **config):
@@ -33,6 +36,21 @@ def test_the_synthetic_task_keeps_the_contract(tmp_path):
 
 def test_magnitude_prune_keeps_the_contract(tmp_path):
     check_task(_factory("magnitude_prune", tmp_path), value=0.5, steps=3)
+
+
+def test_the_guides_example_task_keeps_the_contract():
+    """examples/custom_knob.py (docs/add_your_own_knob.md's task) runs check_task itself; here too."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("custom_knob", ROOT / "examples" / "custom_knob.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        del sys.modules[spec.name]
+    plugin, config = mod.RegressionPlugin(), mod.RegressionConfig(total_steps=40)
+    check_task(lambda: plugin.make_task(config, seed=1, out_dir=ROOT), value=0.05, steps=5)
 
 
 # --------------------------------------------------------------------- broken tasks
