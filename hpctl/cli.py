@@ -343,6 +343,10 @@ def list_cmd() -> None:
         t.add_row(name, escape(ep.value), desc)
     console.print(t)
     console.print("controllers: " + ", ".join(controller_names()))
+    from hpctl.controllers.base import unavailable_controllers
+
+    for why in unavailable_controllers().values():  # e.g. tpe without the optuna extra
+        console.print(f"  {why}", markup=False, style="yellow")
     console.print("gymnasium ids: " + ", ".join(env_ids()))
 
 
