@@ -108,9 +108,12 @@ def configure(spec: RunSpec):
     return plugin, config, ctrl_cls, ctrl_config, budget, group
 
 
-def build(spec: RunSpec, out_dir: Path):
-    """Plugin, task, env and controller for a spec (no tracking, no running)."""
-    plugin, config, ctrl_cls, ctrl_config, budget, group = configure(spec)
+def build(spec: RunSpec, out_dir: Path, configured: tuple | None = None):
+    """Plugin, task, env and controller for a spec (no tracking, no running).
+
+    ``configured``: what :func:`configure` returned for this spec, if already called.
+    """
+    plugin, config, ctrl_cls, ctrl_config, budget, group = configured or configure(spec)
     opts = spec.options
     seed_everything(opts.seed)
     task = plugin.make_task(config, seed=opts.seed, out_dir=out_dir)
@@ -161,6 +164,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     opts = spec.options
     engine_options(opts)  # a bad engine setting fails before anything is written
     checkpoint: dict[str, Any] | None = None
+    configured = None
     tracking_uri = opts.tracking_uri
     if resume_dir is not None:
         out_dir = Path(resume_dir)
@@ -169,12 +173,12 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         checkpoint = load_checkpoint(out_dir)
         tracking_uri = checkpoint.get("tracking_uri") or tracking_uri  # the store the run lives in
     else:
-        configure(spec)  # every option is checked before anything is written
+        configured = configure(spec)  # every option is checked before anything is written
         out_dir = prepare_out_dir(opts.out, spec.plugin, opts.controller or "default", opts.seed,
                                   overwrite=overwrite)
     fresh = checkpoint is None and not any(out_dir.iterdir())
     try:
-        plugin, config, task, env, controller, budget = build(spec, out_dir)
+        plugin, config, task, env, controller, budget = build(spec, out_dir, configured)
     except HpctlError:
         if fresh:  # a user error: leave no empty run folder behind
             shutil.rmtree(out_dir, ignore_errors=True)

@@ -133,6 +133,10 @@ def _create_from_template(db: Path) -> bool:
     return True
 
 
+class _TemplateRefused(Exception):
+    """MLflow would not open a store copied from the template."""
+
+
 def _discard_template() -> None:
     """Forget a template MLflow refused (e.g. an MLflow reinstalled in place under the same version)."""
     try:
@@ -192,6 +196,22 @@ def _store_guard(uri: str) -> Iterator[bool]:
                     os.environ[k] = v
     else:
         yield False
+
+
+#: experiment ids this process has looked up, by :func:`_experiment_key`: a comparison's
+#: trials and their nested runs all go to one experiment, so it is looked up once
+_EXPERIMENT_IDS: dict[tuple, str] = {}
+
+
+def _experiment_key(uri: str, name: str) -> tuple:
+    """(URI, name), and for sqlite the database file's identity: a store deleted and made
+    again under the same path numbers its experiments afresh."""
+    db = _sqlite_path(uri)
+    try:
+        ident = (db.stat().st_dev, db.stat().st_ino) if db is not None else None
+    except OSError:
+        ident = "missing"
+    return uri, name, ident
 
 
 def _experiment_id(client: Any, uri: str, name: str) -> str:
@@ -288,43 +308,68 @@ class Tracker:
         # stderr for progress and one-line errors.
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        from mlflow.tracking import MlflowClient
-
         self.uri = uri or default_tracking_uri()
         self.flush_every = int(flush_every)
+        opening = dict(experiment=experiment, run_name=run_name, parent_run_id=parent_run_id, run_id=run_id,
+                       tags=tags, reopen=reopen)
         try:
             with _store_guard(self.uri) as from_template:
                 try:
-                    self.client = MlflowClient(tracking_uri=self.uri)
-                    exp_id = _experiment_id(self.client, self.uri, experiment)
-                except Exception:
-                    if not from_template:
-                        raise
-                    # MLflow refused the copied template: forget it and let MLflow create the store
+                    self._open(**opening, fresh_store=from_template, from_template=from_template)
+                except _TemplateRefused:
+                    # MLflow would not open the copied template: forget it and let MLflow create the store
                     _discard_template()
                     _sqlite_path(self.uri).unlink(missing_ok=True)
-                    self.client = MlflowClient(tracking_uri=self.uri)
-                    exp_id = _experiment_id(self.client, self.uri, experiment)
-                if run_id is not None:
-                    self.run_id = run_id
-                    if reopen:
-                        self.client.update_run(run_id, status="RUNNING")
-                else:
-                    all_tags = {**_context_tags(), "mlflow.runName": run_name or "", **(tags or {})}
-                    if parent_run_id:
-                        all_tags["mlflow.parentRunId"] = parent_run_id
-                    run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
-                    self.run_id = run.info.run_id
+                    self._open(**opening, fresh_store=True, from_template=False)
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - any store failure is a user-facing config problem
             raise ConfigError(f"cannot open MLflow tracking URI {self.uri!r}: {one_line(exc, with_type=False)}") from None
-        self.experiment_id = exp_id
         self._metrics: list[Any] = []
         self._pending: list[Future] = []  # background writes not waited for yet
         self.seconds = time.perf_counter() - t0
         self.setup_seconds = self.seconds
         self.ended = False
+
+    def _open(self, *, experiment: str, run_name: str | None, parent_run_id: str | None, run_id: str | None,
+              tags: dict[str, str] | None, reopen: bool, fresh_store: bool, from_template: bool) -> None:
+        """Set ``client``, ``experiment_id`` and ``run_id``: the run ``run_id``, or a new one.
+
+        ``fresh_store``: the store was just made (no remembered experiment id applies);
+        ``from_template``: it was copied from :func:`store_template` (raises
+        :class:`_TemplateRefused`, having written nothing, if MLflow will not open it).
+        """
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)
+        if from_template:
+            try:
+                self.client.search_experiments(max_results=1)  # MLflow opens the store: checks its schema
+            except Exception as exc:  # noqa: BLE001 - nothing was written: the caller makes the store again
+                raise _TemplateRefused() from exc
+        if run_id is not None:
+            self.experiment_id = _experiment_id(self.client, self.uri, experiment)
+            self.run_id = run_id
+            if reopen:
+                self.client.update_run(run_id, status="RUNNING")
+            return
+        all_tags = {**_context_tags(), "mlflow.runName": run_name or "", **(tags or {})}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        key = _experiment_key(self.uri, experiment)
+        cached = None if fresh_store else _EXPERIMENT_IDS.get(key)
+        exp_id = cached or _experiment_id(self.client, self.uri, experiment)
+        try:
+            run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        except Exception:
+            if cached is None:
+                raise
+            # the remembered experiment was deleted (or the store replaced): look it up again
+            _EXPERIMENT_IDS.pop(key, None)
+            exp_id = _experiment_id(self.client, self.uri, experiment)
+            run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        _EXPERIMENT_IDS[_experiment_key(self.uri, experiment)] = exp_id  # the store exists now
+        self.experiment_id, self.run_id = exp_id, run.info.run_id
 
     # ------------------------------------------------------------------ logging ---
     @contextmanager
