@@ -13,7 +13,7 @@
     final_training(s.value)              # = s.learned once s.done
 
 The controllers are the ones ``hpctl run`` uses (``grpo``, ``random``, ``grid``, ``fixed``,
-and third-party ones), on the same :class:`~hpctl.control_env.ControlEnv`: the same group
+``tpe``, ``cmaes``, ``gp``, and third-party ones), on the same :class:`~hpctl.control_env.ControlEnv`: the same group
 probing, commit rules, guard and budget accounting, the same MLflow run (parameters, every
 probe, the committed value over training, ``run.png``) and a run folder with ``spec.json``,
 ``checkpoint.safetensors``, ``history.json`` and ``result.json``. With the same knob, seed, budget,
@@ -31,7 +31,7 @@ trained"; :meth:`Session.report_loss` optionally passes the mean training loss o
 steps (logged, and part of the controller's observation). The last ``ask()`` may give no
 value at all: the controller stopped (budget spent, or ``total_steps`` trained) and
 ``s.done`` turns true; ``s.value`` is then the learned value. The search controllers
-(``random``, ``grid``, ``fixed``) never commit: a round is ``group_size`` of their
+(``random``, ``grid``, ``fixed``, and Optuna's ``tpe``, ``cmaes``, ``gp``) never commit: a round is ``group_size`` of their
 candidates, training continues at the knob's default, and their answer is the best
 candidate.
 
@@ -270,8 +270,8 @@ class Session:
 
     Args:
         knob: the :class:`~hpctl.knob.Knob` to learn (its ``default`` is where training starts).
-        controller: a controller name (``grpo``, ``random``, ``grid``, ``fixed``, or a
-            registered third-party one).
+        controller: a controller name (``grpo``, ``random``, ``grid``, ``fixed``, ``tpe``,
+            ``cmaes``, ``gp``, or a registered third-party one).
         budget: probes the controller may spend (baseline and guard probes included).
         group_size: candidates per round.
         seed: the controller's seed (the same seed gives the same asks).
@@ -332,7 +332,7 @@ class Session:
             self.controller.load_state_dict(copy.deepcopy(self.controller.state_dict()))
         except ResumeError:
             raise ConfigError(f"controller {ctrl_cls.name!r} cannot run in a Session: it cannot restart from its "
-                              "saved state between rounds (choose grpo, random, grid or fixed)") from None
+                              "saved state between rounds (choose grpo, random, grid, fixed, tpe, cmaes or gp)") from None
 
         # run folder and checkpoint
         checkpoint = self._find_checkpoint(out_dir, resume)
