@@ -31,7 +31,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "prune": ("torch", "sklearn"),
     "sb3": ("stable_baselines3",),
     "ray": ("ray",),
-    "optuna": ("optuna",),
+    "optuna": ("optuna", "cmaes", "scipy", "torch"),
     "docs": ("mkdocs", "material", "mkdocstrings"),
 }
 
