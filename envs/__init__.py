@@ -17,6 +17,7 @@ any option of the plugin, as ``hpctl run PLUGIN`` takes it)::
     env = gym.make("hpctl/MagnitudePrune-v0", total_steps=200, seed=1)
     env = gym.make("hpctl/GraspLoraSmoke-v0")             # grasp_lora --preset smoke
     env = gym.make("hpctl/GraspLora-v0", task="xquad", lang="ar")   # the default preset
+    env = gym.make("hpctl/BackbonePruneSmoke-v0")         # backbone_prune --preset smoke
 
 The environment is the one ``hpctl run PLUGIN`` trains its controller on (built by
 :func:`hpctl.runner.build`): one episode is one training run, a step probes one value and
@@ -64,6 +65,8 @@ PLUGIN_IDS: dict[str, dict[str, Any]] = {
     "hpctl/MagnitudePrune-v0": {"plugin": "magnitude_prune"},
     "hpctl/GraspLoraSmoke-v0": {"plugin": "grasp_lora", "preset": "smoke"},
     "hpctl/GraspLora-v0": {"plugin": "grasp_lora"},
+    "hpctl/BackbonePruneSmoke-v0": {"plugin": "backbone_prune", "preset": "smoke"},
+    "hpctl/BackbonePrune-v0": {"plugin": "backbone_prune"},
 }
 
 
