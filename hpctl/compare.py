@@ -72,16 +72,19 @@ def settings_for(ctrl: str, base: RunOptions) -> dict[str, Any]:
 
 
 def run_trial(spec_json: dict[str, Any], parent_run_id: str | None, token: str,
-              progress: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[str, dict[str, Any]], None] | None = None, plugin=None,
+              experiment_id: str | None = None) -> dict[str, Any]:
     """One (controller, seed) run of a comparison: its result and history.
 
     Runs wherever the engine puts it, so it returns the history rather than leaving the
     comparison to read another machine's disk. If this comparison (``token``) already
     started the trial - a retry after its worker was lost - it resumes from the trial's
     checkpoint into the same MLflow run, or returns the result the lost worker wrote.
-    A trial draws no ``run.png`` of its own: the comparison's ``compare.png`` shows every
-    trial, and the trial's ``history.json`` (in its folder and MLflow run) is what
-    :func:`hpctl.plots.plot_run` would draw from.
+    A trial records nothing that repeats the comparison's record (see ``trial`` in
+    :func:`hpctl.runner.run`): no ``run.png`` of its own (``compare.png`` shows every
+    trial) and no nested run for its controller phase. ``progress``, ``plugin`` and
+    ``experiment_id`` (the plugin and the MLflow experiment, looked up once by the
+    comparison) come only to trials run in the comparison's own process.
     """
     spec = RunSpec.from_json(spec_json)
     out_dir = Path(spec.options.out)
@@ -90,13 +93,15 @@ def run_trial(spec_json: dict[str, Any], parent_run_id: str | None, token: str,
     if retry and (out_dir / RESULT).is_file():
         result = json.loads((out_dir / RESULT).read_text())
     elif retry and (out_dir / CHECKPOINT).is_file():
-        result = run(spec, resume_dir=out_dir, parent_run_id=parent_run_id, progress=progress, plot=False)
+        result = run(spec, resume_dir=out_dir, parent_run_id=parent_run_id, progress=progress, trial=True,
+                     plugin=plugin, experiment_id=experiment_id)
     else:
         if retry:  # lost before its first checkpoint: start this trial's own folder again
             (out_dir / SPEC).unlink(missing_ok=True)
         prepare_out_dir(spec.options.out, spec.plugin, spec.options.controller or "default", spec.options.seed)
         mark.write_text(token + "\n")
-        result = run(spec, parent_run_id=parent_run_id, progress=progress, plot=False)
+        result = run(spec, parent_run_id=parent_run_id, progress=progress, trial=True, plugin=plugin,
+                     experiment_id=experiment_id)
     hist_file = Path(result["out_dir"]) / "history.json"
     history = json.loads(hist_file.read_text()) if hist_file.is_file() else []
     return {"result": result, "history": history}
@@ -155,7 +160,9 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
         outcomes = engine.map(
             run_trial, [(RunSpec(plugin=plugin_name, options=o, plugin_config=plugin_config).to_json(), parent.run_id,
                          token) for _, _, o in trials],
-            on_result=finished, in_process=(lambda i: {"progress": on_run(*trials[i][:2])}) if on_run else None)
+            on_result=finished,
+            in_process=lambda i: {"progress": on_run(*trials[i][:2]) if on_run else None, "plugin": plugin,
+                                  "experiment_id": parent.experiment_id})
         for (ctrl, seed, opts), outcome in zip(trials, outcomes):
             if not outcome.ok:  # one crashed trial does not cost the others
                 failures.append({"controller": ctrl, "seed": seed, "error": outcome.error, "out_dir": opts.out})

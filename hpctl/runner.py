@@ -7,6 +7,7 @@ back for ``--resume``, is :mod:`hpctl.rundir`; the MLflow side is :mod:`hpctl.tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -92,12 +93,13 @@ def controller_settings(plugin, name: str, given: dict[str, Any]) -> dict[str, A
     return settings
 
 
-def configure(spec: RunSpec):
+def configure(spec: RunSpec, plugin=None):
     """Plugin, its config, the controller class and config, budget and group size.
 
-    Every user option is checked here, before a run folder or a task exists.
+    Every user option is checked here, before a run folder or a task exists. ``plugin``:
+    ``spec.plugin`` already loaded (else it is looked up among the installed plugins).
     """
-    plugin = load_plugin(spec.plugin)
+    plugin = load_plugin(spec.plugin) if plugin is None else plugin
     opts = spec.options
     config = build_dataclass(plugin.Config, spec.plugin_config, what=f"plugin {spec.plugin!r}")
     controller_name = opts.controller or plugin.default_controller
@@ -150,12 +152,19 @@ def best_probe(history: list[dict[str, Any]], knob) -> dict[str, Any] | None:
 
 def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None = None,
         parent_run_id: str | None = None, resume_dir: str | Path | None = None,
-        experiment: str | None = None, overwrite: bool = False, plot: bool = True) -> dict[str, Any]:
+        experiment: str | None = None, overwrite: bool = False, trial: bool = False,
+        plugin=None, experiment_id: str | None = None) -> dict[str, Any]:
     """Run one controller on one plugin; return the result dictionary.
 
     ``--out`` naming a folder that already holds a run is refused unless ``overwrite``.
-    ``plot=False`` skips ``run.png`` (``hpctl compare`` draws one figure for all its
-    trials; ``history.json`` holds what :func:`hpctl.plots.plot_run` draws from).
+    ``trial``: the run is one of ``hpctl compare``'s trials, nested under the comparison's
+    MLflow run. It then records nothing that repeats the comparison's or its own record:
+    no ``run.png`` (``compare.png`` draws every trial; ``history.json`` holds what
+    :func:`hpctl.plots.plot_run` draws from) and no nested run for the controller phase
+    (its parameters are the trial's own, its time is the trial's ``time/controller_s``).
+    Nested runs for a plugin's own phases stay. ``plugin``: ``spec.plugin`` already loaded,
+    ``experiment_id``: the MLflow experiment's id (a comparison looks both up once for all
+    its trials).
 
     ``progress(kind, info)`` receives ``("start", {"budget": ...})``, ``("probe", event)``
     and ``("phase", {"name": ...})`` for progress bars.
@@ -169,16 +178,16 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     if resume_dir is not None:
         out_dir = Path(resume_dir)
         if (out_dir / RESULT).is_file():  # killed after its result was safe: finish the record
-            return finish_record(out_dir, spec, experiment=experiment, plot=plot)
+            return finish_record(out_dir, spec, experiment=experiment, plot=not trial)
         checkpoint = load_checkpoint(out_dir)
         tracking_uri = checkpoint.get("tracking_uri") or tracking_uri  # the store the run lives in
     else:
-        configured = configure(spec)  # every option is checked before anything is written
+        configured = configure(spec, plugin)  # every option is checked before anything is written
         out_dir = prepare_out_dir(opts.out, spec.plugin, opts.controller or "default", opts.seed,
                                   overwrite=overwrite)
     fresh = checkpoint is None and not any(out_dir.iterdir())
     try:
-        plugin, config, task, env, controller, budget = build(spec, out_dir, configured)
+        plugin, config, task, env, controller, budget = build(spec, out_dir, configured or configure(spec, plugin))
     except HpctlError:
         if fresh:  # a user error: leave no empty run folder behind
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -193,7 +202,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     try:
         tracker = Tracker(tracking_uri, experiment or f"hpctl-{spec.plugin}",
                           run_name=f"{spec.plugin}/{controller.name}/seed{opts.seed}",
-                          parent_run_id=parent_run_id, run_id=run_id,
+                          parent_run_id=parent_run_id, run_id=run_id, experiment_id=experiment_id,
                           tags={"hpctl.plugin": spec.plugin, "hpctl.controller": controller.name})
     except BaseException:
         _close(task, workers)
@@ -238,8 +247,9 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         if progress is not None:
             progress("start", {"budget": budget, "done": env.probes, "out_dir": str(out_dir)})
 
-        with phases_runs.phase("controller", {"controller": controller.name, "budget": budget,
-                                              **dataclasses.asdict(controller.config)}):
+        controller_phase = contextlib.nullcontext() if trial else phases_runs.phase(
+            "controller", {"controller": controller.name, "budget": budget, **dataclasses.asdict(controller.config)})
+        with controller_phase:
             t0 = time.perf_counter()  # the controller's own time, not the nested run's set-up
             try:
                 learned = controller.run(budget, on_round)
@@ -311,7 +321,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     # The run is finished and its result is on disk: from here on, a failure to upload
     # or plot is recorded as a warning tag and never turns the run into a crash.
     try:
-        _record_outputs(tracker, recorder, result, out_dir, names, spec, learned, optimum, plot=plot)
+        _record_outputs(tracker, recorder, result, out_dir, names, spec, learned, optimum, plot=not trial)
     except Exception as exc:  # noqa: BLE001
         warn(tracker, f"outputs not fully recorded: {type(exc).__name__}: {exc}")
     finally:

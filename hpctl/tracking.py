@@ -198,22 +198,6 @@ def _store_guard(uri: str) -> Iterator[bool]:
         yield False
 
 
-#: experiment ids this process has looked up, by :func:`_experiment_key`: a comparison's
-#: trials and their nested runs all go to one experiment, so it is looked up once
-_EXPERIMENT_IDS: dict[tuple, str] = {}
-
-
-def _experiment_key(uri: str, name: str) -> tuple:
-    """(URI, name), and for sqlite the database file's identity: a store deleted and made
-    again under the same path numbers its experiments afresh."""
-    db = _sqlite_path(uri)
-    try:
-        ident = (db.stat().st_dev, db.stat().st_ino) if db is not None else None
-    except OSError:
-        ident = "missing"
-    return uri, name, ident
-
-
 def _experiment_id(client: Any, uri: str, name: str) -> str:
     """The experiment's id, created if missing (another process may create it first)."""
     exp = client.get_experiment_by_name(name)
@@ -299,8 +283,12 @@ class Tracker:
 
     def __init__(self, uri: str | None = None, experiment: str = "hpctl", *, run_name: str | None = None,
                  parent_run_id: str | None = None, run_id: str | None = None, flush_every: int = 2000,
-                 tags: dict[str, str] | None = None, reopen: bool = True) -> None:
-        """Open (``run_id``) or create a run; ``reopen`` marks an existing run RUNNING again."""
+                 tags: dict[str, str] | None = None, reopen: bool = True, experiment_id: str | None = None) -> None:
+        """Open (``run_id``) or create a run; ``reopen`` marks an existing run RUNNING again.
+
+        ``experiment_id``: the id of ``experiment`` when the caller has it (a nested run goes
+        to its parent's experiment): saves looking the name up.
+        """
         t0 = time.perf_counter()
         import mlflow  # noqa: F401  (slow import, kept out of `import hpctl`)
 
@@ -311,16 +299,16 @@ class Tracker:
         self.uri = uri or default_tracking_uri()
         self.flush_every = int(flush_every)
         opening = dict(experiment=experiment, run_name=run_name, parent_run_id=parent_run_id, run_id=run_id,
-                       tags=tags, reopen=reopen)
+                       tags=tags, reopen=reopen, experiment_id=experiment_id)
         try:
             with _store_guard(self.uri) as from_template:
                 try:
-                    self._open(**opening, fresh_store=from_template, from_template=from_template)
+                    self._open(**opening, from_template=from_template)
                 except _TemplateRefused:
                     # MLflow would not open the copied template: forget it and let MLflow create the store
                     _discard_template()
                     _sqlite_path(self.uri).unlink(missing_ok=True)
-                    self._open(**opening, fresh_store=True, from_template=False)
+                    self._open(**opening, from_template=False)
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - any store failure is a user-facing config problem
@@ -332,11 +320,10 @@ class Tracker:
         self.ended = False
 
     def _open(self, *, experiment: str, run_name: str | None, parent_run_id: str | None, run_id: str | None,
-              tags: dict[str, str] | None, reopen: bool, fresh_store: bool, from_template: bool) -> None:
+              tags: dict[str, str] | None, reopen: bool, experiment_id: str | None, from_template: bool) -> None:
         """Set ``client``, ``experiment_id`` and ``run_id``: the run ``run_id``, or a new one.
 
-        ``fresh_store``: the store was just made (no remembered experiment id applies);
-        ``from_template``: it was copied from :func:`store_template` (raises
+        ``from_template``: the store was just copied from :func:`store_template` (raises
         :class:`_TemplateRefused`, having written nothing, if MLflow will not open it).
         """
         from mlflow.tracking import MlflowClient
@@ -347,8 +334,8 @@ class Tracker:
                 self.client.search_experiments(max_results=1)  # MLflow opens the store: checks its schema
             except Exception as exc:  # noqa: BLE001 - nothing was written: the caller makes the store again
                 raise _TemplateRefused() from exc
+        self.experiment_id = experiment_id or _experiment_id(self.client, self.uri, experiment)
         if run_id is not None:
-            self.experiment_id = _experiment_id(self.client, self.uri, experiment)
             self.run_id = run_id
             if reopen:
                 self.client.update_run(run_id, status="RUNNING")
@@ -356,20 +343,7 @@ class Tracker:
         all_tags = {**_context_tags(), "mlflow.runName": run_name or "", **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        key = _experiment_key(self.uri, experiment)
-        cached = None if fresh_store else _EXPERIMENT_IDS.get(key)
-        exp_id = cached or _experiment_id(self.client, self.uri, experiment)
-        try:
-            run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
-        except Exception:
-            if cached is None:
-                raise
-            # the remembered experiment was deleted (or the store replaced): look it up again
-            _EXPERIMENT_IDS.pop(key, None)
-            exp_id = _experiment_id(self.client, self.uri, experiment)
-            run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
-        _EXPERIMENT_IDS[_experiment_key(self.uri, experiment)] = exp_id  # the store exists now
-        self.experiment_id, self.run_id = exp_id, run.info.run_id
+        self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
 
     # ------------------------------------------------------------------ logging ---
     @contextmanager
@@ -536,7 +510,7 @@ class PhaseRuns:
         ``status``)."""
         try:
             if event == "start":
-                child = Tracker(self.parent.uri, self.experiment, run_name=name,
+                child = Tracker(self.parent.uri, self.experiment, run_name=name, experiment_id=self.parent.experiment_id,
                                 parent_run_id=self.parent.run_id, tags={"hpctl.phase": name})
                 self.open[name] = child
                 if info.get("params"):
