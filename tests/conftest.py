@@ -1,4 +1,17 @@
-"""Shared fixtures: one MLflow sqlite store for the session, quiet threads."""
+"""Shared fixtures (one MLflow sqlite store for the session, the in-process CLI) and the rule
+that marks the parts of the suite.
+
+Parts (registered in pyproject.toml; ``--strict-markers`` refuses any other):
+
+- ``llm``: loads a transformers/peft model (the tiny Gemma 3 backbone or a tiny Llama). Every
+  test in the files of :data:`LLM_FILES` is marked here; a test elsewhere that loads one is
+  marked ``@pytest.mark.llm`` where it is defined (or its module's ``pytestmark``).
+- ``ray``: starts a local Ray instance: every test that uses the ``ray_local`` fixture.
+- ``slow``: takes more than about 10 s alone; marked ``@pytest.mark.slow`` at the test itself.
+
+``python -m pytest -m "not slow"`` is the quick part, ``-m llm`` / ``-m ray`` the parts that
+need those stacks, ``-m "not llm and not ray"`` what the core install can run.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +22,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+
+#: test files (relative to tests/, a folder with a trailing slash) whose every test loads a model
+LLM_FILES = ("grasp_lora/", "test_integrations_transformers.py", "test_bench_eval_speed.py",
+             "test_backbone_prune.py")
+#: fixtures that start Ray
+RAY_FIXTURES = ("ray_local",)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -47,3 +67,16 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "hpctl.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``llm`` and ``ray`` by file and fixture (see the module docstring)."""
+    for item in items:
+        try:
+            rel = item.path.resolve().relative_to(TESTS).as_posix()
+        except ValueError:  # a test outside tests/ (run by path): only its own marks
+            continue
+        if rel.startswith(LLM_FILES):
+            item.add_marker(pytest.mark.llm)
+        if any(name in RAY_FIXTURES for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)

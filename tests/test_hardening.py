@@ -159,7 +159,7 @@ def _start_and_wait_for_checkpoints(args, run_dir, env, rounds=3):
     return proc
 
 
-def test_sigterm_ends_the_run_killed_and_resume_finishes_it(tmp_path):
+def test_sigterm_ends_the_run_killed_and_resume_finishes_it(tmp_path, hpctl_main, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
     proc = _start_and_wait_for_checkpoints([*SYNTH, "--probe-delay", "0.03"], tmp_path / "t", env)
@@ -171,38 +171,40 @@ def test_sigterm_ends_the_run_killed_and_resume_finishes_it(tmp_path):
     top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert [r.info.status for r in top] == ["KILLED"]
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    done = _cli("run", "synthetic", "--resume", str(tmp_path / "t"), "--json", env=env)
-    assert done.returncode == 0, done.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the resume needs no process of its own
+    code, _, err = hpctl_main("run", "synthetic", "--resume", str(tmp_path / "t"), "--json")
+    assert code == 0, err
     client, runs = _runs(uri)
     assert sorted({r.info.status for r in runs}) in (["FINISHED"], ["FINISHED", "KILLED"])
     assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
-def test_kill_after_the_result_is_written_is_repaired_by_resume(tmp_path):
+def test_kill_after_the_result_is_written_is_repaired_by_resume(tmp_path, hpctl_main, monkeypatch):
     """The process died between result.json and closing its MLflow runs (the worst moment):
-    the record is reopened by hand, a nested run is left RUNNING and the outputs are gone."""
+    the record is reopened by hand, a nested run is left RUNNING and the outputs are gone.
+    (The damage is done by hand, so the runs need no processes of their own.)"""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
-    done = _cli("run", "synthetic", "-c", "random", "--budget", "16", "--out", str(tmp_path / "k"), env=env)
-    assert done.returncode == 0, done.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code, _, err = hpctl_main("run", "synthetic", "-c", "random", "--budget", "16", "--out", str(tmp_path / "k"))
+    assert code == 0, err
     run_id = json.loads((tmp_path / "k" / RESULT).read_text())["mlflow_run_id"]
     client, _ = _runs(uri)
     client.update_run(run_id, status="RUNNING")
     exp_id = client.get_run(run_id).info.experiment_id
     ghost = client.create_run(exp_id, run_name="controller", tags={"mlflow.parentRunId": run_id}).info.run_id
     (tmp_path / "k" / "history.json").unlink()
-    fixed = _cli("run", "synthetic", "--resume", str(tmp_path / "k"), "--json", env=env)
-    assert fixed.returncode == 0, fixed.stderr
+    code, _, err = hpctl_main("run", "synthetic", "--resume", str(tmp_path / "k"), "--json")
+    assert code == 0, err
     assert client.get_run(run_id).info.status == "FINISHED"
     assert client.get_run(ghost).info.status == "KILLED"
     assert "learned/x" in client.get_run(run_id).data.metrics
     events = json.loads((tmp_path / "k" / "history.json").read_text())
     assert [e["probe"] for e in events if e["event"] == "probe"] == list(range(1, 17))
-    again = _cli("run", "synthetic", "--resume", str(tmp_path / "k"), env=env)
-    assert again.returncode == 2 and "nothing to resume" in again.stderr
+    code, _, err = hpctl_main("run", "synthetic", "--resume", str(tmp_path / "k"))
+    assert code == 2 and "nothing to resume" in err
 
 
-def test_concurrent_first_use_of_a_fresh_store(tmp_path):
+def test_concurrent_first_use_of_a_fresh_store(tmp_path, hpctl_main, monkeypatch):
     """Four runs start at once in a folder without an MLflow store: all finish, the store works."""
     procs = [subprocess.Popen([sys.executable, "-m", "hpctl.cli", "run", "synthetic", "-c", "random", "--budget", "8",
                                "--seed", str(i), "--out", f"r{i}"], cwd=tmp_path, stdout=subprocess.DEVNULL,
@@ -211,9 +213,9 @@ def test_concurrent_first_use_of_a_fresh_store(tmp_path):
              for i in range(4)]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errs
-    after = _cli("run", "synthetic", "-c", "random", "--budget", "8", "--out", "r9", cwd=tmp_path,
-                 env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
-    assert after.returncode == 0, after.stderr
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the store the four made (./mlruns); hpctl_main runs in tmp_path
+    code, _, err = hpctl_main("run", "synthetic", "-c", "random", "--budget", "8", "--out", "r9")
+    assert code == 0, err
     _, runs = _runs(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 5
 

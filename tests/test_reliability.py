@@ -48,19 +48,17 @@ def _kill_midway(args: list[str], run_dir: Path, env: dict, min_rounds: int = 2,
     assert not (run_dir / "result.json").exists()
 
 
-def test_sigkill_then_resume_matches_uninterrupted_synthetic(tmp_path, tracking_uri):
-    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
-    full = subprocess.run([sys.executable, "-m", "hpctl.cli", *SYNTH, "--out", str(tmp_path / "full"), "--json"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert full.returncode == 0, full.stderr
-    expected = json.loads(full.stdout.strip().splitlines()[-1])
+def test_sigkill_then_resume_matches_uninterrupted_synthetic(tmp_path, tracking_uri, hpctl_main):
+    # only the killed run needs a process of its own; the reference and the resume run in-process
+    code, out, err = hpctl_main(*SYNTH, "--out", str(tmp_path / "full"), "--json")
+    assert code == 0, err
+    expected = json.loads(out.strip().splitlines()[-1])
 
     killed = tmp_path / "killed"
-    _kill_midway([*SYNTH, "--probe-delay", "0.03"], killed, env)
-    resumed = subprocess.run([sys.executable, "-m", "hpctl.cli", "run", "synthetic", "--resume", str(killed), "--json"],
-                             env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    got = json.loads(resumed.stdout.strip().splitlines()[-1])
+    _kill_midway([*SYNTH, "--probe-delay", "0.03"], killed, dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri))
+    code, out, err = hpctl_main("run", "synthetic", "--resume", str(killed), "--json")
+    assert code == 0, err
+    got = json.loads(out.strip().splitlines()[-1])
     assert got["learned"] == expected["learned"]
     assert got["probes"] == expected["probes"]
     ids = _probe_ids(killed)
