@@ -1,147 +1,60 @@
-"""GRPO controller of GRASP LoRA, from scratch, in one file (CleanRL style).
+"""GRPO controller of GRASP LoRA: the paper's policy and update, in the paper's order.
 
-It stays one file on purpose, though longer than the project's ~450-line guide: the
-algorithm reads top to bottom in the paper's order, with its hyperparameters in one
-dataclass, as CleanRL's do; splitting the update from the commit would hide the math.
+The policy is a diagonal Gaussian ``N(mu_d, sigma_d^2)`` per knob dimension ``d`` over a
+latent ``z``; a sample becomes a knob value through its unit coordinate ``u``
+(``knob.from_unit(u)``). Every round, at one frozen training state (the paper's "every K
+optimizer steps"):
 
-The paper's steps, in its order. The policy is a diagonal Gaussian ``N(mu_d, sigma_d^2)``
-per knob dimension ``d`` over a latent ``z``; a sample becomes a knob value through its
-unit coordinate ``u = sigmoid(z)`` (``knob.from_unit(u)``), so every sample lies inside
-the bounds and none piles up on them. Every round, at one frozen training state (the
-paper's "every K optimizer steps"):
+1. **sample** a group of C candidates ``z_i ~ N(mu, sigma^2)``, ``u_i = to_unit(z_i)``;
+2. **probe** them all at the same training state (``env.probe_group``) and the baseline at
+   the committed value (``env.baseline()``); reward ``r_i = score_i - score_0`` (the paper's
+   ``L_0 - L_i`` for a loss; scores are higher-is-better);
+3. **advantages**, group-centred: ``A_i = (r_i - mean r) / (std r + eps)``, ``std`` unbiased
+   and ``eps = 1e-4`` as in TRL's GRPO (near-ties of a deterministic loss make small steps);
+4. **update**: ``epochs`` ascent steps on ``(mu, log sigma)`` of
 
-1. sample a group of C candidates ``z_i ~ N(mu, sigma^2)``, ``u_i = sigmoid(z_i)``,
-   stratified: per dimension one draw from each of the C equal-probability slices of the
-   Gaussian (each draw is still exactly ``N(mu, sigma^2)``; the group cannot clump on one
-   side by chance and miss a peak on the other);
-2. probe them all at the same training state (``env.probe_group``) and the baseline at
-   the committed value (``env.baseline()``); reward ``r_i = score_i - score_0`` (the
-   paper's ``L_0 - L_i`` for a loss; scores are higher-is-better);
-3. group-centred advantages ``A_i = (r_i - mean r) / (std r + eps)``, ``std`` unbiased and
-   ``eps = 1e-4`` as in TRL's GRPO (near-ties of a deterministic loss make small steps,
-   not full-size ones);
-4. ``epochs`` natural-gradient ascent steps on ``(mu, log sigma)`` of
-
-       J = mean_i min(ratio_i A_i, clip(ratio_i, 1 - eps, 1 + eps) A_i)   PPO-style surrogate
-           - beta_kl * KL(pi_old || pi)                                   KL penalty
-           - lambda_reg * sum_d (mu_d - c_d)^2 / (2 sigma_old_d^2)        pull to committed c
+       J = mean_i min(ratio_i A_i, clip(ratio_i, 1 - eps, 1 + eps) A_i)   surrogate
+           - lambda_reg * sum_d (mu_d - c_d)^2 / (2 sigma_old_d^2)        pull to the committed c
            + entropy_coef * sum_d log sigma_d                             entropy bonus
 
-   with ``ratio_i = pi(u_i) / pi_old(u_i)`` and ``c = logit(committed value)``. The
-   density of ``u`` is ``N(logit u; mu, sigma^2) / (u (1 - u))`` (:func:`unit_logp`); the
-   Jacobian does not depend on the policy, so ratios and score-function gradients are
-   those of the Gaussian in ``z``: ``d log pi / d mu = (z - mu) / sigma^2``,
-   ``d log pi / d log sigma = (z - mu)^2 / sigma^2 - 1``. The gradient is preconditioned
-   by the inverse Fisher information (``sigma^2`` for ``mu``, ``1/2`` for ``log sigma``: the
-   natural gradient), so the first step on ``mu`` is about ``lr * sigma * corr(A, z)``.
-   The regulariser is measured in units of the policy's width, so its natural-gradient
-   pull is ``lr * lambda_reg * (c - mu)`` per epoch whatever sigma is (a pull
-   ``lambda * (mu - c)^2`` is multiplied by ``sigma^2`` and does nothing);
-5. trust region: an epoch that lowers ``J`` (same samples, same advantages) is undone and
-   ends the round's epochs (``epoch_check="monotone"``, ours: without it the importance
-   ratios of a large first step can blow up, and the next epochs swing ``mu`` past its start
-   to the wrong side: on seed 22 of the peaked-0.97 landscape at noise 0.1, the group's best
-   candidate sat at 0.972 and the round moved the mean from 0.5 to 0.198; ``"none"`` is the
-   old behaviour, an ablation). If ``KL(pi_old || pi) > max_kl`` after the epochs, the
-   round's step is shortened along its direction until it holds. ``sigma`` stays in
-   ``[sigma_min, sigma_max]``, ``mu`` in ``[-z_max, z_max]``;
-6. exploration floor (``sigma_floor="best"``, off by default): while the group's best
-   candidate disagrees with the new mean, ``sigma >= |z_best - mu|`` keeps it within reach
-   of the next group; once they agree, sigma shrinks. Measured, it adds nothing once the
-   groups are stratified (step 1), which is what keeps a second peak in view: with
-   ``sampling="iid"`` 10 % of the two-peak runs end on the decoy, with stratified groups 1 %;
-7. commit: the training value moves towards ``sigmoid(mu)`` by at most ``max_step`` (unit
-   coordinates), and only if the micro-dev score does not drop there:
-   ``evidence >= score_0 - commit_tol``, else training stays where it is. The evidence
-   (``commit_check``): ``"nearest"`` (default) the score of the group candidate nearest to
-   the target when one lies within ``commit_radius``, else one extra ``"guard"`` probe of
-   the target (counted in the budget); ``"probe"`` always that guard probe; ``"none"``
-   commits without a check. Then ``env.advance(value)`` trains one round at the committed value;
-8. answer, where the last group peaks (``answer="vertex"``, ours: the paper takes the policy's
-   value): a least-squares quadratic in every dimension (no cross terms) through the last
-   group's scores; in a dimension where its curvature is negative by at least ``vertex_t``
-   standard errors (with 2 or more residual degrees of freedom: 5 candidates in 1-D, 7 in
-   2-D) and its peak lies inside the group's span, the answer takes that peak, else the
-   committed value of step 7. The policy shrinks sigma by a fraction per round, so after 7
-   rounds its mean is still about 0.01-0.02 from a sharp optimum; the group around it has
-   already located the peak more precisely than the mean has moved. On seeds 1000-1029
-   (64 probes, groups of 8), the median error at noise 0.01 fell from 0.018 to 0.010 in 2-D
-   and from 0.013 to 0.003 on the peak at 0.37. Without a significance test the fit chases
-   the noise (median error at noise 0.1 up 28 %); at ``vertex_t`` 3 / 4.5 / 6 / 9 the median
-   at noise 0.1 rose 17 / 7 / 4 / 0 % and at noise 0.05 11 / 11 / 10 / 4 %, while the 2-D
-   median at noise 0.01 was 0.0066 / 0.0068 / 0.0098 / 0.0131; 6 is the default. With
-   groups of 4 (grasp_lora's default) a
-   1-D fit has one residual degree of freedom and the step never applies;
-9. drift (``trend="extrapolate"``, ours: the paper has no drifting optimum): a round whose
-   group brackets its best candidate (candidates on both sides of it in every dimension)
-   records that candidate and the training progress. The learned value is the final committed
-   value moved by ``slope * (1 - p_last)``, the least-squares slope of those bests against
-   progress times the training left after the last round, per dimension where
-   ``|slope| >= trend_t`` standard errors (else not moved). The last round probes at
-   ``1 - 1/rounds`` of training (85 % with 7 rounds), so without it a drifting optimum is
-   always scored a round behind where the final phase uses it. ``trend="none"``: the committed
-   value;
-10. revisit (``revisit="far_best"``, ours): a probe the rounds leave unspent (64 probes in rounds
-   of 1 + 8 leave one unless a guard probe took it; grasp_lora's 20 in rounds of 1 + 4 leave none,
-   so its runs are unchanged) is spent in the last round on the best candidate of the earlier
-   rounds that lies more than ``revisit_radius`` (0.1, the benchmark's "trapped" distance) from
-   the answer, if it outscored every earlier candidate near the answer. Probed again at the last
-   round's training state, if it beats the mean score of that round's probes near the answer,
-   the run had settled on a lesser peak and the answer moves there (carried along step 9's drift
-   only if it lies on that drift's line: a line through bests that jumped between peaks says
-   nothing about the other one). Seed 14 of two-peaked 0.75 at noise 0.05 is the case: its first
-   groups' best candidates sat at 0.75 and 0.78, the many middling candidates around the decoy
-   pulled the mean to 0.27, and the drift line through the jumping bests moved the answer to 0.08;
-   the revisit of 0.777 scored 1.015 against the decoy's 0.7 and the answer is 0.777. On seeds
-   0-29 it changes only that answer (in 49 drift runs the revisit loses); on seeds 1000-1029
-   one drift run's answer (the one trapped two-peak run there had no probe left: a guard probe
-   took it); on 300 fresh seeds of the two-peak landscapes the trapped runs fall from 11 to 5 of
-   1800 (random search: 2). ``revisit="none"``: no revisit.
+   with ``ratio_i = pi(z_i) / pi_old(z_i)`` and ``c`` the committed value in latent
+   coordinates. Score-function gradients: ``d log pi / d mu = (z - mu) / sigma^2``,
+   ``d log pi / d log sigma = (z - mu)^2 / sigma^2 - 1``, preconditioned by the inverse
+   Fisher information (``sigma^2`` for ``mu``, ``1/2`` for ``log sigma``: the natural
+   gradient, so the first step on ``mu`` is about ``lr * sigma * corr(A, z)`` and the pull
+   to ``c`` is ``lr * lambda_reg * (c - mu)`` whatever sigma is). ``sigma`` stays in its
+   bounds, ``mu`` within the range;
+5. **commit**: the training value moves towards ``to_unit(mu)`` by at most half the range,
+   and only if the micro-dev score does not drop there (the guard;
+   :mod:`hpctl.controllers.answer` says which score is the evidence). Then
+   ``env.advance(value)`` trains one round at the committed value.
 
-The learned value (:meth:`GRPO.answer`) is what the final phase uses: the committed value of
-step 7, or the vertex of step 8, moved by step 9; or step 10's revisited value.
+The learned value is the final committed value (:meth:`GRPO.answer`).
 
-Every choice is switchable, and ``benchmarks/controllers.py --ablations`` measures each
-one switched back on every landscape and noise level (``benchmarks/results/controllers.md``):
-``space="clamp"`` (the policy on the unit interval, ``u = clamp(z, 0, 1)``, ``mu`` clipped:
-sampling mass beyond a bound piles up on it and pulls the learned value there),
-``sampling="iid"``, ``sigma_floor="best"``, ``lambda_reg=0``, ``max_kl=0``/``clip_eps``/
-``beta_kl``/``epochs``/``epoch_check="none"`` (the trust region), ``adv_std="population"`` with ``adv_eps=1e-8``
-(the old advantages), ``commit_check``, ``max_step``, ``answer="committed"``, ``trend="none"`` and ``revisit="none"``. ``epochs=1``
-with no trust region is REINFORCE with a group baseline. The defaults were chosen on seeds
-1000-1029 of the benchmark's landscapes (64 probes, groups of 8); the benchmark reports seeds
-0-29. Step 9 was compared there in the forms: ``trend_t`` 2.5, 3 and 4, bests weighted by
-their group's spacing, and the answer as the fitted line's value at the end; the plain
-slope at 3 standard errors, added to the committed value, had the fewest trapped runs. The
-``epoch_check="monotone"`` was chosen there too: it cost nothing on seeds 1000-1029 (median
-0.0127 vs 0.0126, 3 trapped runs of 900 either way; a KL check after every epoch instead had
-0.0138 and 5) and removes the one run of seeds 0-29 that ended 0.93 from its optimum. The
-commit check is ``"nearest"``: on both seed sets it had the lower median error and fewer
-trapped runs in all (it follows a drifting optimum more closely). Before step 9, ``"probe"``
-had fewer runs trapped on the two-peak landscapes at noise 0.05-0.1; with it, on seeds 0-29,
-``"probe"`` has 3 such runs of 120 and ``"nearest"`` 1.
+Additions (ours), each on by default and all off with ``paper=True``:
 
-Fitness shaping (``shaping``, ours, off by default): ``"nes"`` replaces the rewards by the
-natural evolution strategies' rank utilities before step 3 (:func:`rank_utilities`: weight on
-the upper half of the group, most on the best; scaled to the plain advantages' std, so
-near-ties still make small steps), ``"centered_rank"`` by linear ranks. Tried against the
-decoy of the two-peak landscapes, where several middling candidates near the decoy can
-outweigh one good candidate at the peak. On seeds 1000-1029 ``"nes"`` lowered the median
-error from 0.0113 to 0.0097 and the p90 from 0.036 to 0.033 with 3 trapped runs of 900
-either way (``"centered_rank"``: 0.0111, 0.037, 7 trapped); on seeds 0-29 0.0088 to 0.0083,
-p90 0.035 to 0.030, trapped 3 to 2 (both before step 10). With step 10, on seeds 0-29 it traps
-one run of two-peaked 0.75 at noise 0.1 where the default and random search have none; on 300
-fresh seeds (100-399) of the two-peak landscapes it ends on the decoy in 0 of 1800 runs, the
-default in 5, random search in 2 (``benchmarks/results/controllers_twopeak300``). It is not the
-default yet because with grasp_lora's groups of 4 it changes every real run, whose regret
-against the grid was measured without it.
+* ``space="logit"``: ``u = sigmoid(z)`` instead of the paper's ``u = clamp(z, 0, 1)``
+  (sampling mass beyond a bound piles up on it and pulls the learned value there). The
+  density of ``u`` is ``N(logit u; mu, sigma^2) / (u (1 - u))``; the Jacobian does not
+  depend on the policy, so ratios and gradients are those of the Gaussian in ``z``;
+* **any start**: in the logit space the initial mean is the start value moved, if need be,
+  to within ``sigma_init`` of the middle of the range (:meth:`GRPO.initial_mean`);
+* ``sampling="stratified"``: per dimension one draw from each of the C equal-probability
+  slices of the Gaussian (each draw is still exactly ``N(mu, sigma^2)``);
+* the trust region: an epoch that lowers ``J`` is undone and ends the round's epochs, and a
+  round's step is shortened along its direction until ``KL(pi_old || pi) <= 0.5``;
+* the answer rules of :mod:`hpctl.controllers.answer`: ``commit_check="nearest"``,
+  ``answer="vertex"``, ``trend="extrapolate"``, ``revisit="far_best"``, and the answer
+  kept within the span of the last rounds' probes.
 
-Optimiser (ours, the paper names none): plain natural-gradient ascent with ``lr`` on ``mu``
-and ``lr_sigma`` on ``log sigma``; ``optimizer="adam"`` and ``natural_gradient=False``
-are there for comparison.
+``shaping`` (off by default) replaces the rewards by rank utilities before step 3
+(:func:`rank_utilities`). The optimiser (the paper names none) is plain natural-gradient
+ascent with ``lr`` on ``mu`` and ``lr_sigma`` on ``log sigma``. Design notes and the
+measurements behind each choice: docs/controllers.md and benchmarks/results/controllers.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,95 +63,93 @@ from typing import Any, Callable
 
 import numpy as np
 
+from hpctl.controllers import answer as rules
 from hpctl.controllers.base import Controller, register
 from hpctl.control_env import ControlEnv
 from hpctl.errors import ConfigError, ResumeError
 
 COMMIT_CHECKS = ("probe", "nearest", "none")
-OPTIMIZERS = ("sgd", "adam")
 SPACES = ("logit", "clamp")
-SIGMA_FLOORS = ("best", "none")
 SAMPLINGS = ("stratified", "iid")
-ADV_STDS = ("unbiased", "population")
 SHAPINGS = ("none", "centered_rank", "nes")
 TRENDS = ("extrapolate", "none")
-EPOCH_CHECKS = ("monotone", "none")
 ANSWERS = ("committed", "vertex")
 REVISITS = ("far_best", "none")
+
+#: the settings ``paper=True`` sets, with the paper's choice for each
+PAPER = {"space": "clamp", "sampling": "iid", "shaping": "none", "commit_check": "probe", "answer": "committed",
+         "trend": "none", "revisit": "none"}
+#: (sigma_init, sigma_min, sigma_max) per space: latent units (logits, or unit coordinates with "clamp")
+SIGMAS = {"logit": (1.2, 0.2, 3.0), "clamp": (0.3, 0.025, 0.75)}
+Z_MAX = 6.9  # |mu| bound in the logit space (sigmoid(6.9) = 0.999)
+MAX_STEP = 0.5  # largest commit move per round (per component, unit coordinates)
+ADV_EPS = 1e-4
+MAX_KL = 0.5  # the trust region (ours)
+STATE_VERSION = 2  # controller state layout (checkpoints); older ones are refused in one line
 
 
 @dataclass
 class GRPOConfig:
-    """Hyperparameters of :class:`GRPO`.
+    """Hyperparameters of :class:`GRPO` (module docstring).
 
-    ``mu``/``sigma`` live in the policy's latent space: logits of the unit coordinate with
-    ``space="logit"`` (sigma 1 there spreads samples over about 0.27-0.73 around the
-    middle of the range), the unit coordinate itself with ``space="clamp"``.
-    ``max_step`` and ``commit_radius`` are in unit coordinates.
+    ``sigma_init`` is in the policy's latent units: logits of the unit coordinate with
+    ``space="logit"`` (1.2 spreads one sigma over about 0.23-0.77 around the middle), the
+    unit coordinate itself with ``space="clamp"``; ``None`` takes the space's default.
+    ``paper=True`` runs the paper's algorithm: every addition off (``PAPER``); setting one
+    of those to something other than its default or the paper's choice is an error.
     """
 
     group_size: int | None = None  # candidates per round (C); None: the env's group size
-    space: str = "logit"  # "logit": u = sigmoid(z); "clamp": u = clip(z, 0, 1) (ablation)
-    sampling: str = "stratified"  # "stratified": one draw per 1/C quantile slice of N(0, 1); "iid"
-    sigma_init: float = 1.2  # initial exploration width (latent units)
-    sigma_min: float = 0.2
-    sigma_max: float = 3.0
-    sigma_floor: str = "none"  # "best": sigma >= |best candidate - new mean| (keep exploring); "none"
-    z_max: float = 6.9  # |mu| bound in the logit space (sigmoid(6.9) = 0.999)
+    paper: bool = False  # the paper's algorithm: every addition below off
+    space: str = "logit"  # "logit": u = sigmoid(z); "clamp": u = clip(z, 0, 1) (the paper's)
+    sampling: str = "stratified"  # "stratified": one draw per 1/C quantile slice of N(0, 1); "iid" (the paper's)
+    sigma_init: float | None = None  # initial exploration width (latent units); None: 1.2 (logit), 0.3 (clamp)
     lr: float = 0.8  # natural-gradient step size on mu
-    lr_sigma: float | None = 0.3  # step size on log sigma; None: lr
-    optimizer: str = "sgd"  # "sgd" (plain ascent) or "adam"
-    natural_gradient: bool = True  # precondition by the inverse Fisher information
-    epochs: int = 3  # gradient steps per group (PPO epochs)
+    lr_sigma: float = 0.3  # natural-gradient step size on log sigma
+    epochs: int = 3  # gradient steps per group
     clip_eps: float = 0.0  # PPO ratio clip; 0 turns clipping off
-    beta_kl: float = 0.0  # weight of KL(pi_old || pi)
-    max_kl: float = 0.5  # trust region: shorten a round's step to KL(pi_old || pi) <= max_kl; 0: off
-    epoch_check: str = "monotone"  # "monotone": an epoch that lowers J is undone and ends the round; "none"
     lambda_reg: float = 0.1  # pull of mu towards the committed value (in units of sigma)
     entropy_coef: float = 0.0  # bonus on sum(log sigma)
-    normalize_std: bool = True  # divide centred rewards by their std
-    adv_std: str = "unbiased"  # "unbiased" (ddof 1, as TRL) or "population"
-    adv_eps: float = 1e-4
     shaping: str = "none"  # rewards replaced by their rank's utility before step 3: "centered_rank", "nes"; "none"
-    max_step: float = 0.5  # largest commit move per round (per component, unit coordinates)
-    commit_check: str = "nearest"  # evidence for the guard: "nearest", "probe" or "none"
-    commit_radius: float = 0.05  # "nearest": farthest candidate that may stand in for the target
-    commit_tol: float = 0.0  # move if evidence >= baseline - commit_tol
-    trend: str = "extrapolate"  # the answer follows a measured drift to the end of training; "none": committed value
-    trend_t: float = 3.0  # |slope| / its standard error needed before the answer extrapolates
-    answer: str = "vertex"  # "vertex": the last group's fitted quadratic peak where significant; "committed"
+    commit_check: str = "nearest"  # the guard's evidence: "nearest", "probe" (the paper's) or "none"
+    answer: str = "vertex"  # "vertex": the last group's significant quadratic peak; "committed" (the paper's)
     vertex_t: float = 6.0  # |curvature| / its standard error needed before the vertex is used
-    revisit: str = "far_best"  # step 10: a probe the rounds leave unspent re-scores the best far candidate; "none"
-    revisit_radius: float = 0.1  # "far": farther than this from the answer (unit coordinates, max norm)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
+    trend: str = "extrapolate"  # the answer follows a measured drift to the end of training; "none"
+    revisit: str = "far_best"  # a probe the rounds leave unspent re-scores the best far candidate; "none"
 
     def __post_init__(self) -> None:
-        for name, allowed in (("space", SPACES), ("sampling", SAMPLINGS), ("sigma_floor", SIGMA_FLOORS),
-                              ("adv_std", ADV_STDS), ("shaping", SHAPINGS), ("commit_check", COMMIT_CHECKS), ("optimizer", OPTIMIZERS),
-                              ("trend", TRENDS), ("epoch_check", EPOCH_CHECKS), ("answer", ANSWERS),
+        if self.paper:
+            fields = {f.name: f.default for f in dataclasses.fields(self)}
+            for name, theirs in PAPER.items():
+                value = getattr(self, name)
+                if value not in (fields[name], theirs):
+                    raise ValueError(f"paper=true runs the paper's {name}={theirs}; drop {name}={value}")
+                setattr(self, name, theirs)
+        for name, allowed in (("space", SPACES), ("sampling", SAMPLINGS), ("shaping", SHAPINGS),
+                              ("commit_check", COMMIT_CHECKS), ("trend", TRENDS), ("answer", ANSWERS),
                               ("revisit", REVISITS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r} (choose from {', '.join(allowed)})")
         if self.group_size is not None and self.group_size < 2:
             raise ValueError(f"group_size must be >= 2, got {self.group_size}")
-        if not 0 < self.sigma_min <= self.sigma_init <= self.sigma_max:
-            raise ValueError(f"need 0 < sigma_min <= sigma_init <= sigma_max, got "
-                             f"{self.sigma_min}, {self.sigma_init}, {self.sigma_max}")
-        for name in ("lr", "z_max", "adv_eps"):
+        lo, hi = self.sigma_bounds
+        if self.sigma_init is None:
+            self.sigma_init = SIGMAS[self.space][0]
+        if not lo <= self.sigma_init <= hi:
+            raise ValueError(f"sigma_init must be in [{lo}, {hi}] with space={self.space}, got {self.sigma_init}")
+        for name in ("lr", "lr_sigma"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.lr_sigma is not None and not self.lr_sigma > 0:
-            raise ValueError(f"lr_sigma must be > 0, got {self.lr_sigma}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        for name in ("clip_eps", "beta_kl", "max_kl", "lambda_reg", "entropy_coef", "commit_radius", "commit_tol",
-                     "trend_t", "vertex_t", "revisit_radius"):
+        for name in ("clip_eps", "lambda_reg", "entropy_coef", "vertex_t"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 < self.max_step <= 1:
-            raise ValueError(f"max_step must be in (0, 1], got {self.max_step}")
-        self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
+
+    @property
+    def sigma_bounds(self) -> tuple[float, float]:
+        """``(sigma_min, sigma_max)`` of this space."""
+        return SIGMAS[self.space][1], SIGMAS[self.space][2]
 
 
 # ---------------------------------------------------------------- the math ------
@@ -269,6 +180,23 @@ def unit_logp(u: np.ndarray, mu: np.ndarray, log_sigma: np.ndarray) -> np.ndarra
     return gaussian_logp(logit(u), mu, log_sigma) - np.sum(np.log(u) + np.log1p(-u), axis=1)
 
 
+# step 1: sampling
+def standard_normal_group(rng: np.random.Generator, n: int, dim: int, stratified: bool = True) -> np.ndarray:
+    """``n`` draws of ``N(0, I_dim)``; ``stratified``: per dimension one draw from each of the
+    ``n`` equal-probability slices of the normal, in random order (Latin hypercube sampling).
+
+    Each draw is still exactly ``N(0, 1)`` (a uniform slice, then a random slice), so the
+    gradient estimates stay unbiased; the group is spread over the whole distribution,
+    tails included, instead of clumping by chance.
+    """
+    if not stratified:
+        return rng.standard_normal((n, dim))
+    u = (np.stack([rng.permutation(n) for _ in range(dim)], axis=1) + rng.random((n, dim))) / n
+    inv = NormalDist().inv_cdf
+    return np.vectorize(inv)(np.clip(u, 1e-12, 1 - 1e-12))
+
+
+# step 3: advantages
 def rank_utilities(rewards: np.ndarray, shaping: str) -> np.ndarray:
     """Fitness shaping: each reward replaced by a utility of its rank in the group (ties share).
 
@@ -276,8 +204,7 @@ def rank_utilities(rewards: np.ndarray, shaping: str) -> np.ndarray:
     strategies); ``"nes"``: the natural evolution strategies' utilities
     ``max(0, log(n/2 + 1) - log k) / sum - 1/n`` for rank ``k`` (1 the best), which give
     weight to the upper half only, most to the best. Either is invariant to any monotone
-    change of the score, so a few candidates far better than the rest weigh no more than
-    their ranks. Sums to zero.
+    change of the score. Sums to zero.
     """
     r = np.asarray(rewards, dtype=np.float64)
     n = r.size
@@ -300,43 +227,25 @@ def rank_utilities(rewards: np.ndarray, shaping: str) -> np.ndarray:
     return util - util.mean()
 
 
-def group_advantages(rewards: np.ndarray, normalize_std: bool = True, eps: float = 1e-4,
-                     unbiased: bool = True, shaping: str = "none") -> np.ndarray:
-    """``A_i = (r_i - mean r) / (std r + eps)``; ``std`` with ddof 1 if ``unbiased`` (TRL's GRPO).
+def group_advantages(rewards: np.ndarray, shaping: str = "none", eps: float = ADV_EPS) -> np.ndarray:
+    """``A_i = (r_i - mean r) / (std r + eps)`` with the unbiased ``std`` (TRL's GRPO).
 
     With ``shaping`` (:func:`rank_utilities`) the rank utilities take the place of the
-    centred rewards, scaled to the same std as ``(r - mean r) / (std r + eps)`` would have,
-    so near-ties of a deterministic loss still make small steps.
+    centred rewards, scaled to the centred rewards' std, so near-ties still make small steps.
     """
     r = np.asarray(rewards, dtype=np.float64)
     a = r - r.mean()
-    std = r.std(ddof=1) if unbiased and r.size > 1 else r.std()
+    std = r.std(ddof=1) if r.size > 1 else r.std()
     if shaping != "none":
         util = rank_utilities(r, shaping)
-        u_std = util.std(ddof=1) if unbiased and r.size > 1 else util.std()
+        u_std = util.std(ddof=1) if r.size > 1 else util.std()
         if u_std == 0:
             return np.zeros_like(r)
         a = util / u_std * std
-    if not normalize_std:
-        return a
     return a / (std + eps)
 
 
-def standard_normal_group(rng: np.random.Generator, n: int, dim: int, stratified: bool = True) -> np.ndarray:
-    """``n`` draws of ``N(0, I_dim)``; ``stratified``: per dimension one draw from each of the
-    ``n`` equal-probability slices of the normal, in random order (Latin hypercube sampling).
-
-    Each draw is still exactly ``N(0, 1)`` (a uniform slice, then a random slice), so the
-    gradient estimates stay unbiased; the group is spread over the whole distribution,
-    tails included, instead of clumping by chance.
-    """
-    if not stratified:
-        return rng.standard_normal((n, dim))
-    u = (np.stack([rng.permutation(n) for _ in range(dim)], axis=1) + rng.random((n, dim))) / n
-    inv = NormalDist().inv_cdf
-    return np.vectorize(inv)(np.clip(u, 1e-12, 1 - 1e-12))
-
-
+# step 4: the objective and its gradient
 def score_grads(z: np.ndarray, mu: np.ndarray, log_sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample ``d log N(z)/d mu = (z-mu)/sigma^2`` and ``d log N(z)/d log sigma = (z-mu)^2/sigma^2 - 1``."""
     var = np.exp(2 * log_sigma)
@@ -352,7 +261,7 @@ def kl_old_new(mu_old: np.ndarray, ls_old: np.ndarray, mu: np.ndarray, ls: np.nd
 
 def surrogate(z: np.ndarray, adv: np.ndarray, mu: np.ndarray, log_sigma: np.ndarray, mu_old: np.ndarray,
               ls_old: np.ndarray, clip_eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per sample: the ratio ``pi / pi_old``, the PPO surrogate ``min(r A, clip(r) A)`` and where it
+    """Per sample: the ratio ``pi / pi_old``, the surrogate ``min(r A, clip(r) A)`` and where it
     is not clipped (there its gradient is ``r A grad log pi``)."""
     ratio = np.exp(gaussian_logp(z, mu, log_sigma) - gaussian_logp(z, mu_old, ls_old))
     if clip_eps > 0:
@@ -376,16 +285,8 @@ def objective_grads(z: np.ndarray, adv: np.ndarray, mu: np.ndarray, log_sigma: n
     d_mu, d_ls = score_grads(z, mu, log_sigma)
     g_mu = np.sum(w * d_mu, axis=0)
     g_ls = np.sum(w * d_ls, axis=0)
-    # - beta * KL(pi_old || pi)
-    if cfg.beta_kl > 0:
-        var = np.exp(2 * log_sigma)
-        var_old = np.exp(2 * ls_old)
-        g_mu -= cfg.beta_kl * (mu - mu_old) / var
-        g_ls -= cfg.beta_kl * (1.0 - (var_old + (mu_old - mu) ** 2) / var)
-    # - lambda_reg * |mu - c|^2 / (2 sigma_old^2)
-    g_mu -= cfg.lambda_reg * (mu - center) / np.exp(2 * ls_old)
-    # + entropy_coef * H(pi), H = sum(log sigma) + const
-    g_ls += cfg.entropy_coef
+    g_mu -= cfg.lambda_reg * (mu - center) / np.exp(2 * ls_old)  # - lambda_reg |mu - c|^2 / (2 sigma_old^2)
+    g_ls += cfg.entropy_coef  # + entropy_coef H(pi), H = sum(log sigma) + const
     info = {"surrogate": float(np.mean(surr)), "ratio_mean": float(np.mean(ratio)),
             "clip_frac": float(1.0 - np.mean(active))}
     return g_mu, g_ls, info
@@ -396,83 +297,10 @@ def objective_value(z: np.ndarray, adv: np.ndarray, mu: np.ndarray, log_sigma: n
     """The objective ``J`` itself (the value whose gradient :func:`objective_grads` gives)."""
     _, surr, _ = surrogate(z, adv, mu, log_sigma, mu_old, ls_old, cfg.clip_eps)
     j = float(np.mean(surr)) - cfg.lambda_reg * float(np.sum((mu - center) ** 2 / (2 * np.exp(2 * ls_old))))
-    j += cfg.entropy_coef * float(np.sum(log_sigma))
-    if cfg.beta_kl > 0:
-        j -= cfg.beta_kl * kl_old_new(mu_old, ls_old, mu, log_sigma)
-    return j
+    return j + cfg.entropy_coef * float(np.sum(log_sigma))
 
 
 # ------------------------------------------------------------ the controller ------
-# -- step 9: the answer follows a measured drift --------------------------------------
-def bracketed_best(rho: np.ndarray, scores: np.ndarray) -> np.ndarray | None:
-    """The group's best candidate (unit coordinates) if the group brackets it in every
-    dimension (a candidate below it and one above), else None: an unbracketed best says
-    only that the peak lies further out, so it does not locate the peak."""
-    if len(scores) < 3:
-        return None
-    b = int(np.argmax(scores))
-    if np.all((rho[b] > rho.min(axis=0)) & (rho[b] < rho.max(axis=0))):
-        return rho[b].copy()
-    return None
-
-
-def drift_trend(progress: np.ndarray, peaks: np.ndarray, p_last: float,
-                t_min: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Least-squares slope of the bracketed group bests against training progress, per
-    dimension; returns ``(shift, slope, t)`` with ``t = |slope| / se(slope)`` and ``shift =
-    slope * (1 - p_last)`` where ``t >= t_min`` (0 elsewhere): how far a drifting optimum moves
-    between the last round (``p_last``) and the end of training. Needs 3 or more points."""
-    peaks = np.asarray(peaks, dtype=np.float64)
-    zero = np.zeros(peaks.shape[1] if peaks.ndim == 2 else 0)
-    p = np.asarray(progress, dtype=np.float64)
-    if len(p) < 3:
-        return zero, zero, zero
-    pc = p - p.mean()
-    sxx = float(pc @ pc)
-    if sxx <= 0.0:
-        return zero, zero, zero
-    slope = pc @ (peaks - peaks.mean(axis=0)) / sxx
-    resid = peaks - peaks.mean(axis=0) - np.outer(pc, slope)
-    se = np.sqrt((resid ** 2).sum(axis=0) / (len(p) - 2) / sxx)
-    t = np.abs(slope) / np.maximum(se, 1e-12)
-    return np.where(t >= t_min, slope * (1.0 - p_last), 0.0), slope, t
-
-
-# -- step 8: the answer where the last group peaks ------------------------------------
-def quadratic_vertex(rho: np.ndarray, scores: np.ndarray, fallback: np.ndarray, t_min: float = 6.0) -> np.ndarray:
-    """Step 8: per dimension, the peak of a least-squares quadratic through a group's scores (all
-    dimensions fitted together, no cross terms) where its curvature is negative by at least
-    ``t_min`` standard errors and the peak lies strictly inside the group's span in that
-    dimension; ``fallback`` elsewhere. ``rho``: (n, dim) unit coordinates; needs ``n >= 2 * dim + 3``
-    (two residual degrees of freedom), else returns ``fallback``."""
-    out = np.asarray(fallback, dtype=np.float64).copy()
-    rho = np.asarray(rho, dtype=np.float64)
-    scores = np.asarray(scores, dtype=np.float64)
-    dim = len(out)
-    n, p = len(scores), 1 + 2 * dim
-    if n < p + 2 or rho.shape != (n, dim) or not np.all(np.isfinite(scores)):
-        return out
-    lo, hi = rho.min(axis=0), rho.max(axis=0)
-    if np.any(hi - lo <= 1e-12):
-        return out
-    c, w = (lo + hi) / 2, hi - lo
-    x = (rho - c) / w  # in [-1/2, 1/2]: a well-conditioned fit
-    feats = np.column_stack([np.ones(n), x, x ** 2])
-    coef, _, rank, _ = np.linalg.lstsq(feats, scores, rcond=None)
-    if rank < p:
-        return out
-    resid = scores - feats @ coef
-    cov = float(resid @ resid) / (n - p) * np.linalg.inv(feats.T @ feats)
-    b, a = coef[1:1 + dim], coef[1 + dim:]
-    se_a = np.sqrt(np.maximum(np.diag(cov)[1 + dim:], 0.0))
-    for d in range(dim):
-        if a[d] < 0 and -a[d] >= t_min * se_a[d]:
-            v = c[d] + w[d] * (-b[d] / (2 * a[d]))
-            if lo[d] < v < hi[d]:
-                out[d] = v
-    return out
-
-
 @register
 class GRPO(Controller):
     """Group-relative policy optimisation of a Gaussian over the knob (GRASP LoRA).
@@ -495,26 +323,20 @@ class GRPO(Controller):
         self.mu = np.full(dim, np.nan)  # set from the committed value when run() starts
         self.log_sigma = np.full(dim, math.log(self.config.sigma_init))
         self.initialized = False
-        self.adam_m = np.zeros(2 * dim)
-        self.adam_v = np.zeros(2 * dim)
-        self.adam_t = 0
         self.rounds = 0
         self.updates = 0  # gradient steps on (mu, log sigma)
         self.commits = 0
         self.refusals = 0
-        self.undone = 0  # epochs undone by the monotone check (step 5)
+        self.undone = 0  # epochs undone by the trust region
         self.guard_probes = 0
         self.guard_nearest = 0
-        self.last: dict[str, float] = {}
-        self.peaks = np.zeros((0, 1 + dim))  # (progress, bracketed best in unit coordinates) per round
-        self.round_progress = 0.0  # training progress at the last round's probes
-        self.last_group = np.zeros((0, 1 + dim))  # the last round's valid (score, unit coordinates)
-        self.history = np.zeros((0, 1 + dim))  # every earlier round's valid (score, unit coordinates)
         self.revisits = 0
         self.escapes = 0
-        self.escape: np.ndarray | None = None  # step 10's answer (unit coordinates), if it found one
+        self.last: dict[str, float] = {}
+        self.evidence = rules.Evidence(dim)  # every probe: what the answer rules read
+        self.escape: np.ndarray | None = None  # the revisit's answer (unit coordinates), if it found one
 
-    # -- the policy's space ---------------------------------------------------------
+    # -- the policy's space -----------------------------------------------------------
     @property
     def sigma(self) -> np.ndarray:
         return np.exp(self.log_sigma)
@@ -524,10 +346,29 @@ class GRPO(Controller):
         return sigmoid(z) if self.config.space == "logit" else np.clip(z, 0.0, 1.0)
 
     def to_latent(self, u: np.ndarray) -> np.ndarray:
-        return logit(u) if self.config.space == "logit" else np.clip(np.asarray(u, dtype=np.float64), 0.0, 1.0)
+        """Unit -> latent coordinates, within the bounds ``mu`` may take."""
+        if self.config.space == "logit":
+            return np.clip(logit(u), -Z_MAX, Z_MAX)
+        return np.clip(np.asarray(u, dtype=np.float64), 0.0, 1.0)
 
     def mu_bounds(self) -> tuple[float, float]:
-        return (-self.config.z_max, self.config.z_max) if self.config.space == "logit" else (0.0, 1.0)
+        return (-Z_MAX, Z_MAX) if self.config.space == "logit" else (0.0, 1.0)
+
+    def initial_mean(self, u0: np.ndarray) -> np.ndarray:
+        """The policy's first mean for the start value ``u0`` (unit coordinates).
+
+        In the logit space a Gaussian of width ``sigma`` around ``mu`` spans about
+        ``sigma * u (1 - u)`` of the range, which vanishes at a bound: started there, every
+        candidate would lie beside it. So the mean starts within ``sigma_init`` of the middle
+        (``|mu| <= sigma_init``): one sigma always reaches the middle of the range and the
+        group covers a fixed share of it (two sigmas: 2-77 % of it from a bound), from any
+        start. Starts inside that band (0.23-0.77 with the default width) are unchanged; the
+        committed value still starts where training does, and moves only past the guard.
+        """
+        mu = self.to_latent(u0)
+        if self.config.space == "logit" and not self.config.paper:
+            mu = np.clip(mu, -self.config.sigma_init, self.config.sigma_init)
+        return mu
 
     def group_size(self) -> int:
         return int(self.config.group_size or self.env.group_size)
@@ -543,131 +384,91 @@ class GRPO(Controller):
             raise ConfigError(f"controller 'grpo' needs a budget of at least {need} probes for one update "
                               f"(baseline, 2 candidates{', guard' if need == 4 else ''}), got {budget}")
 
-    # -- steps 3-6: the update -------------------------------------------------------------
+    # -- step 4: the update ---------------------------------------------------------------
     def _ascend(self, g_mu: np.ndarray, g_ls: np.ndarray) -> None:
-        """One ascent step on (mu, log sigma), then project onto the bounds."""
+        """One natural-gradient ascent step on (mu, log sigma), then project onto the bounds."""
         cfg = self.config
-        if cfg.natural_gradient:  # inverse Fisher of N(mu, sigma^2) in (mu, log sigma)
-            g_mu = g_mu * np.exp(2 * self.log_sigma)
-            g_ls = g_ls * 0.5
-        g = np.concatenate([g_mu, g_ls])
-        if cfg.optimizer == "adam":
-            b1, b2 = cfg.adam_betas
-            self.adam_t += 1
-            self.adam_m = b1 * self.adam_m + (1 - b1) * g
-            self.adam_v = b2 * self.adam_v + (1 - b2) * g * g
-            m_hat = self.adam_m / (1 - b1 ** self.adam_t)
-            v_hat = self.adam_v / (1 - b2 ** self.adam_t)
-            step = m_hat / (np.sqrt(v_hat) + cfg.adam_eps)
-        else:
-            step = g
+        g = np.concatenate([g_mu * np.exp(2 * self.log_sigma), g_ls * 0.5])  # inverse Fisher of N(mu, sigma^2)
         dim = self.knob.dim
-        step = step * np.repeat([cfg.lr, cfg.lr if cfg.lr_sigma is None else cfg.lr_sigma], dim)
+        step = g * np.repeat([cfg.lr, cfg.lr_sigma], dim)
+        lo, hi = cfg.sigma_bounds
         self.mu = np.clip(self.mu + step[:dim], *self.mu_bounds())
-        self.log_sigma = np.clip(self.log_sigma + step[dim:], math.log(cfg.sigma_min), math.log(cfg.sigma_max))
+        self.log_sigma = np.clip(self.log_sigma + step[dim:], math.log(lo), math.log(hi))
         self.updates += 1
 
     def _trust_region(self, mu_old: np.ndarray, ls_old: np.ndarray) -> float:
-        """Shorten the round's step along its direction until ``KL(pi_old || pi) <= max_kl``."""
+        """Shorten the round's step along its direction until ``KL(pi_old || pi) <= MAX_KL`` (ours)."""
         kl = kl_old_new(mu_old, ls_old, self.mu, self.log_sigma)
-        if self.config.max_kl <= 0 or kl <= self.config.max_kl:
+        if self.config.paper or kl <= MAX_KL:
             return 1.0
         mu_new, ls_new = self.mu.copy(), self.log_sigma.copy()
         lo, hi = 0.0, 1.0  # bisection on the step fraction t (KL grows with t along the segment)
         for _ in range(30):
             t = 0.5 * (lo + hi)
             kl_t = kl_old_new(mu_old, ls_old, mu_old + t * (mu_new - mu_old), ls_old + t * (ls_new - ls_old))
-            if kl_t > self.config.max_kl:
+            if kl_t > MAX_KL:
                 hi = t
             else:
                 lo = t
         self.mu, self.log_sigma = mu_old + lo * (mu_new - mu_old), ls_old + lo * (ls_new - ls_old)
         return lo
 
-    def _sigma_floor(self, z: np.ndarray, adv: np.ndarray) -> None:
-        """Step 6: while the group's best candidate disagrees with the new mean, sigma keeps it in reach.
-
-        ``sigma >= |z_best - mu|`` per dimension (within ``[sigma_min, sigma_max]``): if the
-        best candidate lies far from where the update moved the mean (another peak, say),
-        the next group still samples there; once the best agrees with the mean, sigma
-        shrinks as the gradient says.
-        """
-        cfg = self.config
-        if cfg.sigma_floor == "none" or not len(adv):
-            return
-        gap = np.abs(z[int(np.argmax(adv))] - self.mu)
-        self.log_sigma = np.maximum(self.log_sigma, np.log(np.clip(gap, cfg.sigma_min, cfg.sigma_max)))
-
     def update(self, z: np.ndarray, rewards: np.ndarray, center: np.ndarray) -> dict[str, float]:
-        """Steps 3-6 for one group: advantages, ``epochs`` ascent steps, trust region, sigma floor.
+        """Steps 3-4 for one group: advantages, ``epochs`` ascent steps (with the trust region).
 
         ``z``: (n, dim) latent samples; ``rewards``: (n,); ``center``: the committed value
         in latent coordinates.
         """
         cfg = self.config
-        adv = group_advantages(rewards, cfg.normalize_std, cfg.adv_eps, unbiased=cfg.adv_std == "unbiased",
-                               shaping=cfg.shaping)
+        adv = group_advantages(rewards, shaping=cfg.shaping)
         mu_old, ls_old = self.mu.copy(), self.log_sigma.copy()
         info: dict[str, float] = {}
         for _ in range(cfg.epochs):
             mu_from, ls_from = self.mu.copy(), self.log_sigma.copy()
             g_mu, g_ls, info = objective_grads(z, adv, self.mu, self.log_sigma, mu_old, ls_old, center, cfg)
             self._ascend(g_mu, g_ls)
-            if cfg.epoch_check == "monotone" and (
+            if not cfg.paper and (  # ours: an epoch that lowers J (same samples and advantages) overshot
                     objective_value(z, adv, self.mu, self.log_sigma, mu_old, ls_old, center, cfg)
                     < objective_value(z, adv, mu_from, ls_from, mu_old, ls_old, center, cfg)):
-                self.mu, self.log_sigma = mu_from, ls_from  # overshot: the importance ratios blew up
+                self.mu, self.log_sigma = mu_from, ls_from
                 self.updates -= 1
                 self.undone += 1
                 break
         info["step_fraction"] = self._trust_region(mu_old, ls_old)
-        self._sigma_floor(z, adv)
         info["kl"] = kl_old_new(mu_old, ls_old, self.mu, self.log_sigma)
         return info
 
-    # -- step 7: the guarded, bounded commit --------------------------------------------
+    # -- step 5: the guarded, bounded commit --------------------------------------------------
     def commit_target(self, u_cur: np.ndarray) -> np.ndarray:
-        """The committed value moved towards the policy's mean by at most ``max_step`` (unit coords)."""
-        step = self.config.max_step
-        return np.clip(u_cur + np.clip(self.to_unit(self.mu) - u_cur, -step, step), 0.0, 1.0)
+        """The committed value moved towards the policy's mean by at most ``MAX_STEP`` (unit coords)."""
+        return np.clip(u_cur + np.clip(self.to_unit(self.mu) - u_cur, -MAX_STEP, MAX_STEP), 0.0, 1.0)
 
-    def guard_evidence(self, target: np.ndarray, rho: np.ndarray, scores: np.ndarray, t_val: np.ndarray,
-                       budget: int) -> float:
+    def guard_evidence(self, target: np.ndarray, rho: np.ndarray, scores: np.ndarray, budget: int) -> float:
         """The score the guard judges the move by (NaN: no evidence, the move is refused).
 
-        ``"probe"``: a probe of the target. ``"nearest"``: the score of the valid candidate
-        nearest to the target if it lies within ``commit_radius`` (unit coordinates, max
-        norm), else a probe of the target while the budget allows one.
+        ``"probe"``: a probe of the target. ``"nearest"``: the score of the candidate nearest
+        to the target if it lies within ``answer.COMMIT_RADIUS``, else a probe of the target
+        while the budget allows one.
         """
-        cfg = self.config
-        if cfg.commit_check == "none":
-            return float("nan")
-        if cfg.commit_check == "nearest" and len(scores):
-            dist = np.max(np.abs(rho - target), axis=1)
-            i = int(np.argmin(dist))
-            if dist[i] <= cfg.commit_radius:
+        if self.config.commit_check == "nearest":
+            near = rules.nearest_candidate(target, rho, scores)
+            if near is not None:
                 self.guard_nearest += 1
-                return float(scores[i])
+                return near
         if self.env.probes >= budget:
             return float("nan")
         self.guard_probes += 1
-        return self.env.probe(t_val, kind="guard")
+        score = self.env.probe(self.knob.from_unit(target), kind="guard")
+        self.evidence.add(self.rounds, self.env.progress, rules.GUARD, target, [score])
+        return score
 
-    def accept(self, target_score: float, baseline: float) -> bool:
-        """The guard: move only if the micro-dev score does not drop."""
-        if not math.isfinite(target_score):
-            return False
-        if not math.isfinite(baseline):
-            return True  # the current value faults; a finite score at the target is better
-        return target_score >= baseline - self.config.commit_tol
-
-    # -- the loop -----------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------
     def run(self, budget: int, callback: Callable[[Controller], None] | None = None) -> np.ndarray:
         env, knob, cfg = self.env, self.knob, self.config
         if self.rounds == 0:
             self.check_budget(budget)
         if not self.initialized:
-            self.mu = np.clip(self.to_latent(knob.to_unit(env.current)), *self.mu_bounds())
+            self.mu = self.initial_mean(knob.to_unit(env.current))
             self.initialized = True
         while not env.done:
             room = budget - self.env.probes - self.round_cost(0)
@@ -682,119 +483,103 @@ class GRPO(Controller):
             base = env.baseline()
             scores = env.probe_group(np.stack([knob.from_unit(r) for r in rho]))
             ok = np.isfinite(scores)
-            self.round_progress = env.progress
-            peak = bracketed_best(rho[ok], scores[ok]) if cfg.trend == "extrapolate" else None
-            if peak is not None:
-                self.peaks = np.vstack([self.peaks, np.concatenate([[env.progress], peak])])
-            self.last_group = np.column_stack([scores[ok], rho[ok]])
+            self.evidence.add(self.rounds, env.progress, rules.BASELINE, u_cur, [base])
+            self.evidence.add(self.rounds, env.progress, rules.CANDIDATE, rho, scores)
             rewards = scores[ok] - (base if math.isfinite(base) else 0.0)  # faulted baseline: same advantages
             self.last = {"reward_mean": float(rewards.mean()) if ok.any() else 0.0,
                          "reward_best": float(rewards.max()) if ok.any() else 0.0,
                          "valid": float(ok.sum())}
-            # 3-6. advantages and the policy update (a group needs >= 2 valid scores)
+            # 3-4. advantages and the policy update (a group needs >= 2 valid scores)
             if ok.sum() >= 2:
                 self.last.update(self.update(z[ok], rewards, self.to_latent(u_cur)))
-            # 7. guarded, bounded commit
+            # 5. guarded, bounded commit
             target = self.commit_target(u_cur)
             value = env.current
             if not np.allclose(target, u_cur, rtol=0.0, atol=1e-9):
-                t_val = knob.from_unit(target)
-                evidence = self.guard_evidence(target, rho[ok], scores[ok], t_val, budget)
-                if cfg.commit_check == "none" or self.accept(evidence, base):
-                    value = t_val
+                if cfg.commit_check == "none" or rules.accept(self.guard_evidence(target, rho[ok], scores[ok], budget),
+                                                              base):
+                    value = knob.from_unit(target)
                     self.commits += 1
                 else:
                     self.refusals += 1
-            # 10. the last round: a probe left unspent re-scores the best far candidate of earlier rounds
-            self._revisit(value, np.vstack([u_cur, rho[ok]]), np.concatenate([[base], scores[ok]]), budget)
-            self.history = np.vstack([self.history, self.last_group])
+            if cfg.revisit == "far_best" and self._last_round(budget):
+                self._revisit(value, budget)
             env.advance(value)
             self.rounds += 1
             if callback is not None:
                 callback(self)
         return self.answer()
 
-    def _revisit(self, value: np.ndarray, points: np.ndarray, scores: np.ndarray, budget: int) -> None:
-        """Step 10, in the last round and only with a probe the rounds left unspent: the best candidate
-        of the earlier rounds farther than ``revisit_radius`` from the answer, if it outscored every
-        earlier candidate near the answer, is probed again at this round's training state. If it
-        beats the mean score of this round's probes near the answer (``points``/``scores``: the
-        baseline and the candidates), the run settled on a lesser peak and the answer moves there."""
-        env, cfg = self.env, self.config
-        if cfg.revisit == "none" or not len(self.history) or env.probes >= budget:
+    def _last_round(self, budget: int) -> bool:
+        env = self.env
+        return (env.steps_done + env.steps_per_round >= env.task.total_steps
+                or budget - env.probes - self.round_cost(0) < 2)
+
+    def _revisit(self, value: np.ndarray, budget: int) -> None:
+        """In the last round and only with a probe the rounds left unspent: the best far candidate
+        of the earlier rounds (:func:`answer.revisit_candidate`) is probed again here; if it wins
+        (:func:`answer.revisit_wins`), the answer moves there."""
+        if self.env.probes >= budget:
             return
-        if not (env.steps_done + env.steps_per_round >= env.task.total_steps
-                or budget - env.probes - self.round_cost(0) < 2):
-            return  # not the last round
-        answer = np.clip(self.knob.to_unit(self._answer_at(value)), 0.0, 1.0)
-        far = np.max(np.abs(self.history[:, 1:] - answer), axis=1) > cfg.revisit_radius
-        if not far.any():
+        here = np.clip(self.knob.to_unit(self._answer_from(value)), 0.0, 1.0)
+        u = rules.revisit_candidate(self.evidence, here, self.rounds)
+        if u is None:
             return
-        i = int(np.flatnonzero(far)[np.argmax(self.history[far, 0])])
-        if (~far).any() and self.history[i, 0] <= self.history[~far, 0].max():
-            return
-        u = self.history[i, 1:].copy()
-        score = env.probe(self.knob.from_unit(u), kind="revisit")
+        score = self.env.probe(self.knob.from_unit(u), kind="revisit")
         self.revisits += 1
-        ok = np.isfinite(scores)
-        near = ok & (np.max(np.abs(points - answer), axis=1) <= cfg.revisit_radius)
-        here = float(scores[near].mean()) if near.any() else (float(scores[ok].max()) if ok.any() else -math.inf)
-        if math.isfinite(score) and score > here:
+        self.evidence.add(self.rounds, self.env.progress, rules.REVISIT, u, [score])
+        if rules.revisit_wins(score, self.evidence, self.rounds, here):
             self.escape = u
             self.escapes += 1
 
-    def trend(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Step 9's ``(shift, slope, t)`` (unit coordinates per unit of training progress)."""
-        return drift_trend(self.peaks[:, 0], self.peaks[:, 1:], self.round_progress, self.config.trend_t)
+    # -- the answer -----------------------------------------------------------------------
+    def drift(self) -> rules.Drift:
+        """The drift the answer follows (:func:`answer.fit_drift`; none with ``trend="none"``)."""
+        if self.config.trend == "none" or not len(self.evidence.rows):
+            return rules.Drift.none(self.knob.dim)
+        p_last = float(self.evidence.rows[-1, 1])
+        return rules.fit_drift(rules.drift_rows(self.evidence), self.knob.dim, p_last)
 
     def answer(self) -> np.ndarray:
-        """The committed value (or the last group's significant peak, step 8), moved along a measured
-        drift to the end of training (step 9); or the far value step 10 found better."""
+        """The learned value: the final committed value, or with the answer rules the last
+        group's significant peak, moved along a measured drift, within the evidence; or the
+        far value a revisit found better."""
         if self.escape is not None:
-            return self._answer_at(self.knob.from_unit(self.escape), vertex=False, trend=self._on_trend(self.escape))
-        return self._answer_at(self.env.current)
+            return self.knob.from_unit(self.escape)
+        return self._answer_from(self.env.current)
 
-    def _on_trend(self, u: np.ndarray) -> bool:
-        """Whether ``u`` (unit coordinates) lies within ``revisit_radius`` of the drift line of step 9
-        at the last round: only then does that drift carry a revisited value along (a line through
-        the bests of a run that jumped between peaks says nothing about the other peak)."""
-        if len(self.peaks) < 3:
-            return False
-        p, peaks = self.peaks[:, 0], self.peaks[:, 1:]
-        slope = self.trend()[1]
-        line = peaks.mean(axis=0) + slope * (self.round_progress - p.mean())
-        return bool(np.max(np.abs(np.asarray(u) - line)) <= self.config.revisit_radius)
-
-    def _answer_at(self, committed: np.ndarray, vertex: bool = True, trend: bool = True) -> np.ndarray:
-        """Steps 8 (with ``vertex``) and 9 (with ``trend``) from the committed value ``committed``."""
-        current = np.array(committed, dtype=np.float64)
-        if vertex and self.config.answer == "vertex":
-            current = self.knob.from_unit(quadratic_vertex(self.last_group[:, 1:], self.last_group[:, 0],
-                                                           np.clip(self.knob.to_unit(current), 0.0, 1.0),
-                                                           self.config.vertex_t))  # step 8
-        if self.config.trend == "none" or not trend:
-            return current
-        shift = self.trend()[0]
-        if not shift.any():
-            return current
-        return self.knob.from_unit(np.clip(self.knob.to_unit(current) + shift, 0.0, 1.0))
+    def _answer_from(self, committed: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        if cfg.paper:
+            return np.array(committed, dtype=np.float64)
+        u0 = np.clip(self.knob.to_unit(np.asarray(committed, dtype=np.float64)), 0.0, 1.0)
+        u = u0
+        if cfg.answer == "vertex" and len(self.evidence.rows):
+            last = self.evidence.select(self.evidence.last_rounds(1), (rules.CANDIDATE,))
+            u = rules.quadratic_vertex(last[:, 4:], last[:, 3], u0, cfg.vertex_t)
+        drift = self.drift()
+        shift = drift.shift
+        if drift.peak_last is not None:  # drifting: the committed value lags; start from the fitted peak
+            u = np.where((shift != 0) & np.isfinite(drift.peak_last), drift.peak_last, u)
+        u = rules.clip_to_evidence(u + shift, self.evidence, shift)
+        if cfg.answer == "committed" and np.array_equal(u, u0):
+            return np.array(committed, dtype=np.float64)  # unchanged: no round trip through unit coordinates
+        return self.knob.from_unit(u)
 
     # -- logging, resume and warm starts -----------------------------------------------
     def state(self) -> dict[str, float]:
         """mu (knob units), sigma (latent units), the committed value per component, and counters."""
         names = self.knob.component_names
         mu_k = self.knob.from_unit(self.to_unit(self.mu)) if self.initialized else self.knob.clip(self.env.current)
+        drift = self.drift() if self.config.trend == "extrapolate" else None
         out: dict[str, float] = {}
         for i, n in enumerate(names):
             sfx = "" if self.knob.dim == 1 else f"/{n}"
             out[f"mu{sfx}"] = float(mu_k[i])
             out[f"sigma{sfx}"] = float(self.sigma[i])
             out[f"value{sfx}"] = float(self.env.current[i])
-        if self.config.trend == "extrapolate" and len(self.peaks) >= 3:
-            _, slope, t = self.trend()
-            for i, n in enumerate(names):
-                sfx = "" if self.knob.dim == 1 else f"/{n}"
-                out[f"trend_slope{sfx}"], out[f"trend_t{sfx}"] = float(slope[i]), float(t[i])
+            if drift is not None and drift.t[i] > 0:
+                out[f"trend_slope{sfx}"], out[f"trend_t{sfx}"] = float(drift.slope[i]), float(drift.t[i])
         out.update({"rounds": float(self.rounds), "updates": float(self.updates), "commits": float(self.commits),
                     "refusals": float(self.refusals), "guard_probes": float(self.guard_probes),
                     "undone": float(self.undone), "revisits": float(self.revisits), "escapes": float(self.escapes)})
@@ -810,7 +595,7 @@ class GRPO(Controller):
         """Start from a finished run's policy: mean and width, not its counters or RNG.
 
         Training still starts at the task's starting value; the first round samples
-        around the saved mean, and the commit moves towards it by ``max_step``.
+        around the saved mean, and the commit moves towards it by at most half the range.
         """
         cfg = self.config
         if state.get("space") != cfg.space:
@@ -826,49 +611,42 @@ class GRPO(Controller):
                               f"this knob {self.knob.dim}")
         if not (np.isfinite(mu).all() and np.isfinite(sigma).all() and (sigma > 0).all()):
             raise ConfigError(f"warm start: the grpo policy in {str(folder)!r} is not finite")
+        lo, hi = cfg.sigma_bounds
         self.mu = np.clip(mu, *self.mu_bounds())
-        self.log_sigma = np.clip(np.log(sigma), math.log(cfg.sigma_min), math.log(cfg.sigma_max))
+        self.log_sigma = np.clip(np.log(sigma), math.log(lo), math.log(hi))
         self.initialized = True
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "rng": self.rng.bit_generator.state, "mu": self.mu.copy(), "log_sigma": self.log_sigma.copy(),
-            "initialized": self.initialized, "adam_m": self.adam_m.copy(), "adam_v": self.adam_v.copy(),
-            "adam_t": self.adam_t, "rounds": self.rounds, "updates": self.updates, "commits": self.commits,
-            "refusals": self.refusals, "guard_probes": self.guard_probes, "guard_nearest": self.guard_nearest,
-            "undone": self.undone, "last": dict(self.last), "peaks": self.peaks.copy(), "round_progress": self.round_progress,
-            "last_group": self.last_group.copy(), "history": self.history.copy(), "revisits": self.revisits,
-            "escapes": self.escapes, "escape": None if self.escape is None else self.escape.copy(),
+            "version": STATE_VERSION, "rng": self.rng.bit_generator.state, "mu": self.mu.copy(),
+            "log_sigma": self.log_sigma.copy(), "initialized": self.initialized, "rounds": self.rounds,
+            "updates": self.updates, "commits": self.commits, "refusals": self.refusals,
+            "guard_probes": self.guard_probes, "guard_nearest": self.guard_nearest, "undone": self.undone,
+            "revisits": self.revisits, "escapes": self.escapes, "last": dict(self.last),
+            "evidence": self.evidence.rows.copy(), "escape": None if self.escape is None else self.escape.copy(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ResumeError("this grpo checkpoint was written by an older hpctl (its controller state changed); "
+                              "start the run afresh")
         try:
             self.rng.bit_generator.state = state["rng"]
             self.mu = np.asarray(state["mu"], dtype=np.float64).copy()
             self.log_sigma = np.asarray(state["log_sigma"], dtype=np.float64).copy()
             self.initialized = bool(state["initialized"])
-            self.adam_m = np.asarray(state["adam_m"], dtype=np.float64).copy()
-            self.adam_v = np.asarray(state["adam_v"], dtype=np.float64).copy()
-            self.adam_t = int(state["adam_t"])
-            self.rounds, self.commits = int(state["rounds"]), int(state["commits"])
-            self.updates = int(state.get("updates", 0))
-            self.refusals = int(state["refusals"])
-            self.undone = int(state.get("undone", 0))
+            self.rounds, self.updates, self.commits = int(state["rounds"]), int(state["updates"]), int(state["commits"])
+            self.refusals, self.undone = int(state["refusals"]), int(state["undone"])
             self.guard_probes, self.guard_nearest = int(state["guard_probes"]), int(state["guard_nearest"])
-            self.last = dict(state.get("last", {}))
-            peaks = np.asarray(state.get("peaks", np.zeros((0, 1 + self.knob.dim))), dtype=np.float64)
-            self.round_progress = float(state.get("round_progress", 0.0))
-            self.last_group = np.asarray(state.get("last_group", np.zeros((0, 1 + self.knob.dim))),
-                                         dtype=np.float64).reshape(-1, 1 + self.knob.dim)
-            self.history = np.asarray(state.get("history", np.zeros((0, 1 + self.knob.dim))),
-                                      dtype=np.float64).reshape(-1, 1 + self.knob.dim)
-            self.revisits, self.escapes = int(state.get("revisits", 0)), int(state.get("escapes", 0))
-            escape = state.get("escape")
+            self.revisits, self.escapes = int(state["revisits"]), int(state["escapes"])
+            self.last = dict(state["last"])
+            rows = np.asarray(state["evidence"], dtype=np.float64)
+            escape = state["escape"]
             self.escape = None if escape is None else np.asarray(escape, dtype=np.float64).copy()
         except KeyError as exc:
             raise ResumeError(f"grpo checkpoint lacks {exc.args[0]!r}") from None
         if self.mu.shape != (self.knob.dim,):
             raise ResumeError(f"grpo checkpoint is for a {self.mu.size}-d knob, this knob has dim {self.knob.dim}")
-        if peaks.size % (1 + self.knob.dim):
-            raise ResumeError(f"grpo checkpoint's trend points do not fit a {self.knob.dim}-d knob")
-        self.peaks = peaks.reshape(-1, 1 + self.knob.dim)
+        if rows.size % (4 + self.knob.dim):
+            raise ResumeError(f"grpo checkpoint's probe record does not fit a {self.knob.dim}-d knob")
+        self.evidence = rules.Evidence(self.knob.dim, rows)
