@@ -73,9 +73,11 @@ from benchmarks.controller_report import (  # noqa: E402
     versions,
     write,
 )
+from hpctl.control_env import ControlEnv  # noqa: E402
 from hpctl.controllers.base import get_controller  # noqa: E402
 from hpctl.errors import ConfigError  # noqa: E402
 from hpctl.envs import make_landscape_env  # noqa: E402
+from hpctl.envs.landscapes import Landscape, LandscapeTask  # noqa: E402
 from hpctl.runner import steps_per_round  # noqa: E402
 
 CONTROLLERS = ["grpo", "ppo", "a2c", "sac", "td3", "random", "grid"]
@@ -88,11 +90,15 @@ COMMIT_STEPS = (0.3, 0.5)
 
 @dataclass(frozen=True)
 class Scenario:
+    """A landscape (``kwargs``: :class:`~hpctl.envs.landscapes.Landscape`'s fields plus ``noise``)
+    and where training starts on it."""
+
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     landscape: str = ""
     noise: float = 0.01
     single_peak: bool = False
+    start: float = START
 
 
 LANDSCAPES: list[tuple[str, dict[str, Any], bool]] = [
@@ -109,26 +115,27 @@ for _name, _kw, _ in LANDSCAPES:  # the benchmark must not flatter a commit step
     for _o in np.atleast_1d(_kw["optimum"]):
         assert all(abs(abs(_o - START) - s) > 0.01 for s in COMMIT_STEPS), (_name, _o)
 
-#: GRPO with one choice switched back (name -> settings); each row of the ablation table
+#: GRPO with one choice switched back (name -> settings); each row of the ablation table. ``paper``
+#: switches every addition off at once. Ablations whose switch measured nothing (sigma_floor=best,
+#: max_kl=0, epoch_check=none, adv=population,1e-8, max_step=0.3) went with their settings; their
+#: runs are dropped from the results when parts are merged (:data:`REMOVED_ABLATIONS`).
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "space=clamp": {"space": "clamp", "sigma_init": 0.3, "sigma_min": 0.025, "sigma_max": 0.75},
+    "paper": {"paper": True},
+    "space=clamp": {"space": "clamp"},
     "sampling=iid": {"sampling": "iid"},
-    "sigma_floor=best": {"sigma_floor": "best"},
     "lambda_reg=0": {"lambda_reg": 0.0},
     "lambda_reg=0.5": {"lambda_reg": 0.5},
-    "max_kl=0": {"max_kl": 0.0},
-    "epoch_check=none": {"epoch_check": "none"},
     "clip_eps=0.2": {"clip_eps": 0.2},
-    "adv=population,1e-8": {"adv_std": "population", "adv_eps": 1e-8},
     "commit_check=probe": {"commit_check": "probe"},
     "commit_check=none": {"commit_check": "none"},
-    "max_step=0.3": {"max_step": 0.3},
     "trend=none": {"trend": "none"},
     "answer=committed": {"answer": "committed"},
     "vertex_t=3": {"vertex_t": 3.0},
     "revisit=none": {"revisit": "none"},
     "shaping=nes": {"shaping": "nes"},  # a variant, not a switch-back: rank utilities in place of z-scores
 }
+#: ablations of earlier results whose settings no longer exist
+REMOVED_ABLATIONS = ("sigma_floor=best", "max_kl=0", "epoch_check=none", "adv=population,1e-8", "max_step=0.3")
 
 #: warm start: (source optimum, target optimum), a similar landscape whose optimum moved
 WARM_PAIRS = [(0.12, 0.17), (0.88, 0.83), (0.30, 0.35), (0.63, 0.58)]
@@ -157,9 +164,18 @@ def make_controller(controller: str, env, seed: int):
     return cls(env, cls.make_config(variant_settings(controller)), seed=seed)
 
 
+def make_env(scenario: Scenario, budget: int, group_size: int) -> ControlEnv:
+    """The scenario's landscape as the runner builds it: ``TOTAL_STEPS`` steps, rounds spanning them,
+    training starting at ``scenario.start``."""
+    kw = dict(scenario.kwargs)
+    noise = kw.pop("noise", 0.01)
+    kw["optimum"] = tuple(float(o) for o in np.atleast_1d(kw.get("optimum", 0.37)))
+    task = LandscapeTask(Landscape(**kw), noise=noise, total_steps=TOTAL_STEPS, default=scenario.start)
+    return ControlEnv(task, group_size=group_size, steps_per_round=steps_per_round(TOTAL_STEPS, budget, group_size))
+
+
 def run_one(controller: str, scenario: Scenario, seed: int, budget: int, group_size: int) -> dict[str, Any]:
-    env = make_landscape_env(group_size=group_size, total_steps=TOTAL_STEPS,
-                             steps_per_round=steps_per_round(TOTAL_STEPS, budget, group_size), **scenario.kwargs)
+    env = make_env(scenario, budget, group_size)
     ctrl = make_controller(controller, env, seed)
     best: dict[str, Any] = {"score": -np.inf, "value": None}
 
@@ -383,8 +399,10 @@ def merge(out: Path, command: str) -> int:
     previous = out / "controllers.json"
     if previous.is_file():
         doc = json.loads(previous.read_text())
+        gone = {f"grpo[{a}]" for a in REMOVED_ABLATIONS}
         for r in unpack_runs(doc["runs"]):
-            runs[(r["controller"], r["scenario"], r["seed"])] = r
+            if r["controller"] not in gone:  # a removed setting's runs cannot be re-run: they go
+                runs[(r["controller"], r["scenario"], r["seed"])] = r
         for w in doc.get("warm_runs", []):
             warm[(tuple(w["pair"]), w["noise"], w["seed"])] = w
         earlier = [c for c in doc.get("commands") or [doc["command"]] if "--merge" not in c.split()]
@@ -476,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  warm start: done ({time.perf_counter() - t_all:.0f} s)", file=sys.stderr, flush=True)
     meta = {"command": command, "seeds": seeds, "budget": args.budget, "group_size": args.group_size,
             "scenarios": [{"name": s.name, **{k: (list(v) if isinstance(v, tuple) else v)
-                                              for k, v in s.kwargs.items()}} for s in scenarios],
+                                              for k, v in s.kwargs.items()},
+                           **({"start": s.start} if s.start != START else {})} for s in scenarios],
             "torch_threads": args.threads, "versions": versions(), "success_threshold": SUCCESS,
             "trapped_threshold": TRAPPED}
     if args.part:

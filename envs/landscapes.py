@@ -13,8 +13,9 @@ Shapes (``width`` is the scale of the peak in knob units):
 ``flat``       a plateau of half-width ``width`` around the optimum with soft edges
                (every value on the plateau is optimal: distance is measured to it);
 ``skewed``     a bump three times wider on the right than on the left;
-``two-peaked`` the global bump at the optimum plus a wider, lower (0.7) decoy bump at
-               ``decoy`` (default: the mirror image of the optimum).
+``two-peaked`` the global bump at the optimum plus a wider, lower decoy bump (height
+               ``decoy_height``, default 0.7) at ``decoy`` (default: the mirror image of the
+               optimum).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Landscape:
     low: float = 0.0
     high: float = 1.0
     decoy: tuple[float, ...] | None = None
+    decoy_height: float = 0.7  # two-peaked: the decoy's height (the optimum's is 1)
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
@@ -55,10 +57,17 @@ class Landscape:
                 raise ConfigError(f"optimum {o} is outside the knob's bounds [{self.low}, {self.high}]")
             if not self.low <= o + self.drift <= self.high:
                 raise ConfigError(f"optimum {o} drifts by {self.drift} out of the bounds [{self.low}, {self.high}]")
+        if not 0 < self.decoy_height < 1:
+            raise ConfigError(f"decoy height must be in (0, 1) (the optimum's is 1), got {self.decoy_height}")
         if self.decoy is None:
             mid = (self.low + self.high) / 2
             self.decoy = tuple(2 * mid - o for o in self.optimum)
         self.decoy = tuple(float(d) for d in np.atleast_1d(self.decoy))
+        if len(self.decoy) != len(self.optimum):
+            raise ConfigError(f"the decoy has {len(self.decoy)} coordinate(s), the optimum {len(self.optimum)}")
+        for d in self.decoy:
+            if not self.low <= d <= self.high:
+                raise ConfigError(f"decoy {d} is outside the knob's bounds [{self.low}, {self.high}]")
 
     @property
     def dim(self) -> int:
@@ -83,7 +92,7 @@ class Landscape:
         # two-peaked
         main = np.exp(-0.5 * np.sum((d / w) ** 2))
         dd = x - np.asarray(self.decoy) - self.drift * float(np.clip(progress, 0.0, 1.0))
-        decoy = 0.7 * np.exp(-0.5 * np.sum((dd / (2 * w)) ** 2))
+        decoy = self.decoy_height * np.exp(-0.5 * np.sum((dd / (2 * w)) ** 2))
         return float(max(main, decoy))
 
     def distance(self, x: np.ndarray, progress: float = 1.0) -> float:
@@ -114,7 +123,7 @@ class LandscapeTask(Task):
         self.noise = float(noise)
         self.probe_delay = float(probe_delay)
         self.total_steps = int(total_steps)
-        mid = (low + high) / 2 if default is None else default
+        mid = (low + high) / 2 if default is None else float(default)
         labels = ("x", "y") if landscape.dim == 2 else ()
         self.knob = Knob("x" if landscape.dim == 1 else "xy", low, high, default=mid,
                          dim=landscape.dim, labels=labels)
@@ -194,5 +203,8 @@ class LandscapeTask(Task):
 
     def describe(self) -> dict[str, Any]:
         ls = self.landscape
-        return {"shape": ls.shape, "optimum": list(ls.optimum), "width": ls.width, "drift": ls.drift,
-                "noise": self.noise, "total_steps": self.total_steps}
+        out = {"shape": ls.shape, "optimum": list(ls.optimum), "width": ls.width, "drift": ls.drift,
+               "noise": self.noise, "total_steps": self.total_steps, "start": self.knob.default_value.tolist()}
+        if ls.shape == "two-peaked":
+            out.update(decoy=list(ls.decoy), decoy_height=ls.decoy_height)
+        return out

@@ -126,7 +126,7 @@ def test_a_grpo_variant_is_named_by_its_settings(tmp_path):
     from hpctl.envs import make_landscape_env
 
     assert controllers.variant_settings("grpo") == {}
-    assert controllers.variant_settings("grpo[max_step=0.3]") == controllers.ABLATIONS["max_step=0.3"]
+    assert controllers.variant_settings("grpo[trend=none]") == controllers.ABLATIONS["trend=none"]
     assert controllers.variant_settings("grpo[lr_sigma=0.4; epochs=5]") == {"lr_sigma": "0.4", "epochs": "5"}
     ctrl = controllers.make_controller("grpo[lr_sigma=0.4;epochs=5]", make_landscape_env(group_size=3), 0)
     assert ctrl.config.lr_sigma == 0.4 and ctrl.config.epochs == 5

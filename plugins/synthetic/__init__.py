@@ -28,6 +28,12 @@ class SyntheticConfig:
     shape: str = field(default="peaked", metadata={"help": "landscape shape", "choices": list(SHAPES)})
     width: float = field(default=0.15, metadata={"help": "width of the peak (knob units)"})
     drift: float = field(default=0.0, metadata={"help": "how far the optimum moves over training"})
+    start: float | None = field(default=None, metadata={
+        "help": "value training starts at, every coordinate (default: the middle of [low, high])"})
+    decoy: float | None = field(default=None, metadata={
+        "help": "two-peaked: where the lower peak sits, every coordinate (default: the optimum's mirror image)"})
+    decoy_height: float = field(default=0.7, metadata={
+        "help": "two-peaked: height of the lower peak (the optimum's is 1), in (0, 1)"})
     low: float = field(default=0.0, metadata={"help": "lower bound of the knob"})
     high: float = field(default=1.0, metadata={"help": "upper bound of the knob"})
     total_steps: int = field(default=1000, metadata={"help": "simulated training steps in one run"})
@@ -68,12 +74,15 @@ class SyntheticPlugin(Plugin):
         optimum: tuple[float, ...] = (config.optimum,)
         if config.optimum2 is not None:
             optimum = (config.optimum, config.optimum2)
+        decoy = None if config.decoy is None else (float(config.decoy),) * len(optimum)
         landscape = Landscape(optimum=optimum, shape=config.shape, width=config.width, drift=config.drift,
-                              low=config.low, high=config.high)
+                              low=config.low, high=config.high, decoy=decoy, decoy_height=config.decoy_height)
         if config.probe_delay < 0:
             raise ConfigError(f"probe delay must be >= 0, got {config.probe_delay}")
+        if config.start is not None and not config.low <= config.start <= config.high:
+            raise ConfigError(f"start {config.start} is outside the knob's bounds [{config.low}, {config.high}]")
         task = LandscapeTask(landscape, noise=config.noise, total_steps=config.total_steps,
-                             low=config.low, high=config.high, probe_delay=config.probe_delay)
+                             low=config.low, high=config.high, default=config.start, probe_delay=config.probe_delay)
         task.reset(seed)
         return task
 
