@@ -80,7 +80,9 @@ def store_template() -> Path | None:
     milliseconds. It is made by the function MLflow's ``SqlAlchemyStore`` runs on an
     empty database (``mlflow.store.db.utils._initialize_tables``), stopping where MLflow
     would go on to add the ``Default`` experiment: MLflow adds it when it first opens the
-    copy, with the artifact location it would give it there. Returns None (the caller
+    copy, with the artifact location it would give it there. A template at another schema
+    revision than this MLflow's (made by another MLflow under the same version number) is
+    made again. Returns None (the caller
     lets MLflow create the store) where that function is missing, the cache folder cannot
     be written, or workspaces are enabled (``MLFLOW_ENABLE_WORKSPACES``: another store class).
     """
@@ -91,7 +93,9 @@ def store_template() -> Path | None:
     folder = cache_dir()
     path = folder / f"mlflow-{mlflow.__version__}-store.db"
     if path.is_file():
-        return path
+        if _at_mlflows_schema(path):
+            return path
+        path.unlink(missing_ok=True)  # made by another MLflow under the same version number: make it again
     tmp = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         import sqlalchemy
@@ -115,6 +119,23 @@ def store_template() -> Path | None:
         return None
 
 
+def _at_mlflows_schema(db: Path) -> bool:
+    """Whether the sqlite store ``db`` is at the schema revision this MLflow expects (MLflow's
+    own check as it opens a store, which would otherwise refuse a copy of ``db``)."""
+    try:
+        import sqlalchemy
+        from mlflow.store.db import utils as db_utils
+
+        engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+        try:
+            db_utils._verify_schema(engine)
+        finally:
+            engine.dispose()
+        return True
+    except Exception:  # noqa: BLE001 - any doubt: not a template to copy
+        return False
+
+
 def _create_from_template(db: Path) -> bool:
     """Create the store ``db`` (absent or empty) as a copy of :func:`store_template`.
 
@@ -133,22 +154,8 @@ def _create_from_template(db: Path) -> bool:
     return True
 
 
-class _TemplateRefused(Exception):
-    """MLflow would not open a store copied from the template."""
-
-
-def _discard_template() -> None:
-    """Forget a template MLflow refused (e.g. an MLflow reinstalled in place under the same version)."""
-    try:
-        import mlflow
-
-        (cache_dir() / f"mlflow-{mlflow.__version__}-store.db").unlink(missing_ok=True)
-    except OSError:
-        pass
-
-
 @contextmanager
-def _store_guard(uri: str) -> Iterator[bool]:
+def _store_guard(uri: str) -> Iterator[None]:
     """Open the store safely: fail fast when it cannot work, never race its creation.
 
     * sqlite: the folder must be writable (checked by writing, which also catches a
@@ -156,8 +163,6 @@ def _store_guard(uri: str) -> Iterator[bool]:
       use, when the store is created (a copy of :func:`store_template`, or MLflow's
       migrations where there is none): concurrent first runs otherwise race in alembic
       and leave a store every later run fails on.
-
-    Yields whether this call created the store from the template.
     * http(s): the first requests run without retries and with a short timeout, so a
       server that is not there is a one-line error in seconds, not minutes of backoff.
       Later logging keeps MLflow's usual retries.
@@ -178,8 +183,9 @@ def _store_guard(uri: str) -> Iterator[bool]:
             raise ConfigError(f"MLflow store {str(db)!r} is not writable: {exc.strerror or exc}") from None
         try:
             with FileLock(str(db) + ".lock", timeout=300):
-                created = (not db.exists() or db.stat().st_size == 0) and _create_from_template(db)
-                yield created
+                if not db.exists() or db.stat().st_size == 0:
+                    _create_from_template(db)  # else (no template) MLflow creates it, under this lock
+                yield
         except Timeout:
             raise ConfigError(f"MLflow store {str(db)!r} stayed locked for 300 s by another process") from None
     elif uri.startswith(("http://", "https://")):
@@ -187,7 +193,7 @@ def _store_guard(uri: str) -> Iterator[bool]:
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(CONNECT_TIMEOUT_S)
         try:
-            yield False
+            yield
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -195,7 +201,7 @@ def _store_guard(uri: str) -> Iterator[bool]:
                 else:
                     os.environ[k] = v
     else:
-        yield False
+        yield
 
 
 def _experiment_id(client: Any, uri: str, name: str) -> str:
@@ -301,14 +307,8 @@ class Tracker:
         opening = dict(experiment=experiment, run_name=run_name, parent_run_id=parent_run_id, run_id=run_id,
                        tags=tags, reopen=reopen, experiment_id=experiment_id)
         try:
-            with _store_guard(self.uri) as from_template:
-                try:
-                    self._open(**opening, from_template=from_template)
-                except _TemplateRefused:
-                    # MLflow would not open the copied template: forget it and let MLflow create the store
-                    _discard_template()
-                    _sqlite_path(self.uri).unlink(missing_ok=True)
-                    self._open(**opening, from_template=False)
+            with _store_guard(self.uri):
+                self._open(**opening)
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - any store failure is a user-facing config problem
@@ -320,20 +320,11 @@ class Tracker:
         self.ended = False
 
     def _open(self, *, experiment: str, run_name: str | None, parent_run_id: str | None, run_id: str | None,
-              tags: dict[str, str] | None, reopen: bool, experiment_id: str | None, from_template: bool) -> None:
-        """Set ``client``, ``experiment_id`` and ``run_id``: the run ``run_id``, or a new one.
-
-        ``from_template``: the store was just copied from :func:`store_template` (raises
-        :class:`_TemplateRefused`, having written nothing, if MLflow will not open it).
-        """
+              tags: dict[str, str] | None, reopen: bool, experiment_id: str | None) -> None:
+        """Set ``client``, ``experiment_id`` and ``run_id``: the run ``run_id``, or a new one."""
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.uri)
-        if from_template:
-            try:
-                self.client.search_experiments(max_results=1)  # MLflow opens the store: checks its schema
-            except Exception as exc:  # noqa: BLE001 - nothing was written: the caller makes the store again
-                raise _TemplateRefused() from exc
         self.experiment_id = experiment_id or _experiment_id(self.client, self.uri, experiment)
         if run_id is not None:
             self.run_id = run_id

@@ -1,4 +1,5 @@
-"""One meaning of `learned`, the best probe beside it, updates, and warm starts through `hpctl run`."""
+"""One meaning of `learned`, the best probe beside it, updates, and warm starts through `hpctl run`;
+what a run and a comparison record in MLflow."""
 
 from __future__ import annotations
 
@@ -97,3 +98,51 @@ def test_warm_start_state_of_a_two_dimensional_knob(hpctl_main):
     assert state["knob"]["dim"] == 2 and np.asarray(state["state"]["mu"]).shape == (2,)
     code, _, err = hpctl_main("run", "synthetic", "-c", "grpo", "--warm-start", "two", "--out", "one")
     assert code == 2 and "is for a 2-d knob" in err
+
+
+def _children(client, run_id: str) -> list:
+    exp = client.get_run(run_id).info.experiment_id
+    return client.search_runs([exp], f"tags.mlflow.parentRunId = '{run_id}'")
+
+
+def test_a_comparison_records_each_trial_once_and_whole(hpctl_main, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    code, out, err = hpctl_main("compare", "synthetic", "--controllers", "grpo,random", "--seeds", "2",
+                                "--budget", "18", "--group-size", "5", "--out", "cmp", "--json")
+    assert code == 0, err
+    result = _last_json(out)
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(result["mlflow_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.params["controllers"] == "grpo,random"
+    assert {"grpo/true_reward", "random/true_reward"} <= set(parent.data.metrics)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"compare.json", "compare.png"}
+    trials = {r.info.run_id: r for r in _children(client, parent.info.run_id)}
+    recorded = [r for rs in result["runs"].values() for r in rs]
+    assert sorted(trials) == sorted(r["mlflow_run_id"] for r in recorded)  # one MLflow run per trial
+    for r in recorded:
+        run = trials[r["mlflow_run_id"]]
+        ctrl = run.data.tags["hpctl.controller"]
+        assert run.info.status == "FINISHED" and run.info.run_name == f"synthetic/{ctrl}/seed{r['seed']}"
+        assert run.data.params["seed"] == str(r["seed"]) and run.data.params["budget"] == "18"
+        assert run.data.params["controller"] == ctrl and run.data.params["plugin"] == "synthetic"
+        assert run.data.metrics["learned/x"] == pytest.approx(r["learned"]["x"])
+        assert len(client.get_metric_history(run.info.run_id, "probe/x")) == r["probes"]
+        assert run.data.tags["learned"].startswith("x=")
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"result.json", "history.json"} <= arts and "run.png" not in arts  # compare.png draws them all
+        assert not _children(client, run.info.run_id)  # the controller phase repeats the trial: no nested run
+        folder = Path("cmp") / f"{ctrl}-s{r['seed']}"
+        assert (folder / "history.json").is_file() and not (folder / "run.png").exists()
+
+
+def test_a_run_keeps_its_plot_and_its_controller_phase_run(hpctl_main, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    result = _run(hpctl_main, "-c", "random", "--budget", "8", "--out", "one")
+    client = MlflowClient(tracking_uri)
+    (phase,) = _children(client, result["mlflow_run_id"])
+    assert phase.info.run_name == "controller" and phase.info.status == "FINISHED"
+    assert phase.data.params["controller"] == "random" and phase.data.metrics["seconds"] >= 0
+    assert "run.png" in {a.path for a in client.list_artifacts(result["mlflow_run_id"])}
+    assert Path("one/run.png").stat().st_size > 0

@@ -80,3 +80,80 @@ def test_every_controller_logs_its_answer_under_one_name(hpctl_main, tracking_ur
     assert run.data.metrics["learned/x"] == pytest.approx(result["learned"]["x"])
     assert run.data.tags["mlflow.source.name"] == "hpctl" and "mlflow.user" in run.data.tags
     assert Path("r/history.jsonl").is_file()
+
+
+# ------------------------------------------------------------------ the store template --
+def _schema(db) -> tuple:
+    import sqlite3
+
+    def lines(sql):  # the order of a table's constraints varies between two migrations (set order)
+        return sorted(line.strip().rstrip(",").strip() for line in (sql or "").splitlines())
+
+    con = sqlite3.connect(db)
+    try:
+        objects = sorted(((t, n, tbl, lines(sql)) for t, n, tbl, sql in
+                          con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")), key=str)
+        revision = con.execute("SELECT version_num FROM alembic_version").fetchall()
+        experiments = con.execute("SELECT experiment_id, name, lifecycle_stage FROM experiments "
+                                  "ORDER BY experiment_id").fetchall()
+    finally:
+        con.close()
+    return objects, revision, experiments
+
+
+def test_a_new_store_is_a_copy_of_the_template_and_equals_the_store_mlflow_makes(tmp_path, monkeypatch):
+    from hpctl import tracking
+
+    monkeypatch.setenv("HPCTL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    a = Tracker(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}", "exp", run_name="r")
+    template = tracking.store_template()
+    assert template is not None and template.parent == tmp_path / "cache"
+    made = template.stat().st_mtime_ns
+    with monkeypatch.context() as m:  # the store MLflow makes itself, by its migrations
+        m.setattr(tracking, "store_template", lambda: None)
+        b = Tracker(f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}", "exp", run_name="r")
+    assert _schema(tmp_path / "a" / "mlflow.db") == _schema(tmp_path / "b" / "mlflow.db")
+    for t in (a, b):  # MLflow added its Default experiment where it would have, then ours
+        default = t.client.get_experiment("0")
+        assert default.name == "Default" and default.artifact_location == str(tmp_path / "mlruns" / "0")
+    c = Tracker(f"sqlite:///{tmp_path / 'c' / 'mlflow.db'}", "exp", run_name="r")  # the template is reused
+    assert template.stat().st_mtime_ns == made
+    c.metric("m", 2.5, 3)
+    c.end()
+    run = c.client.get_run(c.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["m"] == 2.5
+    a.end()
+    b.end()
+
+
+def test_a_template_at_another_schema_revision_is_made_again(tmp_path, monkeypatch):
+    import sqlite3
+
+    from hpctl import tracking
+
+    monkeypatch.setenv("HPCTL_CACHE_DIR", str(tmp_path / "cache"))
+    template = tracking.store_template()
+    con = sqlite3.connect(template)
+    with con:  # as if made by another MLflow under the same version number
+        con.execute("UPDATE alembic_version SET version_num = 'not-a-revision'")
+    con.close()
+    t = Tracker(f"sqlite:///{tmp_path / 's' / 'mlflow.db'}", "exp", run_name="r")
+    t.metric("m", 1.5, 0)
+    t.end()
+    assert _schema(template)[1] == _schema(tmp_path / "s" / "mlflow.db")[1] != [("not-a-revision",)]
+    con = sqlite3.connect(tmp_path / "s" / "mlflow.db")
+    try:
+        assert con.execute("SELECT status FROM runs WHERE run_uuid = ?", (t.run_id,)).fetchone()[0] == "FINISHED"
+        assert con.execute("SELECT value FROM metrics WHERE run_uuid = ? AND key = 'm'", (t.run_id,)).fetchone()[0] == 1.5
+    finally:
+        con.close()
+
+
+def test_end_waits_for_every_background_write(tracker):
+    tracker.flush_every = 700  # three batches go to the writer thread before end()
+    for step in range(2500):
+        tracker.metric("probe/x", float(step), step)
+    tracker.end()
+    assert len(tracker.client.get_metric_history(tracker.run_id, "probe/x")) == 2500
+    assert tracker.status() == "FINISHED"
