@@ -121,7 +121,9 @@ from hpctl.tracking import RunRecorder, Tracker, end_quietly, warn
 __all__ = ["ControllerError", "LoopTask", "Session", "SessionError"]
 
 FORMAT = "hpctl.session/1"
-#: ``total_steps`` when none is given: the controller stops on its budget only
+#: ``total_steps`` when none is given: the controller stops on its budget only. Progress
+#: (steps done / total) then stays ~0, so nothing may extrapolate over this horizon: GRPO's
+#: drift rule caps its extrapolation at the progress its own rounds span
 UNBOUNDED_STEPS = 2**62
 
 
@@ -280,7 +282,10 @@ class Session:
         steps_per_round: training steps you run between two rounds (progress and the
             MLflow step axis; 1 if you do not count).
         total_steps: steps of the whole training run; the controller stops once they are
-            trained (default: only the budget stops it).
+            trained (default: only the budget stops it). It is also the horizon GRPO follows a
+            measured drift of the optimum to; without it the horizon is unknown (training
+            progress stays ~0), and a drift is followed no further ahead than the rounds that
+            measured it reach back.
         commit_rule, reward, max_move: as for ``hpctl run`` (:class:`~hpctl.control_env.ControlEnv`).
         resume: ``True`` continues the session saved in ``out_dir`` (a fresh one starts if
             there is none yet); a path continues the checkpoint file (or folder) there.
