@@ -184,6 +184,92 @@ def test_lora_prune_probe_is_exact_also_when_the_score_raises(tmp_path):
             assert torch.equal(model(**batch).logits, masked)
 
 
+def _gpt2_lora_model(seed: int = 0, **lora):
+    """A tiny GPT-2 (its attention and MLP layers are transformers' Conv1D, weight stored (in, out))
+    with a LoRA on all of them."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=32,
+                                       bos_token_id=0, eos_token_id=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft: "fan_in_fan_out is set to False ... Setting it to True"
+        return get_peft_model(model, LoraConfig(**{"r": 4, "lora_alpha": 8, "fan_in_fan_out": True,
+                                                   "target_modules": ["c_attn", "c_proj", "c_fc"], **lora}))
+
+
+def test_lora_prune_on_gpt2_conv1d_layers_trains_at_the_ratio_and_probes_restore_bit_exactly(tmp_path, tracking_uri):
+    from peft import PeftModel
+    from transformers.pytorch_utils import Conv1D
+
+    model = _gpt2_lora_model()
+    train, dev = _tokens(64, 1), _tokens(8, 2)
+    knob = LoraPruneKnob(high=0.9, mask_every=1)
+    cb = KnobCallback(knob, dev, every_steps=2, budget=15, group_size=4, seed=0, tracking_uri=tracking_uri,
+                      controller_config={"sigma_init": 0.3})
+    shared: dict = {}
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=10), train_dataset=train,
+                      callbacks=[_Before(shared, 2), cb, _After(shared, 2)])
+    trainer.train()
+    views = knob.adapter.modules
+    assert len(views) == 8 and all(v.transposed and isinstance(v.base, Conv1D) for v in views.values())
+    assert shared["checked"] >= 3  # every round left weights, gradients and AdamW state bit-identical
+    assert any(e["value"][0] > 0 for e in cb.session.history if e["event"] == "commit")
+    ratio = knob.ratio[0]
+    knob.ctx.step = -1
+    knob.on_step_begin(0)  # the masks as the next training step would refresh them
+    batch = {k: torch.stack([r[k] for r in dev]) for k in ("input_ids", "attention_mask")}
+    model.eval()
+    with torch.no_grad():
+        trained = model(**batch).logits
+        with knob.pruner.applied(ratio) as masks:
+            probed = model(**batch).logits
+            # the delta in the Conv1D's own layout is peft's transposed B @ A * scale, masked
+            name, view = next(iter(views.items()))
+            layer = model.get_base_model().get_submodule(name)
+            peft_delta = layer.get_delta_weight("default")  # (in, out), as the Conv1D stores its weight
+            assert peft_delta.shape == layer.get_base_layer().weight.shape
+            torch.testing.assert_close(view.weight_override.t(), layer.get_base_layer().weight
+                                       + masks[name].t() * peft_delta, rtol=0, atol=1e-6)
+        knob.export(tmp_path / "pruned")
+        knob.remove()
+        unpruned = model(**batch).logits
+        config = json.loads((tmp_path / "pruned" / "adapter_config.json").read_text())
+        assert config["fan_in_fan_out"] is True
+        reloaded = PeftModel.from_pretrained(model.unload(), str(tmp_path / "pruned")).eval()
+        exported = reloaded(**batch).logits
+    assert torch.equal(trained, probed)  # training's masked forward is the probe's, bit for bit
+    assert not torch.equal(trained, unpruned)
+    torch.testing.assert_close(exported, trained, rtol=1e-4, atol=1e-5)  # the exported adapter is the pruned one
+
+
+def test_a_model_the_knob_cannot_steer_is_refused_when_the_trainer_is_built(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    plain = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32,
+                                       bos_token_id=0, eos_token_id=0))
+    dora = _gpt2_lora_model(use_dora=True)
+    for model, msg in ((plain, "no active peft LoRA adapter on Linear or Conv1D layers"),
+                       (dora, "needs a plain LoRA adapter")):
+        cb = KnobCallback(LoraPruneKnob(), _tokens(4, 2), every_steps=2, budget=8)
+        with pytest.raises(ConfigError, match=msg) as e:
+            Trainer(model=model, args=_args(tmp_path, max_steps=2), train_dataset=_tokens(8, 1), callbacks=[cb])
+        assert "\n" not in str(e.value)
+        assert cb.session is None  # refused before training: no session, no run folder
+    # the check leaves a model it accepts as it was: peft's own forward, no view attached
+    model = _gpt2_lora_model()
+    before = model.get_base_model().transformer.h[0].attn.c_attn.forward
+    knob = LoraPruneKnob()
+    Trainer(model=model, args=_args(tmp_path, max_steps=2), train_dataset=_tokens(8, 1),
+            callbacks=[KnobCallback(knob, _tokens(4, 2), every_steps=2, budget=8)])
+    assert knob.adapter is None
+    assert "forward" not in vars(model.get_base_model().transformer.h[0].attn.c_attn)
+    assert model.get_base_model().transformer.h[0].attn.c_attn.forward == before
+
+
 def test_learning_rate_knob_probes_restore_and_the_trainer_trains_at_the_committed_rate(tmp_path, tracking_uri):
     model = _lora_model()
     train, dev = _tokens(64, 1), _tokens(8, 2)

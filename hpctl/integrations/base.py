@@ -94,6 +94,14 @@ class TrainerKnob(ABC):
 
     knob: Knob
 
+    def check(self, model: nn.Module) -> None:
+        """Raise a one-line :class:`~hpctl.errors.ConfigError` if this knob cannot steer ``model``.
+
+        :class:`~hpctl.integrations.transformers.KnobCallback` calls it when the Trainer is
+        built (``on_init_end``), so a model the knob cannot handle fails there, before
+        ``train()``; it changes nothing on the model. The default accepts any model.
+        """
+
     def setup(self, ctx: TrainerContext) -> None:
         """Called once at the start of training (the model, optimizer and scheduler exist)."""
         self.ctx = ctx

@@ -30,6 +30,7 @@ evaluate, undo" is bit-exact by construction.
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -40,7 +41,31 @@ import torch.nn.functional as F
 from hpctl.errors import ConfigError
 
 
-__all__ = ["DeltaAdapter", "DeltaLinear", "LowRank", "merged_into_copies"]
+__all__ = ["DeltaAdapter", "DeltaLinear", "LowRank", "linear_shape", "merged_into_copies"]
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is transformers' ``Conv1D`` (GPT-2's linear layer: weight stored ``(in, out)``).
+
+    Looked up in ``sys.modules``: a Conv1D instance exists only once transformers is imported,
+    so this never imports it.
+    """
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    return conv1d is not None and isinstance(module, conv1d)
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int, bool] | None:
+    """``(out_features, in_features, transposed)`` of a layer computing ``x W^T + b``, else None.
+
+    ``nn.Linear`` stores ``W`` as ``(out, in)``; transformers' ``Conv1D`` (GPT-2) stores it
+    transposed, ``(in, out)``, and computes ``x W + b`` (``transposed=True``).
+    """
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features, False
+    if _is_conv1d(module) and module.weight.dim() == 2:
+        in_f, out_f = module.weight.shape
+        return int(out_f), int(in_f), True
+    return None
 
 
 @dataclass
@@ -79,6 +104,8 @@ class _MaskedDeltaLinear(torch.autograd.Function):
             w_eff = torch.addcmul(weight, mask, w_eff)  # W + M * dW in one pass
         if w_eff.dtype != weight.dtype:  # float32 factors on a bf16/fp16 backbone: round once, as the probes do
             w_eff = w_eff.to(weight.dtype)
+        if w_eff.stride() != weight.stride():  # a Conv1D's transposed weight: the probes' layout, so the
+            w_eff = torch.empty_like(weight).copy_(w_eff)  # matmul below is the probes', bit for bit
         ctx.save_for_backward(x, A, Bs, mask, w_eff)
         ctx.scale = scale
         return F.linear(x, w_eff, bias)
@@ -104,7 +131,12 @@ class _MaskedDeltaLinear(torch.autograd.Function):
 
 
 class DeltaLinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable low-rank delta that can be masked element-wise.
+    """A frozen ``nn.Linear`` (or transformers' ``Conv1D``) plus a trainable low-rank delta that can be masked element-wise.
+
+    Everything works on the weight as ``(out, in)``: :attr:`base_weight` is the base layer's
+    weight in that layout (for a ``Conv1D``, whose weight is stored ``(in, out)``, a transposed
+    view: no copy), so the delta ``B @ A * scale``, its masks and the effective weight have
+    one layout for both kinds of layer (peft's ``fan_in_fan_out``).
 
     ``dense=False``: ``base(x) + (x @ A^T) @ B^T * scale`` (plain LoRA).
     ``dense=True``: ``F.linear(x, W + mask * ((B * scale) @ A))`` (``mask`` None = all kept;
@@ -114,9 +146,14 @@ class DeltaLinear(nn.Module):
     dense training path's.
     """
 
-    def __init__(self, base: nn.Linear, factors: LowRank) -> None:
+    def __init__(self, base: nn.Module, factors: LowRank) -> None:
         super().__init__()
+        shape = linear_shape(base)
+        if shape is None:
+            raise ConfigError(f"a LoRA delta needs an nn.Linear or transformers Conv1D layer, got {type(base).__name__}")
         self.base = base
+        #: the base weight is stored (in, out) (transformers' Conv1D)
+        self.transposed = shape[2]
         # float32 factors (so float32 AdamW state) whatever the backbone's dtype, on the layer's device
         dev = base.weight.device
         self.lora_A = nn.Parameter(factors.A.detach().to(device=dev, dtype=torch.float32, copy=True))
@@ -127,12 +164,18 @@ class DeltaLinear(nn.Module):
         self.weight_override: torch.Tensor | None = None
 
     @property
+    def base_weight(self) -> torch.Tensor:
+        """The frozen base weight as ``(out, in)`` (a transposed view for a ``Conv1D``)."""
+        w = self.base.weight
+        return w.t() if self.transposed else w
+
+    @property
     def in_features(self) -> int:
-        return self.base.in_features
+        return int(self.base_weight.shape[1])
 
     @property
     def out_features(self) -> int:
-        return self.base.out_features
+        return int(self.base_weight.shape[0])
 
     def delta(self) -> torch.Tensor:
         return (self.lora_B * self.scale) @ self.lora_A
@@ -142,7 +185,7 @@ class DeltaLinear(nn.Module):
         d = self.delta() if delta is None else delta
         if mask is not None:
             d = d * mask
-        return self.base.weight + d
+        return self.base_weight + d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight_override is not None:
@@ -151,12 +194,13 @@ class DeltaLinear(nn.Module):
             mask = self.mask
             if mask is not None and mask.dtype == torch.bool:
                 mask = mask.to(self.lora_A.dtype)
-            return _MaskedDeltaLinear.apply(x, self.lora_A, self.lora_B, self.base.weight, self.base.bias, mask,
+            return _MaskedDeltaLinear.apply(x, self.lora_A, self.lora_B, self.base_weight, self.base.bias, mask,
                                             self.scale)
         return self.base(x) + F.linear(F.linear(x, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype)) * self.scale
 
     def extra_repr(self) -> str:
-        return f"r={self.lora_A.shape[0]}, scale={self.scale:g}, dense={self.dense}"
+        return (f"r={self.lora_A.shape[0]}, scale={self.scale:g}, dense={self.dense}"
+                + (", transposed" if self.transposed else ""))
 
 
 class DeltaAdapter:
@@ -169,16 +213,17 @@ class DeltaAdapter:
     def __init__(self, model: nn.Module, factors: Mapping[str, LowRank]) -> None:
         self.model = model
         self.modules: dict[str, DeltaLinear] = {}
-        self._originals: dict[str, nn.Linear] = {}
+        self._originals: dict[str, nn.Module] = {}
         try:
             for name, fac in factors.items():
                 parent, child = self._parent(name)
                 orig = getattr(parent, child)
-                if not isinstance(orig, nn.Linear):
+                shape = linear_shape(orig)
+                if shape is None:
                     raise ConfigError(f"module {name!r} is {type(orig).__name__}, not a Linear layer")
-                if tuple(fac.A.shape[1:]) != (orig.in_features,) or fac.B.shape[0] != orig.out_features:
+                if tuple(fac.A.shape[1:]) != (shape[1],) or fac.B.shape[0] != shape[0]:
                     raise ConfigError(f"adapter factors for {name!r} do not fit the layer "
-                                      f"({tuple(fac.B.shape)} @ {tuple(fac.A.shape)} vs {tuple(orig.weight.shape)})")
+                                      f"({tuple(fac.B.shape)} @ {tuple(fac.A.shape)} vs {shape[:2]})")
                 wrapped = DeltaLinear(orig, fac)
                 setattr(parent, child, wrapped)
                 self._originals[name] = orig
@@ -261,7 +306,7 @@ def merged_into_copies(model: nn.Module, factors: Mapping[str, LowRank]) -> Iter
     try:
         with torch.no_grad():
             for m in adapter.modules.values():
-                m.weight_override = m.effective_weight().to(m.base.weight.dtype)
+                m.weight_override = m.effective_weight().to(m.base_weight.dtype)
         yield adapter
     finally:
         for m in adapter.modules.values():

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from hpctl.errors import ConfigError
 from hpctl.integrations.base import TrainerContext, TrainerKnob
-from hpctl.integrations.delta import DeltaLinear, LowRank
+from hpctl.integrations.delta import DeltaLinear, LowRank, linear_shape
 from hpctl.integrations.peft_export import export_peft
 from hpctl.integrations.pruner import GlobalMagnitudePruner
 from hpctl.knob import Knob
@@ -31,7 +31,8 @@ class PeftDeltaAdapter:
 
     For every peft ``lora.Linear`` layer with the active adapter, a
     :class:`~hpctl.integrations.delta.DeltaLinear` *view* shares the layer's frozen
-    base ``nn.Linear`` and the adapter's own ``lora_A``/``lora_B`` parameters (the ones the
+    base ``nn.Linear`` (or transformers' ``Conv1D``, GPT-2's layers, whose weight is stored
+    transposed: peft's ``fan_in_fan_out``; the view works on it as ``(out, in)``) and the adapter's own ``lora_A``/``lora_B`` parameters (the ones the
     Trainer's optimizer updates; nothing is copied). The layer's ``forward`` is routed
     through the view while the pruner has set a mask or a probe weight on it, and is
     peft's own otherwise; the module tree and the state dict are unchanged, so the Trainer
@@ -65,8 +66,8 @@ class PeftDeltaAdapter:
                     raise ConfigError(f"{name}: the adapter is merged into the base weights; unmerge it first")
                 if a in getattr(layer, "lora_variant", {}) or getattr(layer, "use_dora", {}).get(a, False):
                     raise ConfigError(f"{name}: LoraPruneKnob needs a plain LoRA adapter (not DoRA or another variant)")
-                if getattr(layer, "fan_in_fan_out", False) or not isinstance(layer.get_base_layer(), nn.Linear):
-                    raise ConfigError(f"{name}: LoraPruneKnob needs nn.Linear base layers "
+                if linear_shape(layer.get_base_layer()) is None:
+                    raise ConfigError(f"{name}: LoraPruneKnob needs nn.Linear or transformers Conv1D base layers "
                                       f"(got {type(layer.get_base_layer()).__name__})")
                 A, B = layer.lora_A[a].weight, layer.lora_B[a].weight
                 if A.dtype != torch.float32 or B.dtype != torch.float32:
@@ -80,7 +81,8 @@ class PeftDeltaAdapter:
             self.remove()
             raise
         if not self.modules:
-            raise ConfigError("the model has no active peft LoRA adapter on Linear layers (LoraPruneKnob prunes one)")
+            raise ConfigError("the model has no active peft LoRA adapter on Linear or Conv1D layers "
+                              "(LoraPruneKnob prunes one)")
         if len(adapter_names) > 1:
             self.remove()
             raise ConfigError(f"layers run different adapters ({', '.join(sorted(adapter_names))}); "
@@ -151,15 +153,28 @@ class LoraPruneKnob(TrainerKnob):
         self.pruner = None
         self._indexed_at: int | None = None
 
+    def _attach(self, model: nn.Module) -> tuple[PeftDeltaAdapter, GlobalMagnitudePruner]:
+        adapter = PeftDeltaAdapter(model)
+        try:
+            return adapter, GlobalMagnitudePruner(adapter, self.groups)
+        except BaseException:
+            adapter.remove()
+            raise
+
+    def check(self, model: nn.Module) -> None:
+        """A one-line ConfigError unless ``model`` has one plain float32 peft LoRA adapter on
+        ``nn.Linear``/``Conv1D`` layers whose modules fit ``groups`` (the model is left as it was)."""
+        if model is None:
+            raise ConfigError("LoraPruneKnob needs the Trainer's model (a peft LoRA model)")
+        if self.adapter is not None and self.adapter.model is model:
+            return
+        adapter, _ = self._attach(model)
+        adapter.remove()
+
     def setup(self, ctx: TrainerContext) -> None:
         super().setup(ctx)
         if self.adapter is None:
-            self.adapter = PeftDeltaAdapter(ctx.model)
-            try:
-                self.pruner = GlobalMagnitudePruner(self.adapter, self.groups)
-            except BaseException:
-                self.adapter.remove()
-                raise
+            self.adapter, self.pruner = self._attach(ctx.model)
 
     def apply(self, value: np.ndarray) -> None:
         self.ratio = np.asarray(value, dtype=np.float64).copy()

@@ -86,7 +86,10 @@ def export_peft(adapter: DeltaAdapter, path: str | Path, *, masks: Mapping[str, 
             n_params += A.numel() + B.numel()
     max_r = max(rank_pattern.values())
     suffixes = sorted({n.rsplit(".", 1)[-1] for n in adapter.modules})
+    # GPT-2's Conv1D layers store their weight (in, out): peft's fan_in_fan_out (the factors are the same)
+    fan_in_fan_out = all(getattr(m, "transposed", False) for m in adapter.modules.values())
     config = LoraConfig(r=max_r, lora_alpha=max_r, target_modules=suffixes, lora_dropout=0.0, bias="none",
+                        fan_in_fan_out=fan_in_fan_out,
                         task_type="CAUSAL_LM", rank_pattern=dict(rank_pattern), alpha_pattern=dict(rank_pattern),
                         base_model_name_or_path=base_model_name_or_path)
     with replacing_folder(dest) as tmp:

@@ -175,7 +175,7 @@ class GlobalMagnitudePruner:
                 n = 0
                 for name in members:
                     m = self.adapter.modules[name]
-                    d = self._buffer(name, "delta", m.base.weight, m.lora_A.dtype)
+                    d = self._buffer(name, "delta", m.base_weight, m.lora_A.dtype)
                     torch.mm(m.lora_B * m.scale, m.lora_A, out=d)  # = m.delta(), into the reused buffer
                     a = self._buffer(name, "abs", d, torch.float32)
                     torch.abs(d, out=a)
@@ -313,7 +313,7 @@ class GlobalMagnitudePruner:
         """bits(W) ^ bits(W + dW) of module ``name`` at this state (once per state)."""
         x = idx.xor.get(name)
         if x is None:
-            w = m.base.weight.detach()
+            w = m.base_weight.detach()
             x = self._buffer(name, "xor", w, _int_view(w).dtype)
             d = idx.delta[name]
             if d.dtype == w.dtype:  # W + dW straight into the buffer (= effective_weight(d)), then XOR W in place
@@ -341,7 +341,7 @@ class GlobalMagnitudePruner:
                 selects = self._selects(ratio, self._probe_selects if reuse else None)
                 idx = self.index()
                 for name, m in self.adapter.modules.items():
-                    w = m.base.weight.detach()
+                    w = m.base_weight.detach()
                     w_bits = _int_view(w)
                     buf = self._weight_buffers.get(name) if reuse else None
                     if buf is None or buf.shape != w.shape or buf.dtype != w_bits.dtype or buf.device != w.device:

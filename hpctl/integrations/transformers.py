@@ -304,6 +304,11 @@ class KnobCallback(TrainerCallback):
         self._losses: list[float] = []
 
     # -- setup ----------------------------------------------------------------------------
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        """The Trainer is built: a knob that cannot steer its model fails here, before ``train()``."""
+        if model is not None:
+            self.knob.check(model)
+
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None,
                        train_dataloader=None, **kwargs):
         t0 = time.perf_counter()
