@@ -109,3 +109,73 @@ def plot_compare(trajectories: dict[str, list[list[tuple[int, list[float]]]]], n
     if title:
         axes[0][0].set_title(title)
     return _save(fig, path)
+
+
+class PlotProcess:
+    """Draws a run's ``run.png`` in a child process started as the run starts.
+
+    The child imports matplotlib (about half a second) while the run imports MLflow's
+    store and learns, on another core where there is one, then waits for the history on
+    its stdin; :meth:`plot_run` sends it and waits for the PNG. Any failure of the child
+    (it could not start, import or draw) is no failure of the plot: :meth:`plot_run` then
+    draws in this process, so the PNG is the same either way. A child left waiting (the
+    run failed first) ends when :meth:`close` closes its stdin, or with this process.
+    """
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        try:
+            # this file run on its own (it imports numpy and matplotlib only): importing the
+            # hpctl package would cost the child more than matplotlib does
+            self.proc: Any = subprocess.Popen(
+                [sys.executable, "-c", "import runpy, sys; runpy.run_path(sys.argv[1])['_serve']()", __file__],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except OSError:
+            self.proc = None
+
+    def plot_run(self, history: Sequence[dict[str, Any]], names: Sequence[str], path: str | Path,
+                 **kwargs: Any) -> Path:
+        """:func:`plot_run`'s PNG, drawn by the child (or here, if the child cannot)."""
+        import json
+
+        from hpctl.rundir import to_jsonable
+
+        path = Path(path)
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            job = {"history": list(history), "names": list(names), "path": str(path.resolve()), "kwargs": kwargs}
+            try:
+                # NaN scores (failed probes) travel as JSON's NaN, as history.json holds them
+                proc.communicate(json.dumps(to_jsonable(job, nonfinite=lambda x: x)).encode(), timeout=120)
+                if proc.returncode == 0 and path.is_file():
+                    return path
+            except Exception:  # noqa: BLE001 - e.g. a timeout: draw here instead
+                proc.kill()
+                proc.wait()
+        return plot_run(history, names, path, **kwargs)
+
+    def close(self) -> None:
+        """End a child that has drawn nothing (idempotent)."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            try:
+                proc.communicate(b"", timeout=10)  # an empty job: the child exits at once
+            except Exception:  # noqa: BLE001
+                proc.kill()
+                proc.wait()
+
+
+def _serve() -> None:
+    """The body of :class:`PlotProcess`'s child: import, then draw the one job on stdin."""
+    import json
+    import sys
+
+    _figure()  # the imports, while the parent runs
+    _colors()
+    data = sys.stdin.buffer.read()
+    if not data:
+        return
+    job = json.loads(data)
+    plot_run(job["history"], job["names"], job["path"], **job["kwargs"])

@@ -22,6 +22,7 @@ from hpctl.config import build_dataclass
 from hpctl.control_env import ControlEnv
 from hpctl.controllers.base import Controller, get_controller, load_warm_start, save_controller_state
 from hpctl.engines import engine_options, run_workers
+from hpctl.plots import PlotProcess, plot_run
 from hpctl.errors import HpctlError, ResumeError, Terminated, shorten
 from hpctl.registry import load_plugin
 from hpctl.rundir import (CHECKPOINT_EVERY_S, RESULT, SPEC, HistoryLog, RunSpec, atomic_write_json,
@@ -199,13 +200,15 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         raise
     names = task.knob.component_names
     run_id = checkpoint.get("mlflow_run_id") if checkpoint else None
+    # run.png is drawn by a child that imports matplotlib while this process imports MLflow's store
+    painter = None if trial else PlotProcess()
     try:
         tracker = Tracker(tracking_uri, experiment or f"hpctl-{spec.plugin}",
                           run_name=f"{spec.plugin}/{controller.name}/seed{opts.seed}",
                           parent_run_id=parent_run_id, run_id=run_id, experiment_id=experiment_id,
                           tags={"hpctl.plugin": spec.plugin, "hpctl.controller": controller.name})
     except BaseException:
-        _close(task, workers)
+        _close(task, workers, painter)
         raise
     if checkpoint is not None:
         tracker.close_children("KILLED")  # nested phase runs the killed process left open
@@ -317,22 +320,25 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     finally:
         if result is None:  # failed or interrupted: record it, then let the error through
             end_quietly(tracker, status, error)
-            _close(task, workers)
+            _close(task, workers, painter)
     # The run is finished and its result is on disk: from here on, a failure to upload
     # or plot is recorded as a warning tag and never turns the run into a crash.
     try:
-        _record_outputs(tracker, recorder, result, out_dir, names, spec, learned, optimum, plot=not trial)
+        _record_outputs(tracker, recorder, result, out_dir, names, spec, learned, optimum, plot=not trial,
+                        painter=painter)
     except Exception as exc:  # noqa: BLE001
         warn(tracker, f"outputs not fully recorded: {type(exc).__name__}: {exc}")
     finally:
         end_quietly(tracker, "FINISHED", None)
-        _close(task, workers)
+        _close(task, workers, painter)
     return result
 
 
-def _close(task, workers) -> None:
-    """Release the task and the engine's workers (idempotent)."""
+def _close(task, workers, painter: PlotProcess | None = None) -> None:
+    """Release the task, the engine's workers and the plot child (idempotent)."""
     try:
+        if painter is not None:
+            painter.close()
         if workers is not None:
             workers.close()
     finally:
@@ -380,7 +386,7 @@ def finish_record(out_dir: Path, spec: RunSpec, *, experiment: str | None = None
 
 def _record_outputs(tracker: Tracker, recorder: RunRecorder, result: dict[str, Any], out_dir: Path,
                     names: tuple[str, ...], spec: RunSpec, learned: np.ndarray, optimum: np.ndarray | None,
-                    *, plot: bool = True) -> None:
+                    *, plot: bool = True, painter: PlotProcess | None = None) -> None:
     # final-phase metrics keep the names the task gave them (test_accuracy, f1, distance, ...)
     tracker.metrics(result["metrics"], result["probes"])
     tracker.metrics({f"learned/{k}": v for k, v in result["learned"].items()}, result["probes"])
@@ -389,11 +395,10 @@ def _record_outputs(tracker: Tracker, recorder: RunRecorder, result: dict[str, A
     atomic_write_json(out_dir / "history.json", recorder.history)
     if plot:
         try:
-            from hpctl.plots import plot_run
-
-            png = plot_run(recorder.history, names, out_dir / "run.png",
-                           title=f"{spec.plugin} / {result['controller']} / seed {result['seed']}",
-                           optimum=optimum, learned=learned)
+            draw = painter.plot_run if painter is not None else plot_run
+            png = draw(recorder.history, names, out_dir / "run.png",
+                       title=f"{spec.plugin} / {result['controller']} / seed {result['seed']}",
+                       optimum=optimum, learned=learned)
             tracker.artifact(png)
         except Exception as exc:  # noqa: BLE001 - a plot never costs a finished result
             warn(tracker, f"plot failed: {exc}")
