@@ -15,9 +15,11 @@ need those stacks, ``-m "not llm and not ray"`` what the core install can run.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -57,6 +59,33 @@ def hpctl_main(tracking_uri, tmp_path, capsys, monkeypatch):
         return code, out, err
 
     return call
+
+
+#: the session's one grasp_lora smoke run (tiny backbone): its outputs, MLflow runs and `hpctl eval`
+#: are checked in tests/grasp_lora, and a SIGKILLed copy of it must resume to the same result
+GRASP_SMOKE = ("run", "grasp_lora", "--preset", "smoke", "-c", "grpo", "--seed", "0", "--budget", "12",
+               "--group-size", "3")
+
+
+class SmokeRun(NamedTuple):
+    """A finished run: its folder, its result.json, and the torch thread count it ran with."""
+
+    run: Path
+    result: dict
+    threads: int
+
+
+@pytest.fixture(scope="session")
+def grasp_smoke_run(tmp_path_factory, tracking_uri) -> SmokeRun:
+    """``hpctl run grasp_lora`` with :data:`GRASP_SMOKE`, in-process, once per session (tests read it only)."""
+    pytest.importorskip("peft")
+    import torch
+
+    from hpctl.cli import main
+
+    run = tmp_path_factory.mktemp("grasp_smoke") / "run"
+    assert main([*GRASP_SMOKE, "--out", str(run), "--tracking-uri", tracking_uri]) == 0
+    return SmokeRun(run, json.loads((run / "result.json").read_text()), torch.get_num_threads())
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):

@@ -1,7 +1,7 @@
 """Every adapter a grasp_lora run makes is saved, recorded, loadable by peft and scored by `hpctl eval`.
 
-One smoke run (tiny backbone) is shared by the module; the checks read its folder, its MLflow
-runs, and score its adapters again with `hpctl eval`.
+One smoke run (tiny backbone) is shared by the session (``grasp_smoke_run``); the checks read its
+folder, its MLflow runs, and score its adapters again with `hpctl eval`.
 """
 
 from __future__ import annotations
@@ -25,16 +25,10 @@ from hpctl.plugins.grasp_lora.outputs import ADAPTER_FOLDERS  # noqa: E402
 XQUAD_AR = Path(__file__).resolve().parents[2] / "plugins" / "grasp_lora" / "data" / "xquad" / "xquad.ar.json"
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, tracking_uri):
-    """``hpctl run grasp_lora --preset smoke`` once: (run folder, result.json)."""
-    from hpctl.cli import main
-
-    run = tmp_path_factory.mktemp("saved") / "run"
-    code = main(["run", "grasp_lora", "--preset", "smoke", "--out", str(run), "--budget", "8", "--group-size", "3",
-                 "--tracking-uri", tracking_uri])
-    assert code == 0
-    return run, json.loads((run / "result.json").read_text())
+@pytest.fixture
+def smoke_run(grasp_smoke_run):
+    """The session's ``hpctl run grasp_lora --preset smoke`` (tests/conftest.py): (run folder, result.json)."""
+    return grasp_smoke_run.run, grasp_smoke_run.result
 
 
 def test_every_adapter_is_saved_and_recorded(smoke_run):

@@ -334,16 +334,12 @@ def test_same_out_dir_reuses_the_trained_adapters(smoke):
                  {k: (f.A, f.B) for k, f in again.merged_start.items()})
 
 
-def test_cli_smoke_pipeline_and_eval(hpctl_main, tmp_path):
-    code, out, err = hpctl_main("run", "grasp_lora", "--preset", "smoke", "--out", "run", "--json",
-                                "--budget", "8", "--group-size", "3")
-    assert code == 0, err
-    result = json.loads(out.strip().splitlines()[-1])
+def test_cli_smoke_pipeline_and_eval(grasp_smoke_run, hpctl_main, tmp_path):
+    run, result, _ = grasp_smoke_run  # `hpctl run grasp_lora --preset smoke`, once per session
     assert 0.0 <= result["learned"]["prune_ratio"] <= 0.9
     for key in ("f1", "exact_match", "target_only_f1", "sparsity"):
         assert key in result["metrics"]
     assert {"load_s", "source_adapter_s", "probe_s", "final_train_s"} <= set(result["phases"])
-    run = tmp_path / "run"
     assert (run / "final_adapter" / "adapter_model.safetensors").is_file()
 
     from mlflow.tracking import MlflowClient
