@@ -171,8 +171,10 @@ def fit_drift(rows: np.ndarray, dim: int, p_last: float, t_min: float = TREND_T)
     by ``-e_d / (2 c_d)`` per unit of ``q``; its ``t`` comes from the delta method. Where
     ``t >= t_min`` (and the curvature is negative) the shift is that slope times the training
     left after the last round (``1 - p_last``), capped at the span of progress the rows
-    cover: a line is not followed further ahead than its data reach back. Needs three
-    rounds and two residual degrees of freedom, else no drift.
+    cover: a line is not followed further ahead than its data reach back. ``peak_last`` is the
+    fitted peak at the last round: where the optimum moves, the probes lag behind it, so the
+    answer starts there rather than at the committed value. Needs three rounds and two
+    residual degrees of freedom, else no drift.
     """
     none = Drift.none(dim)
     if len(rows) == 0:
@@ -211,8 +213,7 @@ def fit_drift(rows: np.ndarray, dim: int, p_last: float, t_min: float = TREND_T)
         se = math.sqrt(max(float(g @ sub @ g), 0.0))
         slope[d] = s * (hi[d] - lo[d]) / p_span  # unit coordinates per unit of progress
         t[d] = abs(s) / max(se, 1e-12)
-        b = coef[k + d]
-        peak[d] = (lo[d] + hi[d]) / 2 + (hi[d] - lo[d]) * (-(b + e[d] * q_last) / (2 * c[d]))
+        peak[d] = (lo[d] + hi[d]) / 2 + (hi[d] - lo[d]) * (-(coef[k + d] + e[d] * q_last) / (2 * c[d]))
     horizon = min(max(1.0 - float(p_last), 0.0), p_span)
     shift = np.where(t >= t_min, slope * horizon, 0.0)
     return Drift(slope, t, shift, peak)
