@@ -424,8 +424,16 @@ def test_presets_and_config_checks():
     assert cfg.backbone == "tiny" and cfg.start_sparsity == pytest.approx(0.45) and cfg.lora_alpha == 8.0
     default = resolve_config(BackbonePruneConfig())
     grasp = __import__("hpctl.plugins.grasp_lora", fromlist=["PRESETS"]).PRESETS["default"]
-    for split in ("target_train", "micro_dev", "dev", "test"):  # the same splits as grasp_lora
-        assert getattr(default, split) == grasp[split]
+    from hpctl.plugins.grasp_lora.corpora import SplitSizes, load_task_data
+
+    def ids(**sizes):
+        data = load_task_data("xquad", "ar", seed=0, sizes=SplitSizes(source_train=0, **sizes))
+        return {split: [e.id for e in getattr(data, split)] for split in ("test", "dev", "micro_dev")}
+
+    ours = ids(**{k: getattr(default, k) for k in ("target_train", "micro_dev", "dev", "test")})
+    theirs = ids(**{k: grasp[k] for k in ("target_train", "micro_dev", "dev", "test")})
+    assert ours["test"] == theirs["test"] and ours["dev"] == theirs["dev"]  # grasp_lora's default test and dev
+    assert len(ours["micro_dev"]) == default.micro_dev
     assert default.controller_steps <= default.steps
     with pytest.raises(ConfigError, match="controller-steps"):
         BackbonePruneConfig(steps=4, controller_steps=8)
@@ -451,3 +459,31 @@ def test_the_registered_gym_ids_build_the_task_and_pass_the_env_checker(tmp_path
     assert np.isfinite(reward) and base.probes == 1
     check_env(base, skip_render_check=True)
     env.close()
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def test_the_benchmark_runs_a_part_on_the_tiny_backbone(tmp_path, tracking_uri, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    from benchmarks.backbone_prune import compare, speed
+
+    part = compare("smoke", 0, ["random"], grid=2, budget=5, out_dir=tmp_path, sets={"generate": False})
+    assert json.loads((tmp_path / "part-seed0.json").read_text())["seed"] == 0
+    assert [g["value"]["sparsity"] for g in part["grid"]] == [0.0, 0.9]  # the grid spans the knob's range
+    assert part["grid_choice"] in [g["value"] for g in part["grid"]]
+    arm = part["controllers"]["random"]
+    assert 0.0 <= arm["learned"]["sparsity"] <= 0.9 and np.isfinite(arm["dev_reward_as_grid_point"])
+    assert arm["time_ratio_grid_over_run"] > 0
+    fast = speed("smoke", 2, 0, {})
+    assert fast["probes"] == 2 and 0.0 < fast["prune_fraction_of_probe"] < 1.0
+
+
+def test_the_example_config_names_valid_options():
+    import yaml
+
+    from hpctl.config import build_dataclass, split_config
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "configs" / "backbone_prune.yaml"
+    data = yaml.safe_load(path.read_text())
+    common, options = split_config(data, BackbonePruneConfig, source=str(path))  # raises on an unknown key
+    assert common["controller"] == "grpo" and options["score"] == "wanda"
+    build_dataclass(BackbonePruneConfig, options, what="backbone_prune")  # types and choices are valid too

@@ -36,6 +36,7 @@ CONFIG_RUNS: dict[str, tuple[str, str, list[str]] | None] = {
     "compare_synthetic.yaml": ("compare", "synthetic", ["--controllers", "random,grid", "--seeds", "1",
                                                         "--budget", "8"]),
     "grasp_lora_xquad_ar.yaml": None,  # a full run needs the LLM backbone: keys are checked instead
+    "backbone_prune.yaml": None,  # needs the LLM backbone: keys are checked in tests/test_backbone_prune.py
 }
 
 
