@@ -82,9 +82,9 @@ def store_template() -> Path | None:
     would go on to add the ``Default`` experiment: MLflow adds it when it first opens the
     copy, with the artifact location it would give it there. A template at another schema
     revision than this MLflow's (made by another MLflow under the same version number) is
-    made again. Returns None (the caller
-    lets MLflow create the store) where that function is missing, the cache folder cannot
-    be written, or workspaces are enabled (``MLFLOW_ENABLE_WORKSPACES``: another store class).
+    made again. Returns None (the caller lets MLflow create the store) where that function
+    is missing, the cache folder cannot be written, or workspaces are enabled
+    (``MLFLOW_ENABLE_WORKSPACES``: another store class).
     """
     import mlflow
 
@@ -302,13 +302,24 @@ class Tracker:
         # stderr for progress and one-line errors.
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        from mlflow.tracking import MlflowClient
+
         self.uri = uri or default_tracking_uri()
         self.flush_every = int(flush_every)
-        opening = dict(experiment=experiment, run_name=run_name, parent_run_id=parent_run_id, run_id=run_id,
-                       tags=tags, reopen=reopen, experiment_id=experiment_id)
         try:
             with _store_guard(self.uri):
-                self._open(**opening)
+                self.client = MlflowClient(tracking_uri=self.uri)
+                self.experiment_id = experiment_id or _experiment_id(self.client, self.uri, experiment)
+                if run_id is not None:
+                    self.run_id = run_id
+                    if reopen:
+                        self.client.update_run(run_id, status="RUNNING")
+                else:
+                    all_tags = {**_context_tags(), "mlflow.runName": run_name or "", **(tags or {})}
+                    if parent_run_id:
+                        all_tags["mlflow.parentRunId"] = parent_run_id
+                    run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+                    self.run_id = run.info.run_id
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - any store failure is a user-facing config problem
@@ -318,23 +329,6 @@ class Tracker:
         self.seconds = time.perf_counter() - t0
         self.setup_seconds = self.seconds
         self.ended = False
-
-    def _open(self, *, experiment: str, run_name: str | None, parent_run_id: str | None, run_id: str | None,
-              tags: dict[str, str] | None, reopen: bool, experiment_id: str | None) -> None:
-        """Set ``client``, ``experiment_id`` and ``run_id``: the run ``run_id``, or a new one."""
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=self.uri)
-        self.experiment_id = experiment_id or _experiment_id(self.client, self.uri, experiment)
-        if run_id is not None:
-            self.run_id = run_id
-            if reopen:
-                self.client.update_run(run_id, status="RUNNING")
-            return
-        all_tags = {**_context_tags(), "mlflow.runName": run_name or "", **(tags or {})}
-        if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
-        self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
 
     # ------------------------------------------------------------------ logging ---
     @contextmanager
