@@ -64,12 +64,9 @@ def _sqlite_path(uri: str) -> Path | None:
 
 
 def cache_dir() -> Path:
-    """hpctl's cache folder: ``$HPCTL_CACHE_DIR``, else ``$XDG_CACHE_HOME/hpctl``, else ``~/.cache/hpctl``."""
-    env = os.environ.get("HPCTL_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hpctl"
+    """hpctl's cache folder: ``$HPCTL_CACHE``, else ``~/.cache/hpctl`` (as grasp_lora's backbone cache)."""
+    env = os.environ.get("HPCTL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "hpctl"
 
 
 def store_template() -> Path | None:

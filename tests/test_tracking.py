@@ -104,7 +104,7 @@ def _schema(db) -> tuple:
 def test_a_new_store_is_a_copy_of_the_template_and_equals_the_store_mlflow_makes(tmp_path, monkeypatch):
     from hpctl import tracking
 
-    monkeypatch.setenv("HPCTL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HPCTL_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     a = Tracker(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}", "exp", run_name="r")
     template = tracking.store_template()
@@ -132,7 +132,7 @@ def test_a_template_at_another_schema_revision_is_made_again(tmp_path, monkeypat
 
     from hpctl import tracking
 
-    monkeypatch.setenv("HPCTL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HPCTL_CACHE", str(tmp_path / "cache"))
     template = tracking.store_template()
     con = sqlite3.connect(template)
     with con:  # as if made by another MLflow under the same version number
