@@ -34,7 +34,9 @@ SYNTH = {"noise": 0.05, "optimum": 0.3}
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    # address="local": a new instance of our own, even where another one runs on the machine (ray.init()
+    # would join the latest one and refuse num_cpus)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     yield ray
     ray.shutdown()
 
@@ -184,6 +186,87 @@ def test_unreachable_address_fails_within_seconds(hpctl_main):
     assert code == 2 and "unknown host 'no-such-host.invalid'" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.fixture
+def ray_head_with_token(tmp_path):
+    """A Ray head of our own (``ray start --head --block``, token authentication on, as Ray 2.60's
+    default), its token under ``tmp_path``; stopped after the test, also when it fails.
+
+    Stopped by its own process group (the head's processes), not ``ray stop``, which would stop
+    every Ray instance on the machine.
+    """
+    import secrets
+    import shutil
+    import tempfile
+
+    port = _free_port()
+    home = tmp_path / "home"
+    token = home / ".ray" / "auth_token"
+    token.parent.mkdir(parents=True)
+    token.write_text(secrets.token_hex(32))  # the head's ~/.ray/auth_token: `ray start --head` then requires it
+    # Ray's session folder (and its record of the latest cluster) away from /tmp/ray, which other runs use;
+    # short, for Ray's unix socket paths
+    temp_dir = tempfile.mkdtemp(prefix="hpray")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0")
+    ray_bin = Path(sys.executable).with_name("ray")
+    cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", "--block", "--port", str(port),
+           "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp_dir]
+    log = open(tmp_path / "ray_head.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if "Ray runtime started" in (tmp_path / "ray_head.log").read_text():
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"ray start --head did not come up: {(tmp_path / 'ray_head.log').read_text()[-2000:]}")
+        yield f"127.0.0.1:{port}", token
+    finally:
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)  # the head's own process group (start_new_session)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+            if sig == signal.SIGTERM:  # ray start is gone; its children may linger a moment
+                time.sleep(1)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_head_that_requires_a_token_is_refused_in_one_line_naming_ray_auth_mode(ray_head_with_token, tmp_path):
+    address, token = ray_head_with_token
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = [sys.executable, "-m", "hpctl.cli", "run", "synthetic", "--budget", "9", "--engine", "ray",
+           "--address", address, "--out", str(tmp_path / "run")]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr  # no InvalidAuthToken lines from Ray's C++ client
+    assert "requires token authentication: set RAY_AUTH_MODE=token" in lines[0] and address in lines[0]
+    assert "InvalidAuthToken" not in proc.stderr
+    # the documented fix joins: RAY_AUTH_MODE=token with the head's token
+    code = ("from hpctl.engines.ray import connect; import ray; connect(%r); "
+            "print(int(ray.cluster_resources()['CPU'])); ray.shutdown()" % address)
+    joined = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token)))
+    assert joined.returncode == 0 and joined.stdout.strip().splitlines()[-1] == "1", joined.stderr[-2000:]
+    # a wrong token is refused in one line too, naming what to fix
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text("0" * 32)
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=dict(env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(wrong)))
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "refused this machine's authentication token" in lines[0], \
+        proc.stderr
+
+
 def test_resources_no_node_has_are_refused(ray_local, hpctl_main):
     code, _, err = hpctl_main("run", "synthetic", "--budget", "9", "--engine", "ray", "--gpus-per-trial", "1")
     assert code == 2 and "no node of the Ray cluster has a GPU" in err and len(err.strip().splitlines()) == 1
@@ -278,6 +361,7 @@ def test_grid_points_in_parallel_choose_like_the_sequential_grid(ray_local, tmp_
     assert _events(tmp_path / "par") == _events(tmp_path / "seq")
 
 
+@pytest.mark.llm
 def test_grasp_lora_grid_on_ray_chooses_the_sequential_point(ray_local, tmp_path, tracking_uri):
     """Each worker builds grasp_lora's task from the spec (the backbone once per worker,
     the run's saved source/target adapters reused) and fine-tunes its grid points."""
@@ -286,7 +370,7 @@ def test_grasp_lora_grid_on_ray_chooses_the_sequential_point(ray_local, tmp_path
     def spec(name: str, **engine) -> RunSpec:
         return RunSpec("grasp_lora", RunOptions(controller="grid", seed=0, budget=3, out=str(tmp_path / name),
                                                 tracking_uri=tracking_uri, controller_config={"k": 3}, **engine),
-                       {"preset": "smoke", "baseline": "none"})
+                       {"preset": "smoke", "baseline": "none", "steps": 2})  # 2-step fine-tunes
 
     seq, par = run(spec("seq")), run(spec("par", engine="ray"))
     assert par["learned"] == seq["learned"]
@@ -342,7 +426,7 @@ def test_a_killed_probe_worker_is_restarted_and_its_probes_repeated(ray_local, t
     assert par["faults"] == len(faults)
 
 
-def test_sigkilled_ray_run_resumes_on_ray(ray_local, tmp_path, tracking_uri):
+def test_sigkilled_ray_run_resumes_on_ray(ray_local, tmp_path, tracking_uri, hpctl_main):
     from hpctl.runner import run
 
     address = ray_local.get_runtime_context().gcs_address
@@ -364,10 +448,10 @@ def test_sigkilled_ray_run_resumes_on_ray(ray_local, tmp_path, tracking_uri):
     proc.wait()
     spec = json.loads((run_dir / "spec.json").read_text())
     assert spec["options"]["engine"] == "ray" and spec["options"]["probe_workers"] == 2
-    resumed = subprocess.run([sys.executable, "-m", "hpctl.cli", "run", "synthetic", "--resume", str(run_dir), "--json"],
-                             env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    got = json.loads(resumed.stdout.strip().splitlines()[-1])
+    # the resume runs in-process: it joins the same instance (this process's, at the spec's address)
+    code, out, err = hpctl_main("run", "synthetic", "--resume", str(run_dir), "--json")
+    assert code == 0, err
+    got = json.loads(out.strip().splitlines()[-1])
     seq = run(_spec(tmp_path / "seq", tracking_uri, seed=6, budget=54, group=8))
     assert got["learned"] == seq["learned"] and got["probes"] == seq["probes"]
     assert _events(run_dir) == _events(tmp_path / "seq")
