@@ -55,8 +55,10 @@ from hpctl.plugins.grasp_lora.readers import (
     QARecord,
     Record,
     Unit,
+    check_hub_dataset,
     hub_units,
     language_units,
+    looks_like_hub_id,
     loads_json,
     parse_squad,
     read_text,
@@ -215,6 +217,27 @@ def default_data_dir(task: str) -> str | None:
     if task == "xquad":
         return str(_SHIPPED_XQUAD)
     return os.environ.get(ENV_VARS[task]) or None
+
+
+def check_data_source(task: str, lang: str, data_dir: str | None = None) -> None:
+    """Fail fast when ``task``'s data comes from the hub and the hub cannot give it.
+
+    For the hub datasets (no ``data_dir`` and no ``$HPCTL_*_DIR``, or a hub id as
+    ``data_dir``): a one-line DataError within seconds, with no retries, when the hub is
+    offline or unreachable and there is no cached copy (:func:`.readers.check_hub_dataset`).
+    Local folders are checked when they are read.
+    """
+    check_task(task)
+    if data_dir is None:
+        data_dir = default_data_dir(task)
+    if data_dir is None:
+        hub_id = HUB_IDS[task]
+    elif task != "xquad" and not Path(data_dir).expanduser().exists() and looks_like_hub_id(os.fspath(data_dir)):
+        hub_id = os.fspath(data_dir)
+    else:
+        return
+    for code in (lang, SOURCE_LANG):
+        check_hub_dataset(task, hub_id, code)
 
 
 # --------------------------------------------------------------------------- allocation

@@ -31,8 +31,14 @@ Tasks and the files they read
 
 Hub datasets load through ``datasets.load_dataset`` and are cached like any Hugging Face
 dataset; a repository that still has a loading script (refused by ``datasets`` 4+) is read
-from the hub's Parquet export. Offline without a cached copy that is a one-line DataError
-saying how to point at local files.
+from the hub's Parquet export. Unless ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` already
+say so, one HEAD request to the hub's endpoint (``HF_ENDPOINT``, default
+https://huggingface.co; proxies as the environment sets them) with a
+:data:`HUB_PROBE_TIMEOUT_S` limit first checks that the hub answers; when it does not,
+``datasets`` is told to stay offline for that load, so a cached copy still loads and
+nothing retries (``huggingface_hub`` otherwise retries five times over about 30 s, logging
+every try). Offline or unreachable without a cached copy is a one-line DataError saying how
+to point at local files; the libraries' loggers and warnings are silenced during the load.
 
 XL-Sum articles are keyed by ``url`` (``id`` when a record has no url); QA articles by title (a
 file-specific key when a title is missing; a hash of the context for hub rows, which carry no
@@ -47,15 +53,22 @@ reported when it is drawn. Every problem with the data is a one-line
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from hpctl.errors import DataError
 
@@ -74,6 +87,8 @@ _HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_IDS = {"mlqa": "facebook/mlqa", "xlsum": "csebuetnlp/xlsum"}
 #: the hub's automatic Parquet export of a dataset repository
 PARQUET_EXPORT = "refs/convert/parquet"
+#: seconds the hub's endpoint has to answer before a hub dataset is loaded from the cache only
+HUB_PROBE_TIMEOUT_S = 2.0
 
 
 # --------------------------------------------------------------------------- raw records
@@ -376,7 +391,8 @@ def _load_qa_local(task: str, root: Path, lang: str) -> list[Article]:
     return _merge(articles)
 
 
-def _looks_like_hub_id(data_dir: str) -> bool:
+def looks_like_hub_id(data_dir: str) -> bool:
+    """Whether a ``data_dir`` that is no path here reads as a hub id (``owner/name``)."""
     return (not os.path.isabs(data_dir) and not data_dir.startswith((".", "~"))
             and _HUB_ID_RE.fullmatch(data_dir) is not None)
 
@@ -390,32 +406,136 @@ def hub_offline() -> bool:
         for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
 
 
+def hub_endpoint() -> str:
+    """The Hugging Face hub's endpoint (``HF_ENDPOINT``, default https://huggingface.co)."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def hub_unreachable(endpoint: str | None = None, timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """None when the hub's ``endpoint`` answers a HEAD request within ``timeout`` seconds (any
+    HTTP status counts: it answered), else why not, in a few words.
+
+    One request, no retries; proxies as the environment sets them (``urllib``). The request
+    runs in a daemon thread joined for ``timeout`` seconds, so a name lookup that hangs (which
+    no socket timeout covers) cannot hold the caller longer.
+    """
+    url = endpoint or hub_endpoint()
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        return f"{url!r} is not an http(s) address"
+    outcome: dict[str, str | None] = {}
+
+    def attempt() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            outcome["why"] = None
+        except urllib.error.HTTPError:  # a status code is an answer
+            outcome["why"] = None
+        except Exception as exc:  # noqa: BLE001 - any failure to get an answer means unreachable
+            reason = getattr(exc, "reason", exc)
+            outcome["why"] = f"{type(reason).__name__}: {_one_line(reason)[:120]}"
+
+    thread = threading.Thread(target=attempt, name="hpctl-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "why" not in outcome:
+        return f"no answer within {timeout:g} s"
+    return outcome["why"]
+
+
+#: endpoint -> (time.monotonic() of the probe, its answer): a run's check and its loads share one probe
+_PROBED: dict[str, tuple[float, str | None]] = {}
+#: seconds a probe's answer is reused
+PROBE_REUSE_S = 60.0
+
+
+def _hub_unreachable_now() -> str | None:
+    """:func:`hub_unreachable` for the current endpoint, its answer reused for :data:`PROBE_REUSE_S`."""
+    import time
+
+    url = hub_endpoint()
+    seen = _PROBED.get(url)
+    if seen is None or time.monotonic() - seen[0] > PROBE_REUSE_S:
+        seen = _PROBED[url] = (time.monotonic(), hub_unreachable(url))
+    return seen[1]
+
+
+@contextlib.contextmanager
+def _quiet_hub(offline: bool) -> Iterator[None]:
+    """``datasets`` and ``huggingface_hub`` without log lines or warnings for the block and, with
+    ``offline``, told to stay offline (their module-level flags, read at call time; restored after)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    flags = [(datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"),
+             (huggingface_hub.constants, "HF_HUB_OFFLINE")]
+    saved_flags = [(mod, name, getattr(mod, name)) for mod, name in flags if hasattr(mod, name)]
+    loggers = [logging.getLogger(name) for name in ("datasets", "huggingface_hub", "fsspec")]
+    saved_levels = [(lg, lg.level) for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        if offline:
+            for mod, name, _ in saved_flags:
+                setattr(mod, name, True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for mod, name, value in saved_flags:
+            setattr(mod, name, value)
+        for lg, level in saved_levels:
+            lg.setLevel(level)
+
+
 def _hub_dataset(task: str, hub_id: str, config: str, lang: str) -> Any:
     """``datasets.load_dataset(hub_id, config)``, cached like any Hugging Face dataset (a cached
     copy also loads offline). A repository that still holds a loading script, which
     ``datasets`` 4+ refuses, is read from the hub's Parquet export (``refs/convert/parquet``)
-    instead. Any failure, offline included, is a one-line DataError saying how to use local files.
+    instead. Unless told to stay offline, the hub is probed first (:func:`hub_unreachable`); when
+    it does not answer, only the cache is tried (no retries). Any failure, offline included, is
+    a one-line DataError saying how to use local files.
     """
+    offline = hub_offline()
+    unreachable = None if offline else _hub_unreachable_now()
     try:
         import datasets  # imported lazily: slow, and only the hub needs it
 
-        try:
-            return datasets.load_dataset(hub_id, config)
-        except RuntimeError as exc:
-            if "scripts are no longer supported" not in str(exc):
-                raise
-            return datasets.load_dataset(hub_id, config, revision=PARQUET_EXPORT)
+        with _quiet_hub(offline=offline or unreachable is not None):
+            try:
+                return datasets.load_dataset(hub_id, config)
+            except RuntimeError as exc:
+                if "scripts are no longer supported" not in str(exc):
+                    raise
+                return datasets.load_dataset(hub_id, config, revision=PARQUET_EXPORT)
     except Exception as exc:  # noqa: BLE001 - any hub failure is a data problem for the user
-        why = ("datasets is offline (HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set) and has no cached copy"
-               if hub_offline() else "the hub is not reachable or refused it")
-        raise DataError(f"{task}: the Hugging Face dataset {hub_id!r} (config {config!r}) could not be loaded: {why} "
-                        f"({_one_line(exc)[:200]}); to use local files, {how_to_point(task)}, a directory holding "
+        if offline:
+            why = "datasets is offline (HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set) and has no cached copy"
+        elif unreachable is not None:
+            why = f"the hub ({hub_endpoint()}) is not reachable ({unreachable}) and there is no cached copy"
+        else:
+            why = "the hub refused it"
+        detail = "" if unreachable is not None else f" ({_one_line(exc)[:200]})"  # else datasets' 'offline mode'
+        raise DataError(f"{task}: the Hugging Face dataset {hub_id!r} (config {config!r}) could not be loaded: {why}"
+                        f"{detail}; to use local files, {how_to_point(task)}, a directory holding "
                         f"{expected_files(task, lang)}") from None
 
 
+def hub_config(task: str, lang: str) -> str:
+    """The hub dataset's config name for ``lang`` (``mlqa.ar.ar``, ``arabic``)."""
+    return f"mlqa.{lang}.{lang}" if task == "mlqa" else XLSUM_NAMES[lang]
+
+
+def check_hub_dataset(task: str, hub_id: str, lang: str) -> None:
+    """A one-line DataError now (within about :data:`HUB_PROBE_TIMEOUT_S`, no retries) when the
+    hub cannot give ``hub_id`` for ``lang``: offline or unreachable without a cached copy.
+    Loads nothing when the hub answers (the run loads it later); otherwise loads the cached copy."""
+    if hub_offline() or _hub_unreachable_now() is not None:
+        _hub_dataset(task, hub_id, hub_config(task, lang), lang)
+
+
 def hub_units(task: str, hub_id: str, lang: str) -> list[Unit]:
-    """Units from a hub dataset (only when the hub is reachable)."""
-    config = f"mlqa.{lang}.{lang}" if task == "mlqa" else XLSUM_NAMES[lang]
+    """Units from a hub dataset (a cached copy when the hub is offline or unreachable)."""
+    config = hub_config(task, lang)
     dsd = _hub_dataset(task, hub_id, config, lang)
     units: list[Unit] = []
     for split in sorted(dsd.keys()):
@@ -452,7 +572,7 @@ def language_units(task: str, data_dir: str, lang: str) -> list[Unit]:
     """Shuffle units for one language of one task."""
     root = Path(data_dir).expanduser()
     if not root.exists():
-        if task != "xquad" and _looks_like_hub_id(data_dir):
+        if task != "xquad" and looks_like_hub_id(data_dir):
             return hub_units(task, data_dir, lang)
         raise DataError(f"{task}: data directory not found: {root}; expected a directory holding "
                         f"{expected_files(task, lang)}; {how_to_point(task)}")

@@ -133,6 +133,10 @@ class GraspTask(Task):
         # the config checked its values; whether the device is usable here is checked before anything loads
         self.dtype = resolve_dtype(config.dtype)
         self.device = resolve_device(config.device)
+        # a hub dataset the hub cannot give (offline, unreachable, not cached) is told now, in seconds
+        from hpctl.plugins.grasp_lora.corpora import check_data_source
+
+        check_data_source(config.task, config.lang, config.data_dir)
         self.lora_spec = config.lora_spec()
         labels: tuple[str, ...] = ()
         dim = 1
@@ -215,6 +219,14 @@ class GraspTask(Task):
         from hpctl.plugins.grasp_lora.corpora import SplitSizes, load_task_data
 
         c = self.cfg
+        # the data first: a data problem (a missing folder, an unreachable hub) is told in seconds,
+        # before the backbone loads
+        sizes = SplitSizes(source_train=int(c.source_train), target_train=int(c.target_train),
+                           micro_dev=int(c.micro_dev), dev=int(c.dev), test=int(c.test))
+        if c.source_adapter:
+            sizes.source_train = 0
+        data = load_task_data(c.task, c.lang, data_dir=c.data_dir, seed=int(c.data_seed), sizes=sizes,
+                              max_context_chars=c.max_context_chars)
         if self._given_backbone is not None:
             self.model, self.tokenizer, self.backbone_name = self._given_backbone
             dtype, device = next(self.model.parameters()).dtype, model_device(self.model)
@@ -225,12 +237,6 @@ class GraspTask(Task):
             self.model, self.tokenizer, self.backbone_name = load_backbone(c.backbone, cache_dir=c.cache_dir,
                                                                            dtype=self.dtype, device=self.device)
         self._backbone_params = dict(self.model.named_parameters())
-        sizes = SplitSizes(source_train=int(c.source_train), target_train=int(c.target_train),
-                           micro_dev=int(c.micro_dev), dev=int(c.dev), test=int(c.test))
-        if c.source_adapter:
-            sizes.source_train = 0
-        data = load_task_data(c.task, c.lang, data_dir=c.data_dir, seed=int(c.data_seed), sizes=sizes,
-                              max_context_chars=c.max_context_chars)
         self.data = data
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         for name in EVAL_SPLITS:

@@ -300,6 +300,150 @@ def test_no_data_dir_offline_says_how_to_point_at_local_files(task, env, config,
                     *fragments, "offline", "--data-dir", env)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def unreachable_hub(monkeypatch) -> str:
+    """No offline flag set, and the hub's endpoint a local port nothing listens on."""
+    import datasets
+    import huggingface_hub.constants
+
+    from hpctl.plugins.grasp_lora import readers
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(readers, "_PROBED", {})
+    return endpoint
+
+
+class CacheOnlyHub:
+    """``datasets.load_dataset`` stand-in that records whether it was told to stay offline and, like
+    the real one retrying an unreachable hub, logs and warns; it has a cached copy of ``tables``' configs."""
+
+    def __init__(self, tables: dict | None = None) -> None:
+        self.tables, self.calls = tables or {}, []
+
+    def __call__(self, path, name=None, revision=None, **kwargs):
+        import logging
+        import warnings
+
+        import datasets
+        import huggingface_hub.constants
+
+        offline = bool(datasets.config.HF_HUB_OFFLINE) and bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+        self.calls.append((path, name, offline))
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        logging.getLogger("datasets.load").warning("Using the latest cached version")
+        warnings.warn("hub noise", UserWarning)
+        if not offline:
+            raise AssertionError("load_dataset went online although the hub is unreachable")
+        if name not in self.tables:
+            raise ConnectionError(f"Couldn't reach '{path}' on the Hub (OfflineModeIsEnabled)")
+        return datasets.DatasetDict({split: datasets.Dataset.from_list(rows)
+                                     for split, rows in self.tables[name].items()})
+
+
+def _counted_probe(monkeypatch) -> list:
+    from hpctl.plugins.grasp_lora import readers
+
+    probes: list = []
+    real_probe = readers.hub_unreachable
+    monkeypatch.setattr(readers, "hub_unreachable", lambda *a, **k: probes.append(a) or real_probe(*a, **k))
+    return probes
+
+
+def test_an_unreachable_hub_is_one_line_at_once_and_no_retry_path_is_taken(monkeypatch, capfd):
+    import datasets
+    import huggingface_hub.constants
+
+    endpoint = unreachable_hub(monkeypatch)
+    monkeypatch.delenv("HPCTL_XLSUM_DIR", raising=False)
+    probes = _counted_probe(monkeypatch)
+    fake = CacheOnlyHub()
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    capfd.readouterr()
+    message = raises_one_line(DataError, lambda: D.check_data_source("xlsum", "ar"), "'csebuetnlp/xlsum'",
+                              f"the hub ({endpoint}) is not reachable", "no cached copy", "HPCTL_XLSUM_DIR")
+    assert "OfflineModeIsEnabled" not in message
+    assert fake.calls == [("csebuetnlp/xlsum", "arabic", True)]  # the cache only: told to stay offline
+    assert len(probes) == 1  # one probe, no retries
+    assert capfd.readouterr().err == ""  # the libraries' log lines and warnings were silenced
+    assert datasets.config.HF_HUB_OFFLINE is False and huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored
+
+
+def test_the_cli_says_an_unreachable_hub_in_one_line_before_the_backbone_loads(hpctl_main, tmp_path, monkeypatch):
+    import datasets
+
+    from hpctl.plugins.grasp_lora import task
+
+    unreachable_hub(monkeypatch)
+    monkeypatch.delenv("HPCTL_XLSUM_DIR", raising=False)
+    probes = _counted_probe(monkeypatch)
+    fake = CacheOnlyHub()
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+
+    def no_backbone(*a, **k):
+        raise AssertionError("the backbone loaded before the data was checked")
+
+    monkeypatch.setattr(task, "load_backbone", no_backbone)
+    code, out, err = hpctl_main("run", "grasp_lora", "--task", "xlsum", "--lang", "ar", "--out", str(tmp_path / "run"))
+    assert code != 0 and err.count("\n") == 1 and "is not reachable" in err and "Traceback" not in err
+    assert all(offline for _, _, offline in fake.calls)
+    assert len(probes) == 1  # the probe's answer is reused within a run, not asked again
+
+
+def test_an_unreachable_hub_still_loads_a_cached_copy(monkeypatch):
+    import datasets
+
+    unreachable_hub(monkeypatch)
+    monkeypatch.delenv("HPCTL_XLSUM_DIR", raising=False)
+    tables = {name: {split: hub_xlsum_rows(name, split, n) for split, n in
+                     (("train", 20), ("validation", 8), ("test", 8))} for name in ("english", "arabic")}
+    fake = CacheOnlyHub(tables)
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    D.check_data_source("xlsum", "ar")
+    td = load_task_data("xlsum", "ar", sizes=XLSUM_SIZES, max_context_chars=None)
+    assert td.sizes()["test"] == 6
+    assert fake.calls and all(offline for _, _, offline in fake.calls)
+
+
+def test_hub_probe_answers_for_a_server_and_not_for_a_closed_port():
+    import http.server
+    import threading
+
+    from hpctl.plugins.grasp_lora.readers import hub_unreachable
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 - the stdlib's name
+            self.send_response(404)  # any status is an answer
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert hub_unreachable(f"http://127.0.0.1:{server.server_address[1]}", timeout=10) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    why = hub_unreachable(f"http://127.0.0.1:{_free_port()}", timeout=10)
+    assert why is not None and "Connection" in why and "\n" not in why
+    assert hub_unreachable("ftp://example.org") is not None
+
+
 class FakeHub:
     """``datasets.load_dataset`` stand-in: real ``datasets.Dataset`` objects in the hub's own schema."""
 
