@@ -16,12 +16,22 @@ Connecting: ``--address auto`` joins the cluster this machine belongs to (``ray 
 ``--address HOST[:PORT]`` a cluster's head (GCS port, default 6379), and no address starts
 a local Ray instance (every core of this machine). A process that already called
 ``ray.init`` keeps its connection.
+
+Token authentication: Ray 2.60's ``ray start --head`` turns it on (the token is in the
+head's ``~/.ray/auth_token``). A process joining by ``--address`` sends the token only with
+``RAY_AUTH_MODE=token`` set (the token from ``~/.ray/auth_token``, ``RAY_AUTH_TOKEN_PATH``
+or ``RAY_AUTH_TOKEN``); without it Ray's client logs an ``InvalidAuthToken`` line a second
+for about 20 s before ``ray.init`` fails. :func:`connect` asks the head once first (one GCS
+request, Ray's C++ log lines kept off the terminal) and refuses in one line naming
+``RAY_AUTH_MODE=token``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import socket
 import uuid
 from pathlib import Path
@@ -86,6 +96,59 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> str:
     return text if ":" in text.replace("ray://", "") else f"{text}:{port}"
 
 
+#: milliseconds the token check gives the head's GCS to answer
+AUTH_CHECK_TIMEOUT_MS = 3000
+
+
+@contextlib.contextmanager
+def _quiet_fd2():
+    """File descriptor 2 (where Ray's C++ code logs) to /dev/null for the block."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def check_token(address: str) -> None:
+    """A one-line ConfigError if the Ray head at ``address`` (``HOST:PORT`` of its GCS) refuses
+    this process's authentication token (or the lack of one).
+
+    One request to the GCS (its cluster id, what ``ray.init`` asks first) through Ray's own
+    client, with Ray's C++ log lines kept off the terminal; any other outcome (the head
+    answers, or is slow) is left to ``ray.init``.
+    """
+    from ray import _raylet
+
+    auth_error = getattr(ray.exceptions, "AuthenticationError", None)
+    try:
+        with _quiet_fd2():
+            inner = getattr(_raylet, "InnerGcsClient", None)
+            try:
+                client = inner.standalone(address, None, AUTH_CHECK_TIMEOUT_MS)
+            except (AttributeError, TypeError):  # another Ray: its public wrapper (Ray's own timeouts)
+                client = _raylet.GcsClient(address=address)
+            del client
+    except Exception as exc:  # noqa: BLE001 - only an authentication refusal is ours to report
+        refused = (auth_error is not None and isinstance(exc, auth_error)) or "InvalidAuthToken" in str(exc)
+        if not refused:
+            return
+        if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token":
+            raise ConfigError(f"the Ray cluster at {address} refused this machine's authentication token "
+                              "(RAY_AUTH_MODE=token is set): use the head's token (its ~/.ray/auth_token) "
+                              "here, in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN") from None
+        raise ConfigError(f"the Ray cluster at {address} requires token authentication: set RAY_AUTH_MODE=token "
+                          "with the head's token (its ~/.ray/auth_token) in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH "
+                          "or RAY_AUTH_TOKEN") from None
+
+
 def _auto_address() -> str | None:
     """The address ``ray.init(address="auto")`` would use (RAY_ADDRESS or this machine's
     latest ``ray start``), or None if there is none."""
@@ -119,6 +182,8 @@ def connect(address: str | None) -> None:
     else:
         kwargs["address"] = check_reachable(address)
         where = f"the Ray cluster at {kwargs['address']}"
+        if not ray.is_initialized() and not kwargs["address"].startswith("ray://"):
+            check_token(kwargs["address"])
     if ray.is_initialized():
         current = ray.get_runtime_context().gcs_address
         wanted = kwargs.get("address", "auto")
