@@ -3,9 +3,10 @@ that marks the parts of the suite.
 
 Parts (registered in pyproject.toml; ``--strict-markers`` refuses any other):
 
-- ``llm``: loads a transformers/peft model (the tiny Gemma 3 backbone or a tiny Llama). Every
-  test in the files of :data:`LLM_FILES` is marked here; a test elsewhere that loads one is
-  marked ``@pytest.mark.llm`` where it is defined (or its module's ``pytestmark``).
+- ``llm``: needs the LLM stack: loads a transformers/peft model (the tiny Gemma 3 backbone, a
+  tiny Llama) or runs a transformers Trainer. Every test in the files of :data:`LLM_FILES` is
+  marked here; a test elsewhere is marked ``@pytest.mark.llm`` where it is defined (or by its
+  module's ``pytestmark``).
 - ``ray``: starts a local Ray instance: every test that uses the ``ray_local`` fixture.
 - ``slow``: takes more than about 10 s alone; marked ``@pytest.mark.slow`` at the test itself.
 

@@ -255,6 +255,7 @@ def test_hf_labels_mark_exactly_the_target_tokens():
     assert labels.tolist() == [[-100, -100, -100, 7, 1], [-100, -100, 8, 1, -100]]
 
 
+@pytest.mark.llm
 def test_throughput_one_alternation_on_the_tiny_backbone(tmp_path, tracking_uri):
     base = {"preset": "smoke", "steps": 2}
     adapters = arms.train_shared_adapters(base, 0, tmp_path / "adapters", tracking_uri, None)

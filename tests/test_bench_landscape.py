@@ -133,6 +133,7 @@ def test_seeds_run_in_parts_accumulate_in_one_results_file(tmp_path):
     assert L.merged_seeds(tmp_path / "missing.json", other) == (other["seeds"], [])
 
 
+@pytest.mark.llm
 def test_a_real_run_is_scored_on_the_curve_of_its_seed(tmp_path, hpctl_main, capsys):
     """--score-runs: a finished grasp_lora run with the curve's settings gets its regret; a run
     whose fine-tunes differ (another steps) is refused in one line, and so is a missing run."""
@@ -161,6 +162,7 @@ def test_a_real_run_is_scored_on_the_curve_of_its_seed(tmp_path, hpctl_main, cap
     assert len(err) == 2 and "steps=3" in err[0] and "not a finished run" in err[1]
 
 
+@pytest.mark.llm
 def test_a_shorter_fine_tune_is_scored_on_the_trajectory_curve_of_its_length(tmp_path, hpctl_main, capsys):
     """The dev curve after K steps of the grid's fine-tunes is the grid of K-step fine-tunes (constant
     learning rate, same data order and mask steps): a K-step fine-tune from the merged start ends at

@@ -335,6 +335,7 @@ def test_a_crashed_session_resumes_identically(tmp_path, tracking_uri):
 
 
 @needs_optuna
+@pytest.mark.llm
 def test_trainer_callback_runs_tpe(tmp_path, tracking_uri):
     pytest.importorskip("transformers")
     import torch
