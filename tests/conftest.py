@@ -11,7 +11,7 @@ Parts (registered in pyproject.toml; ``--strict-markers`` refuses any other):
 - ``slow``: takes more than about 10 s alone; marked ``@pytest.mark.slow`` at the test itself.
 
 ``python -m pytest -m "not slow"`` is the quick part, ``-m llm`` / ``-m ray`` the parts that
-need those stacks, ``-m "not llm and not ray"`` what the core install can run.
+need those stacks.
 """
 
 from __future__ import annotations

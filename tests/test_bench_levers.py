@@ -40,6 +40,7 @@ def _fake_regret_part(folder: Path) -> None:
     (folder / "grasp_vs_grid_regret_zh.json").write_text(json.dumps(data))
 
 
+@pytest.mark.llm
 def test_a_warm_up_lever_is_screened_against_the_committed_grid_curve(tmp_path):
     _fake_regret_part(tmp_path)
     argv = ["--parts", "zh:0", "--lever", "warmup_steps=2,controller_steps=6", "--tag", "w2",
