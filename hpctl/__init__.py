@@ -10,7 +10,7 @@ Core pieces: :class:`~hpctl.knob.Knob` (a bounded control variable),
 from hpctl.control_env import ControlEnv
 from hpctl.errors import ConfigError, DataError, HpctlError
 from hpctl.knob import Knob
-from hpctl.session import Session
+from hpctl.session import Session, Trial
 from hpctl.task import Plugin, Task
 
 # registers the Gymnasium ids (hpctl/Landscape-v0, hpctl/MagnitudePrune-v0, ...); their entry
@@ -19,4 +19,4 @@ from hpctl import envs  # noqa: E402,F401  isort: skip
 
 __version__ = "0.1.0"
 
-__all__ = ["ControlEnv", "ConfigError", "DataError", "HpctlError", "Knob", "Plugin", "Session", "Task", "__version__"]
+__all__ = ["ControlEnv", "ConfigError", "DataError", "HpctlError", "Knob", "Plugin", "Session", "Task", "Trial", "__version__"]

@@ -12,6 +12,18 @@
         train_some_steps(s.value)        # the committed value
     final_training(s.value)              # = s.learned once s.done
 
+A whole group at once, scored in parallel, as :class:`Trial` handles told in any order::
+
+    while not s.done:
+        for trials in s.ask_groups():    # each list: every value the controller needs now
+            for trial, score in zip(trials, pool.map(my_probe, [t.value for t in trials])):
+                s.tell(trial, score)
+        train_some_steps(s.value)
+
+``direction="minimize"`` takes losses as they come (negated inside, reported with your
+sign); :attr:`Session.trials` and :meth:`Session.trials_dataframe` are the table of every
+probe.
+
 The controllers are the ones ``hpctl run`` uses (``grpo``, ``random``, ``grid``, ``fixed``,
 ``tpe``, ``cmaes``, ``gp``, and third-party ones), on the same :class:`~hpctl.control_env.ControlEnv`: the same group
 probing, commit rules, guard and budget accounting, the same MLflow run (parameters, every
@@ -34,6 +46,20 @@ value at all: the controller stopped (budget spent, or ``total_steps`` trained) 
 (``random``, ``grid``, ``fixed``, and Optuna's ``tpe``, ``cmaes``, ``gp``) never commit: a round is ``group_size`` of their
 candidates, training continues at the knob's default, and their answer is the best
 candidate.
+
+``ask_groups()`` is the same round one *request* at a time: each item is the list of
+every value the controller needs before it can go on (GRPO: the baseline, then the whole
+candidate group, then maybe a guard probe; Optuna's samplers: their group), as
+:class:`Trial` handles. Tell them in any order (``tell(trial, score)``); the next list
+comes once all of the last one are told. Why an iterator of groups rather than
+``ask(n=...)``: the controller, not the caller, decides how many values it can use at
+once, and the loop reads the same as the one-at-a-time loop.
+
+``steps_done`` counts the training the controller has committed to: during a round the
+steps trained before it, and once the round has committed also the round you are about to
+train at ``s.value``. It is the step your loop stands at when it next calls ``ask()``, and
+it reads the same after a resume as in an uninterrupted run, so a loop can be rebuilt from
+it.
 
 How the controller loop is turned inside out (the design choice)
 -----------------------------------------------------------------
@@ -90,11 +116,17 @@ result are one state machine over the same fields (round start, answers, pending
 event gate); spread over files its invariants would be harder to check.
 
 Misuse (``tell`` without a pending ``ask``, a value other than the one asked, a value
-outside the knob's bounds, a score that is not a number, ``tell`` after the session is
-done, resuming with different arguments) raises :class:`SessionError` or
-:class:`~hpctl.errors.ConfigError`, both :class:`~hpctl.errors.HpctlError`, with a
-one-line message. A failure inside the controller raises :class:`ControllerError`
-(traceback in ``error.txt`` of the run folder).
+outside the knob's bounds, a score that is not an int or float - ``"0.5"`` and ``True``
+included -, a trial told twice, a trial of an earlier request or of another session,
+``tell`` after the session is done, resuming with different arguments, a bad argument)
+raises :class:`SessionError` or :class:`~hpctl.errors.ConfigError`, both
+:class:`~hpctl.errors.HpctlError`, with a one-line message. A failure inside the
+controller raises :class:`ControllerError` (traceback in ``error.txt`` of the run folder).
+
+A session that is neither finished nor closed when the process exits (a loop that raised
+without ``with``, a script that forgot :meth:`Session.finish`) or whose object is dropped
+ends its MLflow run too: FAILED with the exception's line when the process dies of one,
+KILLED otherwise; at exit the checkpoint is saved first, so ``resume=True`` continues.
 """
 
 from __future__ import annotations
@@ -102,14 +134,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
+import numbers
 import pickle
+import sys
 import time
 import traceback
+import weakref
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from hpctl.config import MAX_SEED
 from hpctl.control_env import ControlEnv
 from hpctl.controllers.base import Controller, get_controller
 from hpctl.errors import ConfigError, HpctlError, ResumeError, one_line
@@ -118,13 +155,20 @@ from hpctl.rundir import CHECKPOINT, RESULT, SPEC, atomic_write_bytes, atomic_wr
 from hpctl.task import Task
 from hpctl.tracking import RunRecorder, Tracker, end_quietly, warn
 
-__all__ = ["ControllerError", "LoopTask", "Session", "SessionError"]
+__all__ = ["DIRECTIONS", "ControllerError", "LoopTask", "Session", "SessionError", "Trial"]
 
 FORMAT = "hpctl.session/1"
 #: ``total_steps`` when none is given: the controller stops on its budget only. Progress
 #: (steps done / total) then stays ~0, so nothing may extrapolate over this horizon: GRPO's
 #: drift rule caps its extrapolation at the progress its own rounds span
 UNBOUNDED_STEPS = 2**62
+#: what ``direction`` may be: a maximized score (the default) or a minimized loss
+DIRECTIONS = ("maximize", "minimize")
+#: spec keys a checkpoint of an older hpctl lacks, with the value they had then
+_SPEC_DEFAULTS = {"direction": "maximize"}
+#: MLflow run id -> the token of the live Session that owns it (a resume in the same
+#: process takes the run over; the dropped session's finaliser then leaves it alone)
+_RUN_OWNERS: dict[str, object] = {}
 
 
 class SessionError(HpctlError):
@@ -139,9 +183,10 @@ class ControllerError(HpctlError):
 class _Need(BaseException):
     """The controller asked for something the user has not told yet (``kind``: "probe" or "train")."""
 
-    def __init__(self, kind: str, value: np.ndarray) -> None:
+    def __init__(self, kind: str, value: np.ndarray, first: int | None = None) -> None:
         super().__init__(kind)
         self.kind, self.value = kind, value
+        self.first = first  # the probe count before the first value asked (None: the env's count)
 
 
 class _Boundary(BaseException):
@@ -197,21 +242,34 @@ class LoopTask(Task):
 
 class _LoopEnv(ControlEnv):
     """The ControlEnv of a session: a group probe hands all its values not told yet to the
-    user at once, so a round is replayed once per group rather than once per value."""
+    user at once, so a round is replayed once per group rather than once per value.
+
+    ``asking`` is the kind of the probe being asked (``baseline``, ``candidate``, ``guard``,
+    ...): what a :class:`Trial` reports before its event exists.
+    """
+
+    asking = "candidate"
+
+    def probe(self, value: Any, kind: str = "candidate") -> float:
+        self.asking = kind
+        return super().probe(value, kind)
 
     def probe_group(self, values: Any) -> np.ndarray:
         vals = np.asarray(values, dtype=np.float64).reshape(-1, self.knob.dim)
         told = len(self.task.answers) - self.task.cursor  # answers left in the record: this group's first ones
         if told < len(vals):
-            raise _Need("probe", np.stack([self.knob.validate(v) for v in vals[told:]]))
+            self.asking = "candidate"
+            raise _Need("probe", np.stack([self.knob.validate(v) for v in vals[told:]]), first=self.probes + told)
         return super().probe_group(vals)
 
 
 class _Gate:
-    """Env listener in front of the recorder: drops the events a replay emits a second time."""
+    """Env listener in front of the recorder: drops the events a replay emits a second time,
+    and gives probe scores the user's sign back (``sign`` -1: a minimizing session)."""
 
-    def __init__(self, sink) -> None:
+    def __init__(self, sink, sign: float = 1.0) -> None:
         self.sink = sink
+        self.sign = sign
         self.seen = 0  # events emitted so far in this drive
         self.emitted = 0  # events of the current round already passed on
         self.loss_reported = True
@@ -223,22 +281,26 @@ class _Gate:
         self.emitted += 1
         if event["event"] == "fault" and event.get("kind") == "train" and not self.loss_reported:
             return  # no loss was reported for that round: not a fault
+        if self.sign < 0 and "score" in event:
+            event = {**event, "score": -event["score"]}
         self.sink(event)
 
 
 class _Asks:
-    """The values of one round, produced one at a time (see :meth:`Session.ask`)."""
+    """The values of one round, produced one at a time (see :meth:`Session.ask`); with
+    ``groups``, the round's requests as lists of :class:`Trial` (:meth:`Session.ask_groups`)."""
 
-    def __init__(self, session: "Session | None") -> None:
+    def __init__(self, session: "Session | None", groups: bool = False) -> None:
         self._session = session
+        self._groups = groups
 
     def __iter__(self) -> "_Asks":
         return self
 
-    def __next__(self) -> float | np.ndarray:
+    def __next__(self) -> Any:
         if self._session is None:
             raise StopIteration
-        return self._session._next_value()
+        return self._session._next_group() if self._groups else self._session._next_value()
 
 
 class AttachedTracker(Tracker):
@@ -266,6 +328,60 @@ def _as_user_value(knob: Knob, value: np.ndarray) -> float | np.ndarray:
     return float(value[0]) if knob.dim == 1 else np.asarray(value, dtype=np.float64).copy()
 
 
+class Trial:
+    """One value to score: the handle :meth:`Session.tell` takes, and a row of :attr:`Session.trials`.
+
+    Attributes:
+        number: the probe's index in the session, from 0 (``history.json``'s ``probe`` - 1).
+        value: the knob value to score (a float; an array for a vector knob).
+        params: ``{component name: value}`` (e.g. ``{"prune_ratio": 0.37}``).
+        round: the controller round it belongs to.
+        step: the training steps done when it was asked.
+        kind: ``baseline`` (the value training is at), ``candidate``, ``guard`` or
+            ``revisit`` (GRPO's checks of a move).
+        score: the score told, in your direction's sign; ``None`` while pending.
+        state: ``"pending"`` (asked, not told), ``"complete"``, or ``"fail"`` (a non-finite
+            score: recorded as a fault, as a failing probe is in ``hpctl run``).
+    """
+
+    __slots__ = ("number", "value", "params", "round", "step", "kind", "score", "state", "_owner", "_array",
+                 "_result")
+
+    def __init__(self, number: int, value: np.ndarray, knob: Knob, *, round: int, step: int, kind: str,  # noqa: A002
+                 score: float | None = None, owner: object = None) -> None:
+        self._array = np.asarray(value, dtype=np.float64).copy()
+        self.number, self.round, self.step, self.kind = int(number), int(round), int(step), str(kind)
+        self.value = _as_user_value(knob, self._array)
+        self.params = knob.to_dict(self._array)
+        self.score = None if score is None else float(score)
+        self.state = "pending" if score is None else ("complete" if math.isfinite(score) else "fail")
+        self._owner = owner
+        self._result: float | None = None  # the score as the controller sees it (maximized)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as plain values (``value`` a float or a list)."""
+        value = self.value.tolist() if isinstance(self.value, np.ndarray) else self.value
+        return {"number": self.number, "value": value, "params": dict(self.params), "round": self.round,
+                "step": self.step, "kind": self.kind, "score": self.score, "state": self.state}
+
+    def __repr__(self) -> str:
+        value = self.value.tolist() if isinstance(self.value, np.ndarray) else self.value
+        return (f"Trial(number={self.number}, value={value!r}, round={self.round}, kind={self.kind!r}, "
+                f"score={self.score!r}, state={self.state!r})")
+
+
+def _score(score: Any, what: str) -> float:
+    """``score`` as a float if it is an int or a float (numpy's too, or a 0-d array or tensor
+    holding one); anything else - text, a bool, None - is a one-line SessionError."""
+    item = score
+    if getattr(score, "ndim", None) == 0 and hasattr(score, "item"):
+        item = score.item()  # a numpy scalar array, a torch scalar tensor
+    if isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Real):
+        raise SessionError(f"{what} must be a number, got {_shown(score)} (a {type(score).__name__}; "
+                           "give an int or a float)")
+    return float(item)
+
+
 # ---------------------------------------------------------------------- session ----
 class Session:
     """A controller learning ``knob`` inside your own training loop (module docstring).
@@ -287,6 +403,10 @@ class Session:
             progress stays ~0), and a drift is followed no further ahead than the rounds that
             measured it reach back.
         commit_rule, reward, max_move: as for ``hpctl run`` (:class:`~hpctl.control_env.ControlEnv`).
+        direction: ``"maximize"`` (default: a score, higher is better) or ``"minimize"`` (a
+            loss, told as it is). A minimized score is negated for the controller; everything
+            reported (:attr:`history`, :attr:`trials`, ``result.json`` with its
+            ``best_probe``, the MLflow metrics) keeps your sign and names the direction.
         resume: ``True`` continues the session saved in ``out_dir`` (a fresh one starts if
             there is none yet); a path continues the checkpoint file (or folder) there.
         tracking_uri, experiment, run_name: where the MLflow run goes (default store:
@@ -298,21 +418,39 @@ class Session:
             :meth:`save` writes it; the Trainer callback saves into the Trainer's checkpoints).
     """
 
-    def __init__(self, knob: Knob, controller: str = "grpo", *, budget: int = 64, group_size: int = 8,
-                 seed: int = 0, out_dir: str | Path | None = None, controller_config: dict[str, Any] | None = None,
-                 steps_per_round: int = 1, total_steps: int | None = None, commit_rule: str = "best",
-                 reward: str = "score", max_move: float = 1.0, resume: bool | str | Path = False,
-                 tracking_uri: str | None = None, experiment: str = "hpctl-session", run_name: str | None = None,
-                 mlflow_run_id: str | None = None, tags: dict[str, str] | None = None, autosave: bool = True) -> None:
+    def __init__(self, knob: Knob, controller: str = "grpo", *, direction: str = "maximize", budget: int = 64,
+                 group_size: int = 8, seed: int = 0, out_dir: str | Path | None = None,
+                 controller_config: dict[str, Any] | None = None, steps_per_round: int = 1,
+                 total_steps: int | None = None, commit_rule: str = "best", reward: str = "score",
+                 max_move: float = 1.0, resume: bool | str | Path = False, tracking_uri: str | None = None,
+                 experiment: str = "hpctl-session", run_name: str | None = None, mlflow_run_id: str | None = None,
+                 tags: dict[str, str] | None = None, autosave: bool = True) -> None:
         if not isinstance(knob, Knob):
             raise ConfigError(f"knob must be an hpctl.Knob, got {type(knob).__name__}")
         self.knob = knob
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"direction must be 'maximize' or 'minimize', got {_shown(direction)}")
+        self.direction = str(direction)
+        self._sign = 1.0 if self.direction == "maximize" else -1.0
+        if not isinstance(autosave, (bool, np.bool_)):
+            raise ConfigError(f"autosave must be True or False, got {_shown(autosave)}")
         self.autosave = bool(autosave)
         self.budget = _positive_int("budget", budget)
         self.seed = _int("seed", seed)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
         steps_per_round = _positive_int("steps_per_round", steps_per_round)
         if total_steps is not None:
             total_steps = _positive_int("total_steps", total_steps)
+        max_move = _real("max_move", max_move)
+        for name, val, example in (("controller_config", controller_config, "{'sigma_init': 0.25}"),
+                                   ("tags", tags, "{'team': 'nlp'}")):
+            if val is not None and not isinstance(val, dict):
+                raise ConfigError(f"{name} must be a dict (e.g. {example}), got {_shown(val)}")
+        for name, val in (("experiment", experiment), ("run_name", run_name), ("tracking_uri", tracking_uri),
+                          ("mlflow_run_id", mlflow_run_id)):
+            if val is not None and not isinstance(val, str):
+                raise ConfigError(f"{name} must be a string, got {_shown(val)}")
         ctrl_cls = get_controller(str(controller))
         ctrl_config = ctrl_cls.make_config(controller_config)
         self.spec = {
@@ -322,7 +460,7 @@ class Session:
             "controller": ctrl_cls.name, "controller_config": to_jsonable(dataclasses.asdict(ctrl_config)),
             "budget": self.budget, "group_size": _int("group_size", group_size), "seed": self.seed,
             "steps_per_round": steps_per_round, "total_steps": total_steps, "commit_rule": commit_rule,
-            "reward": reward, "max_move": float(max_move),
+            "reward": reward, "max_move": max_move, "direction": self.direction,
         }
 
         # the environment over the stand-in task, and the controller (refused if it cannot restart from its state)
@@ -364,15 +502,20 @@ class Session:
         self.tracker = tracker_cls(uri, experiment, run_id=run_id,
                                    run_name=run_name or f"session/{knob.name}/{ctrl_cls.name}/seed{self.seed}",
                                    tags={"hpctl.mode": "session", "hpctl.controller": ctrl_cls.name,
-                                         **(tags or {})})
+                                         "hpctl.direction": self.direction, **(tags or {})})
+        # the run ends with the process (or the dropped object) if nothing else ends it first
+        self._token = object()
+        _RUN_OWNERS[self.tracker.run_id] = self._token
+        self._finalizer = weakref.finalize(self, _abandoned, self._token, self.tracker, weakref.ref(self))
         self.recorder = RunRecorder(names, self.tracker)
-        self._gate = _Gate(self.recorder)
+        self._gate = _Gate(self.recorder, self._sign)
         self.env.listeners.append(self._gate)
 
         # round state
         self._answers: list[dict[str, Any]] = self._task.answers
-        self._pending: np.ndarray | None = None
-        self._queued: list[np.ndarray] = []  # further values of the pending group, asked next
+        self._group: list[Trial] = []  # the trials of the controller's current request
+        self._handed = 0  # how many of them the user has been given
+        self._base = 0  # the round record's length when the request came: where its scores go
         self._round_open = False  # ask() was called and the round has not ended
         self._awaiting_train = False  # the round committed; the user trains before the next ask()
         self._asked_in_round = 0
@@ -400,6 +543,7 @@ class Session:
                                              "mode": "session"})
                 self._load(checkpoint, resend_all=new_run)
         except BaseException:
+            self._release()
             end_quietly(self.tracker, "FAILED", "session setup failed")
             raise
 
@@ -411,8 +555,9 @@ class Session:
 
     @property
     def pending(self) -> float | np.ndarray | None:
-        """The value waiting for a score (``None`` if none)."""
-        return None if self._pending is None else _as_user_value(self.knob, self._pending)
+        """The first value given out and waiting for a score (``None`` if none)."""
+        waiting = self._waiting()
+        return waiting[0].value if waiting else None
 
     @property
     def probes(self) -> int:
@@ -421,13 +566,55 @@ class Session:
 
     @property
     def steps_done(self) -> int:
-        """Training steps the controller has counted (``steps_per_round`` per committed round)."""
-        return int(self.env.steps_done)
+        """Training steps the controller has committed to (``steps_per_round`` per round).
+
+        During a round: the steps trained before it. Once the round has committed (its
+        asks are exhausted), also the round you now train at :attr:`value`: the step your
+        loop stands at when it calls :meth:`ask` next. The same after a resume as in an
+        uninterrupted run, so a loop can restart its own training from it.
+        """
+        done = int(self.env.steps_done)
+        if self._awaiting_train:
+            done += min(int(self.env.steps_per_round), max(0, int(self.env.task.total_steps) - done))
+        return done
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """Every event so far (``reset``, ``probe``, ``commit``, ``fault``), as in ``history.json``."""
+        """Every event so far (``reset``, ``probe``, ``commit``, ``fault``), as in ``history.json``.
+
+        Probe scores carry your sign (a minimizing session's losses stay losses).
+        """
         return self.recorder.history
+
+    @property
+    def trials(self) -> list[Trial]:
+        """Every probe so far as a :class:`Trial`, by number: the ones the controller has
+        taken in (``complete``, or ``fail`` for a non-finite score), then the current request's
+        (told, or ``pending``). The pending ones are the live handles ``tell`` takes."""
+        out = [Trial(e["probe"] - 1, e["value"], self.knob, round=e["round"], step=e["step"], kind=e["kind"],
+                     score=e["score"], owner=self._token)
+               for e in self.recorder.history if e["event"] == "probe"]
+        seen = len(out)
+        out += [t for t in self._group if t.number >= seen]
+        return out
+
+    def trials_dataframe(self):
+        """:attr:`trials` as a pandas DataFrame, one row per probe: ``number``, ``round``,
+        ``step``, ``kind``, ``params_<component>`` (the knob value, as Optuna names its
+        parameters), ``score`` (your sign) and ``state``; ``df.attrs["direction"]`` names the
+        direction. pandas comes with MLflow; without it this is a one-line error."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise HpctlError("trials_dataframe() needs pandas (pip install pandas); Session.trials gives the same "
+                             "rows as Trial records") from None
+        names = self.knob.component_names
+        columns = ["number", "round", "step", "kind", *[f"params_{n}" for n in names], "score", "state"]
+        rows = [[t.number, t.round, t.step, t.kind, *[t.params[n] for n in names],
+                 float("nan") if t.score is None else t.score, t.state] for t in self.trials]
+        df = pd.DataFrame(rows, columns=columns)
+        df.attrs["direction"] = self.direction
+        return df
 
     def ask(self) -> Iterator[float | np.ndarray]:
         """The values to score at the current training state, one at a time (module docstring).
@@ -436,53 +623,86 @@ class Session:
         A new round begins when the previous one has ended; calling ``ask()`` then means
         you have trained at :attr:`value` since.
         """
-        self._check_usable()
-        if self.done:
-            return _Asks(None)
-        if not self._round_open:
-            if self._awaiting_train:  # the user trained at the committed value: that is the round's last answer
-                loss = float("nan") if self._loss is None else self._loss
-                self._answers.append({"kind": "train", "value": self._value.copy(), "result": loss})
-                self._gate.loss_reported = self._loss is not None
-                self._awaiting_train = False
-                self._loss = None
-            self._round_open = True
-            self._asked_in_round = 0
-        return _Asks(self)
+        return self._open_round(groups=False)
 
-    def tell(self, value: float | Sequence[float] | np.ndarray, score: float) -> None:
-        """The score (higher is better) of ``value``, the value the current round is waiting on.
+    def ask_groups(self) -> Iterator[list[Trial]]:
+        """The round's requests, each a list of :class:`Trial` handles to score together.
 
-        A non-finite score is recorded as a fault, as a failing probe is in ``hpctl run``.
+        Each list holds every value the controller needs before it can go on (GRPO: the
+        baseline, the candidate group, a guard probe; Optuna's samplers: their group); score
+        them in parallel if you like and ``tell(trial, score)`` each, in any order. The next
+        list comes once the last one is fully told. Like :meth:`ask`, the iteration ends
+        when the round has committed, and calling it again means you have trained at
+        :attr:`value` since.
+        """
+        return self._open_round(groups=True)
+
+    def tell(self, trial: "Trial | float | Sequence[float] | np.ndarray", score: float) -> None:
+        """The score of a trial (a :class:`Trial` from :meth:`ask_groups`, or the value
+        :meth:`ask` gave), in the session's direction (higher is better when maximizing,
+        lower when minimizing).
+
+        Trials of one request may be told in any order; a value is matched to the first
+        waiting trial with that value. A non-finite score is recorded as a fault, as a
+        failing probe is in ``hpctl run``.
         """
         self._check_usable()
         if self.done:
             raise SessionError(f"the session is done ({self.probes} of {self.budget} probes spent, learned "
                                f"{self.knob.format(self._value)}): nothing to tell")
+        if isinstance(trial, Trial):
+            target = self._own_trial(trial)
+        else:
+            target = self._trial_of_value(trial)
+        result = _score(score, f"the score of {self.knob.format(target._array)}")
+        target.score = result
+        target.state = "complete" if math.isfinite(result) else "fail"
+        target._result = self._sign * result
+        # the record holds the request's told prefix, in the controller's order
+        while self._group and len(self._answers) - self._base < len(self._group):
+            nxt = self._group[len(self._answers) - self._base]
+            if nxt._result is None:
+                break
+            self._answers.append({"kind": "probe", "value": nxt._array.copy(), "result": nxt._result})
+
+    def _own_trial(self, trial: Trial) -> Trial:
+        if trial._owner is not self._token:
+            raise SessionError(f"trial {trial.number} belongs to another Session (after a resume, ask again: "
+                               "handles from before it are stale)")
+        if trial.state != "pending":
+            raise SessionError(f"trial {trial.number} ({self.knob.format(trial._array)}) was already told "
+                               f"(score {trial.score!r}); each trial takes one score")
+        if not any(t is trial for t in self._group):
+            raise SessionError(f"trial {trial.number} is stale: it was asked in round {trial.round}, and the "
+                               f"session has moved on (round {self.env.round}); tell only the latest group's trials")
+        return trial
+
+    def _trial_of_value(self, value: Any) -> Trial:
         arr = self.knob.validate(value)  # ConfigError when outside the bounds
-        if self._pending is None:
+        waiting = self._waiting()
+        if not waiting:
             if self._awaiting_train:
                 raise SessionError(f"tell({self.knob.format(arr)}): no value is waiting for a score; the round is "
                                    "over: train at s.value, then call ask()")
             raise SessionError(f"tell({self.knob.format(arr)}) without ask(): iterate s.ask() for the values to score")
         tol = 1e-9 * (self.knob.high - self.knob.low)
-        if arr.shape != self._pending.shape or not np.all(np.abs(arr - self._pending) <= tol):
+        for t in waiting:
+            if arr.shape == t._array.shape and np.all(np.abs(arr - t._array) <= tol):
+                return t
+        if len(waiting) == 1:
             raise SessionError(f"tell({self.knob.format(arr)}) but the value waiting for a score is "
-                               f"{self.knob.format(self._pending)}: tell each value ask() gives before the next")
-        try:
-            result = float(score)
-        except (TypeError, ValueError):
-            raise SessionError(f"the score of {self.knob.format(arr)} must be a number, got {score!r}") from None
-        self._answers.append({"kind": "probe", "value": self._pending.copy(), "result": result})
-        self._pending = None
+                               f"{self.knob.format(waiting[0]._array)}: tell each value ask() gives before the next")
+        shown = ", ".join(self.knob.format(t._array) for t in waiting[:6]) + (", ..." if len(waiting) > 6 else "")
+        raise SessionError(f"tell({self.knob.format(arr)}) but the values waiting for a score are {shown}")
+
+    def _waiting(self) -> list[Trial]:
+        """The trials given out that have no score yet."""
+        return [t for t in self._group[:self._handed] if t._result is None]
 
     def report_loss(self, loss: float) -> None:
         """The mean training loss since the round ended (optional; logged and seen by the controller)."""
         self._check_usable()
-        try:
-            self._loss = float(loss)
-        except (TypeError, ValueError):
-            raise SessionError(f"the training loss must be a number, got {loss!r}") from None
+        self._loss = _score(loss, "the training loss")
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write the checkpoint (default ``out_dir/checkpoint.safetensors``); return its path.
@@ -537,6 +757,7 @@ class Session:
         try:
             self.save()
         finally:
+            self._release()
             end_quietly(self.tracker, "KILLED", f"closed after {self.probes} of {self.budget} probes; "
                                                 f"resume with resume=True in {self.out_dir}")
 
@@ -549,34 +770,82 @@ class Session:
             try:
                 self.save()
             finally:
+                self._release()
                 end_quietly(self.tracker, "FAILED", one_line(exc))
             return
         self.close()
+
+    def _release(self) -> None:
+        """The run is ended here: nothing is left for the exit-time finaliser."""
+        self._finalizer.detach()
+        if _RUN_OWNERS.get(self.tracker.run_id) is self._token:
+            del _RUN_OWNERS[self.tracker.run_id]
 
     def __repr__(self) -> str:
         state = "done" if self.done else f"{self.probes}/{self.budget} probes"
         return f"Session({self.knob.name}, {self.controller.name}, value={self.knob.format(self._value)}, {state})"
 
     # ------------------------------------------------------------------ the driver ----
+    def _open_round(self, groups: bool) -> _Asks:
+        """:meth:`ask` and :meth:`ask_groups`: a new round starts once the last one has ended."""
+        self._check_usable()
+        if self.done:
+            return _Asks(None)
+        if not self._round_open:
+            if self._awaiting_train:  # the user trained at the committed value: that is the round's last answer
+                loss = float("nan") if self._loss is None else self._loss
+                self._answers.append({"kind": "train", "value": self._value.copy(), "result": loss})
+                self._gate.loss_reported = self._loss is not None
+                self._awaiting_train = False
+                self._loss = None
+            self._round_open = True
+            self._asked_in_round = 0
+        return _Asks(self, groups)
+
     def _next_value(self) -> float | np.ndarray:
         self._check_usable()
         if self.done or not self._round_open:
             raise StopIteration
-        if self._pending is not None:
-            raise SessionError(f"ask() gave {self.knob.format(self._pending)} and has no score for it yet: "
+        waiting = self._waiting()
+        if waiting:
+            raise SessionError(f"ask() gave {self.knob.format(waiting[0]._array)} and has no score for it yet: "
                                "tell(value, score) before taking the next value")
-        if self._queued:  # the rest of a group the controller asked for at once: no replay needed
-            self._pending = self._queued.pop(0)
-            self._asked_in_round += 1
-            return _as_user_value(self.knob, self._pending)
+        if self._handed == len(self._group):
+            self._request()  # StopIteration once the round has ended
+        trial = self._group[self._handed]  # the rest of a group the controller asked at once: no replay needed
+        self._handed += 1
+        return trial.value
+
+    def _next_group(self) -> list[Trial]:
+        self._check_usable()
+        if self.done or not self._round_open:
+            raise StopIteration
+        waiting = self._waiting()
+        if waiting:
+            numbers = ", ".join(str(t.number) for t in waiting[:6]) + (", ..." if len(waiting) > 6 else "")
+            raise SessionError(f"trial(s) {numbers} of the last group have no score yet: tell every trial of a "
+                               "group before asking for the next")
+        if self._handed == len(self._group):
+            self._request()  # StopIteration once the round has ended
+        rest = self._group[self._handed:]
+        self._handed = len(self._group)
+        return list(rest)
+
+    def _request(self) -> None:
+        """Run the controller until it asks for values (they become :attr:`_group`, none handed
+        out yet) or the round ends (``StopIteration``)."""
         while True:
             outcome = self._drive()
             if isinstance(outcome, _Need):
                 if outcome.kind == "probe":
-                    values = list(np.asarray(outcome.value, dtype=np.float64).reshape(-1, self.knob.dim))
-                    self._pending, self._queued = values[0].copy(), [v.copy() for v in values[1:]]
-                    self._asked_in_round += 1
-                    return _as_user_value(self.knob, self._pending)
+                    values = np.asarray(outcome.value, dtype=np.float64).reshape(-1, self.knob.dim)
+                    first = self.env.probes if outcome.first is None else outcome.first
+                    self._base = len(self._answers)  # where the group's scores go in the round's record
+                    self._group = [Trial(first + i, v, self.knob, round=self.env.round, step=self.env.steps_done,
+                                         kind=self.env.asking, owner=self._token) for i, v in enumerate(values)]
+                    self._handed = 0
+                    self._asked_in_round += len(values)
+                    return
                 # "train": the controller committed; the round ends and the user trains at that value
                 self._value = outcome.value.copy()
                 self._awaiting_train = True
@@ -617,7 +886,8 @@ class Session:
 
     def _boundary(self, ctrl: Controller) -> None:
         """The controller's per-round callback: log its state, keep the new round start, stop."""
-        self.tracker.metrics({f"controller/{k}": v for k, v in ctrl.state().items()}, self.env.probes)
+        self.tracker.metrics({f"controller/{k}": v for k, v in self._user_state(ctrl.state()).items()},
+                             self.env.probes)
         self._start = self._state()
         self._answers.clear()
         self._gate.emitted = 0
@@ -652,6 +922,7 @@ class Session:
                 (self.out_dir / "error.txt").write_text(tb)
             except OSError:
                 pass
+        self._release()
         end_quietly(self.tracker, "FAILED", str(exc))
         raise exc from None
 
@@ -668,14 +939,14 @@ class Session:
         self.done = True
         self._value = learned.copy()
         self.learned = _as_user_value(self.knob, learned)
-        self._pending, self._queued = None, []
+        self._group, self._handed = [], 0
         names = self.knob.component_names
         self.result = {
-            "mode": "session", "controller": self.controller.name, "seed": self.seed,
-            "learned": self.knob.to_dict(learned), "probes": self.probes, "budget": self.budget,
-            "rounds": int(self.env.round), "steps_done": self.steps_done, "faults": self.recorder.faults,
-            "stopped_early": early,
-            "controller_state": self.controller.state(), "mlflow_run_id": self.tracker.run_id,
+            "mode": "session", "controller": self.controller.name, "seed": self.seed, "direction": self.direction,
+            "learned": self.knob.to_dict(learned), "best_probe": self._best_probe(), "probes": self.probes,
+            "budget": self.budget, "rounds": int(self.env.round), "steps_done": self.steps_done,
+            "faults": self.recorder.faults, "stopped_early": early,
+            "controller_state": self._user_state(self.controller.state()), "mlflow_run_id": self.tracker.run_id,
             "tracking_uri": self.tracker.uri, "out_dir": str(self.out_dir),
         }
         atomic_write_json(self.out_dir / RESULT, self.result)
@@ -695,7 +966,28 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - the result is on disk; an upload failure is a warning
             warn(self.tracker, f"outputs not fully recorded: {type(exc).__name__}: {exc}")
         finally:
+            self._release()
             end_quietly(self.tracker, "FINISHED", None)
+
+    def _best_probe(self) -> dict[str, Any] | None:
+        """The best-scoring probe in the session's direction (first of ties), as ``hpctl run``
+        reports it: one noisy measurement at the training state it was taken in."""
+        best = None
+        for e in self.recorder.history:
+            if e["event"] == "probe" and math.isfinite(e["score"]) and (
+                    best is None or self._sign * e["score"] > self._sign * best["score"]):
+                best = e
+        if best is None:
+            return None
+        return {"value": self.knob.to_dict(best["value"]), "score": float(best["score"]), "kind": best["kind"],
+                "probe": int(best["probe"]), "step": int(best["step"])}
+
+    def _user_state(self, state: dict[str, float]) -> dict[str, float]:
+        """The controller's state with its scores (``best_score``, ...) in the user's sign; its
+        rewards stay the controller's (higher is better)."""
+        if self._sign > 0:
+            return state
+        return {k: (-v if k.endswith("score") else v) for k, v in state.items()}
 
     # ------------------------------------------------------------------ resume ----
     def _find_checkpoint(self, out_dir: str | Path | None, resume: bool | str | Path) -> dict[str, Any] | None:
@@ -726,8 +1018,9 @@ class Session:
             raise ResumeError(f"{str(path)!r} is not a session checkpoint")
         saved = state["spec"]
         for key, now in self.spec.items():
-            if saved.get(key) != now:
-                raise ResumeError(f"cannot resume {str(path)!r}: it was started with {key}={saved.get(key)!r}, "
+            was = saved.get(key, _SPEC_DEFAULTS.get(key))
+            if was != now:
+                raise ResumeError(f"cannot resume {str(path)!r}: it was started with {key}={was!r}, "
                                   f"this session has {key}={now!r}")
         return state
 
@@ -758,6 +1051,33 @@ class Session:
         self.recorder.checkpoint_flush(min_interval=0.0)
 
 
+def _abandoned(token: object, tracker: Tracker, ref: "weakref.ref[Session]") -> None:
+    """A session's finaliser: its object was dropped, or the process exits, and nothing ended
+    its MLflow run. At exit the checkpoint is saved first (``resume=True`` continues); the run
+    ends FAILED when the process dies of an exception, KILLED otherwise. A run another session
+    took over (a resume in this process) is left alone."""
+    if _RUN_OWNERS.get(tracker.run_id) is not token:
+        return
+    del _RUN_OWNERS[tracker.run_id]
+    session = ref()  # alive only at exit: a dropped object is gone when this runs
+    if session is None:
+        end_quietly(tracker, "KILLED", "the Session object was dropped unfinished (no finish(), close() or with); "
+                                       "resume with resume=True in its out_dir")
+        return
+    if not (session.done or session._failed or session._closed):
+        try:
+            session.save()
+        except Exception:  # noqa: BLE001 - the last checkpoint stays
+            pass
+    where = f"; resume with resume=True in {session.out_dir}"
+    exc = getattr(sys, "last_value", None)  # set when the process dies of an uncaught exception
+    if exc is not None and not isinstance(exc, KeyboardInterrupt):
+        end_quietly(tracker, "FAILED", f"the process died of {one_line(exc)} before the session ended{where}")
+    else:
+        end_quietly(tracker, "KILLED", f"the process ended with the session unfinished (no finish(), close() or "
+                                       f"with){where}")
+
+
 _ARRAY_KEYS = ("value", "current")
 
 
@@ -768,6 +1088,18 @@ def _plain_event(event: dict[str, Any]) -> dict[str, Any]:
 
 def _array_event(event: dict[str, Any]) -> dict[str, Any]:
     return {k: (np.asarray(v, dtype=np.float64) if k in _ARRAY_KEYS else v) for k, v in event.items()}
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` short enough for a one-line error."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number, got {_shown(value)}")
+    return float(value)
 
 
 def _int(name: str, value: Any) -> int:

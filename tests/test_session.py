@@ -31,7 +31,7 @@ def _events(history):
     for e in history:
         row = [e["event"], e.get("kind"), e.get("round"), e.get("step"), e.get("probe")]
         row += [np.asarray(e["value"]).tolist() if "value" in e else None, e.get("score"), e.get("loss")]
-        out.append(row)
+        out.append(["nan" if isinstance(x, float) and x != x else x for x in row])  # nan == nan here
     return out
 
 
@@ -214,6 +214,11 @@ def test_bad_arguments_are_one_line_errors(tmp_path, tracking_uri):
         (dict(knob=knob, group_size=1), ConfigError, "group size must be >= 2"),
         (dict(knob=knob, commit_rule="sometimes"), ConfigError, "unknown commit rule"),
         (dict(knob=knob, resume=True, out_dir=None), ConfigError, "resume=True needs the out_dir"),
+        (dict(knob=knob, seed=-1), ConfigError, "seed must be between 0 and 4294967295, got -1"),
+        (dict(knob=knob, max_move="x"), ConfigError, "max_move must be a number, got 'x'"),
+        (dict(knob=knob, controller_config="notadict"), ConfigError, "controller_config must be a dict"),
+        (dict(knob=knob, tags=["a"]), ConfigError, "tags must be a dict"),
+        (dict(knob=knob, direction="up"), ConfigError, "direction must be 'maximize' or 'minimize'"),
     ]
     for args, err, msg in cases:
         with pytest.raises(err, match=msg) as e:
@@ -345,3 +350,248 @@ def test_the_core_imports_no_transformers():
             "assert not bad, bad; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+# ------------------------------------------------------------- Optuna's habits (#34) ----
+def _loss(v):
+    return float(np.sum((np.atleast_1d(v) - 0.3) ** 2))
+
+
+def test_minimize_takes_losses_and_reports_them_with_their_sign(tmp_path, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    knob = hpctl.Knob("x", 0.0, 1.0, default=0.8)
+    kw = dict(budget=40, group_size=4, seed=4, tracking_uri=tracking_uri)
+    up = hpctl.Session(knob, "grpo", out_dir=tmp_path / "max", **kw)
+    down = hpctl.Session(knob, "grpo", direction="minimize", out_dir=tmp_path / "min", **kw)
+    for s, score in ((up, lambda v: -_loss(v)), (down, _loss)):
+        while not s.done:
+            for v in s.ask():
+                s.tell(v, score(v))
+    # the same decisions: the controller maximizes minus the loss
+    assert down.learned == up.learned and abs(down.learned - 0.3) < 0.15
+    probes_up = [e for e in up.history if e["event"] == "probe"]
+    probes_down = [e for e in down.history if e["event"] == "probe"]
+    assert [e["value"].tolist() for e in probes_down] == [e["value"].tolist() for e in probes_up]
+    assert [e["score"] for e in probes_down] == [-e["score"] for e in probes_up]  # the losses as told
+    assert all(e["score"] >= 0 for e in probes_down)
+    saved = json.loads((tmp_path / "min" / "result.json").read_text())
+    assert saved["direction"] == "minimize" and up.result["direction"] == "maximize"
+    best = min(probes_down, key=lambda e: e["score"])
+    assert saved["best_probe"]["score"] == best["score"] == -up.result["best_probe"]["score"]
+    assert saved["best_probe"]["value"] == up.result["best_probe"]["value"]
+    assert [e["score"] for e in json.loads((tmp_path / "min" / "history.json").read_text())
+            if e["event"] == "probe"] == [e["score"] for e in probes_down]
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(down.tracker.run_id)
+    assert run.data.params["direction"] == "minimize" and run.data.tags["hpctl.direction"] == "minimize"
+    logged = sorted(m.value for key in ("probe/candidate_score", "probe/baseline_score", "probe/guard_score")
+                    for m in client.get_metric_history(run.info.run_id, key))
+    assert logged == pytest.approx(sorted(e["score"] for e in probes_down))
+    df = down.trials_dataframe()
+    assert df.attrs["direction"] == "minimize" and len(df) == down.probes
+    assert df["score"].tolist() == [e["score"] for e in probes_down]
+    with pytest.raises(ConfigError, match="direction must be 'maximize' or 'minimize', got 'min'") as e:
+        hpctl.Session(knob, "grpo", direction="min", out_dir=tmp_path / "bad", **kw)
+    _one_line(e.value)
+
+
+@pytest.mark.parametrize("controller", ["grpo", pytest.param("tpe", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("optuna") is None, reason="the optuna extra is not installed"))])
+def test_groups_scored_in_parallel_and_told_in_any_order_decide_the_same(controller, tmp_path, tracking_uri):
+    from concurrent.futures import ThreadPoolExecutor
+
+    task = _task(2, noise=0.0)  # a pure score: the order it is computed in cannot matter
+    kw = dict(budget=36, group_size=4, seed=2, total_steps=200, steps_per_round=10, tracking_uri=tracking_uri)
+    one = hpctl.Session(task.knob, controller, out_dir=tmp_path / "one", **kw)
+    while not one.done:
+        for v in one.ask():
+            one.tell(v, task.true_reward(np.atleast_1d(v)))
+        one.report_loss(task.train(10, np.atleast_1d(one.value)))
+
+    task = _task(2, noise=0.0)
+    s = hpctl.Session(task.knob, controller, out_dir=tmp_path / "groups", **kw)
+    sizes, kinds = [], set()
+    with ThreadPoolExecutor(4) as pool:
+        while not s.done:
+            for trials in s.ask_groups():
+                assert all(isinstance(t, hpctl.Trial) and t.state == "pending" and t.score is None for t in trials)
+                sizes.append(len(trials))
+                kinds |= {t.kind for t in trials}
+                scores = list(pool.map(lambda t: task.true_reward(np.atleast_1d(t.value)), trials))
+                for t, y in reversed(list(zip(trials, scores))):  # any order
+                    s.tell(t, y)
+                assert [t.state for t in trials] == ["complete"] * len(trials)
+            s.report_loss(task.train(10, np.atleast_1d(s.value)))
+    assert max(sizes) == 4  # a whole candidate group at once
+    assert _events(s.history) == _events(one.history) and s.learned == one.learned
+    if controller == "grpo":
+        assert {"baseline", "candidate"} <= kinds and 1 in sizes  # the baseline is a request of its own
+    rows = s.trials
+    assert [t.number for t in rows] == list(range(s.probes))
+    assert [t.value for t in rows] == [e["value"][0] for e in s.history if e["event"] == "probe"]
+    assert [r.as_dict()["params"] for r in rows[:2]] == [{"x": rows[0].value}, {"x": rows[1].value}]
+
+
+def test_trial_misuse_is_a_one_line_error(tmp_path, tracking_uri):
+    knob = hpctl.Knob("x", 0.0, 1.0, default=0.5)
+    kw = dict(budget=40, group_size=4, seed=0, tracking_uri=tracking_uri)
+    s = hpctl.Session(knob, "grpo", out_dir=tmp_path / "s", **kw)
+    groups = s.ask_groups()
+    (base,) = next(groups)
+    assert base.kind == "baseline" and base.value == 0.5 and base.number == 0 and base.round == 0
+    for bad, shown in (("0.5", "'0.5'"), (True, "True"), (None, "None"), ([0.5], r"\[0.5\]")):
+        with pytest.raises(SessionError, match=f"score of 0.5 must be a number, got {shown}") as e:
+            s.tell(base, bad)
+        _one_line(e.value)
+    s.tell(base, np.float32(-0.25))  # numpy numbers are numbers
+    assert base.score == -0.25 and base.state == "complete"
+    with pytest.raises(SessionError, match=r"trial 0 \(0.5\) was already told \(score -0.25\)") as e:
+        s.tell(base, 0.0)
+    _one_line(e.value)
+    cands = next(groups)
+    assert len(cands) == 4 and [t.number for t in cands] == [1, 2, 3, 4] and s.pending == cands[0].value
+    s.tell(cands[2].value, -_loss(cands[2].value))  # a value told by value finds its trial
+    assert cands[2].state == "complete"
+    with pytest.raises(SessionError, match=r"trial\(s\) 1, 2, 4 of the last group have no score yet") as e:
+        next(groups)
+    _one_line(e.value)
+    other = hpctl.Session(knob, "grpo", out_dir=tmp_path / "other", **kw)
+    (foreign,) = next(other.ask_groups())
+    with pytest.raises(SessionError, match="trial 0 belongs to another Session") as e:
+        s.tell(foreign, 0.0)
+    _one_line(e.value)
+    with pytest.raises(SessionError, match=r"tell\(0.999\) but the values waiting for a score are ") as e:
+        s.tell(0.999, 0.0)
+    _one_line(e.value)
+    for t in cands:
+        if t.state == "pending":
+            s.tell(t, -_loss(t.value))
+    for rest in groups:  # a guard probe may follow; then the round ends
+        for t in rest:
+            s.tell(t, -_loss(t.value))
+    with pytest.raises(SessionError, match="trial 1 .* was already told") as e:
+        s.tell(cands[0], 0.0)  # a trial of an earlier round
+    _one_line(e.value)
+    # after a resume, the old handles are stale: the same values are asked again as new trials
+    (again_base,) = next(s.ask_groups())
+    s.save()
+    del s
+    resumed = hpctl.Session(knob, "grpo", out_dir=tmp_path / "s", resume=True, **kw)
+    with pytest.raises(SessionError, match="belongs to another Session .*resume") as e:
+        resumed.tell(again_base, 0.0)
+    _one_line(e.value)
+    (fresh,) = next(resumed.ask_groups())
+    assert fresh.value == again_base.value and fresh.number == again_base.number
+    resumed.close()
+    other.close()
+
+
+def test_trials_table(tmp_path, tracking_uri):
+    knob = hpctl.Knob("xy", 0.0, 1.0, default=0.5, dim=2, labels=("a", "b"))
+    s = hpctl.Session(knob, "random", budget=8, group_size=4, seed=1, out_dir=tmp_path / "s", tracking_uri=tracking_uri)
+    assert s.trials == [] and list(s.trials_dataframe().columns) == [
+        "number", "round", "step", "kind", "params_a", "params_b", "score", "state"]
+    n = 0
+    for v in s.ask():
+        n += 1
+        s.tell(v, float("nan") if n == 2 else -_loss(v))
+    pending = next(s.ask_groups())[0]
+    rows = s.trials
+    assert [t.number for t in rows] == [0, 1, 2, 3, 4] and rows[-1] is pending
+    assert [t.state for t in rows] == ["complete", "fail", "complete", "complete", "pending"]
+    df = s.trials_dataframe()
+    assert df["state"].tolist() == ["complete", "fail", "complete", "complete", "pending"]
+    assert df["params_a"].tolist() == [float(t.value[0]) for t in rows]
+    assert np.isnan(df["score"][1]) and np.isnan(df["score"][4]) and df["score"][0] == rows[0].score
+    assert rows[0].as_dict()["value"] == rows[0].value.tolist() and set(rows[0].params) == {"a", "b"}
+    s.close()
+
+
+def test_steps_done_rebuilds_a_killed_loop(tmp_path, tracking_uri):
+    """An uninterrupted loop vs one killed mid-round whose training is rebuilt from
+    ``steps_done`` alone: the same probes, the same learned value (a drifting optimum makes
+    a loop one round off probe another landscape)."""
+    from mlflow.tracking import MlflowClient
+
+    over = dict(noise=0.0, drift=0.4, optimum=0.3)
+    budget, group, seed, total = 48, 4, 5, 200
+    spr = steps_per_round(total, budget, group)
+    kw = dict(budget=budget, group_size=group, seed=seed, total_steps=total, steps_per_round=spr,
+              tracking_uri=tracking_uri)
+
+    def loop(s, task, stop_after=None):
+        told = 0
+        while not s.done:
+            for v in s.ask():
+                s.tell(v, task.probe(np.atleast_1d(v)))
+                told += 1
+                if stop_after is not None and told >= stop_after:
+                    return
+            if s.done:  # the budget is spent: the answer is in, no round to train for the controller
+                break
+            assert s.steps_done == task.steps + spr  # the round it has committed to: train it now
+            task.train(spr, np.atleast_1d(s.value))
+            assert s.steps_done == task.steps
+
+    task = _task(seed, **over)
+    whole = hpctl.Session(task.knob, "grpo", out_dir=tmp_path / "whole", **kw)
+    loop(whole, task)
+
+    task = _task(seed, **over)
+    first = hpctl.Session(task.knob, "grpo", out_dir=tmp_path / "crash", **kw)
+    loop(first, task, stop_after=17)  # killed in the 4th round: no finish, no close
+    at_kill = first.steps_done
+    del first
+
+    again = hpctl.Session(task.knob, "grpo", out_dir=tmp_path / "crash", resume=True, **kw)
+    assert again.steps_done == at_kill == task.steps
+    import gc
+
+    gc.collect()  # the dropped session's finaliser runs: the resumed session owns the run now
+    assert MlflowClient(tracking_uri).get_run(again.tracker.run_id).info.status == "RUNNING"
+    task = _task(seed, **over)
+    task.train(again.steps_done, np.atleast_1d(again.value))  # the loop rebuilt from steps_done alone
+    loop(again, task)
+    assert _events(again.history) == _events(whole.history)
+    assert again.learned == whole.learned and again.steps_done == whole.steps_done == task.steps
+    assert MlflowClient(tracking_uri).get_run(again.tracker.run_id).info.status == "FINISHED"
+
+
+_RAISES = """
+import sys, hpctl
+s = hpctl.Session(hpctl.Knob("x", 0.0, 1.0), "grpo", budget=20, group_size=4, out_dir=sys.argv[1],
+                  tracking_uri=sys.argv[2])
+print(s.tracker.run_id, flush=True)
+for v in s.ask():
+    s.tell(v, -abs(v - 0.3))
+    if sys.argv[3] == "raise":
+        raise RuntimeError("my loop broke")
+    break
+"""
+
+
+@pytest.mark.parametrize("how", ["raise", "return"])
+def test_a_session_left_unfinished_ends_its_mlflow_run_at_exit(how, tmp_path, tracking_uri):
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    proc = subprocess.run([sys.executable, "-c", _RAISES, str(tmp_path / "s"), tracking_uri, how],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == (1 if how == "raise" else 0), proc.stderr
+    run = MlflowClient(tracking_uri).get_run(proc.stdout.split()[0])
+    if how == "raise":
+        assert "RuntimeError: my loop broke" in proc.stderr
+        assert run.info.status == "FAILED"
+        assert "the process died of RuntimeError: my loop broke" in run.data.tags["error"]
+    else:
+        assert run.info.status == "KILLED" and "unfinished" in run.data.tags["error"]
+    # the checkpoint saved at exit holds the told value: resuming asks the next one
+    knob = hpctl.Knob("x", 0.0, 1.0)
+    again = hpctl.Session(knob, "grpo", budget=20, group_size=4, out_dir=tmp_path / "s", resume=True,
+                          tracking_uri=tracking_uri)
+    assert again.tracker.run_id == run.info.run_id
+    assert len(again._answers) == 1 and next(iter(again.ask_groups()))[0].number == 1
+    again.close()
