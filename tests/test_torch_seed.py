@@ -8,8 +8,6 @@ import textwrap
 
 import pytest
 
-pytest.importorskip("torch")
-
 
 def _python(code: str) -> str:
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
@@ -18,6 +16,7 @@ def _python(code: str) -> str:
 
 
 def test_torch_imported_after_seeding_draws_what_manual_seed_gives():
+    pytest.importorskip("torch")
     out = _python("""
         import sys
         from hpctl.seeding import seed_everything
