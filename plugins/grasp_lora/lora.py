@@ -16,7 +16,9 @@ Pipeline pieces, in the order GRASP LoRA uses them:
 4. **Prune** the merged adapter by global magnitude: its factors (:func:`lora_factors`) are
    installed as dense-delta wrappers (:mod:`hpctl.integrations.delta`) and masked by
    :class:`hpctl.integrations.pruner.GlobalMagnitudePruner`.
-5. **Export** the pruned adapter (:func:`export_peft`).
+5. **Export** the pruned adapter: exactly as ``final_delta.safetensors`` and as a compact
+   peft LoRA of the rank its dev loss allows (:mod:`hpctl.integrations.peft_export`; see
+   :meth:`.task.GraspTask._export_final`).
 
 The pruned adapter is saved in peft format by :func:`hpctl.integrations.peft_export.export_peft`
 (re-exported here), shared with the Trainer integration's ``LoraPruneKnob.export``; the

@@ -14,6 +14,9 @@ ADAPTER_FOLDERS = {"final": "final_adapter", "target_only": "target_only_adapter
                    "source": "source_adapter", "target": "target_adapter"}
 PREDICTION_FILES = ("test_predictions.jsonl", "target_only_test_predictions.jsonl")
 PHASES_FILE = "grasp_phases.json"
+#: the final adapter's exact pruned delta (:func:`hpctl.integrations.peft_export.save_pruned_delta`), beside
+#: the compact ``final_adapter``; ``hpctl eval --adapter final`` scores it
+DELTA_FILE = "final_delta.safetensors"
 
 
 def encoder_name(backbone: str) -> str:
@@ -52,6 +55,6 @@ def write_phases(out_dir: Path, seconds: Mapping[str, float], passes: Mapping[st
 
 def artifact_paths(out_dir: Path) -> list[Path]:
     """What a run leaves worth keeping: every adapter folder (final, target-only, source,
-    target), the test predictions and the phase record (those that exist)."""
-    names = [*ADAPTER_FOLDERS.values(), *PREDICTION_FILES, PHASES_FILE]
+    target), the final adapter's exact delta, the test predictions and the phase record (those that exist)."""
+    names = [*ADAPTER_FOLDERS.values(), DELTA_FILE, *PREDICTION_FILES, PHASES_FILE]
     return [out_dir / n for n in names if (out_dir / n).exists()]

@@ -33,7 +33,10 @@ Then the :class:`hpctl.task.Task` protocol:
     same measure as a probe, on the dev split): one grid-search point.
 ``finish(value)``
     the final merge-and-prune fine-tune from the merged start at the fixed learned value,
-    the final adapter saved in peft format, test metrics and ``dev_loss`` (the teacher-forced
+    the final adapter saved (exactly as ``final_delta.safetensors``, and as ``final_adapter``: a
+    peft LoRA of the smallest rank of a short ladder whose dev loss is within
+    ``export_tolerance`` of the exact one's; ``export_*`` metrics say which rank, how close
+    and how many bytes), test metrics and ``dev_loss`` (the teacher-forced
     dev loss at that ratio: what a grid point is scored by, so a learned ratio's regret against
     the grid can be measured); with ``baseline="target_only"`` also the target adapter alone,
     fine-tuned for the same steps on the same batches, no merging or pruning, tested the same
@@ -75,10 +78,12 @@ import numpy as np
 import torch
 
 from hpctl.errors import ConfigError
-from hpctl.integrations.delta import DeltaAdapter
+from hpctl.integrations.delta import DeltaAdapter, merged_into_copies
+from hpctl.integrations.peft_export import DELTA_FILE, TruncatedDeltas, export_lowrank, save_pruned_delta
 from hpctl.integrations.pruner import GlobalMagnitudePruner
 from hpctl.knob import Knob
 from hpctl.plugins.grasp_lora.backbone import (
+    adapter_base,
     backbone_path,
     load_backbone,
     model_device,
@@ -111,6 +116,8 @@ from hpctl.plugins.grasp_lora.splits import EVAL_SPLITS, Split, encode_split, pr
 from hpctl.plugins.grasp_lora.training import DataOrder, adamw_step
 from hpctl.task import Task
 
+#: rungs of the compact final adapter's rank ladder (:meth:`GraspTask.export_ladder`)
+EXPORT_RUNGS = 6
 #: phases long enough to get a nested MLflow run each (through ``Task.phase_listener``)
 NESTED_PHASES = ("source_adapter", "target_adapter", "final_train", "target_only")
 
@@ -281,7 +288,7 @@ class GraspTask(Task):
             base, role, self.cfg, seed=self.seed, spec=self.lora_spec, dtype=self.dtype, out_dir=self.out_dir,
             data=data, pad_id=self.pad_id, counter=self.counter,
             progress=lambda label, steps: self._progress(label, steps, phase=f"{role}_adapter"),
-            base_model_name_or_path=backbone_path(self.model), metadata=self._adapter_metadata(role))
+            base_model_name_or_path=self._adapter_base(), metadata=self._adapter_metadata(role))
         if losses:
             self.notes[f"{role}_adapter_loss"] = [round(losses[0], 4), round(float(np.mean(losses[-3:])), 4)]
         self.notes[f"{role}_adapter"] = how
@@ -500,22 +507,17 @@ class GraspTask(Task):
                                            self.order, label=f"final run at {self.knob.format(ratio)}",
                                            phase="final_train")
         self.steps_done = self.fine_tune_steps
+        split = "dev" if self.splits["dev"].encoded else "micro_dev"
+        with self._phase("eval_dev"), torch.no_grad(), self.pruner.applied(ratio):
+            exact = self._split_loss(split)  # the grid's measure, and the compact adapter's yardstick
         with self._phase("export"):
-            masks = self.pruner.masks(ratio)
-            sparsity = self.pruner.sparsity(masks)
-            rank = int(self.cfg.export_rank) or None
-            info = export_peft(self.adapter, self.out_dir / ADAPTER_FOLDERS["final"], masks=masks, rank=rank,
-                               base_model_name_or_path=backbone_path(self.model),
-                               metadata={**self._adapter_metadata("final"), "prune_ratio": self.knob.to_dict(ratio),
-                                         "sparsity": sparsity, "merge": self.cfg.merge, "lora": asdict(self.lora_spec)})
-            del masks
+            export = self._export_final(ratio, split, exact)
         metrics = self.evaluate("test", ratio)
         self._write_predictions("test_predictions.jsonl")
         if self.splits["dev"].encoded:  # the grid's measure, so a learned ratio compares with every grid point
-            with self._phase("eval_dev"):
-                metrics["dev_loss"] = self.loss_at("dev", ratio)
+            metrics["dev_loss"] = export["export_exact_loss"]  # = loss_at("dev", ratio), measured by the export
         metrics["final_train_loss"] = final_loss
-        metrics["export_rel_error"] = float(info["rel_error"])
+        metrics.update(export)
         if self.cfg.baseline == "target_only":
             metrics.update({f"target_only_{k}": v for k, v in self.target_only().items()})
         metrics.update({k: float(v) for k, v in self.counter.as_dict().items()})
@@ -524,6 +526,62 @@ class GraspTask(Task):
                                                  if self.cfg.task == "xlsum" else None)
         write_phases(self.out_dir, self.phase_seconds, self.phase_passes, self.notes, self.backbone_name)
         return metrics
+
+    def export_ladder(self) -> list[int]:
+        """The ranks the compact final adapter is chosen from: ``r, 2r, 4r, ...`` (``r`` the trained
+        LoRA rank), :data:`EXPORT_RUNGS` of them, the last one capped at the largest module's full rank."""
+        full = max(min(m.out_features, m.in_features) for m in self.adapter.modules.values())
+        ladder = []
+        for i in range(EXPORT_RUNGS):
+            k = min(int(self.cfg.lora_r) * 2 ** i, full)
+            if not ladder or k > ladder[-1]:
+                ladder.append(k)
+        return ladder
+
+    def _export_final(self, ratio: np.ndarray, split: str, exact: float) -> dict[str, float]:
+        """Save the final adapter at ``ratio``: the exact pruned delta (:data:`DELTA_FILE`) and a compact
+        peft LoRA (a truncated SVD of it per module) of the rank :meth:`export_ladder` and
+        ``export_tolerance`` choose (or ``export_rank``). Returns the ``export_*`` metrics.
+
+        The compact adapter's rank is the smallest rung whose loss on dev (micro-dev when there
+        is no dev split) is at most ``(1 + export_tolerance)`` times the exact pruned adapter's
+        (``exact``, that loss on ``split``); when none is, the largest rung
+        (``export_within_tolerance`` 0). Every rung costs one loss pass; nothing the run learned changes.
+        """
+        c = self.cfg
+        masks = self.pruner.masks(ratio)
+        sparsity = self.pruner.sparsity(masks)
+        meta = {**self._adapter_metadata("final"), "prune_ratio": self.knob.to_dict(ratio), "sparsity": sparsity,
+                "merge": c.merge, "lora": asdict(self.lora_spec)}
+        delta_bytes = save_pruned_delta(self.adapter, self.out_dir / DELTA_FILE, masks, metadata=meta)
+        ladder = [int(c.export_rank)] if int(c.export_rank) else self.export_ladder()
+        svd = TruncatedDeltas(self.adapter, masks, max_rank=ladder[-1])
+        del masks
+        losses: dict[int, float] = {}
+        chosen = ladder[-1]
+        for k in ladder:
+            with self.adapter.suspended(), merged_into_copies(self.model, svd.factors(k)), torch.no_grad():
+                losses[k] = self._split_loss(split)
+            if losses[k] <= exact * (1.0 + float(c.export_tolerance)):
+                chosen = k
+                break
+        gap = (losses[chosen] - exact) / exact if exact else 0.0
+        within = losses[chosen] <= exact * (1.0 + float(c.export_tolerance))
+        if not within and not int(c.export_rank):
+            say(f"final adapter: no rank up to {chosen} keeps the {split} loss within {c.export_tolerance:.2%} "
+                f"of the exact pruned adapter's ({gap:+.2%} at rank {chosen}); {DELTA_FILE} holds the exact one")
+        self.notes["export"] = {"split": split, "exact_loss": exact, "ladder": {str(k): v for k, v in losses.items()},
+                                "rank": chosen, "tolerance": float(c.export_tolerance)}
+        adapter_bytes = export_lowrank(
+            svd.factors(chosen), self.out_dir / ADAPTER_FOLDERS["final"], transposed=svd.transposed,
+            base_model_name_or_path=self._adapter_base(),
+            metadata={**meta, "export": f"svd-rank-{chosen}", "rel_error": svd.rel_error(chosen),
+                      "loss_split": split, "loss": losses[chosen], "exact_loss": exact, "loss_gap": gap,
+                      "tolerance": float(c.export_tolerance), "exact_delta": DELTA_FILE})
+        return {"export_rank": float(chosen), "export_tolerance": float(c.export_tolerance),
+                "export_exact_loss": exact, "export_adapter_loss": losses[chosen], "export_loss_gap": gap,
+                "export_within_tolerance": float(within), "export_rel_error": svd.rel_error(chosen),
+                "final_adapter_bytes": float(adapter_bytes), "final_delta_bytes": float(delta_bytes)}
 
     # ------------------------------------------------------------------ baseline -------
     def target_only(self) -> dict[str, float]:
@@ -548,7 +606,7 @@ class GraspTask(Task):
                     p.requires_grad_(False)
                 # its own low-rank factors: exact and small, and `hpctl eval --adapter target_only` scores it
                 export_peft(tmp, self.out_dir / ADAPTER_FOLDERS["target_only"], factors=True,
-                            base_model_name_or_path=backbone_path(self.model),
+                            base_model_name_or_path=self._adapter_base(),
                             metadata={**self._adapter_metadata("target_only"), "lora": asdict(self.lora_spec)})
                 with torch.no_grad():
                     scores, preds = self._metrics("test")
@@ -569,8 +627,15 @@ class GraspTask(Task):
             s = self.splits[split]
             write_predictions(self.out_dir / filename, s.ids, preds, s.references)
 
+    def _adapter_base(self) -> str | None:
+        """What every saved adapter names as its base model (:func:`.backbone.adapter_base`), once per task."""
+        if not hasattr(self, "_base_name"):
+            self._base_name = adapter_base(self.cfg.backbone, self.model)
+        return self._base_name
+
     def _adapter_metadata(self, role: str) -> dict[str, Any]:
-        return adapter_metadata(role, self.cfg, self.backbone_name, self.seed)
+        return {**adapter_metadata(role, self.cfg, self.backbone_name, self.seed),
+                "backbone_path": backbone_path(self.model)}
 
     def artifacts(self) -> list[Path]:
         """Every saved adapter folder, the test predictions and the phase record."""

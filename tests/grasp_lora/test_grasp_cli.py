@@ -57,6 +57,8 @@ CASES = [
     (["--knob", "dropout"], "dropout"),
     (["--out", "/proc/hpctl-cannot-write"], "not writable"),
     (["--resume", "/tmp"], "drop --preset"),  # a resumed run takes no other flags
+    (["--export-tolerance", "-0.1"], "export-tolerance must be >= 0"),
+    (["--export-rank", "-1"], "export-rank must be >= 0"),
 ]
 
 

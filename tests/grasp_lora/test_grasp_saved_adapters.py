@@ -247,3 +247,90 @@ def test_eval_progress_bar_on_a_terminal_plain_lines_elsewhere():
         progress("generate", 20, 20)
     out = term.getvalue()
     assert "final adapter: generating" in out and "20/20" in out and "[grasp_lora]" not in out  # a rich bar
+
+
+def test_the_final_adapter_is_compact_and_the_exact_delta_is_beside_it(smoke_run):
+    run, result = smoke_run
+    m = result["metrics"]
+    config = json.loads((run / "final_adapter" / "adapter_config.json").read_text())
+    # an ordinary-rank LoRA (no per-module full ranks), chosen within the stated tolerance of the exact adapter
+    assert config["r"] == int(m["export_rank"]) and config["lora_alpha"] == config["r"] and not config["rank_pattern"]
+    assert m["export_within_tolerance"] == 1.0 and m["export_loss_gap"] <= m["export_tolerance"] == 0.005
+    assert m["export_adapter_loss"] <= m["export_exact_loss"] * (1 + m["export_tolerance"])
+    assert m["export_exact_loss"] == m["dev_loss"]
+    weights = (run / "final_adapter" / "adapter_model.safetensors").stat().st_size
+    assert weights <= (run / "target_only_adapter" / "adapter_model.safetensors").stat().st_size * 2 ** 5
+    assert m["final_adapter_bytes"] == sum(f.stat().st_size for f in (run / "final_adapter").iterdir())
+    assert m["final_delta_bytes"] == (run / "final_delta.safetensors").stat().st_size
+    assert "final_delta.safetensors" in {Path(p).name for p in result["artifacts"]}
+
+
+def test_the_documented_loader_of_the_exact_delta(smoke_run):
+    """The few lines the docs give, against hpctl's own reader and the run's sparsity."""
+    import numpy as np
+    from safetensors import safe_open
+
+    from hpctl.integrations.peft_export import load_pruned_delta
+
+    run, result = smoke_run
+    # --- the documented snippet ---
+    deltas = {}
+    with safe_open(str(run / "final_delta.safetensors"), framework="pt") as f:
+        for name, (n_out, n_in, transposed) in json.loads(f.metadata()["modules"]).items():
+            keep = np.unpackbits(f.get_tensor(f"{name}.mask").numpy(), count=n_out * n_in).reshape(n_out, n_in)
+            delta = (f.get_tensor(f"{name}.lora_B") @ f.get_tensor(f"{name}.lora_A")) * torch.from_numpy(keep)
+            deltas[name] = delta.T if transposed else delta  # add to model.get_submodule(name).weight
+    # --- end ---
+    ours = load_pruned_delta(run / "final_delta.safetensors")
+    assert set(deltas) == set(ours)
+    pruned = total = 0
+    for name, (fac, keep, _) in ours.items():
+        assert torch.equal(deltas[name], fac.delta() * keep)
+        pruned, total = pruned + int((~keep).sum()), total + keep.numel()
+    assert pruned / total == pytest.approx(result["metrics"]["sparsity"], abs=1e-9)
+
+
+def test_a_backbone_with_a_hub_id_is_named_by_it_and_loads_offline_from_the_hf_cache(smoke_run, tmp_path):
+    """The mechanism gemma3-270m's adapters use (google/gemma-3-270m), on the tiny backbone under a test id."""
+    import subprocess
+    import sys
+
+    from hpctl.plugins.grasp_lora import backbone
+
+    run, _ = smoke_run
+    local = json.loads((run / "final_adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    hf_home = tmp_path / "hf"
+    adapter = tmp_path / "final_adapter"
+    shutil.copytree(run / "final_adapter", adapter)
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
+    env.pop("HF_HUB_CACHE", None)
+    old = os.environ.get("HF_HOME")
+    os.environ["HF_HOME"], backbone.HUB_IDS["tiny"] = str(hf_home), "hpctl-test/tiny-gemma3"
+    try:
+        class Model:  # what adapter_base reads of a loaded backbone
+            class config:  # noqa: N801
+                _name_or_path = local
+
+        assert backbone.adapter_base("tiny", Model()) == "hpctl-test/tiny-gemma3"
+        assert backbone.adapter_base("tiny", Model()) == "hpctl-test/tiny-gemma3"  # again: the cache is reused
+    finally:
+        del backbone.HUB_IDS["tiny"]
+        if old is None:
+            os.environ.pop("HF_HOME")
+        else:
+            os.environ["HF_HOME"] = old
+    assert backbone.HUB_IDS == {"gemma3-270m": "google/gemma-3-270m"}
+    repo = hf_home / "hub" / "models--hpctl-test--tiny-gemma3"
+    assert (repo / "snapshots" / (repo / "refs" / "main").read_text() / "config.json").is_file()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "hpctl-test/tiny-gemma3"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    code = ("import sys, torch; from peft import AutoPeftModelForCausalLM; "
+            "m = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]); "
+            "print(m.peft_config['default'].base_model_name_or_path, "
+            "float(m(input_ids=torch.tensor([[2, 1000, 2000]])).logits.abs().sum()))")
+    proc = subprocess.run([sys.executable, "-c", code, str(adapter)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    name, total = proc.stdout.split()[-2:]
+    assert name == "hpctl-test/tiny-gemma3" and float(total) > 0

@@ -276,15 +276,36 @@ def test_finish_saves_a_peft_adapter_that_reproduces_the_model(smoke):
     assert (out / "test_predictions.jsonl").is_file() and (out / "grasp_phases.json").is_file()
     assert {"load_s", "final_train_s", "export_s", "eval_test_s", "target_only_s"} <= set(task.phase_seconds)
 
-    # the saved adapter on a fresh copy of the backbone = the in-memory masked model
+    # the exact pruned delta on a fresh copy of the backbone = the in-memory masked model, bit for bit
+    from hpctl.integrations.delta import merged_into_copies
+    from hpctl.integrations.peft_export import load_pruned_delta
+
     batch = task.splits["test"].batches[0]
     with torch.no_grad(), task.pruner.applied(value):
         want = task.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     fresh, _, _ = load_backbone("tiny")
-    loaded = PeftModel.from_pretrained(fresh, str(out / "final_adapter"))
-    with torch.no_grad():
-        got = loaded(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    exact = load_pruned_delta(out / "final_delta.safetensors")
+    with merged_into_copies(fresh, {n: f for n, (f, _, _) in exact.items()},
+                            {n: keep for n, (_, keep, _) in exact.items()}), torch.no_grad():
+        assert torch.equal(fresh(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, want)
+    # the compact final_adapter: a rank-k LoRA whose dev loss is within the tolerance of the exact one's
+    assert metrics["export_within_tolerance"] == 1.0 and metrics["export_tolerance"] == 0.005
+    assert metrics["export_adapter_loss"] <= metrics["export_exact_loss"] * 1.005
+    assert metrics["export_exact_loss"] == pytest.approx(task.loss_at("dev", value), rel=1e-12)
+    assert metrics["export_rank"] in task.export_ladder()
+    from hpctl.plugins.grasp_lora.lm import PassCounter, batched_loss
+    from hpctl.plugins.grasp_lora.lora import lora_factors, unload_lora
+
+    loaded = PeftModel.from_pretrained(fresh, str(out / "final_adapter"), adapter_name="final")
+    assert {m.r["final"] for m in loaded.modules() if hasattr(m, "r") and "final" in m.r} \
+        == {int(metrics["export_rank"])}
+    factors = lora_factors(loaded, "final")
+    fresh = unload_lora(loaded)
+    with merged_into_copies(fresh, factors), torch.no_grad():  # the compact adapter's dev loss, measured anew
+        assert batched_loss(fresh, task.splits["dev"].batches, PassCounter()) == pytest.approx(
+            metrics["export_adapter_loss"], rel=1e-5)
+    assert metrics["final_adapter_bytes"] == sum(f.stat().st_size for f in (out / "final_adapter").iterdir())
+    assert metrics["final_delta_bytes"] == (out / "final_delta.safetensors").stat().st_size
 
     # the frozen backbone was never written: train, probe, finish, target-only
     for name, p in task.backbone_parameters().items():
