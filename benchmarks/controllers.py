@@ -40,7 +40,7 @@ A GRPO variant is a controller name with its settings in brackets, joined by ``;
 the seeds the defaults were chosen on (1000-1029, not the reported 0-29), printing the tables and
 writing them away from the committed results::
 
-    python benchmarks/controllers.py --seeds 1000-1029 --controllers "grpo,grpo[lr_sigma=0.4;epochs=5]" --out /tmp/try
+    python benchmarks/controllers.py --seeds 1000-1029 --controllers "grpo,grpo[policy_lr_sigma=0.4;epochs=5]" --out /tmp/try
 
 Writes ``controllers.json`` (command lines, seeds, versions, every run, the summaries) and
 ``controllers.md`` to ``--out`` (default ``benchmarks/results``), or with ``--part NAME``
@@ -144,7 +144,7 @@ WARM_PAIRS = [(0.12, 0.17), (0.88, 0.83), (0.30, 0.35), (0.63, 0.58)]
 # ---------------------------------------------------------------------- runs ------
 def variant_settings(controller: str) -> dict[str, Any]:
     """The settings of ``"name[...]"``: an ``ABLATIONS`` key, or ``key=value`` pairs joined by ``;``
-    (``grpo[lr_sigma=0.4;epochs=5]``: a variant to try on the selection seeds); ``{}`` for a plain name."""
+    (``grpo[policy_lr_sigma=0.4;epochs=5]``: a variant to try on the selection seeds); ``{}`` for a plain name."""
     inside = controller.partition("[")[2].rstrip("]")
     if not inside:
         return {}

@@ -127,10 +127,10 @@ def test_a_grpo_variant_is_named_by_its_settings(tmp_path):
 
     assert controllers.variant_settings("grpo") == {}
     assert controllers.variant_settings("grpo[trend=none]") == controllers.ABLATIONS["trend=none"]
-    assert controllers.variant_settings("grpo[lr_sigma=0.4; epochs=5]") == {"lr_sigma": "0.4", "epochs": "5"}
-    ctrl = controllers.make_controller("grpo[lr_sigma=0.4;epochs=5]", make_landscape_env(group_size=3), 0)
-    assert ctrl.config.lr_sigma == 0.4 and ctrl.config.epochs == 5
-    for bad, says in (("grpo[lr_sigma]", "key=value"), ("grpo[no_such=1]", "no_such"), ("grpo[epochs=x]", "epochs")):
+    assert controllers.variant_settings("grpo[policy_lr_sigma=0.4; epochs=5]") == {"policy_lr_sigma": "0.4", "epochs": "5"}
+    ctrl = controllers.make_controller("grpo[policy_lr_sigma=0.4;epochs=5]", make_landscape_env(group_size=3), 0)
+    assert ctrl.config.policy_lr_sigma == 0.4 and ctrl.config.epochs == 5
+    for bad, says in (("grpo[policy_lr_sigma]", "key=value"), ("grpo[no_such=1]", "no_such"), ("grpo[epochs=x]", "epochs")):
         with pytest.raises(SystemExit) as exc:
             controllers.main(["--seeds", "1", "--controllers", bad, "--out", str(tmp_path)])
         assert says in str(exc.value) and "\n" not in str(exc.value)

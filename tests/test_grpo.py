@@ -109,10 +109,10 @@ def test_sigma_shrinks_when_near_candidates_win_and_grows_when_far_ones_win():
 
 def test_one_update_moves_mu_by_the_natural_gradient_step():
     env = make_landscape_env(noise=0.0)
-    ctrl = GRPO(env, GRPOConfig(**PLAIN, epochs=1, lr=0.5, lr_sigma=0.5))
+    ctrl = GRPO(env, GRPOConfig(**PLAIN, epochs=1, policy_lr=0.5, policy_lr_sigma=0.5))
     ctrl.mu, ctrl.log_sigma, ctrl.initialized = _a(0.5), _a(math.log(0.2)), True
     ctrl.update(np.array([[0.3], [0.7]]), _a(0.0, 1.0), center=_a(0.5))
-    # A = +-0.5 / (sqrt(0.5) + 1e-4); g_mu = 5 A; natural gradient: sigma^2 * g_mu = 0.2 A, times lr 0.5
+    # A = +-0.5 / (sqrt(0.5) + 1e-4); g_mu = 5 A; natural gradient: sigma^2 * g_mu = 0.2 A, times policy_lr 0.5
     a = 0.5 / (math.sqrt(0.5) + 1e-4)
     assert ctrl.mu[0] == pytest.approx(0.5 + 0.1 * a, abs=1e-9)
     assert ctrl.sigma[0] == pytest.approx(0.2, rel=1e-9)
@@ -138,7 +138,7 @@ def test_clipping_caps_the_update_over_epochs(monkeypatch):
     rewards = _a(0.0, 0.1, 0.2, 1.0)
     kls = {}
     for clip in (0.0, 0.2):
-        ctrl = GRPO(make_landscape_env(), GRPOConfig(**{**PLAIN, "clip_eps": clip}, epochs=6, lr=0.5))
+        ctrl = GRPO(make_landscape_env(), GRPOConfig(**{**PLAIN, "clip_eps": clip}, epochs=6, policy_lr=0.5))
         ctrl.mu, ctrl.log_sigma, ctrl.initialized = _a(0.5), _a(math.log(0.2)), True
         kls[clip] = ctrl.update(z, rewards, center=_a(0.5))["kl"]
     assert 0 < kls[0.2] < 0.5 * kls[0.0]
@@ -436,7 +436,7 @@ def test_registered_and_config_errors_are_config_errors():
     assert cfg.sigma_init == 0.25 and cfg.clip_eps == 0.2
     for bad in ({"sigma_init": 5.0}, {"commit_check": "maybe"}, {"group_size": 1}, {"epochs": 0},
                 {"entropy_coef": -0.1}, {"space": "beta"}, {"sampling": "sobol"}, {"lambda_reg": -1},
-                {"trend": "linear"}, {"revisit": "always"}, {"lr_sigma": 0}, {"space": "clamp", "sigma_init": 1.2},
+                {"trend": "linear"}, {"revisit": "always"}, {"policy_lr_sigma": 0}, {"space": "clamp", "sigma_init": 1.2},
                 {"paper": True, "shaping": "nes"}, {"paper": True, "space": "clamp", "commit_check": "none"},
                 # settings that measured nothing are gone: naming one is a one-line error
                 {"sigma_floor": "best"}, {"max_kl": 0}, {"epoch_check": "none"}, {"adv_std": "population"},
@@ -496,11 +496,11 @@ def test_stratified_groups_take_one_draw_per_slice_and_stay_standard_normal():
 
 
 def test_the_regulariser_pulls_mu_towards_the_committed_value_whatever_sigma_is():
-    # equal rewards: no advantage, only the pull. Natural gradient: mu += lr * lambda * (c - mu) per epoch
+    # equal rewards: no advantage, only the pull. Natural gradient: mu += policy_lr * lambda * (c - mu) per epoch
     for sigma in (0.6, 2.0):  # (a pull of 0.4 stays inside the trust region for both)
         moved = {}
         for lam in (0.0, 0.5):
-            ctrl = GRPO(make_landscape_env(), GRPOConfig(**{**PLAIN, "lambda_reg": lam}, epochs=1, lr=0.8))
+            ctrl = GRPO(make_landscape_env(), GRPOConfig(**{**PLAIN, "lambda_reg": lam}, epochs=1, policy_lr=0.8))
             ctrl.mu, ctrl.log_sigma, ctrl.initialized = _a(0.0), _a(math.log(sigma)), True
             ctrl.update(np.array([[0.3], [-0.3], [0.1]]), _a(0.2, 0.2, 0.2), center=_a(1.0))
             moved[lam] = ctrl.mu[0]
@@ -511,11 +511,11 @@ def test_trust_region(monkeypatch):
     z = np.array([[-2.0], [-1.0], [0.0], [1.0], [2.5]])
     rewards = _a(0.0, 0.1, 0.2, 0.3, 1.0)
     monkeypatch.setattr(grpo_module, "MAX_KL", 1e9)
-    free = GRPO(make_landscape_env(), GRPOConfig(**PLAIN, lr=2.0, sigma_init=1.0, epochs=1))
+    free = GRPO(make_landscape_env(), GRPOConfig(**PLAIN, policy_lr=2.0, sigma_init=1.0, epochs=1))
     free.mu, free.initialized = _a(0.0), True
     kl_free = free.update(z, rewards, center=_a(0.0))["kl"]
     monkeypatch.setattr(grpo_module, "MAX_KL", 0.2)
-    capped = GRPO(make_landscape_env(), GRPOConfig(**PLAIN, lr=2.0, sigma_init=1.0, epochs=1))
+    capped = GRPO(make_landscape_env(), GRPOConfig(**PLAIN, policy_lr=2.0, sigma_init=1.0, epochs=1))
     capped.mu, capped.initialized = _a(0.0), True
     info = capped.update(z, rewards, center=_a(0.0))
     assert kl_free > 0.2 and info["kl"] == pytest.approx(0.2, abs=1e-6) and 0 < info["step_fraction"] < 1

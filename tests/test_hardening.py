@@ -35,7 +35,7 @@ def _runs(uri: str, experiment: str = "hpctl-synthetic"):
     (["--seed", "-1"], "seed must be between 0 and"),
     (["--seed", str(2**70)], "seed must be between 0 and"),
     (["-c", "fixed", "--set", "value=abc"], "'abc' is not a number"),
-    (["--set", "lr=nan"], "option 'lr' must be a finite number"),
+    (["--set", "policy_lr=nan"], "option 'policy_lr' must be a finite number"),
     (["--set", "epochs=2.5"], "option 'epochs' must be an integer"),
     (["--noise", "nan"], "option 'noise' must be a finite number"),
     (["--probe-delay", "inf"], "option 'probe_delay' must be a finite number"),

@@ -21,8 +21,8 @@ optimizer steps"):
    coordinates. Score-function gradients: ``d log pi / d mu = (z - mu) / sigma^2``,
    ``d log pi / d log sigma = (z - mu)^2 / sigma^2 - 1``, preconditioned by the inverse
    Fisher information (``sigma^2`` for ``mu``, ``1/2`` for ``log sigma``: the natural
-   gradient, so the first step on ``mu`` is about ``lr * sigma * corr(A, z)`` and the pull
-   to ``c`` is ``lr * lambda_reg * (c - mu)`` whatever sigma is). ``sigma`` stays in its
+   gradient, so the first step on ``mu`` is about ``policy_lr * sigma * corr(A, z)`` and the pull
+   to ``c`` is ``policy_lr * lambda_reg * (c - mu)`` whatever sigma is). ``sigma`` stays in its
    bounds, ``mu`` within the range;
 5. **commit**: the training value moves towards ``to_unit(mu)`` by at most half the range,
    and only if the micro-dev score does not drop there (the guard;
@@ -49,7 +49,8 @@ Additions (ours), each on by default and all off with ``paper=True``:
 
 ``shaping`` (off by default) replaces the rewards by rank utilities before step 3
 (:func:`rank_utilities`). The optimiser (the paper names none) is plain natural-gradient
-ascent with ``lr`` on ``mu`` and ``lr_sigma`` on ``log sigma``. Design notes and the
+ascent with ``policy_lr`` on ``mu`` and ``policy_lr_sigma`` on ``log sigma`` (not ``lr``: a plugin's
+``--lr`` is its optimizer's rate). Design notes and the
 measurements behind each choice: docs/controllers.md and benchmarks/results/controllers.md.
 """
 from __future__ import annotations
@@ -104,8 +105,8 @@ class GRPOConfig:
     space: str = "logit"  # "logit": u = sigmoid(z); "clamp": u = clip(z, 0, 1) (the paper's)
     sampling: str = "stratified"  # "stratified": one draw per 1/C quantile slice of N(0, 1); "iid" (the paper's)
     sigma_init: float | None = None  # initial exploration width (latent units); None: 1.2 (logit), 0.3 (clamp)
-    lr: float = 0.8  # natural-gradient step size on mu
-    lr_sigma: float = 0.3  # natural-gradient step size on log sigma
+    policy_lr: float = 0.8  # natural-gradient step size on mu
+    policy_lr_sigma: float = 0.3  # natural-gradient step size on log sigma
     epochs: int = 3  # gradient steps per group
     clip_eps: float = 0.0  # PPO ratio clip; 0 turns clipping off
     lambda_reg: float = 0.1  # pull of mu towards the committed value (in units of sigma)
@@ -137,7 +138,7 @@ class GRPOConfig:
             self.sigma_init = SIGMAS[self.space][0]
         if not lo <= self.sigma_init <= hi:
             raise ValueError(f"sigma_init must be in [{lo}, {hi}] with space={self.space}, got {self.sigma_init}")
-        for name in ("lr", "lr_sigma"):
+        for name in ("policy_lr", "policy_lr_sigma"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.epochs < 1:
@@ -314,6 +315,18 @@ class GRPO(Controller):
     The run stops when the budget is spent or training is over (``env.done``).
     """
 
+    #: settings renamed so that GRPO's step sizes are not taken for a plugin's ``--lr``
+    RENAMED = {"lr": "policy_lr", "lr_sigma": "policy_lr_sigma"}
+
+    @classmethod
+    def make_config(cls, overrides: dict[str, Any] | None) -> Any:
+        """As :meth:`Controller.make_config`; an old setting name is a one-line error naming the new one."""
+        for old, new in cls.RENAMED.items():
+            if old in (overrides or {}):
+                raise ConfigError(f"controller 'grpo' has no setting {old!r}: it is now {new!r} (e.g. --set {new}="
+                                  f"{overrides[old]}; --lr, where a plugin has it, is its optimizer's rate)")
+        return super().make_config(overrides)
+
     name = "grpo"
     Config = GRPOConfig
 
@@ -390,7 +403,7 @@ class GRPO(Controller):
         cfg = self.config
         g = np.concatenate([g_mu * np.exp(2 * self.log_sigma), g_ls * 0.5])  # inverse Fisher of N(mu, sigma^2)
         dim = self.knob.dim
-        step = g * np.repeat([cfg.lr, cfg.lr_sigma], dim)
+        step = g * np.repeat([cfg.policy_lr, cfg.policy_lr_sigma], dim)
         lo, hi = cfg.sigma_bounds
         self.mu = np.clip(self.mu + step[:dim], *self.mu_bounds())
         self.log_sigma = np.clip(self.log_sigma + step[dim:], math.log(lo), math.log(hi))
