@@ -35,10 +35,54 @@ COMMON_FLAGS = tuple(k for k in COMMON_KEYS if k != "controller_config")
 
 
 # --------------------------------------------------------------------- options --
-def plugin_options(config_cls: type, preset_defaults: dict[str, Any] | None = None) -> list[click.Option]:
+#: the headings of `--help`, in order (a plugin's own options come last, under its name)
+RUN_GROUP, CONTROLLER_GROUP, OUTPUT_GROUP, ENGINE_GROUP = "Run", "Controller", "Output and tracking", "Engine"
+GROUP_ORDER = (RUN_GROUP, CONTROLLER_GROUP, OUTPUT_GROUP, ENGINE_GROUP)
+
+
+def option(*decls: str, group: str, **kwargs: Any) -> click.Option:
+    """A click option that `--help` lists under the heading ``group``."""
+    opt = click.Option(list(decls), **kwargs)
+    opt.hpctl_group = group  # type: ignore[attr-defined]
+    return opt
+
+
+class GroupedCommand(click.Command):
+    """A command whose `--help` lists its options under headings (run, controller, output,
+    engine, the plugin's own), in plain click: ``format_options`` writes one section per group."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None or isinstance(param, click.Argument):
+                continue
+            group = getattr(param, "hpctl_group", None) or RUN_GROUP  # --help and anything untagged
+            groups.setdefault(group, []).append(record)
+        order = [g for g in GROUP_ORDER if g in groups] + [g for g in groups if g not in GROUP_ORDER]
+        for group in order:
+            with formatter.section(group + " options" if group in GROUP_ORDER else group):
+                formatter.write_dl(groups[group])
+
+
+def renamed(decls: list[str], message: str) -> click.Option:
+    """A hidden option under an old spelling: typing it is the one-line error ``message``,
+    which names the new spelling."""
+
+    def refuse(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE:
+            raise ConfigError(message)
+
+    name = "renamed_" + decls[0].lstrip("-").replace("-", "_")
+    return click.Option([*decls, name], hidden=True, expose_value=False, callback=refuse, is_eager=True)
+
+
+def plugin_options(config_cls: type, preset_defaults: dict[str, Any] | None = None,
+                   group: str | None = None) -> list[click.Option]:
     """CLI options from a plugin's Config dataclass; defaults stay None so files can fill them.
 
-    An option left to the plugin's preset shows the default preset's value in its help.
+    An option left to the plugin's preset shows the default preset's value in its help;
+    ``group`` is the `--help` heading they are listed under.
     """
     hints = typing.get_type_hints(config_cls)
     preset_defaults = preset_defaults or {}
@@ -54,10 +98,11 @@ def plugin_options(config_cls: type, preset_defaults: dict[str, Any] | None = No
             help_text += f" [default: {preset_defaults[f.name]} (the default preset's)]"
         choices = f.metadata.get("choices")
         if base is bool:
-            out.append(click.Option([f"{flag}/--no-{f.name.replace('_', '-')}", f.name], default=None, help=help_text))
+            out.append(option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=help_text,
+                              group=group))
         else:
             ctype = click.Choice([str(c) for c in choices]) if choices else {int: int, float: float}.get(base, str)
-            out.append(click.Option([flag, f.name], default=None, type=ctype, help=help_text))
+            out.append(option(flag, f.name, default=None, type=ctype, help=help_text, group=group))
     return out
 
 
@@ -81,6 +126,8 @@ def compose(ctx: click.Context, plugin, kwargs: dict[str, Any]) -> tuple[RunOpti
     common = {k: v for k, v in file_common.items() if k not in COMPARE_KEYS}
     ctx.meta["hpctl.compare_file"] = {k: v for k, v in file_common.items() if k in COMPARE_KEYS}
     for key in COMMON_FLAGS:
+        if key not in kwargs:  # a flag this command does not take (compare's --seeds replaces --seed)
+            continue
         typed = ctx.get_parameter_source(key) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
         if typed or key not in common:
             common[key] = kwargs.get(key)
@@ -142,42 +189,60 @@ def build_run_command(plugin) -> click.Command:
             result = run_one(spec, progress=bar, resume_dir=resume, overwrite=kwargs.get("overwrite", False))
         print_result(result, kwargs.get("as_json", False))
 
-    cmd = click.Command(plugin.name, callback=callback, help=plugin.description,
-                        params=plugin_options(plugin.Config, plugin.preset_defaults))
-    cmd = common_run_options(cmd)
+    cmd = GroupedCommand(plugin.name, callback=callback, help=plugin.description,
+                         params=plugin_options(plugin.Config, plugin.preset_defaults, group=f"{plugin.name} options"))
+    cmd = common_run_options(cmd, plugin)
     cmd = engine_run_options(cmd, probe_workers=True)
-    cmd.params.append(click.Option(["--resume"], default=None, type=click.Path(exists=True, file_okay=False),
-                                   help="continue the run in this directory"))
-    cmd.params.append(click.Option(["--overwrite"], is_flag=True,
-                                   help="replace the run already in --out (refused otherwise)"))
+    cmd.params.append(option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
+                             help="continue the run in this directory", group=RUN_GROUP))
+    cmd.params.append(option("--overwrite", is_flag=True, help="replace the run already in --out (refused otherwise)",
+                             group=OUTPUT_GROUP))
     return cmd
 
 
-def common_run_options(cmd: click.Command) -> click.Command:
-    """Append the options every `hpctl run PLUGIN` takes."""
-    opts = [
-        click.Option(["--controller", "-c"], default=None, type=click.Choice(BUILTIN_CONTROLLERS),
-                     help="controller [default: the plugin's, grpo for every built-in plugin]"),
-        click.Option(["--seed"], default=0, show_default=True, type=int, help="random seed"),
-        click.Option(["--budget"], default=None, type=int,
-                     help="the most probes the controller may spend; rounds are spent whole, so a "
-                          "controller may stop a few below it (result: probes) [default: the plugin's]"),
-        click.Option(["--group-size"], default=None, type=int, help="probes per round at the same training state"),
-        click.Option(["--commit-rule"], default="best", show_default=True,
-                     type=click.Choice(COMMIT_RULES),
-                     help="which value training continues with after a round of step() probes"),
-        click.Option(["--reward"], default="score", show_default=True, type=click.Choice(REWARDS),
-                     help="reward of a step(): the probe score or its improvement over the current value"),
-        click.Option(["--config", "config_file"], default=None, type=click.Path(exists=True, dir_okay=False),
-                     help="YAML config file (flags win)"),
-        click.Option(["--set", "sets"], multiple=True, metavar="KEY=VALUE",
-                     help="controller setting, e.g. --set lr=0.3, or --set grid.k=4 for one controller (repeatable)"),
-        click.Option(["--warm-start"], default=None, metavar="RUN_DIR",
-                     help="start the controller from a finished run's saved state (its controller_state.json)"),
-        click.Option(["--out"], default=None, help="run directory (default runs/<plugin>-<controller>-s<seed>-<time>)"),
-        click.Option(["--tracking-uri"], default=None, envvar="MLFLOW_TRACKING_URI",
-                     help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db)"),
-        click.Option(["--json", "as_json"], is_flag=True, help="print the result as one JSON line at the end"),
+def common_run_options(cmd: click.Command, plugin, *, compare: bool = False) -> click.Command:
+    """Append the options every `hpctl run PLUGIN` takes (`hpctl compare`: all but --controller
+    and --seed, which --controllers and --seeds replace), with the plugin's true defaults."""
+    opts = []
+    if not compare:
+        opts += [
+            option("--controller", "-c", default=None, type=click.Choice(BUILTIN_CONTROLLERS),
+                   help=f"controller [default: {plugin.default_controller}]", group=CONTROLLER_GROUP),
+            option("--seed", default=0, show_default=True, type=int, help="random seed", group=RUN_GROUP),
+        ]
+    opts += [
+        option("--budget", default=None, type=int,
+               help="the most probes the controller may spend; rounds are spent whole, so a controller may stop "
+                    f"a few below it (result: probes) [default: {plugin.default_budget}]", group=CONTROLLER_GROUP),
+        option("--group-size", default=None, type=int,
+               help=f"probes per round at the same training state [default: {plugin.default_group_size}]",
+               group=CONTROLLER_GROUP),
+        option("--commit-rule", default="best", show_default=True, type=click.Choice(COMMIT_RULES),
+               help="which value training continues with after a round of step() probes", group=CONTROLLER_GROUP),
+        option("--reward", default="score", show_default=True, type=click.Choice(REWARDS),
+               help="reward of a step(): the probe score or its improvement over the current value",
+               group=CONTROLLER_GROUP),
+        option("--config", "config_file", default=None, type=click.Path(exists=True, dir_okay=False),
+               help="YAML config file (flags win)", group=RUN_GROUP),
+        option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+               help=("controller setting, CONTROLLER.KEY=VALUE: e.g. --set grid.k=4 or --set grpo.policy_lr=0.3 "
+                     "(a plain KEY when --controllers names one; repeatable)" if compare else
+                     "controller setting, e.g. --set policy_lr=0.3 (GRPO's step size; --lr, where a plugin has "
+                     "it, is its optimizer's), or --set grid.k=4 for one controller (repeatable)"),
+               group=CONTROLLER_GROUP),
+        option("--warm-start", default=None, metavar="RUN_DIR",
+               help="start the controller from a finished run's saved state (its controller_state.json)",
+               group=CONTROLLER_GROUP),
+        option("--out", default=None, group=OUTPUT_GROUP,
+               help=(f"comparison directory, a folder per trial inside [default: runs/compare-{plugin.name}-<time>]"
+                     if compare else
+                     f"run directory [default: runs/{plugin.name}-<controller>-s<seed>-<time>, named after the "
+                     "controller that runs]")),
+        option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI", group=OUTPUT_GROUP,
+               help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db in the "
+                    "working directory]"),
+        option("--json", "as_json", is_flag=True, help="print the result as one JSON line at the end",
+               group=OUTPUT_GROUP),
     ]
     cmd.params.extend(opts)
     return cmd
@@ -186,18 +251,19 @@ def common_run_options(cmd: click.Command) -> click.Command:
 def engine_run_options(cmd: click.Command, *, probe_workers: bool) -> click.Command:
     """Append the engine options (see :mod:`hpctl.engines`)."""
     cmd.params.extend([
-        click.Option(["--engine"], default="local", show_default=True, type=click.Choice(ENGINES),
-                     help="where trials, grid points and probe groups run: this process, or Ray tasks and actors"),
-        click.Option(["--address"], default=None,
-                     help="Ray cluster to join: auto, or HOST[:PORT] of its head (default: a local Ray instance)"),
-        click.Option(["--cpus-per-trial"], default=None, type=float,
-                     help="CPUs each Ray task or actor reserves [default: 1]"),
-        click.Option(["--gpus-per-trial"], default=None, type=float,
-                     help="GPUs each Ray task or actor reserves [default: 0]"),
+        option("--engine", default="local", show_default=True, type=click.Choice(ENGINES), group=ENGINE_GROUP,
+               help="where trials, grid points and probe groups run: this process, or Ray tasks and actors"),
+        option("--address", default=None, group=ENGINE_GROUP,
+               help="Ray cluster to join: auto, or HOST[:PORT] of its head [default: a local Ray instance]"),
+        option("--cpus-per-trial", default=None, type=float, help="CPUs each Ray task or actor reserves [default: 1]",
+               group=ENGINE_GROUP),
+        option("--gpus-per-trial", default=None, type=float, help="GPUs each Ray task or actor reserves [default: 0]",
+               group=ENGINE_GROUP),
     ])
     if probe_workers:
-        cmd.params.append(click.Option(["--probe-workers"], default=None, type=int,
-                                       help="score each probe group on N Ray actors holding replicas of the task"))
+        cmd.params.append(option("--probe-workers", default=None, type=int, group=ENGINE_GROUP,
+                                 help="score each probe group on N Ray actors holding replicas of the task "
+                                      "[default: none, probes run in the run's own process]"))
     return cmd
 
 
@@ -226,8 +292,10 @@ def build_compare_command(plugin) -> click.Command:
         if isinstance(controllers, str):
             controllers = controllers.split(",")
         controllers = [str(c).strip() for c in controllers if str(c).strip()]
-        if isinstance(seeds, bool) or not isinstance(seeds, int):
-            raise ConfigError(f"seeds must be an integer, got {seeds!r}")
+        first, seeds = parse_seeds(seeds, opts.seed)
+        opts = dataclasses.replace(opts, seed=first)
+        if len(controllers) == 1 and opts.controller is None:  # a plain --set is for the one controller compared
+            opts = dataclasses.replace(opts, controller=controllers[0])
         out = opts.out
         console = make_console(stderr=kwargs.get("as_json", False))
 
@@ -252,19 +320,50 @@ def build_compare_command(plugin) -> click.Command:
         if kwargs.get("as_json"):
             click.echo(json.dumps(result, default=str))
 
-    cmd = click.Command(plugin.name, callback=callback, help=f"Compare controllers on {plugin.name}",
-                        params=plugin_options(plugin.Config, plugin.preset_defaults))
-    cmd = common_run_options(cmd)
+    cmd = GroupedCommand(plugin.name, callback=callback, help=f"Compare controllers on {plugin.name}",
+                         params=plugin_options(plugin.Config, plugin.preset_defaults, group=f"{plugin.name} options"))
+    cmd.params += [
+        option("--controllers", default="grpo,ppo,grid", show_default=True, group=CONTROLLER_GROUP,
+               help="comma-separated controller names"),
+        option("--seeds", default="3", show_default=True, metavar="N|A..B", group=RUN_GROUP,
+               help="seeds per controller: N runs seeds 0..N-1 (from the config file's seed, if it has one); "
+                    "A..B runs seeds A to B"),
+    ]
+    cmd = common_run_options(cmd, plugin, compare=True)
     cmd = engine_run_options(cmd, probe_workers=False)
-    cmd.params.append(click.Option(["--controllers"], default="grpo,ppo,grid", show_default=True,
-                                   help="comma-separated controller names"))
-    cmd.params.append(click.Option(["--seeds"], default=3, show_default=True, type=int,
-                                   help="seeds per controller (seed, seed+1, ...)"))
+    cmd.params += [
+        renamed(["--controller", "-c"], "hpctl compare takes no --controller/-c: --controllers names the "
+                                        "controllers (e.g. --controllers grpo,random), and a --set setting "
+                                        "for one of them is written CONTROLLER.KEY (e.g. --set grid.k=4)"),
+        renamed(["--seed"], "hpctl compare takes no --seed: --seeds A..B names the seeds (e.g. --seeds 3..5 runs "
+                            "seeds 3, 4 and 5), --seeds N runs seeds 0..N-1"),
+    ]
     return cmd
 
 
+def parse_seeds(value: Any, first: int) -> tuple[int, int]:
+    """``--seeds`` (or the config file's ``seeds``) as (first seed, how many): ``N`` is N
+    seeds from ``first``, ``A..B`` the seeds A to B."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"seeds must be a count N or a range A..B, got {shorten(repr(value))}")
+    if "." in text:
+        lo, sep, hi = text.partition("..")
+        if sep and lo.strip().isdigit() and hi.strip().isdigit():
+            a, b = int(lo), int(hi)
+            if b < a:
+                raise ConfigError(f"--seeds {text}: the range runs backwards (write {b}..{a})")
+            return a, b - a + 1
+    elif text.isdigit():
+        n = int(text)
+        if n < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {n}")
+        return first, n
+    raise ConfigError(f"--seeds must be a count N or a range A..B (e.g. 3 or 10..12), got {shorten(repr(value))}")
+
+
 cli.add_command(PluginCommands("compare", builder=build_compare_command,
-                               help="Compare controllers on one plugin: hpctl compare PLUGIN --controllers a,b --seeds N"))
+                               help="Compare controllers on one plugin: hpctl compare PLUGIN --controllers a,b --seeds N|A..B"))
 
 
 def _ran_config(run_dir: Path) -> dict[str, Any]:
@@ -321,33 +420,45 @@ def eval_cmd(run_dir: str, data: str, lang: str | None, sets: tuple[str, ...], a
 
 
 @cli.command("list")
-def list_cmd() -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="print one JSON object: plugins (name, entry point, description or why it cannot load), "
+                   "controllers, the unavailable ones and why, Gymnasium ids")
+def list_cmd(as_json: bool) -> None:
     """Installed plugins, controllers and registered Gymnasium ids."""
     from rich.markup import escape
     from rich.table import Table
 
-    from hpctl.controllers.base import controller_names
+    from hpctl.controllers.base import controller_names, unavailable_controllers
     from hpctl.envs import env_ids
     from hpctl.registry import load_plugin, plugin_entry_points
 
+    plugins = []
+    for name, ep in sorted(plugin_entry_points().items()):
+        try:
+            plugins.append({"name": name, "entry_point": ep.value, "description": load_plugin(name).description,
+                            "error": None})
+        except HpctlError as exc:  # e.g. a missing extra: "grasp_lora needs the 'grasp' extra: ..."
+            plugins.append({"name": name, "entry_point": ep.value, "description": None, "error": str(exc)})
+    controllers = controller_names()
+    unavailable = {name: str(why) for name, why in unavailable_controllers().items()}  # e.g. tpe without optuna
+    ids = list(env_ids())
+    if as_json:
+        click.echo(json.dumps({"plugins": plugins, "controllers": controllers, "unavailable_controllers": unavailable,
+                               "gymnasium_ids": ids}))
+        return
     console = make_console(stderr=False)
     t = Table(title="plugins (entry-point group hpctl.plugins)")
     t.add_column("name")
     t.add_column("from")
     t.add_column("description")
-    for name, ep in sorted(plugin_entry_points().items()):
-        try:
-            desc = escape(load_plugin(name).description)
-        except HpctlError as exc:  # e.g. a missing extra: "grasp_lora needs the 'grasp' extra: ..."
-            desc = f"[red]{escape(str(exc))}[/red]"
-        t.add_row(name, escape(ep.value), desc)
+    for p in plugins:
+        desc = escape(p["description"]) if p["error"] is None else f"[red]{escape(p['error'])}[/red]"
+        t.add_row(p["name"], escape(p["entry_point"]), desc)
     console.print(t)
-    console.print("controllers: " + ", ".join(controller_names()))
-    from hpctl.controllers.base import unavailable_controllers
-
-    for why in unavailable_controllers().values():  # e.g. tpe without the optuna extra
+    console.print("controllers: " + ", ".join(controllers))
+    for why in unavailable.values():
         console.print(f"  {why}", markup=False, style="yellow")
-    console.print("gymnasium ids: " + ", ".join(env_ids()))
+    console.print("gymnasium ids: " + ", ".join(ids))
 
 
 def _on_sigterm(signum, frame) -> None:  # noqa: ANN001 - signal handler signature

@@ -118,7 +118,7 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
     plain = sorted(k for k in base.controller_config if "." not in k)
     if plain and base.controller not in controllers:
         raise ConfigError(f"setting {plain[0]!r} names no controller: write it as CONTROLLER.{plain[0]} "
-                          f"(e.g. {controllers[0]}.{plain[0]}), or pass --controller to say which one it is for")
+                          f"(e.g. --set {controllers[0]}.{plain[0]}=...)")
     options = engine_options(base)
     if options.probe_workers is not None:
         raise ConfigError("--probe-workers is for `hpctl run`; `hpctl compare --engine ray` runs whole trials in parallel")

@@ -5,7 +5,7 @@ A config file is a YAML mapping. Its keys are the common run options (``controll
 ``tracking_uri``; and where the run executes: ``engine``, ``address``, ``cpus_per_trial``,
 ``gpus_per_trial``, ``probe_workers``, see :mod:`hpctl.engines`), the plugin's own options
 (the fields of its ``Config`` dataclass, with underscores), and ``controller_config``: a mapping of the controller's
-hyperparameters (e.g. ``{lr: 0.3, group_size: 6}`` for GRPO). Example::
+hyperparameters (e.g. ``{policy_lr: 0.3, group_size: 6}`` for GRPO). Example::
 
     controller: grpo
     budget: 64

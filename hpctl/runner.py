@@ -184,7 +184,7 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         tracking_uri = checkpoint.get("tracking_uri") or tracking_uri  # the store the run lives in
     else:
         configured = configure(spec, plugin)  # every option is checked before anything is written
-        out_dir = prepare_out_dir(opts.out, spec.plugin, opts.controller or "default", opts.seed,
+        out_dir = prepare_out_dir(opts.out, spec.plugin, configured[2].name, opts.seed,  # the controller that runs
                                   overwrite=overwrite)
     fresh = checkpoint is None and not any(out_dir.iterdir())
     try:

@@ -90,6 +90,15 @@ BAD_INPUTS = [
     (["run", "synthetic", "--tracking-uri", "sqlite:////proc/nope/x.db"], "MLflow store '/proc/nope/x.db' is not writable"),
     (["run", "synthetic", "--out", "/proc/nope"], "not writable"),
     (["run", "synthetic", "--resume", "."], "not an hpctl run directory"),
+    # one spelling per concept (#34): the old ones say the new
+    (["compare", "synthetic", "--seed", "3"], "hpctl compare takes no --seed: --seeds A..B names the seeds"),
+    (["compare", "synthetic", "-c", "grpo"], "hpctl compare takes no --controller/-c: --controllers names"),
+    (["compare", "synthetic", "--controller", "grpo"], "--controllers names the controllers"),
+    (["compare", "synthetic", "--seeds", "5..2"], "the range runs backwards (write 2..5)"),
+    (["compare", "synthetic", "--seeds", "three"], "--seeds must be a count N or a range A..B"),
+    (["compare", "synthetic", "--seeds", "0"], "--seeds must be >= 1"),
+    (["run", "synthetic", "--set", "lr=0.3"], "controller 'grpo' has no setting 'lr': it is now 'policy_lr'"),
+    (["run", "synthetic", "--set", "lr_sigma=0.3"], "it is now 'policy_lr_sigma'"),
 ]
 
 
@@ -163,3 +172,78 @@ def test_the_cli_offers_exactly_the_registered_controllers():
 def test_preset_filled_options_show_the_default_presets_value(hpctl_main):
     code, out, _ = hpctl_main("run", "grasp_lora", "--help")
     assert code == 0 and "[default: 8 (the default preset's)]" in " ".join(out.split())
+
+
+# ---------------------------------------------------------------- #34 item 6 ----
+def _sections(help_text: str) -> dict[str, str]:
+    """`--help` split at its headings ("Run options:" ...): heading -> the text under it."""
+    out, current = {}, None
+    for line in help_text.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith(":"):
+            current = line.rstrip()[:-1]
+            out[current] = ""
+        elif current is not None:
+            out[current] += line + "\n"
+    return out
+
+
+def test_help_groups_the_options_and_shows_true_defaults(hpctl_main):
+    from hpctl.registry import load_plugin
+
+    plugin = load_plugin("grasp_lora")
+    code, out, _ = hpctl_main("run", "grasp_lora", "--help")
+    assert code == 0
+    sections = _sections(out)
+    assert list(sections) == ["Run options", "Controller options", "Output and tracking options",
+                              "Engine options", "grasp_lora options"]
+    assert "--seed " in sections["Run options"] and "--resume" in sections["Run options"]
+    assert "--set KEY=VALUE" in sections["Controller options"] and "--lr " not in sections["Controller options"]
+    assert "--lr " in sections["grasp_lora options"] and "--engine" in sections["Engine options"]
+    assert "--tracking-uri" in sections["Output and tracking options"]
+    flat = " ".join(out.split())
+    assert f"[default: {plugin.default_budget}]" in flat and f"[default: {plugin.default_controller}]" in flat
+    assert "[default: runs/grasp_lora-<controller>-s<seed>-<time>" in flat
+    assert "--set policy_lr=0.3" in flat  # GRPO's step size, not the plugin's --lr
+
+    code, out, _ = hpctl_main("compare", "synthetic", "--help")
+    assert code == 0
+    sections = _sections(out)
+    flat = " ".join(out.split())
+    assert "--out TEXT comparison directory, a folder per trial inside [default: runs/compare-synthetic-<time>]" in flat
+    assert "--seeds N|A..B" in sections["Run options"] and "--controllers" in sections["Controller options"]
+    assert "--seed " not in out and "--controller " not in out and "-c," not in out  # one spelling each
+
+
+def test_list_json_names_every_plugin_and_controller(hpctl_main):
+    from hpctl.controllers.base import controller_names
+    from hpctl.envs import env_ids
+    from hpctl.registry import plugin_entry_points
+
+    code, out, err = hpctl_main("list", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert [p["name"] for p in data["plugins"]] == sorted(plugin_entry_points())
+    assert all(p["entry_point"] and (p["description"] or p["error"]) for p in data["plugins"])
+    assert data["controllers"] == controller_names() and "grpo" in data["controllers"]
+    assert data["gymnasium_ids"] == list(env_ids()) and isinstance(data["unavailable_controllers"], dict)
+
+
+def test_the_run_folder_is_named_after_the_controller_that_ran(hpctl_main):
+    code, out, err = hpctl_main("run", "synthetic", "--budget", "12", "--group-size", "4", "--json")  # no -c
+    assert code == 0, err
+    res = _last_json(out)
+    assert res["controller"] == "grpo" and Path(res["out_dir"]).name.startswith("synthetic-grpo-s0-")
+    code, out, err = hpctl_main("run", "synthetic", "-c", "random", "--budget", "4", "--seed", "2", "--json")
+    assert code == 0, err
+    assert Path(_last_json(out)["out_dir"]).name.startswith("synthetic-random-s2-")
+
+
+def test_compare_seeds_range_and_a_plain_setting_for_the_one_controller(hpctl_main):
+    code, out, err = hpctl_main("compare", "synthetic", "--controllers", "grid", "--seeds", "3..4", "--budget", "4",
+                                "--set", "k=4", "--out", "c", "--json")
+    assert code == 0, err
+    res = _last_json(out)
+    assert res["seeds"] == 2 and [r["seed"] for r in res["runs"]["grid"]] == [3, 4]
+    assert sorted(p.name for p in Path("c").iterdir() if p.is_dir()) == ["grid-s3", "grid-s4"]
+    spec = json.loads(Path("c/grid-s3/spec.json").read_text())
+    assert spec["options"]["controller_config"] == {"k": 4}
