@@ -555,7 +555,7 @@ class GraspTask(Task):
                 "merge": c.merge, "lora": asdict(self.lora_spec)}
         delta_bytes = save_pruned_delta(self.adapter, self.out_dir / DELTA_FILE, masks, metadata=meta)
         ladder = [int(c.export_rank)] if int(c.export_rank) else self.export_ladder()
-        svd = TruncatedDeltas(self.adapter, masks, max_rank=ladder[-1])
+        svd = TruncatedDeltas(self.adapter, masks, seed=self.seed)
         del masks
         losses: dict[int, float] = {}
         chosen = ladder[-1]
@@ -572,15 +572,16 @@ class GraspTask(Task):
                 f"of the exact pruned adapter's ({gap:+.2%} at rank {chosen}); {DELTA_FILE} holds the exact one")
         self.notes["export"] = {"split": split, "exact_loss": exact, "ladder": {str(k): v for k, v in losses.items()},
                                 "rank": chosen, "tolerance": float(c.export_tolerance)}
+        rel_error = svd.rel_error(chosen)
         adapter_bytes = export_lowrank(
             svd.factors(chosen), self.out_dir / ADAPTER_FOLDERS["final"], transposed=svd.transposed,
             base_model_name_or_path=self._adapter_base(),
-            metadata={**meta, "export": f"svd-rank-{chosen}", "rel_error": svd.rel_error(chosen),
+            metadata={**meta, "export": f"svd-rank-{chosen}", "rel_error": rel_error,
                       "loss_split": split, "loss": losses[chosen], "exact_loss": exact, "loss_gap": gap,
                       "tolerance": float(c.export_tolerance), "exact_delta": DELTA_FILE})
         return {"export_rank": float(chosen), "export_tolerance": float(c.export_tolerance),
                 "export_exact_loss": exact, "export_adapter_loss": losses[chosen], "export_loss_gap": gap,
-                "export_within_tolerance": float(within), "export_rel_error": svd.rel_error(chosen),
+                "export_within_tolerance": float(within), "export_rel_error": rel_error,
                 "final_adapter_bytes": float(adapter_bytes), "final_delta_bytes": float(delta_bytes)}
 
     # ------------------------------------------------------------------ baseline -------

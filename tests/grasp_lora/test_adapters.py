@@ -293,6 +293,25 @@ def test_exported_adapter_loads_with_peft_and_matches(installed, tmp_path, rank)
         assert (got - want).abs().max() > 0  # a truncated SVD is an approximation
 
 
+def test_truncated_deltas_are_seeded_leave_the_random_state_and_are_exact_at_full_rank(installed):
+    from hpctl.integrations.peft_export import TruncatedDeltas
+
+    _, _, adapter, _ = installed
+    pruner = GlobalMagnitudePruner(adapter)
+    masks = {n: m.clone() if m is not None else None for n, m in pruner.masks(0.45).items()}
+    state = torch.get_rng_state()
+    svd = TruncatedDeltas(adapter, masks)
+    low = svd.factors(2)  # randomized (rank 2 + 8 < the full rank of the tiny model's 64-wide modules)
+    assert torch.equal(torch.get_rng_state(), state)  # the run's random stream is untouched
+    again = TruncatedDeltas(adapter, masks).factors(2)
+    assert all(torch.equal(low[n].A, again[n].A) and torch.equal(low[n].B, again[n].B) for n in low)
+    full = max(min(d.shape) for d in svd.deltas.values())
+    errors = [svd.rel_error(k) for k in (1, 2, 4, full)]
+    assert errors[0] >= errors[1] >= errors[2] > 0 and errors[-1] < 1e-5  # full rank: the exact SVD
+    for name, fac in svd.factors(3).items():
+        assert fac.A.shape[0] == min(3, *svd.deltas[name].shape) and fac.scale == 1.0
+
+
 def test_delta_adapter_rejects_mismatched_factors(installed):
     model, _, adapter, _ = installed
     name = next(iter(adapter.modules))
