@@ -256,6 +256,7 @@ def test_hf_labels_mark_exactly_the_target_tokens():
 
 
 @pytest.mark.llm
+@pytest.mark.slow
 def test_throughput_one_alternation_on_the_tiny_backbone(tmp_path, tracking_uri):
     base = {"preset": "smoke", "steps": 2}
     adapters = arms.train_shared_adapters(base, 0, tmp_path / "adapters", tracking_uri, None)

@@ -163,6 +163,7 @@ def test_a_real_run_is_scored_on_the_curve_of_its_seed(tmp_path, hpctl_main, cap
 
 
 @pytest.mark.llm
+@pytest.mark.slow
 def test_a_shorter_fine_tune_is_scored_on_the_trajectory_curve_of_its_length(tmp_path, hpctl_main, capsys):
     """The dev curve after K steps of the grid's fine-tunes is the grid of K-step fine-tunes (constant
     learning rate, same data order and mask steps): a K-step fine-tune from the merged start ends at

@@ -362,6 +362,7 @@ def test_grid_points_in_parallel_choose_like_the_sequential_grid(ray_local, tmp_
 
 
 @pytest.mark.llm
+@pytest.mark.slow
 def test_grasp_lora_grid_on_ray_chooses_the_sequential_point(ray_local, tmp_path, tracking_uri):
     """Each worker builds grasp_lora's task from the spec (the backbone once per worker,
     the run's saved source/target adapters reused) and fine-tunes its grid points."""
@@ -382,6 +383,7 @@ def test_grasp_lora_grid_on_ray_chooses_the_sequential_point(ray_local, tmp_path
 
 
 # ------------------------------------------------------------------- failures ----
+@pytest.mark.slow
 def test_a_killed_trial_is_retried_and_the_comparison_finishes(ray_local, tmp_path, tracking_uri):
     from hpctl.compare import compare
 

@@ -204,6 +204,7 @@ def test_kill_after_the_result_is_written_is_repaired_by_resume(tmp_path, hpctl_
     assert code == 2 and "nothing to resume" in err
 
 
+@pytest.mark.slow
 def test_concurrent_first_use_of_a_fresh_store(tmp_path, hpctl_main, monkeypatch):
     """Four runs start at once in a folder without an MLflow store: all finish, the store works."""
     procs = [subprocess.Popen([sys.executable, "-m", "hpctl.cli", "run", "synthetic", "-c", "random", "--budget", "8",

@@ -309,6 +309,7 @@ def test_session_asks_what_hpctl_run_probes(name, tmp_path, tracking_uri):
 
 
 @needs_optuna
+@pytest.mark.slow
 def test_a_crashed_session_resumes_identically(tmp_path, tracking_uri):
     budget, group, seed = 24, 4, 5
     spr = steps_per_round(LANDSCAPE["total_steps"], budget, group)

@@ -102,6 +102,7 @@ def test_adapter_with_wrong_shapes_one_line(hpctl_main, tmp_path):
     assert "bad_adapter" in lines[0] and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_smoke(grasp_smoke_run, tmp_path, tracking_uri, hpctl_main):
     """The session's smoke run, repeated in a process SIGKILLed mid-way through its controller phase
     (3 rounds), then resumed (in-process): the same result, no probe lost or repeated."""

@@ -143,6 +143,7 @@ def test_nested_phase_runs_carry_params_and_per_step_losses(smoke_run):
     assert children["target_only"].data.params["prune_ratio"] == "0.0"
 
 
+@pytest.mark.slow
 def test_the_final_run_of_a_grid_point_is_that_points_fine_tune(tmp_path):
     """Under --controller grid the final adapter is the chosen point's: same start, seed and batches."""
     task = GraspLoraPlugin().make_task(GraspLoraConfig(preset="smoke", baseline="none"), seed=0, out_dir=tmp_path)

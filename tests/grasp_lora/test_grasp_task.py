@@ -261,6 +261,7 @@ def test_evaluate_and_full_run(smoke):
         task.evaluate("nope", np.array([0.2]))
 
 
+@pytest.mark.slow
 def test_finish_saves_a_peft_adapter_that_reproduces_the_model(smoke):
     from peft import PeftModel
 
@@ -386,6 +387,7 @@ def test_cli_smoke_pipeline_and_eval(grasp_smoke_run, hpctl_main, tmp_path):
     assert code != 0 and "no option 'nope'" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_controller_run_and_fine_tunes_have_their_own_lengths(tmp_path):
     assert resolve_config(GraspLoraConfig(preset="default", steps=64)).controller_steps == 16
     assert resolve_config(GraspLoraConfig(preset="smoke", steps=2)).controller_steps == 2  # never above steps
