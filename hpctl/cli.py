@@ -175,7 +175,8 @@ def build_run_command(plugin) -> click.Command:
                      and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
             if [k for k in typed if k not in ENGINE_KEYS]:
                 bad = [k for k in typed if k not in ENGINE_KEYS][0]
-                raise ConfigError(f"--resume continues a run exactly as it was started; drop --{bad.replace('_', '-')}")
+                flag = next(p.opts[0] for p in ctx.command.params if p.name == bad)  # as typed: --config, not config_file
+                raise ConfigError(f"--resume continues a run exactly as it was started; drop {flag}")
             spec = read_spec(resume)
             if spec.plugin != plugin.name or spec.command != "run":
                 raise ConfigError(f"--resume {resume!r} belongs to `{spec.command} {spec.plugin}`, not `run {plugin.name}`")
@@ -377,6 +378,20 @@ def _ran_config(run_dir: Path) -> dict[str, Any]:
     return ran if isinstance(ran, dict) else {}
 
 
+def _as_eval_options(message: str, config_cls: type) -> str:
+    """``message`` with each ``--flag value`` of a plugin option (``--device cpu``) written as
+    eval takes it (``-o device=cpu``)."""
+    import re
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+
+    def swap(m: re.Match) -> str:
+        name = m.group(1).replace("-", "_")
+        return f"-o {name}={m.group(2)}" if name in names else m.group(0)
+
+    return re.sub(r"--([a-z][a-z0-9-]*)[ =]([^\s,;)]+)", swap, message)
+
+
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", required=True, type=click.Path(exists=True), help="data file in the task's format")
@@ -408,7 +423,11 @@ def eval_cmd(run_dir: str, data: str, lang: str | None, sets: tuple[str, ...], a
     which = {} if adapter is None else {"adapter": adapter}  # only plugins that save several take it
     if which and "adapter" not in inspect.signature(plugin.eval_run).parameters:
         raise ConfigError(f"plugin {spec.plugin!r} scores one artifact; its eval takes no --adapter")
-    metrics = plugin.eval_run(Path(run_dir), config, data=data, lang=lang, **which)
+    try:
+        metrics = plugin.eval_run(Path(run_dir), config, data=data, lang=lang, **which)
+    except HpctlError as exc:  # a plugin's advice names `hpctl run`'s flags: eval takes them as -o KEY=VALUE
+        exc.args = (_as_eval_options(str(exc), plugin.Config),) + exc.args[1:]
+        raise
     table = Table(title=f"{spec.plugin} run {run_dir} on {data}")
     table.add_column("metric")
     table.add_column("value")

@@ -21,17 +21,18 @@ from typing import Any, Callable
 import numpy as np
 
 from hpctl.controllers.base import get_controller
-from hpctl.config import RunOptions
+from hpctl.config import MAX_SEED, RunOptions
 from hpctl.engines import Outcome, engine_options, get_engine, local_options
 from hpctl.engines.base import raise_user_error
 from hpctl.errors import ConfigError
 from hpctl.registry import load_plugin
-from hpctl.rundir import CHECKPOINT, RESULT, SPEC, RunSpec, atomic_write_json, prepare_out_dir
-from hpctl.runner import run
+from hpctl.rundir import CHECKPOINT, RESULT, TRIAL_MARK, RunSpec, atomic_write_json, note_files, open_run_dir
+from hpctl.runner import configure, run
 from hpctl.tracking import Tracker
 
-#: a trial folder's mark: the comparison that started it (a retry of the same trial resumes)
-TRIAL_MARK = ".hpctl-trial"
+
+#: the most seeds ``hpctl compare --seeds`` runs per controller
+MAX_SEEDS = 10_000
 
 
 def median_iqr(values: list[float]) -> dict[str, float]:
@@ -95,13 +96,9 @@ def run_trial(spec_json: dict[str, Any], parent_run_id: str | None, token: str,
     elif retry and (out_dir / CHECKPOINT).is_file():
         result = run(spec, resume_dir=out_dir, parent_run_id=parent_run_id, progress=progress, trial=True,
                      plugin=plugin, experiment_id=experiment_id)
-    else:
-        if retry:  # lost before its first checkpoint: start this trial's own folder again
-            (out_dir / SPEC).unlink(missing_ok=True)
-        prepare_out_dir(spec.options.out, spec.plugin, spec.options.controller or "default", spec.options.seed)
-        mark.write_text(token + "\n")
+    else:  # a retry lost before its first checkpoint starts this trial's own folder again
         result = run(spec, parent_run_id=parent_run_id, progress=progress, trial=True, plugin=plugin,
-                     experiment_id=experiment_id)
+                     experiment_id=experiment_id, overwrite=retry, trial_token=token)
     hist_file = Path(result["out_dir"]) / "history.json"
     history = json.loads(hist_file.read_text()) if hist_file.is_file() else []
     return {"result": result, "history": history}
@@ -111,6 +108,10 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
             *, out: str | None = None, on_run: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if seeds > MAX_SEEDS:  # checked before a trial list the size of the count is built
+        raise ConfigError(f"--seeds runs at most {MAX_SEEDS:,} seeds per controller, got {seeds:,}")
+    if base.seed + seeds - 1 > MAX_SEED:
+        raise ConfigError(f"--seeds: the last seed, {base.seed + seeds - 1}, is above the largest, {MAX_SEED}")
     if not controllers:
         raise ConfigError("--controllers is empty")
     for c in controllers:
@@ -124,11 +125,18 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
         raise ConfigError("--probe-workers is for `hpctl run`; `hpctl compare --engine ray` runs whole trials in parallel")
     t_start = time.perf_counter()
     plugin = load_plugin(plugin_name)
+    for ctrl in controllers:  # every trial's options (--total-steps' bound too) before anything is made
+        configure(RunSpec(plugin=plugin_name, options=dataclasses.replace(
+            base, controller=ctrl, controller_config=settings_for(ctrl, base)), plugin_config=plugin_config), plugin)
     engine = get_engine(options)  # --engine ray: joined (or started) before anything is recorded
-    out_dir = prepare_out_dir(out or f"runs/compare-{plugin_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                              plugin_name, "compare", base.seed)
-    parent = Tracker(base.tracking_uri, f"hpctl-{plugin_name}", run_name=f"compare {plugin_name}",
-                     tags={"hpctl.plugin": plugin_name, "hpctl.command": "compare", "hpctl.engine": engine.name})
+    out_dir, lock = open_run_dir(out or f"runs/compare-{plugin_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                 plugin_name, "compare", base.seed, command="compare", tracking_uri=base.tracking_uri)
+    try:
+        parent = Tracker(base.tracking_uri, f"hpctl-{plugin_name}", run_name=f"compare {plugin_name}",
+                         tags={"hpctl.plugin": plugin_name, "hpctl.command": "compare", "hpctl.engine": engine.name})
+    except BaseException:
+        lock.discard()
+        raise
     parent.log_params({"controllers": ",".join(controllers), "seeds": seeds, "budget": base.budget,
                        "plugin_config": plugin_config})
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in controllers}
@@ -212,7 +220,11 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
         status, error = ("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"), str(exc)
         raise
     finally:
-        parent.end(status, error)
+        try:
+            parent.end(status, error)
+        finally:
+            note_files(out_dir)
+            lock.release()
 
 
 def summary_table(result: dict[str, Any]):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import shutil
 import time
 import traceback
 from pathlib import Path
@@ -23,12 +22,18 @@ from hpctl.control_env import ControlEnv
 from hpctl.controllers.base import Controller, get_controller, load_warm_start, save_controller_state
 from hpctl.engines import engine_options, run_workers
 from hpctl.plots import PlotProcess, plot_run
-from hpctl.errors import HpctlError, ResumeError, Terminated, shorten
+from hpctl.errors import ConfigError, HpctlError, ResumeError, Terminated, shorten
 from hpctl.registry import load_plugin
-from hpctl.rundir import (CHECKPOINT_EVERY_S, RESULT, SPEC, HistoryLog, RunSpec, atomic_write_json,
-                          load_checkpoint, prepare_out_dir, save_checkpoint)
+from hpctl.rundir import (CHECKPOINT_EVERY_S, RESULT, SPEC, TRIAL_MARK, HistoryLog, RunLock, RunSpec,
+                          atomic_write_json, load_checkpoint, lock_run_dir, mark_legacy, note_files, open_run_dir,
+                          save_checkpoint)
 from hpctl.seeding import seed_everything  # re-exported: hpctl.runner.seed_everything
 from hpctl.tracking import PhaseRuns, RunRecorder, Tracker, end_quietly, log_outputs, warn
+
+#: the most training steps a plugin's ``total_steps`` may ask for, checked before anything runs
+#: (more than any real training run; the synthetic plugin simulates one step in ~10-30 us, so
+#: it still finishes within the hour)
+MAX_TOTAL_STEPS = 10**8
 
 __all__ = ["RoundHook", "RunSpec", "build", "controller_settings", "run", "seed_everything", "steps_per_round"]
 
@@ -74,6 +79,7 @@ class RoundHook:
         save_checkpoint(self.out_dir, {
             "env": self.env.state_dict(), "controller": ctrl.state_dict(), "history_len": self.log.written,
             "logged": self.recorder.logged, "mlflow_run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri})
+        note_files(self.out_dir)  # what the run has written so far: what --overwrite may remove
         self.last_checkpoint = time.perf_counter()
         self.write_s = self.last_checkpoint - t0
 
@@ -103,6 +109,10 @@ def configure(spec: RunSpec, plugin=None):
     plugin = load_plugin(spec.plugin) if plugin is None else plugin
     opts = spec.options
     config = build_dataclass(plugin.Config, spec.plugin_config, what=f"plugin {spec.plugin!r}")
+    steps = getattr(config, "total_steps", None)
+    if isinstance(steps, int) and not isinstance(steps, bool) and not 1 <= steps <= MAX_TOTAL_STEPS:
+        raise ConfigError(f"total_steps (--total-steps) must be between 1 and {MAX_TOTAL_STEPS:,}, "
+                          f"got {shorten(str(steps), 40)}")
     controller_name = opts.controller or plugin.default_controller
     ctrl_cls = get_controller(controller_name)
     ctrl_config = ctrl_cls.make_config(controller_settings(plugin, controller_name, opts.controller_config))
@@ -154,10 +164,15 @@ def best_probe(history: list[dict[str, Any]], knob) -> dict[str, Any] | None:
 def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None = None,
         parent_run_id: str | None = None, resume_dir: str | Path | None = None,
         experiment: str | None = None, overwrite: bool = False, trial: bool = False,
-        plugin=None, experiment_id: str | None = None) -> dict[str, Any]:
+        plugin=None, experiment_id: str | None = None, trial_token: str | None = None) -> dict[str, Any]:
     """Run one controller on one plugin; return the result dictionary.
 
-    ``--out`` naming a folder that already holds a run is refused unless ``overwrite``.
+    The run folder (``--out``, or ``resume_dir``) is locked for this run's life
+    (:class:`hpctl.rundir.RunLock`): a second writer is refused in one line naming the
+    holder. ``--out`` naming a folder that already holds a run is refused unless
+    ``overwrite``, and one that is neither empty nor an hpctl run folder always is (see
+    :func:`hpctl.rundir.open_run_dir`). ``trial_token``: the comparison starting this
+    trial, written to the folder's :data:`~hpctl.rundir.TRIAL_MARK` once it is locked.
     ``trial``: the run is one of ``hpctl compare``'s trials, nested under the comparison's
     MLflow run. It then records nothing that repeats the comparison's or its own record:
     no ``run.png`` (``compare.png`` draws every trial; ``history.json`` holds what
@@ -170,28 +185,49 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
     ``progress(kind, info)`` receives ``("start", {"budget": ...})``, ``("probe", event)``
     and ``("phase", {"name": ...})`` for progress bars.
     """
+    held: list[RunLock] = []
+    try:
+        return _run(spec, held, progress=progress, parent_run_id=parent_run_id, resume_dir=resume_dir,
+                    experiment=experiment, overwrite=overwrite, trial=trial, plugin=plugin,
+                    experiment_id=experiment_id, trial_token=trial_token)
+    finally:
+        for lock in held:
+            note_files(lock.folder)
+            lock.release()
+
+
+def _run(spec: RunSpec, held: list[RunLock], *, progress, parent_run_id, resume_dir, experiment, overwrite, trial,
+         plugin, experiment_id, trial_token) -> dict[str, Any]:
+    """:func:`run`'s body; the run folder's lock goes into ``held`` as soon as it is taken."""
     t_start = time.perf_counter()
     opts = spec.options
     engine_options(opts)  # a bad engine setting fails before anything is written
     checkpoint: dict[str, Any] | None = None
     configured = None
     tracking_uri = opts.tracking_uri
+    lock = None
     if resume_dir is not None:
         out_dir = Path(resume_dir)
+        held.append(lock_run_dir(out_dir))  # before anything is read: another writer may be mid-round
+        mark_legacy(out_dir)
         if (out_dir / RESULT).is_file():  # killed after its result was safe: finish the record
             return finish_record(out_dir, spec, experiment=experiment, plot=not trial)
         checkpoint = load_checkpoint(out_dir)
         tracking_uri = checkpoint.get("tracking_uri") or tracking_uri  # the store the run lives in
     else:
         configured = configure(spec, plugin)  # every option is checked before anything is written
-        out_dir = prepare_out_dir(opts.out, spec.plugin, configured[2].name, opts.seed,  # the controller that runs
-                                  overwrite=overwrite)
-    fresh = checkpoint is None and not any(out_dir.iterdir())
+        out_dir, lock = open_run_dir(opts.out, spec.plugin, configured[2].name, opts.seed,  # the controller that runs
+                                     overwrite=overwrite, tracking_uri=tracking_uri)
+        held.append(lock)
+        if trial_token is not None:
+            (out_dir / TRIAL_MARK).write_text(trial_token + "\n")
     try:
         plugin, config, task, env, controller, budget = build(spec, out_dir, configured or configure(spec, plugin))
     except HpctlError:
-        if fresh:  # a user error: leave no empty run folder behind
-            shutil.rmtree(out_dir, ignore_errors=True)
+        if lock is not None and trial_token is None and not any(  # a user error: leave no empty run folder behind
+                (out_dir / n).exists() for n in (SPEC, RESULT, "error.txt")):
+            held.remove(lock)
+            lock.discard()
         raise
     try:  # --engine ray: joined (a bad --address fails in seconds) and workers started before the task loads
         env.workers = workers = run_workers(spec, out_dir, controller, budget)
@@ -314,8 +350,11 @@ def run(spec: RunSpec, *, progress: Callable[[str, dict[str, Any]], None] | None
         raise
     except Exception as exc:
         status, error = "FAILED", f"{type(exc).__name__}: {exc}"
-        (out_dir / "error.txt").write_text(traceback.format_exc())
-        exc.hpctl_error_file = str(out_dir / "error.txt")
+        try:  # a folder that cannot take error.txt (read-only, full) must not hide the error itself
+            (out_dir / "error.txt").write_text(traceback.format_exc())
+            exc.hpctl_error_file = str(out_dir / "error.txt")
+        except OSError:
+            pass
         raise
     finally:
         if result is None:  # failed or interrupted: record it, then let the error through
@@ -354,9 +393,13 @@ def finish_record(out_dir: Path, spec: RunSpec, *, experiment: str | None = None
     """
     try:
         result = json.loads((out_dir / RESULT).read_text())
+        if not isinstance(result, dict):
+            raise ValueError(f"it holds a JSON {type(result).__name__}, not a run's result")
         run_id, uri = result["mlflow_run_id"], result["tracking_uri"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ResumeError(f"{str(out_dir / RESULT)!r} cannot be read: {exc}") from None
+        if not isinstance(run_id, str) or not (uri is None or isinstance(uri, str)):
+            raise ValueError("its mlflow_run_id or tracking_uri is not a string")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ResumeError(f"{str(out_dir / RESULT)!r} cannot be read: {shorten(str(exc), 200)}") from None
     tracker = Tracker(uri, experiment or f"hpctl-{spec.plugin}", run_id=run_id, reopen=False)
     if tracker.status() != "RUNNING":
         raise ResumeError(f"the run in {str(out_dir)!r} has finished ({RESULT} exists, MLflow run "

@@ -151,7 +151,8 @@ from hpctl.control_env import ControlEnv
 from hpctl.controllers.base import Controller, get_controller
 from hpctl.errors import ConfigError, HpctlError, ResumeError, one_line
 from hpctl.knob import Knob
-from hpctl.rundir import CHECKPOINT, RESULT, SPEC, atomic_write_bytes, atomic_write_json, prepare_out_dir, to_jsonable
+from hpctl.rundir import (CHECKPOINT, RESULT, SPEC, atomic_write_bytes, atomic_write_json, lock_run_dir,
+                          mark_legacy, note_files, open_run_dir, to_jsonable)
 from hpctl.task import Task
 from hpctl.tracking import RunRecorder, Tracker, end_quietly, warn
 
@@ -169,6 +170,10 @@ _SPEC_DEFAULTS = {"direction": "maximize"}
 #: MLflow run id -> the token of the live Session that owns it (a resume in the same
 #: process takes the run over; the dropped session's finaliser then leaves it alone)
 _RUN_OWNERS: dict[str, object] = {}
+#: run folder (resolved) -> the Session writing it in this process: ``resume=True`` there takes
+#: the folder over (the old object, e.g. one a traceback or a notebook variable still holds,
+#: writes nothing more); another process is refused by the folder's lock
+_FOLDER_WRITERS: "weakref.WeakValueDictionary[str, Session]" = weakref.WeakValueDictionary()
 
 
 class SessionError(HpctlError):
@@ -477,17 +482,30 @@ class Session:
             raise ConfigError(f"controller {ctrl_cls.name!r} cannot run in a Session: it cannot restart from its "
                               "saved state between rounds (choose grpo, random, grid, fixed, tpe, cmaes or gp)") from None
 
-        # run folder and checkpoint
+        # run folder (locked: one writer; a resume in this process takes it over) and checkpoint
+        self._superseded = False
         checkpoint = self._find_checkpoint(out_dir, resume)
         if checkpoint is not None:
             self.out_dir = Path(checkpoint["out_dir"]) if out_dir is None else Path(out_dir)
+            previous = _FOLDER_WRITERS.get(str(self.out_dir.resolve()))
+            if previous is not None:
+                previous._supersede()
+            self._lock = lock_run_dir(self.out_dir, what="session")
+            try:  # read again under the lock: a writer that just ended may have saved since
+                checkpoint = self._find_checkpoint(out_dir, resume) or checkpoint
+                mark_legacy(self.out_dir, "session")
+            except BaseException:
+                self._lock.release()
+                raise
         else:
             if out_dir is not None and any((Path(out_dir) / f).exists() for f in (SPEC, CHECKPOINT, RESULT)):
                 raise ConfigError(f"{str(out_dir)!r} already holds a run: pass resume=True to continue its session "
                                   "or choose another out_dir")
-            self.out_dir = prepare_out_dir(None if out_dir is None else str(out_dir), "session", ctrl_cls.name,
-                                           self.seed)
+            self.out_dir, self._lock = open_run_dir(None if out_dir is None else str(out_dir), "session",
+                                                    ctrl_cls.name, self.seed, command="session",
+                                                    tracking_uri=tracking_uri)
 
+        _FOLDER_WRITERS[str(self.out_dir.resolve())] = self
         # MLflow
         names = knob.component_names
         self.attached = mlflow_run_id is not None
@@ -499,10 +517,14 @@ class Session:
         else:
             run_id, uri = None, tracking_uri
         tracker_cls = AttachedTracker if self.attached else Tracker
-        self.tracker = tracker_cls(uri, experiment, run_id=run_id,
-                                   run_name=run_name or f"session/{knob.name}/{ctrl_cls.name}/seed{self.seed}",
-                                   tags={"hpctl.mode": "session", "hpctl.controller": ctrl_cls.name,
-                                         "hpctl.direction": self.direction, **(tags or {})})
+        try:
+            self.tracker = tracker_cls(uri, experiment, run_id=run_id,
+                                       run_name=run_name or f"session/{knob.name}/{ctrl_cls.name}/seed{self.seed}",
+                                       tags={"hpctl.mode": "session", "hpctl.controller": ctrl_cls.name,
+                                             "hpctl.direction": self.direction, **(tags or {})})
+        except BaseException:
+            self._lock.release()
+            raise
         # the run ends with the process (or the dropped object) if nothing else ends it first
         self._token = object()
         _RUN_OWNERS[self.tracker.run_id] = self._token
@@ -710,6 +732,8 @@ class Session:
         Call it whenever you checkpoint your own loop: ``Session(..., resume=path)`` then
         continues from the same point.
         """
+        if self._superseded:
+            self._check_usable()
         target = Path(path) if path is not None else self.out_dir / CHECKPOINT
         if target.is_dir():
             target = target / CHECKPOINT
@@ -776,7 +800,12 @@ class Session:
         self.close()
 
     def _release(self) -> None:
-        """The run is ended here: nothing is left for the exit-time finaliser."""
+        """The run is ended here: nothing is left for the exit-time finaliser, and the run
+        folder is free for another writer (``resume=True``)."""
+        try:
+            note_files(self.out_dir)
+        finally:
+            self._lock.release()
         self._finalizer.detach()
         if _RUN_OWNERS.get(self.tracker.run_id) is self._token:
             del _RUN_OWNERS[self.tracker.run_id]
@@ -909,7 +938,18 @@ class Session:
         if self.autosave and not self.done:
             self.save()
 
+    def _supersede(self) -> None:
+        """A Session resumed on this one's folder in this process takes it over: this one
+        writes nothing more (its checkpoint stays what it last saved) and leaves the MLflow
+        run to the new one."""
+        self._superseded = self._closed = True
+        self._finalizer.detach()
+        self._lock.release()
+
     def _check_usable(self) -> None:
+        if self._superseded:
+            raise SessionError(f"this Session no longer writes {str(self.out_dir)!r}: a Session resumed there in this "
+                               "process took it over; use that one")
         if self._failed:
             raise SessionError(f"the session failed earlier: {self._failed}")
         if self._closed and not self.done:

@@ -248,3 +248,89 @@ def test_to_jsonable_makes_numpy_paths_and_non_finite_numbers_plain_json():
     assert to_jsonable(obj) == {"1": [0.5, 3], "a": [1.0, "inf"], "p": "x/y", "n": "nan"}
     assert to_jsonable(obj, nonfinite=lambda x: None)["a"] == [1.0, None]
     json.dumps(to_jsonable(obj, nonfinite=lambda x: None), allow_nan=False)  # strict JSON
+
+
+# ------------------------------------------------- issue 37, item 6: refused in one line naming it --
+def test_total_steps_and_seeds_are_bounded_before_anything_starts(hpctl_main, tmp_path):
+    code, _, err = hpctl_main("run", "synthetic", "--total-steps", str(10**20), "--out", "big")
+    assert code == 2 and "total_steps (--total-steps) must be between 1 and 100,000,000" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "big").exists()
+    code, _, err = hpctl_main("compare", "synthetic", "--total-steps", str(10**20), "--controllers", "random",
+                              "--seeds", "1", "--out", "cmp")
+    assert code == 2 and "must be between 1 and 100,000,000" in err and not (tmp_path / "cmp").exists()
+    code, _, err = hpctl_main("compare", "synthetic", "--seeds", "1000000000", "--controllers", "random",
+                              "--out", "cmp")
+    assert code == 2 and "--seeds runs at most 10,000 seeds per controller, got 1,000,000,000" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "cmp").exists()
+
+
+def test_resume_with_config_names_the_flag_as_typed(hpctl_main, tmp_path):
+    assert hpctl_main("run", "synthetic", "-c", "random", "--budget", "8", "--out", "r")[0] == 0
+    (tmp_path / "c.yaml").write_text("budget: 8\n")
+    code, _, err = hpctl_main("run", "synthetic", "--resume", "r", "--config", "c.yaml")
+    assert code == 2 and err.strip().endswith("drop --config") and "--config-file" not in err
+
+
+def test_eval_advice_names_eval_s_own_option(hpctl_main, tmp_path, monkeypatch):
+    """A plugin's error advises `hpctl run`'s --device cpu; eval takes it as -o device=cpu."""
+    import dataclasses
+
+    from hpctl.cli import _as_eval_options
+    from hpctl.errors import ConfigError
+    from hpctl.registry import load_plugin
+
+    assert hpctl_main("run", "synthetic", "-c", "random", "--budget", "8", "--out", "r")[0] == 0
+    (tmp_path / "data.jsonl").write_text("{}\n")
+    plugin = load_plugin("synthetic")
+
+    def eval_run(self, run_dir, config, **kw):
+        raise ConfigError("device 'cuda' is not available: no CUDA GPU is visible; use --device cpu or --noise 0")
+
+    monkeypatch.setattr(type(plugin), "eval_run", eval_run)  # load_plugin makes a new instance each time
+    code, _, err = hpctl_main("eval", "r", "--data", "data.jsonl")
+    # synthetic has a noise option and no device one: only the option eval can take is rewritten
+    assert code == 2 and err.strip().endswith("use --device cpu or -o noise=0"), err
+
+    @dataclasses.dataclass
+    class WithDevice:
+        device: str = "cpu"
+
+    assert _as_eval_options("no GPU; use --device cpu", WithDevice) == "no GPU; use -o device=cpu"
+
+
+def test_damaged_run_files_are_one_line_errors_naming_the_file(hpctl_main, tmp_path):
+    from hpctl import statefile
+
+    assert hpctl_main("run", "synthetic", "-c", "random", "--budget", "8", "--out", "r")[0] == 0
+    (tmp_path / "r" / RESULT).write_text("[1, 2]")
+    code, _, err = hpctl_main("run", "synthetic", "--resume", "r")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "'r/result.json' cannot be read: it holds a JSON list" in err, err
+    (tmp_path / "r" / RESULT).unlink()
+    (tmp_path / "r" / CHECKPOINT).write_bytes(statefile.dumps({"env": {}, "history_len": 3}))  # valid, no controller
+    code, _, err = hpctl_main("run", "synthetic", "--resume", "r")
+    assert code == 2 and "'r/checkpoint.safetensors' is not a run checkpoint (no 'controller' in it)" in err
+    assert "KeyError" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_folder_that_cannot_be_written_is_not_hidden_behind_error_txt(hpctl_main, tmp_path, monkeypatch):
+    """A run folder turned read-only (simulated: the tests may run as root, whom modes do not stop):
+    the error names the file that could not be written, not error.txt."""
+    import hpctl.runner
+
+    def refuse(out_dir, state):
+        raise PermissionError(13, "Permission denied", str(out_dir / (CHECKPOINT + ".tmp")))
+
+    real_write_text = Path.write_text
+
+    def write_text(self, *a, **k):
+        if self.name == "error.txt":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_write_text(self, *a, **k)
+
+    monkeypatch.setattr(hpctl.runner, "save_checkpoint", refuse)
+    monkeypatch.setattr(Path, "write_text", write_text)
+    code, _, err = hpctl_main("run", "synthetic", "-c", "random", "--budget", "8", "--out", "ro")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, err
+    assert "Permission denied" in lines[0] and "checkpoint.safetensors.tmp" in lines[0] and "error.txt" not in err
