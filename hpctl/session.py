@@ -488,8 +488,8 @@ class Session:
         if checkpoint is not None:
             self.out_dir = Path(checkpoint["out_dir"]) if out_dir is None else Path(out_dir)
             previous = _FOLDER_WRITERS.get(str(self.out_dir.resolve()))
-            if previous is not None:
-                previous._supersede()
+            if previous is not None and not (previous._closed or previous._failed or previous.done):
+                previous._supersede()  # one that was closed or finished writes nothing more anyway
             self._lock = lock_run_dir(self.out_dir, what="session")
             try:  # read again under the lock: a writer that just ended may have saved since
                 checkpoint = self._find_checkpoint(out_dir, resume) or checkpoint
