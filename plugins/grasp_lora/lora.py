@@ -192,7 +192,9 @@ def save_lora(model: nn.Module, name: str, path: str | Path, *, base_model_name_
         config.base_model_name_or_path = base_model_name_or_path
     try:
         with replacing_folder(dest) as tmp:
-            model.save_pretrained(str(tmp), selected_adapters=[name])
+            # hpctl never resizes the vocabulary; "auto" would look the backbone's config up on the
+            # hub (a DNS failure and two warnings per adapter offline) to find out
+            model.save_pretrained(str(tmp), selected_adapters=[name], save_embedding_layers=False)
             if (tmp / name / "adapter_config.json").is_file():  # peft nests non-default adapters in a subfolder
                 for item in (tmp / name).iterdir():
                     shutil.move(str(item), str(tmp / item.name))
