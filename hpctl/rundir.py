@@ -282,9 +282,22 @@ def _remove_run_files(path: Path, marker: dict[str, Any] | None) -> None:
         if "/" in name or os.sep in name or not (item.exists() or item.is_symlink()):
             continue
         if item.is_dir() and not item.is_symlink():
-            shutil.rmtree(item)
+            if not _holds_other_records(item):
+                shutil.rmtree(item)
         else:
             item.unlink()
+
+
+def _holds_other_records(folder: Path) -> bool:
+    """Whether ``folder`` holds another run (its marker) or an MLflow store: a folder made in a
+    run folder while the run ran (``mlruns/`` of a run made with ``--out .``, another run's
+    folder under ``runs/``) is never removed with it."""
+    if folder.name == "mlruns":
+        return True
+    try:
+        return any(p.name in (MARKER, SPEC, "mlflow.db", "meta.yaml") for p in folder.rglob("*"))
+    except OSError:
+        return True
 
 
 def open_run_dir(out: str | None, plugin: str, controller: str, seed: int, *, overwrite: bool = False,

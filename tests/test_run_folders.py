@@ -65,6 +65,23 @@ def test_overwrite_never_empties_a_folder_holding_the_mlflow_store(hpctl_main, t
     assert (run / "mlruns" / "mlflow.db").is_file() and (run / RESULT).is_file()
 
 
+def test_overwrite_from_elsewhere_keeps_a_store_and_runs_made_inside_the_run_folder(hpctl_main, tmp_path,
+                                                                                  monkeypatch, tracking_uri):
+    """A run made with --out . in a project made ./mlruns there while it ran (and another run
+    went to ./runs): --overwrite of that folder from outside removes neither."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    monkeypatch.chdir(proj)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert hpctl_main(*FAST, "--out", ".")[0] == 0
+    assert hpctl_main(*FAST, "--out", "runs/other")[0] == 0
+    assert "mlruns" in read_marker(proj)["files"]  # made while the run ran: listed, yet never removed
+    monkeypatch.chdir(tmp_path)
+    code, _, err = hpctl_main(*FAST, "--out", "proj", "--overwrite", "--tracking-uri", tracking_uri)
+    assert code == 0, err
+    assert (proj / "mlruns" / "mlflow.db").is_file() and (proj / "runs" / "other" / RESULT).is_file()
+
+
 def test_an_unrelated_spec_json_is_not_a_run(hpctl_main, tmp_path):
     """The issue's second case: a project folder with its own spec.json, README.txt and src/."""
     proj = tmp_path / "proj"
