@@ -6,6 +6,12 @@ every round, written atomically; see :mod:`hpctl.statefile`: reading it cannot r
 cost does not grow with the run), ``result.json`` (written as soon as the result exists,
 before plots and artifact uploads), ``history.json`` and ``run.png``. Everything here is
 file I/O; :mod:`hpctl.runner` decides when to call it.
+
+Every run folder is hpctl's by its marker, :data:`MARKER` (``.hpctl-run``: the run's id and
+the names the run wrote), and is written by one process at a time, which holds its
+:data:`LOCK` (``.hpctl-lock``, an ``flock``; see :class:`RunLock`). :func:`open_run_dir`
+refuses a non-empty folder that is not a run, and ``--overwrite`` removes only what the
+run there wrote.
 """
 
 from __future__ import annotations
