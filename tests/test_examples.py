@@ -3,17 +3,19 @@
 The third-party test builds a throwaway package (its own ``pyproject.toml`` declaring an
 ``hpctl.plugins`` entry point) in a temporary folder and installs it with
 ``pip install --no-deps --no-build-isolation --no-index --target``: the real path a user
-takes, offline, in about a second. ``hpctl list`` and ``hpctl run`` then see it in a
-subprocess whose PYTHONPATH holds the target folder (importlib.metadata reads the
-``*.dist-info/entry_points.txt`` pip wrote there), and nothing in hpctl names it.
+takes, offline, in about a second. ``hpctl list`` and ``hpctl run`` (in-process) then see it
+once the target folder is on ``sys.path``, as PYTHONPATH would put it (importlib.metadata reads
+the ``*.dist-info/entry_points.txt`` pip wrote there), and nothing in hpctl names it.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 import textwrap
@@ -23,7 +25,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT
 
 EXAMPLES = ROOT / "examples"
 DOCS = ROOT / "docs"
@@ -41,9 +43,32 @@ CONFIG_RUNS: dict[str, tuple[str, str, list[str]] | None] = {
 
 
 def run_script(path: Path, *args: str, cwd: Path, tracking_uri: str, timeout: int = 300):
+    """``python path args`` in a new interpreter (what a reader types)."""
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
     return subprocess.run([sys.executable, str(path), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture
+def run_example(tmp_path, tracking_uri, monkeypatch, capsys):
+    """``python examples/NAME.py args`` in this process (saves an interpreter's imports per script):
+    run as ``__main__`` with its folder first on sys.path and ``sys.argv`` set, in ``tmp_path``;
+    returns its stdout. custom_knob.py still runs in a new interpreter (test_custom_knob_script)."""
+
+    def call(name: str, *args: str) -> str:
+        path = EXAMPLES / f"{name}.py"
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        monkeypatch.setattr(sys, "argv", [str(path), *args])
+        monkeypatch.syspath_prepend(str(EXAMPLES))
+        capsys.readouterr()
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        except SystemExit as e:
+            assert e.code in (None, 0), f"{name}.py exited with {e.code}"
+        return capsys.readouterr().out
+
+    return call
 
 
 def load_example(name: str):
@@ -109,13 +134,11 @@ def test_every_quoted_example_output_is_checked():
     assert found == CHECKED_QUOTES
 
 
-def test_ask_tell_script(tmp_path, tracking_uri):
-    proc = run_script(EXAMPLES / "ask_tell.py", "--fast", "--out", str(tmp_path / "s"), cwd=tmp_path,
-                      tracking_uri=tracking_uri)
-    assert proc.returncode == 0, proc.stderr
-    default = re.search(r"^default lr 0.001: test mse ([0-9.]+)$", proc.stdout, re.M)
-    learned = re.search(r"^learned lr = ([0-9.e+-]+) after (\d+) probes: test mse ([0-9.]+)$", proc.stdout, re.M)
-    assert default and learned, proc.stdout
+def test_ask_tell_script(tmp_path, run_example):
+    stdout = run_example("ask_tell", "--fast", "--out", str(tmp_path / "s"))
+    default = re.search(r"^default lr 0.001: test mse ([0-9.]+)$", stdout, re.M)
+    learned = re.search(r"^learned lr = ([0-9.e+-]+) after (\d+) probes: test mse ([0-9.]+)$", stdout, re.M)
+    assert default and learned, stdout
     lr, probes, mse = float(learned.group(1)), int(learned.group(2)), float(learned.group(3))
     assert 0.002 < lr < 1.0 and 0 < probes <= 36  # moved up from the too-small default, within the budget
     assert mse < float(default.group(1))  # the steered loop ends better than the default rate
@@ -123,29 +146,27 @@ def test_ask_tell_script(tmp_path, tracking_uri):
     assert result["learned"]["lr"] == pytest.approx(lr, rel=1e-3) and result["probes"] == probes
 
 
-def test_trainer_callback_script_tiny(tmp_path, tracking_uri):
+@pytest.mark.llm
+def test_trainer_callback_script_tiny(tmp_path, run_example):
     pytest.importorskip("peft")
-    proc = run_script(EXAMPLES / "trainer_callback.py", "--tiny", "--out", str(tmp_path / "t"), cwd=tmp_path,
-                      tracking_uri=tracking_uri, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    m = re.search(r"^learned prune_ratio = ([0-9.]+) after (\d+) probes in (\d+) rounds", proc.stdout, re.M)
-    assert m, proc.stdout
-    ratio, probes = float(m.group(1)), int(m.group(2))
-    assert 0.0 <= ratio <= 0.9 and 0 < probes <= 16
-    assert re.search(r"^test loss at the learned ratio: [0-9.]+$", proc.stdout, re.M)
+    # --tiny with half its steps and probes (8 and 16): two rounds still commit, probe and save
+    stdout = run_example("trainer_callback", "--tiny", "--steps", "4", "--budget", "8", "--out", str(tmp_path / "t"))
+    m = re.search(r"^learned prune_ratio = ([0-9.]+) after (\d+) probes in (\d+) rounds", stdout, re.M)
+    assert m, stdout
+    ratio, probes, rounds = float(m.group(1)), int(m.group(2)), int(m.group(3))
+    assert 0.0 <= ratio <= 0.9 and 0 < probes <= 8 and rounds >= 1
+    assert re.search(r"^test loss at the learned ratio: [0-9.]+$", stdout, re.M)
     assert (tmp_path / "t" / "pruned_adapter" / "adapter_config.json").is_file()
-    folder = Path(re.search(r"^session folder: (\S+);", proc.stdout, re.M).group(1))
+    folder = Path(re.search(r"^session folder: (\S+);", stdout, re.M).group(1))
     result = json.loads((folder / "result.json").read_text())
     assert result["learned"]["prune_ratio"] == pytest.approx(ratio, abs=1e-4) and result["probes"] == probes
     assert (folder / "run.png").is_file() and (folder / "callback.json").is_file()
 
 
-def test_compare_controllers_script(tmp_path, tracking_uri):
-    proc = run_script(EXAMPLES / "compare_controllers.py", "--out", str(tmp_path / "cmp"), cwd=tmp_path,
-                      tracking_uri=tracking_uri)
-    assert proc.returncode == 0, proc.stderr
+def test_compare_controllers_script(tmp_path, run_example):
+    stdout = run_example("compare_controllers", "--out", str(tmp_path / "cmp"))
     for ctrl in ("grpo", "ppo", "random", "grid"):
-        assert re.search(rf"^{ctrl}: learned x = [0-9.]+, distance to optimum = [0-9.]+$", proc.stdout, re.M), ctrl
+        assert re.search(rf"^{ctrl}: learned x = [0-9.]+, distance to optimum = [0-9.]+$", stdout, re.M), ctrl
     result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert result["controllers"] == ["grpo", "ppo", "random", "grid"]
     assert all(len(result["runs"][c]) == 2 for c in result["controllers"])  # 2 seeds each
@@ -263,7 +284,7 @@ packages = ["hpctl_throwaway"]
 '''
 
 
-def test_third_party_plugin_installs_through_its_entry_point(tmp_path, tracking_uri):
+def test_third_party_plugin_installs_through_its_entry_point(tmp_path, hpctl_main, monkeypatch):
     pkg = tmp_path / "pkg"
     (pkg / "hpctl_throwaway").mkdir(parents=True)
     (pkg / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT))
@@ -275,19 +296,26 @@ def test_third_party_plugin_installs_through_its_entry_point(tmp_path, tracking_
     assert pip.returncode == 0, pip.stderr
     assert list(site.glob("hpctl_throwaway-0.1.0.dist-info/entry_points.txt"))
 
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "MLFLOW_TRACKING_URI": tracking_uri, "COLUMNS": "200"}
-    listed = run_cli("list", cwd=tmp_path, env=env, timeout=120)
-    assert listed.returncode == 0, listed.stderr
-    assert re.search(r"throwaway\s.*hpctl_throwaway:ThrowawayPlugin", listed.stdout), listed.stdout
+    # the folder on the path, as PYTHONPATH puts it there: importlib.metadata reads it at every lookup
+    monkeypatch.setenv("COLUMNS", "200")
+    sys.path.insert(0, str(site))
+    importlib.invalidate_caches()
+    try:
+        code, out, err = hpctl_main("list")
+        assert code == 0, err
+        assert re.search(r"throwaway\s.*hpctl_throwaway:ThrowawayPlugin", out), out
 
-    ran = run_cli("run", "throwaway", "--target", "0.8", "-c", "random", "--budget", "24", "--json",
-                  "--out", str(tmp_path / "run"), cwd=tmp_path, env=env, timeout=120)
-    assert ran.returncode == 0, ran.stderr
-    res = json.loads(ran.stdout.strip().splitlines()[-1])
-    assert res["plugin"] == "throwaway"
-    assert abs(res["learned"]["gain"] - 0.8) < 0.3  # the flag from its Config reached its task
+        code, out, err = hpctl_main("run", "throwaway", "--target", "0.8", "-c", "random", "--budget", "24", "--json",
+                                    "--out", str(tmp_path / "run"))
+        assert code == 0, err
+        res = json.loads(out.strip().splitlines()[-1])
+        assert res["plugin"] == "throwaway"
+        assert abs(res["learned"]["gain"] - 0.8) < 0.3  # the flag from its Config reached its task
+    finally:
+        sys.path.remove(str(site))
+        sys.modules.pop("hpctl_throwaway", None)
+        importlib.invalidate_caches()
 
     # without the folder on the path the plugin is unknown again: one line, exit code 2
-    gone = run_cli("run", "throwaway", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": tracking_uri}, timeout=120)
-    assert gone.returncode == 2 and "unknown plugin 'throwaway'" in gone.stderr
+    code, _, err = hpctl_main("run", "throwaway")
+    assert code == 2 and "unknown plugin 'throwaway'" in err and len(err.strip().splitlines()) == 1
