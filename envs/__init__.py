@@ -103,15 +103,19 @@ def make_plugin_env(plugin: str, *, seed: int = 0, budget: int | None = None, gr
     :class:`hpctl.errors.ConfigError`.
     """
     from hpctl.config import RunOptions
-    from hpctl.rundir import RunSpec, prepare_out_dir
+    from hpctl.errors import ConfigError
+    from hpctl.rundir import MARKER, RunSpec
     from hpctl.runner import build
 
     tmp = None
     if out_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix=f"hpctl-{plugin}-env-")
         path = Path(tmp.name)
-    else:
-        path = prepare_out_dir(str(out_dir), plugin, "env", seed)
+    else:  # a working folder the caller chose: the task writes (and reuses) its own files there
+        path = Path(out_dir)
+        if (path / MARKER).exists():
+            raise ConfigError(f"out_dir {str(path)!r} holds an hpctl run; give the env a folder of its own")
+        path.mkdir(parents=True, exist_ok=True)
     spec = RunSpec(plugin, RunOptions(seed=seed, budget=budget, group_size=group_size, commit_rule=commit_rule,
                                       reward=reward), plugin_config=dict(options))
     try:

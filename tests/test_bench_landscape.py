@@ -180,7 +180,7 @@ def test_a_shorter_fine_tune_is_scored_on_the_trajectory_curve_of_its_length(tmp
         return task
 
     value = np.array([0.6])
-    long_task, short_task = task_with(4, "long"), task_with(2, "short")
+    long_task, short_task = task_with(4, "long"), task_with(2, "short_task")
     _, _, along = L.grid_point(long_task, value, [2])
     assert along[0] == -short_task.full_run(value) and along[0] != along[1]
     long_task.close()

@@ -93,7 +93,7 @@ def test_bad_plugin_option_is_a_one_line_config_error():
     with pytest.raises(ConfigError, match="has no option 'hiden'") as info:
         gym.make("hpctl/MagnitudePrune-v0", hiden=3)
     assert "\n" not in str(info.value)
-    with pytest.raises(ConfigError, match="total_steps must be >= 1"):
+    with pytest.raises(ConfigError, match=r"total_steps .*must be between 1 and"):
         gym.make("hpctl/MagnitudePrune-v0", total_steps=0)
 
 
