@@ -223,7 +223,7 @@ def ray_head_with_token(tmp_path):
             pytest.fail(f"ray start --head did not come up: {(tmp_path / 'ray_head.log').read_text()[-2000:]}")
         yield f"127.0.0.1:{port}", token
     finally:
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):  # ray start --block ignores SIGTERM
             try:
                 os.killpg(proc.pid, sig)  # the head's own process group (start_new_session)
             except ProcessLookupError:
