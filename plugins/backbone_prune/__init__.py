@@ -90,8 +90,8 @@ class BackbonePruneConfig:
     task: str = field(default="xquad", metadata={"help": "task data", "choices": list(TASKS)})
     lang: str = field(default="ar", metadata={"help": "target language", "choices": list(LANGS)})
     preset: str = field(default="default", metadata={
-        "help": "sizes for unset options: smoke (tiny model, seconds), default (Gemma 3 270M, under 10 min on "
-                "2 CPU cores with the backbone cached), full (longer, larger splits)", "choices": list(PRESET_NAMES)})
+        "help": "sizes for unset options: smoke (tiny model, seconds), default (Gemma 3 270M, minutes on a CPU "
+                "with the backbone cached), full (longer, larger splits)", "choices": list(PRESET_NAMES)})
     backbone: str | None = field(default=None, metadata={
         "help": "frozen backbone: gemma3-270m (offline, from PyPI), tiny (random test model), a .gguf file, "
                 "a local model folder or a hub id (preset: tiny for smoke, else gemma3-270m)"})
