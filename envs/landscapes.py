@@ -15,7 +15,14 @@ Shapes (``width`` is the scale of the peak in knob units):
 ``skewed``     a bump three times wider on the right than on the left;
 ``two-peaked`` the global bump at the optimum plus a wider, lower decoy bump (height
                ``decoy_height``, default 0.7) at ``decoy`` (default: the mirror image of the
-               optimum).
+               optimum);
+``cliff``      a plateau beside a cliff: on the low side of the optimum (its edge) the reward
+               rises gently towards it, linearly, by 1/6 per ``width`` (a ratio a long way below
+               the edge still scores well); above the edge it falls steeply, a half-Gaussian
+               of scale ``width / 5`` (0.14 at ``0.4 * width`` past it), as a quality that
+               collapses past a prune ratio does. Every coordinate of a 2-d knob has its own
+               edge, the reward is the product. The optimum is the edge itself: distance is
+               measured to it.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from hpctl.errors import ConfigError
 from hpctl.knob import Knob
 from hpctl.task import Task
 
-SHAPES = ("peaked", "flat", "skewed", "two-peaked")
+SHAPES = ("peaked", "flat", "skewed", "two-peaked", "cliff")
 
 
 @dataclass
@@ -89,6 +96,10 @@ class Landscape:
         if self.shape == "skewed":
             scale = np.where(d < 0, w, 3 * w)
             return float(np.exp(-0.5 * np.sum((d / scale) ** 2)))
+        if self.shape == "cliff":
+            gentle = np.maximum(1.0 + d / (6 * w), 0.0)  # d <= 0: the plateau side
+            steep = np.exp(-0.5 * (d / (w / 5)) ** 2)  # d > 0: past the edge
+            return float(np.prod(np.where(d <= 0, gentle, steep)))
         # two-peaked
         main = np.exp(-0.5 * np.sum((d / w) ** 2))
         dd = x - np.asarray(self.decoy) - self.drift * float(np.clip(progress, 0.0, 1.0))

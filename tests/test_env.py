@@ -173,3 +173,17 @@ def test_knob_validation_and_unit_transform():
     assert v.to_dict([0.3, 0.4]) == {"attn": 0.3, "mlp": 0.4}
     with pytest.raises(ConfigError, match="outside its bounds"):
         v.validate([0.3, 0.99])
+
+
+def test_cliff_rises_gently_to_its_edge_and_falls_steeply_past_it():
+    ls = Landscape(optimum=(0.6,), shape="cliff", width=0.15)
+    below = [ls(np.array([0.6 - s])) for s in (0.0, 0.05, 0.1, 0.3)]
+    above = [ls(np.array([0.6 + s])) for s in (0.0, 0.05, 0.1)]
+    assert below[0] == pytest.approx(1.0) and np.all(np.diff(below) < 0)  # the edge is the best value
+    assert 1.0 - below[1] < 0.1 and below[3] > 0.6  # the plateau side: a gentle slope
+    assert above[1] < 0.3 and above[2] < 0.01  # the cliff side: a steep fall
+    assert ls.distance(np.array([0.5])) == pytest.approx(0.1)  # distance is to the edge
+    two = Landscape(optimum=(0.6, 0.3), shape="cliff", width=0.15)
+    assert two(np.array([0.6, 0.3])) == pytest.approx(1.0)
+    assert two(np.array([0.5, 0.3])) == pytest.approx(ls(np.array([0.5])))  # each coordinate its own edge
+    assert two(np.array([0.6, 0.4])) < 0.01
