@@ -264,3 +264,52 @@ def test_criteria_throughput_and_prune_cost():
 
 def test_stats():
     assert analysis._stats([3, 1, 2]) == {"median": 2.0, "min": 1.0, "max": 3.0, "values": [3.0, 1.0, 2.0]}
+
+
+# ----------------------------------------------------------------------------- issue 36: time to adapter, pooling
+def test_time_to_the_final_adapter_leaves_the_scoring_both_pay_apart():
+    grid = record("grid", 1000.0, {"controller_s": 800.0, "grid_dev_eval_s": 100.0, "final_train_s": 80.0,
+                                   "eval_test_s": 40.0, "eval_dev_s": 10.0}, 50.0)
+    grpo = record("grpo", 250.0, {"controller_s": 70.0, "final_train_s": 80.0, "eval_test_s": 40.0,
+                                  "eval_dev_s": 10.0}, 49.0)
+    # the grid's dev scoring of its points and its re-run stay in; the finished adapter's scoring comes out
+    assert analysis.adapter_time(grid) == {"adapter_s": 950.0, "test_s": 40.0, "dev_loss_s": 10.0, "wall_s": 1000.0}
+    assert analysis.adapter_time(grpo)["adapter_s"] == 200.0
+    slow = record("grpo", 300.0, {"eval_test_s": 40.0, "eval_dev_s": 10.0}, 49.0)
+    sa = analysis.seed_averaged({0: {"grid": grid, "grpo": grpo}, 1: {"grid": grid, "grpo": slow}}, "xquad", "en")
+    t = sa["arms"]["grpo"]
+    assert [x["ratio"] for x in t["time"]] == [950 / 200, 950 / 250]
+    assert [x["wall_ratio"] for x in t["time"]] == [1000 / 250, 1000 / 300]
+    assert t["ratio_range"] == [950 / 250, 950 / 200] and t["ratio_median"] == pytest.approx((950 / 250 + 950 / 200) / 2)
+    assert t["adapter_s_median"] == 225.0 and "ratio" not in sa["arms"]["grid"]["time"][0]
+    assert sa["curve"] is None  # no grid points: no landscape, the times all the same
+    # the check: the lowest seed against 4.5x
+    crit = analysis.criteria({"median": {"grpo": {}}, "seed_averaged": sa}, None)["adapter_speedup_every_seed"]
+    assert crit["value"] == 950 / 250 and crit["target"] == 4.5 and not crit["pass"]
+
+
+def test_pooled_differences_against_the_grid_and_against_target_only():
+    def scored(arm, wall, scores):
+        return record(arm, wall, {}, 0.0, test_scores=scores)
+
+    records = {0: {"grid": scored("grid", 900.0, {"q0": 50.0, "q1": 20.0}),
+                   "grpo": scored("grpo", 200.0, {"q0": 60.0, "q1": 20.0}),
+                   "target-only": scored("target-only", 100.0, {"q0": 40.0, "q1": 20.0})},
+               1: {"grid": scored("grid", 900.0, {"q0": 10.0, "q1": 30.0}),
+                   "grpo": scored("grpo", 200.0, {"q0": 20.0, "q1": 30.0}),
+                   "target-only": scored("target-only", 100.0, {"q0": 10.0, "q1": 0.0, "q9": 99.0})}}
+    # grpo - grid over the 4 (seed, question) pairs: 10, 0, 10, 0; grpo - target-only: 20, 0, 10, 30 (q9: unpaired)
+    assert analysis.pooled_difference(records, "grpo", "grid", "xquad", "en")["mean"] == 5.0
+    vs_t = analysis.pooled_difference(records, "grpo", "target-only", "xquad", "en")
+    assert vs_t["mean"] == 15.0 and vs_t["n"] == 4 and vs_t["lo"] <= 15.0 <= vs_t["hi"]
+    assert vs_t == analysis.paired_bootstrap({"0/q0": 60.0, "0/q1": 20.0, "1/q0": 20.0, "1/q1": 30.0},
+                                             {"0/q0": 40.0, "0/q1": 20.0, "1/q0": 10.0, "1/q1": 0.0})
+    assert analysis.pooled_difference(records, "ppo", "grid", "xquad", "en") is None  # no seed has it
+    sa = analysis.seed_averaged(records, "xquad", "en")
+    assert sa["arms"]["grpo"]["vs_grid"]["mean"] == 5.0 and sa["arms"]["grpo"]["vs_target_only"]["mean"] == 15.0
+    assert sa["arms"]["grid"]["vs_target_only"]["mean"] == 10.0  # 10, 0, 0, 30
+    assert "vs_grid" not in sa["arms"]["grid"] and "vs_target_only" not in sa["arms"]["target-only"]
+    assert sa["arms"]["target-only"]["vs_grid"]["mean"] == -10.0
+    # the over-seeds pooling against the grid is the same figure
+    s = analysis.summarise(records, {}, "xquad", "en", steps=8, yardstick=analysis.YARDSTICK)
+    assert s["median"]["grpo"]["score_diff_pooled"] == sa["arms"]["grpo"]["vs_grid"]

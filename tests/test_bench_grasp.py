@@ -320,3 +320,72 @@ def test_report_only_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["--scale", "regret", "--tag", "xx", "--out", str(tmp_path), "--report-only"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a grasp_vs_grid results file" in err
+
+
+# ----------------------------------------------------------------------------- issue 36
+def test_search_arms_run_at_grasps_budget_and_the_regret32_scale_halves_only_the_fine_tunes(tmp_path):
+    scale = arms.SCALES["regret32"]
+    ad = {"source_adapter": "/s", "target_adapter": "/t"}
+    specs = {a: arms.arm_spec(a, scale.plugin_config, ad, 3, scale, tmp_path / a, "sqlite:///x.db")
+             for a in ("grpo", "tpe", "random")}
+    for a, spec in specs.items():
+        assert spec.options.controller == a and spec.options.seed == 3
+        assert (spec.options.budget, spec.options.group_size) == (specs["grpo"].options.budget, scale.group_size)
+        assert spec.plugin_config == specs["grpo"].plugin_config  # same data, adapters, steps
+    assert set(arms.CONTROLLER_ARMS) == {"grpo", "ppo", "tpe", "random"} and set(arms.CONTROLLER_ARMS) < set(arms.ARMS)
+    new, old = arms.resolved(scale.plugin_config), arms.resolved(arms.SCALES["regret"].plugin_config)
+    assert (new.steps, new.controller_steps, old.steps) == (32, 16, 64)
+    diff = {k for k, v in vars(new).items() if vars(old)[k] != v}
+    assert diff == {"steps"}
+
+
+def _doc_with_yardstick(tmp_path):
+    """A results file as the cli writes it now (two seeds, every arm), from the fake records."""
+    runs, adapters = {}, {}
+    for seed in (0, 1):
+        recs, ad = _fake(tmp_path / f"s{seed}")
+        recs = recs[0]
+        recs["grid"]["metrics"]["dev_loss"] = 2.0  # its best point's loss: the grid was scored by the dev loss
+        for arm, learned in (("tpe", 0.1 + 0.5 * seed), ("random", 0.9)):
+            recs[arm] = {**recs["ppo"], "arm": arm, "label": arms.ARM_LABELS[arm], "learned": {"prune_ratio": learned}}
+        recs["grpo"]["learned"] = {"prune_ratio": 0.37 + 0.1 * seed}
+        for rec in recs.values():
+            rec["test_scores"] = analysis.per_example_scores("xquad", "en", rec["out_dir"])
+            rec["phases"] = {**rec["phases"], "eval_dev_s": 5.0}
+        runs[str(seed)], adapters[str(seed)] = recs, ad[0]
+    return {"benchmark": "grasp_vs_grid", "scale": "smoke", "scale_note": "fake", "command": "c", "commands": ["c"],
+            "seeds": [0, 1], "k": 4, "budget": 20, "group_size": 4, "steps": 16, "controller_steps": 4,
+            "steps_per_round": 1, "task": "xquad", "lang": "en", "plugin_config": {}, "backbone_name": "fake",
+            "adapters": adapters, "grid_points": {s: r["grid"]["grid_points"] for s, r in runs.items()},
+            "tag": "t", "tracking_uri": "sqlite:///x", "mlflow_parent_run_id": "p", "runs_dir": "r",
+            "versions": {}, "yardstick": analysis.YARDSTICK, "runs": runs}
+
+
+def test_a_results_file_with_the_yardstick_reports_the_seed_averaged_reading(tmp_path):
+    doc = _doc_with_yardstick(tmp_path)
+    summary, crit = cli.summarise_doc(doc)
+    sa = summary["seed_averaged"]
+    curve = [(x, v) for x, v in sa["curve"]["points"]]
+    assert curve == [(0.0, 2.2), (0.3, 2.0), (0.6, 2.1), (0.9, 2.5)]  # both seeds drew the same fake grid
+    tpe = sa["arms"]["tpe"]["trend"]
+    assert [r["fraction"] for r in tpe] == [analysis.on_trend(curve, 0.1), analysis.on_trend(curve, 0.6)]
+    # every arm pays 25 s of test generation and 5 s of dev loss: grid 830 - 30 against grpo 220 - 30
+    assert sa["arms"]["grpo"]["time"][0]["ratio"] == pytest.approx(800 / 190)
+    assert sa["arms"]["grpo"]["vs_grid"]["mean"] == pytest.approx(25.0) and sa["arms"]["grpo"]["vs_grid"]["n"] == 8
+    # grpo answers q0, q1, q2 right, target-only none: 3 x 100 / 4 questions
+    assert sa["arms"]["grpo"]["vs_target_only"]["mean"] == pytest.approx(75.0)
+    assert crit["adapter_speedup_every_seed"]["value"] == pytest.approx(800 / 190) and "regret" not in crit
+    md = cli.render(doc)
+    assert "## Language en: seeds 0, 1 on their seed-averaged landscape" in md
+    fr = ", ".join(f"{100 * r['fraction']:.1f} %" for r in tpe)
+    assert f"| TPE search | 0.1000, 0.6000 | {fr} | {sum(r['pass'] for r in tpe)} of 2 |" in md
+    assert f"| GRASP (GRPO) | 190, 190 | {800 / 190:.2f}x, {800 / 190:.2f}x |" in md
+    assert "| GRASP (GRPO) | +25.00 [" in md and "| target-only | " in md
+    # --report-only keeps such a file a fixed point, and renders what render() renders
+    path = tmp_path / "grasp_vs_grid_smoke_t.json"
+    path.write_text(json.dumps(report._jsonable(doc)))
+    argv = ["--scale", "smoke", "--tag", "t", "--out", str(tmp_path), "--report-only"]
+    assert cli.main(argv) == 0
+    first = path.read_text()
+    assert cli.main(argv) == 0 and path.read_text() == first
+    assert (tmp_path / "grasp_vs_grid_smoke_t.md").read_text() == cli.render(json.loads(first)) == md

@@ -187,3 +187,78 @@ def test_the_summary_counts_the_rounds_whose_best_probe_was_the_most_pruned():
     # a record without a trace (an older run) has no rounds
     s2 = analysis.summarise({0: {"grid": grid, "grpo": _record("grpo", 100.0, 0.9, 1.3)}}, {}, "xquad", "ar", steps=8)
     assert "probe_rounds" not in s2["per_seed"][0]["vs_grid"]["grpo"] and "probe_rounds" not in s2["median"]["grpo"]
+
+
+# ----------------------------------------------------------------------------- issue 36: the seed-averaged trend
+RATIOS8 = [0.9 * i / 7 for i in range(8)]
+
+
+def _bowl(sign):
+    """1 + (r - 0.4)^2 with every point pushed +-0.03 alternately: seed 0 one way, seed 1 the other, so each
+    seed's curve is bumpy but their mean is the bowl exactly."""
+    return [(r, 1.0 + (r - 0.4) ** 2 + sign * (0.03 if i % 2 else -0.03)) for i, r in enumerate(RATIOS8)]
+
+
+def _two_seed_parts(learned):
+    """Seeds 0 and 1 with their own bumpy grids; ``learned``: {arm: (seed 0's ratio, seed 1's)}."""
+    records = {}
+    for seed, sign in ((0, 1), (1, -1)):
+        points = _bowl(sign)
+        best = min(loss for _, loss in points)
+        arms = {"grid": _record("grid", 500.0, learned["grid"][seed], best,
+                                grid_points=_grid(best, points)["grid_points"])}
+        for arm, ratios in learned.items():
+            if arm != "grid":
+                arms[arm] = _record(arm, 100.0, ratios[seed], best + 0.01)
+        records[seed] = arms
+    return records
+
+
+def test_the_seed_averaged_trend_is_read_on_the_mean_of_the_seeds_curves():
+    learned = {"grid": (0.386, 0.514), "grpo": (0.4, 0.9), "tpe": (0.5, 0.65), "random": (0.0, 0.4),
+               "target-only": (0.0, 0.0)}
+    sa = analysis.seed_averaged(_two_seed_parts(learned), "xquad", "ar")
+    cv = sa["curve"]
+    assert [x for x, _ in cv["points"]] == pytest.approx(RATIOS8)
+    assert [v for _, v in cv["points"]] == pytest.approx([1.0 + (r - 0.4) ** 2 for r in RATIOS8])  # the bumps cancel
+    # the trend of the mean is the bowl: minimum at 0.4, range 0.25 over [0, 0.9] (its top at 0.9), no scatter
+    assert cv["trend_min"] == pytest.approx(0.4, abs=1e-3) and cv["trend_range"] == pytest.approx(0.25, abs=1e-5)
+    assert cv["scatter"] == pytest.approx(0.0, abs=1e-6) and cv["seeds"] == [0, 1]
+    # each seed alone is bumpy: its own trend's scatter is not 0 (what the mean removes)
+    assert analysis.curve_roughness(_bowl(1))["roughness"] > 0.02
+
+    def fractions(arm):
+        return [r["fraction"] for r in sa["arms"][arm]["trend"]]
+
+    # on the bowl, (r - 0.4)^2 / 0.25: 0.4 -> 0 %, 0.9 -> 100 %, 0.5 -> 4 %, 0.65 -> 25 %, 0 -> 64 %
+    assert fractions("grpo") == pytest.approx([0.0, 1.0], abs=1e-4)
+    assert fractions("tpe") == pytest.approx([0.04, 0.25], abs=1e-4)
+    assert fractions("random") == pytest.approx([0.64, 0.0], abs=1e-4)
+    assert fractions("grid") == pytest.approx([0.014 ** 2 / 0.25, 0.114 ** 2 / 0.25], abs=1e-4)
+    g = sa["arms"]["grpo"]
+    assert [r["pass"] for r in g["trend"]] == [True, False] and (g["within"], g["parts"]) == (1, 2)
+    assert g["worst"] == pytest.approx(1.0, abs=1e-4)
+    assert sa["arms"]["tpe"]["within"] == 1  # 4 % in, 25 % out
+    assert "trend" not in sa["arms"]["target-only"]  # no source adapter: not a point of this curve
+    # the checks read GRPO's worst part on the trend, in place of issue 12's per-seed raw regret
+    s = analysis.summarise(_two_seed_parts(learned), {}, "xquad", "ar", steps=8, controller_steps=2,
+                           yardstick=analysis.YARDSTICK)
+    crit = analysis.criteria(s, None)
+    assert crit["trend_every_part"]["value"] == pytest.approx(1.0, abs=1e-4) and not crit["trend_every_part"]["pass"]
+    assert not {"regret", "regret_on_trend", "speedup_as_run_every_seed"} & set(crit)
+    # a file measured without the yardstick (the 64-step history) is summarised and checked as it was
+    old = analysis.summarise(_two_seed_parts(learned), {}, "xquad", "ar", steps=8, controller_steps=2)
+    assert "seed_averaged" not in old and "regret" in analysis.criteria(old, None)
+    assert "trend_every_part" not in analysis.criteria(old, None)
+
+
+def test_the_seed_averaged_trend_needs_the_same_grid_in_every_seed():
+    assert analysis.mean_curve({0: [(0.0, 1.0), (0.5, 3.0)], 1: [(0.0, 2.0), (0.5, 5.0)]}) == [(0.0, 1.5), (0.5, 4.0)]
+    with pytest.raises(ValueError, match="other ratios"):
+        analysis.mean_curve({0: [(0.0, 1.0), (0.5, 3.0)], 1: [(0.0, 2.0), (0.6, 5.0)]})
+    records = _two_seed_parts({"grid": (0.4, 0.4), "grpo": (0.4, 0.4)})
+    records[1]["grid"]["grid_points"] = [{"value": [r + 0.01], "dev_score": p["dev_score"]}
+                                         for r, p in zip(RATIOS8, records[1]["grid"]["grid_points"])]
+    sa = analysis.seed_averaged(records, "xquad", "ar")  # never costs the rest of the report
+    assert sa["curve"] is None and "other ratios" in sa["curve_error"] and "trend" not in sa["arms"]["grpo"]
+    assert sa["arms"]["grpo"]["time"]  # the times are still read

@@ -1,6 +1,6 @@
 """Benchmark: GRASP LoRA (GRPO / PPO controller) against the 8-point grid and the target-only adapter.
 
-Run:  python -m benchmarks.grasp_vs_grid --scale smoke|cpu|gpu [--seeds 1] [--out benchmarks/results]
+Run:  python -m benchmarks.grasp_vs_grid --scale smoke|cpu|regret|regret32|gpu [--seeds 1] [--out benchmarks/results]
 
 Two training lengths: every *fine-tune* (each grid point, every arm's final run, the
 target-only adapter; ``GraspTask.fine_tune_steps``) is ``steps`` optimizer steps, GRASP's
@@ -24,7 +24,11 @@ Per seed, on the same backbone, data split (``data_seed``), seed and step budget
 2. **GRASP (GRPO)**: the GRPO controller interleaved with the controller run's training
    (``controller_steps``), then the final fine-tune at the learned ratio (``steps``).
 3. **GRASP (PPO)**: the same with the Stable-Baselines3 PPO controller.
-4. **target-only**: the target adapter alone (``merge=target_only``, ratio 0: no source,
+4. **TPE** and **random search** (``tpe``, ``random``): hpctl's Optuna TPE and random-search
+   controllers at GRASP's probe budget and group size. Search controllers never train: their
+   probes all score the start of training (the merged adapter), the best-scoring ratio goes
+   through the same final phase (fine-tune at that ratio, test metrics).
+5. **target-only**: the target adapter alone (``merge=target_only``, ratio 0: no source,
    no pruning), fine-tuned for the same steps on the same batches and tested the same way
    (controller ``fixed`` at 0; its single probe is one micro-dev forward).
 
@@ -72,11 +76,40 @@ controller (on the trend's minimum) would score against a re-run grid (``analysi
 how attainable the raw target is at all. ``--report-only`` re-summarises a committed results
 file with the current analysis code and runs nothing.
 
+Issue 36's yardstick (files measured by this code carry ``"yardstick": "seed_averaged_trend"``;
+the 64-step ``regret`` files, measured before, are reported as they were): per language, over a
+file's seeds, (1) each arm's learned ratio on the trend of the seed-averaged landscape (the mean
+of the seeds' grid curves, its quadratic trend) as a percentage of the trend's range above its
+minimum, target at most 10 % in every part; (2) the time to the final adapter (wall time less
+the test generation and the final adapter's dev loss, which every arm pays alike and which are
+listed apart: the search, the grid's dev scoring and re-run, and the final fine-tune stay in)
+and the grid's over the arm's, as run, target at least 4.5x for GRPO in every part; (3) each
+arm's test score minus the grid's and minus target-only's, paired over every (seed, question),
+with a 95 % bootstrap interval (:func:`.analysis.seed_averaged`).
+
+Issue 36's six parts (``regret32``: 32-step fine-tunes, the 16-step controller run kept), each
+committed as it finishes; a part merges into its language's file
+(``benchmarks/results/grasp_vs_grid_regret32_<lang>.*``)::
+
+    python -m benchmarks.grasp_vs_grid --scale regret32 --arms grid,grpo,target-only,tpe,random --seeds 0-0 --tag ar
+    python -m benchmarks.grasp_vs_grid --scale regret32 --arms grid,grpo,target-only,tpe,random --seeds 1-1 --tag ar
+    python -m benchmarks.grasp_vs_grid --scale regret32 --arms grid,grpo,target-only,tpe,random --seeds 2-2 --tag ar
+    python -m benchmarks.grasp_vs_grid --scale regret32 --arms grid,grpo,target-only,tpe,random --seeds 0-0 --set lang=zh --tag zh
+    python -m benchmarks.grasp_vs_grid --scale regret32 --arms grid,grpo,target-only,tpe,random --seeds 1-1 --set lang=zh --tag zh
+    python -m benchmarks.grasp_vs_grid --scale regret32 --arms grid,grpo,target-only,tpe,random --seeds 2-2 --set lang=zh --tag zh
+
+Estimated wall time on an idle 2-core CPU, from the 64-step regret parts' phases (fine-tunes
+halved, the grid's dev scoring, probes and test generation as measured; TPE and random each as
+GRPO less its controller-run training): about 61-63 minutes per Arabic part, 51-53 per Chinese
+part (grid about 29 and 25, GRPO 8.5 and 7.5, TPE and random 7.5 and 6.5 each, target-only 6.5
+and 5.5, shared adapters 1.5), about 5.7 hours in all.
+
 Scales: ``smoke`` (tiny random backbone, minutes: checks the machinery, the metrics are
 meaningless), ``cpu`` (Gemma 3 270M, sizes pinned in ``CPU_SIZES``: 64-step fine-tunes, a
 16-step controller run, 16 micro-dev examples, masks every 4 steps; about 45 minutes on 2
-cores), ``gpu`` (a Llama-3-8B-class backbone with the ``full`` preset sizes, ``--device cuda
---dtype bfloat16``; not run yet: no GPU was available to this project's sessions).
+cores), ``regret`` (the cpu scale with 192 target-train questions and 300-question dev and
+test sets), ``regret32`` (the same with 32-step fine-tunes), ``gpu`` (a Llama-3-8B-class
+backbone with the ``full`` preset sizes, ``--device cuda --dtype bfloat16``; not run yet: no GPU was available to this project's sessions).
 
 Modules: :mod:`.arms` (scales, the arms' run specs, running them, the shared adapters),
 :mod:`.analysis` (pure: time breakdowns and ratios, the cost model, the bootstrap, summaries,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __doc__ as DOC
-from .analysis import criteria, per_example_scores, summarise
+from .analysis import YARDSTICK, criteria, per_example_scores, summarise
 from .arms import ARMS, EXPERIMENT, SCALES, arm_spec, resolved, run_arm, train_shared_adapters, warm_up_metrics
 from .report import _jsonable, markdown, plot_seed, print_tables
 from .throughput import measure_throughput
@@ -137,6 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
 DERIVED_KEYS = ("summary", "throughput", "criteria", "plots", "runs")
 
 
+def summarise_doc(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A results file's summary and checks, as this code computes them from its measurements (the
+    ``yardstick`` it was measured with, if any, says which readings it gets)."""
+    records = {int(s): r for s, r in doc["runs"].items()}
+    adapters = {int(s): a for s, a in doc["adapters"].items()}
+    summary = summarise(records, adapters, doc["task"], doc["lang"], int(doc["steps"]), int(doc["controller_steps"]),
+                        yardstick=doc.get("yardstick"))
+    return summary, criteria(summary, doc.get("throughput"))
+
+
+def render(doc: dict[str, Any]) -> str:
+    """A results file's markdown report, from its measurements (what ``--report-only`` writes)."""
+    summary, crit = summarise_doc(doc)
+    meta = {k: v for k, v in doc.items() if k not in DERIVED_KEYS}
+    return markdown(meta, summary, doc.get("throughput"), crit, doc.get("plots") or [])
+
+
 def rereport(args: argparse.Namespace, console) -> int:
     """``--report-only``: the committed results file, re-summarised by the current analysis code."""
     from hpctl.errors import ConfigError
@@ -145,15 +162,12 @@ def rereport(args: argparse.Namespace, console) -> int:
     js, md = Path(args.out) / f"{stem}.json", Path(args.out) / f"{stem}.md"
     try:
         doc = json.loads(js.read_text())
-        records = {int(s): r for s, r in doc["runs"].items()}
-        adapters = {int(s): a for s, a in doc["adapters"].items()}
-        summary = summarise(records, adapters, doc["task"], doc["lang"], int(doc["steps"]),
-                            int(doc["controller_steps"]))
+        records = doc["runs"]
+        summary, crit = summarise_doc(doc)
     except FileNotFoundError:
         raise ConfigError(f"no results file {js} to re-report (run the benchmark, or check --scale/--tag/--out)") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{js} is not a grasp_vs_grid results file ({type(exc).__name__}: {exc})") from None
-    crit = criteria(summary, doc.get("throughput"))
     meta = {k: v for k, v in doc.items() if k not in DERIVED_KEYS}
     doc.update(summary=summary, criteria=crit)
     js.write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
@@ -313,7 +327,8 @@ def _main(args: argparse.Namespace, argv: list[str] | None, console) -> int:
             console.print(f"kept seed(s) {', '.join(map(str, earlier['runs']))} of {js} (same configuration)",
                           highlight=False, markup=False)
         records = dict(sorted(records.items()))
-        summary = summarise(records, adapters, cfg.task, cfg.lang, int(cfg.steps), int(cfg.controller_steps))
+        summary = summarise(records, adapters, cfg.task, cfg.lang, int(cfg.steps), int(cfg.controller_steps),
+                            yardstick=YARDSTICK)
         crit = criteria(summary, throughput)
         first = next(iter(records.values()))
         backbone_name = next((r["backbone"] for r in first.values() if r.get("backbone")), None)
@@ -335,6 +350,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, console) -> int:
             "grid_points": {str(s): r["grid"]["grid_points"] for s, r in records.items() if "grid" in r},
             "tag": args.tag,
             "backbone_name": backbone_name,
+            "yardstick": YARDSTICK,  # issue 36: the report reads the seeds on their mean curve's trend
         }
         plots = []
         for seed, arms_rec in records.items():

@@ -12,7 +12,7 @@ import numpy as np
 from hpctl.rundir import to_jsonable
 
 from .analysis import TARGET_SCORE_GAP
-from .arms import ARM_LABELS, ARMS, GRASP_ARMS
+from .arms import ARM_LABELS, ARMS, CONTROLLER_ARMS, GRASP_ARMS
 
 
 def _f(x: Any, p: int = 2) -> str:
@@ -203,6 +203,71 @@ def over_seeds(summary: dict[str, Any]) -> list[str]:
     return L
 
 
+def _join(rows: list[dict[str, Any]], key: str, fmt: str, scale: float = 1.0) -> str:
+    """``rows``' values of ``key`` (where present), formatted and comma-joined; ``-`` when none has it."""
+    return ", ".join(fmt.format(scale * r[key]) for r in rows if r.get(key) is not None) or "-"
+
+
+def _ci(b: dict[str, Any] | None) -> str:
+    return f"{b['mean']:+.2f} [{b['lo']:+.2f}, {b['hi']:+.2f}] ({b['n']})" if b else "-"
+
+
+def seed_averaged_lines(summary: dict[str, Any], lang: str) -> list[str]:
+    """Markdown lines of issue 36's per-language reading (:func:`.analysis.seed_averaged`); empty without it."""
+    sa = summary.get("seed_averaged")
+    if not sa:
+        return []
+    seeds, arms, cv = sa["seeds"], sa["arms"], sa["curve"]
+    pct = f"{100 * sa['target']:.0f} %"
+    L = [f"## Language {lang}: seeds {', '.join(map(str, seeds))} on their seed-averaged landscape", ""]
+    if cv:
+        L += [f"The seed-averaged landscape is the mean of the grid curves of seed(s) "
+              f"{', '.join(map(str, cv['seeds']))} "
+              "(ratio: dev loss after that point's fine-tune): "
+              + ", ".join(f"{x:.3f}: {v:.4f}" for x, v in cv["points"])
+              + f". Its trend (the quadratic through those points) is lowest at ratio {cv['trend_min']:.3f} and "
+              f"spans {cv['trend_range']:.4f} over the grid's ratios; the mean's points lie "
+              + (f"{100 * cv['scatter']:.0f} % of that range (std) about it." if np.isfinite(cv["scatter"] or np.nan)
+                 else "on it (too few points to say how far).")
+              + f" Each learned ratio is read on the trend as a percentage of its range above its minimum "
+              f"(0 %: at the minimum; target at most {pct} in every part); the grid's row reads its chosen points.",
+              "", "| arm | learned ratio per seed | % of the trend's range per seed | within " + pct + " |",
+              "|---|---|---|---|"]
+        for arm, row in arms.items():
+            if "trend" in row:
+                L.append(f"| {ARM_LABELS.get(arm, arm)} | {_join(row['trend'], 'ratio', '{:.4f}')} | "
+                         f"{_join(row['trend'], 'fraction', '{:.1f} %', 100)} | "
+                         f"{row['within']} of {row['parts']} |")
+        L.append("")
+    elif sa.get("curve_error"):
+        L += [f"No seed-averaged landscape: {sa['curve_error']}.", ""]
+    else:
+        L += ["No seed-averaged landscape: no seed has a grid scored by the dev loss.", ""]
+    L += ["Time to the final adapter: each arm's wall time as run less the scoring of the finished adapter that "
+          "every arm pays alike (generation on the test split; its dev loss), listed apart: the search (the grid's "
+          "fine-tunes, their dev scoring and its re-run of the winner; a controller's run and probes) and the final "
+          "fine-tune, loading and tracking included, the shared adapters not (trained once per seed). Ratio: the "
+          "grid's time over the arm's in the same seed.", "",
+          "| arm | time to adapter s per seed | grid / arm per seed | median [min, max] | with the scoring: grid / arm "
+          "per seed | test scoring s per seed | dev-loss scoring s per seed |", "|---|---|---|---|---|---|---|"]
+    for arm, row in arms.items():
+        t = row["time"]
+        r = row.get("ratio_range")
+        L.append(f"| {ARM_LABELS.get(arm, arm)} | {_join(t, 'adapter_s', '{:.0f}')} | "
+                 f"{_join(t, 'ratio', '{:.2f}x')} | "
+                 + (f"{row['ratio_median']:.2f}x [{r[0]:.2f}, {r[1]:.2f}]" if r else "-") + " | "
+                 f"{_join(t, 'wall_ratio', '{:.2f}x')} | "
+                 f"{_join(t, 'test_s', '{:.0f}')} | {_join(t, 'dev_loss_s', '{:.0f}')} |")
+    L += ["", "Test score (F1 for XQuAD) of each arm minus the grid's and minus target-only's, paired over every "
+          "(seed, question) both answered, with a 95 % bootstrap interval (pairs in brackets):", "",
+          "| arm | minus the grid | minus target-only |", "|---|---|---|"]
+    for arm, row in arms.items():
+        L.append(f"| {ARM_LABELS.get(arm, arm)} | {_ci(row.get('vs_grid')) if arm != 'grid' else '-'} | "
+                 f"{_ci(row.get('vs_target_only')) if arm != 'target-only' else '-'} |")
+    L.append("")
+    return L
+
+
 def markdown(meta: dict[str, Any], summary: dict[str, Any], throughput: dict[str, Any] | None,
              crit: dict[str, Any], plots: list[str]) -> str:
     L = [f"# GRASP LoRA vs the {meta['k']}-point grid ({meta['scale']} scale)", "",
@@ -221,6 +286,7 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], throughput: dict[str
     if meta["scale"] == "smoke":
         L += ["> smoke scale: a tiny *random* backbone; every test score is expected to be ~0 and the times are "
               "dominated by fixed costs. It checks the machinery, not the method.", ""]
+    L += seed_averaged_lines(summary, meta["lang"])
     L += over_seeds(summary)
     for seed, s in summary["per_seed"].items():
         ap = meta["adapters"][str(seed)]["passes"]
@@ -272,6 +338,14 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], throughput: dict[str
                     if se:
                         L += [f"- Test score: {se}"]
                     L += [""]
+            for arm in [a for a in CONTROLLER_ARMS if a not in GRASP_ARMS]:
+                c = s["vs_grid"].get(arm)
+                if c and c.get("probe_rounds"):
+                    L += [f"**What {ARM_LABELS[arm]} saw**: its probes all score the same training state (a search "
+                          "controller never trains); per state (step: Spearman of micro-dev score against ratio, the "
+                          "best ratio; * where it is the highest probed): " + "; ".join(
+                              f"{r['step']}: {r['spearman']:+.2f}, {r['best_ratio']:.3f}"
+                              + ("*" if r["best_is_highest"] else "") for r in c["probe_rounds"]), ""]
         head, rows = phase_table(s)
         L += ["### Every phase", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         L += ["| " + " | ".join(r) + " |" for r in rows]
@@ -419,8 +493,8 @@ def plot_seed(path: Path, arms: dict[str, dict[str, Any]], title: str) -> Path |
     ax.set_xlabel("global prune ratio")
     ax.set_ylabel("dev score (grid points; higher is better)")
     ax2 = ax.twinx()
-    colors = {"grpo": "C0", "ppo": "C3"}
-    for arm in GRASP_ARMS:
+    colors = {"grpo": "C0", "ppo": "C3", "tpe": "C2", "random": "C4"}
+    for arm in CONTROLLER_ARMS:
         rec = arms.get(arm)
         if not rec:
             continue
