@@ -278,11 +278,70 @@ cli.add_command(PluginCommands("run", builder=build_run_command,
                                help="Learn a plugin's knob with a controller: hpctl run PLUGIN [OPTIONS]"))
 
 
+def _compare_bars():
+    """``(on_run, close)``: one progress bar per trial of a comparison, the previous one closed."""
+    bars: list[RunProgress] = []
+
+    def on_run(ctrl: str, seed: int) -> RunProgress:
+        while bars:
+            bars.pop().__exit__(None, None, None)
+        bar = RunProgress(f"{ctrl} seed {seed}").__enter__()
+        bars.append(bar)
+        return bar
+
+    def close() -> None:
+        while bars:
+            bars.pop().__exit__(None, None, None)
+
+    return on_run, close
+
+
+def _print_comparison(result: dict[str, Any], as_json: bool) -> None:
+    from hpctl.compare import summary_table
+
+    console = make_console(stderr=as_json)
+    console.print(summary_table(result))
+    for f in result.get("failures", []):
+        console.print(f"[red]failed[/red]: {f['controller']} seed {f['seed']}: {f['error']} ({f['out_dir']})")
+    console.print(f"compare.json, compare.png in {result['out_dir']}; MLflow parent run {result['mlflow_run_id']}")
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+
+
+def _resume_comparison(ctx: click.Context, resume: str, plugin_name: str | None, kwargs: dict[str, Any]) -> None:
+    """``hpctl compare [PLUGIN] --resume DIR``: only the engine flags (where trials run) and --json may go with it."""
+    from hpctl.compare import resume_compare
+    from hpctl.rundir import read_spec
+
+    typed = [p for p in ctx.command.params if p.name not in ("resume", "as_json") and p.expose_value
+             and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+    bad = [p for p in typed if p.name not in ENGINE_KEYS]
+    if bad:
+        raise ConfigError(f"--resume continues a comparison exactly as it was started; drop {bad[0].opts[0]}")
+    spec = read_spec(resume)
+    if spec.command != "compare":
+        raise ConfigError(f"--resume {resume!r} belongs to `{spec.command} {spec.plugin}`, not `compare` "
+                          f"(resume it with hpctl {spec.command} {spec.plugin} --resume {resume})")
+    if plugin_name is not None and spec.plugin != plugin_name:
+        raise ConfigError(f"--resume {resume!r} belongs to `compare {spec.plugin}`, not `compare {plugin_name}`")
+    on_run, close = _compare_bars()
+    try:
+        result = resume_compare(resume, on_run=on_run,
+                                engine_settings={p.name: kwargs.get(p.name) for p in typed if p.name in ENGINE_KEYS})
+    finally:
+        close()
+    _print_comparison(result, bool(kwargs.get("as_json")))
+
+
 def build_compare_command(plugin) -> click.Command:
     @click.pass_context
     def callback(ctx: click.Context, **kwargs: Any) -> None:
-        from hpctl.compare import compare, summary_table
+        from hpctl.compare import compare
 
+        resume = kwargs.pop("resume", None)
+        if resume:
+            _resume_comparison(ctx, resume, plugin.name, kwargs)
+            return
         controllers, seeds = kwargs.pop("controllers"), kwargs.pop("seeds")
         opts, plugin_cfg = compose(ctx, plugin, kwargs)
         from_file = ctx.meta.get("hpctl.compare_file", {})
@@ -297,29 +356,12 @@ def build_compare_command(plugin) -> click.Command:
         opts = dataclasses.replace(opts, seed=first)
         if len(controllers) == 1 and opts.controller is None:  # a plain --set is for the one controller compared
             opts = dataclasses.replace(opts, controller=controllers[0])
-        out = opts.out
-        console = make_console(stderr=kwargs.get("as_json", False))
-
-        bars: list[RunProgress] = []
-
-        def on_run(ctrl: str, seed: int) -> RunProgress:
-            while bars:
-                bars.pop().__exit__(None, None, None)
-            bar = RunProgress(f"{ctrl} seed {seed}").__enter__()
-            bars.append(bar)
-            return bar
-
+        on_run, close = _compare_bars()
         try:
-            result = compare(plugin.name, controllers, seeds, opts, plugin_cfg, out=out, on_run=on_run)
+            result = compare(plugin.name, controllers, seeds, opts, plugin_cfg, out=opts.out, on_run=on_run)
         finally:
-            while bars:
-                bars.pop().__exit__(None, None, None)
-        console.print(summary_table(result))
-        for f in result.get("failures", []):
-            console.print(f"[red]failed[/red]: {f['controller']} seed {f['seed']}: {f['error']} ({f['out_dir']})")
-        console.print(f"compare.json, compare.png in {result['out_dir']}; MLflow parent run {result['mlflow_run_id']}")
-        if kwargs.get("as_json"):
-            click.echo(json.dumps(result, default=str))
+            close()
+        _print_comparison(result, bool(kwargs.get("as_json")))
 
     cmd = GroupedCommand(plugin.name, callback=callback, help=f"Compare controllers on {plugin.name}",
                          params=plugin_options(plugin.Config, plugin.preset_defaults, group=f"{plugin.name} options"))
@@ -332,6 +374,8 @@ def build_compare_command(plugin) -> click.Command:
     ]
     cmd = common_run_options(cmd, plugin, compare=True)
     cmd = engine_run_options(cmd, probe_workers=False)
+    cmd.params.append(option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
+                             help="finish the comparison in this directory (killed, or SIGKILLed)", group=RUN_GROUP))
     cmd.params += [
         renamed(["--controller", "-c"], "hpctl compare takes no --controller/-c: --controllers names the "
                                         "controllers (e.g. --controllers grpo,random), and a --set setting "
@@ -363,8 +407,27 @@ def parse_seeds(value: Any, first: int) -> tuple[int, int]:
     raise ConfigError(f"--seeds must be a count N or a range A..B (e.g. 3 or 10..12), got {shorten(repr(value))}")
 
 
-cli.add_command(PluginCommands("compare", builder=build_compare_command,
-                               help="Compare controllers on one plugin: hpctl compare PLUGIN --controllers a,b --seeds N|A..B"))
+@click.pass_context
+def _compare_group(ctx: click.Context, resume: str | None, as_json: bool) -> None:
+    if ctx.invoked_subcommand is not None:
+        if resume or as_json:
+            raise ConfigError(f"put {'--resume' if resume else '--json'} after the plugin "
+                              f"(hpctl compare {ctx.invoked_subcommand} ...), or give --resume DIR alone")
+        return
+    if not resume:
+        click.echo(ctx.get_help())
+        ctx.exit(2)
+    _resume_comparison(ctx, resume, None, {"as_json": as_json})
+
+
+cli.add_command(PluginCommands(
+    "compare", builder=build_compare_command, callback=_compare_group, invoke_without_command=True,
+    params=[click.Option(["--resume"], default=None, type=click.Path(exists=True, file_okay=False),
+                         help="finish the comparison in this directory (killed, or SIGKILLed): hpctl compare "
+                              "--resume DIR"),
+            click.Option(["--json", "as_json"], is_flag=True, help="with --resume: print the result as one JSON line")],
+    help="Compare controllers on one plugin: hpctl compare PLUGIN --controllers a,b --seeds N|A..B; "
+         "finish a killed one: hpctl compare --resume DIR"))
 
 
 def _ran_config(run_dir: Path) -> dict[str, Any]:

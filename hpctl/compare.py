@@ -7,6 +7,10 @@ worker is lost is retried by the engine and resumes from its checkpoint, in the 
 MLflow child run; the results do not depend on the engine. The summary gives, per controller, the median and inter-quartile range over
 seeds of the learned value, the primary test metric, the distance to the optimum (where
 the plugin knows it), the probes spent and the wall time.
+
+Nothing is left RUNNING in MLflow: SIGTERM or Ctrl-C ends the running trial's run and the
+parent KILLED; after a SIGKILL (or a lost machine), ``hpctl compare --resume DIR`` reuses
+the finished trials, resumes the others from their checkpoints and closes the parent run.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from hpctl.controllers.base import get_controller
 from hpctl.config import MAX_SEED, RunOptions
 from hpctl.engines import Outcome, engine_options, get_engine, local_options
 from hpctl.engines.base import raise_user_error
-from hpctl.errors import ConfigError
+from hpctl.errors import ConfigError, ResumeError, Terminated, one_line, shorten
 from hpctl.registry import load_plugin
-from hpctl.rundir import CHECKPOINT, RESULT, TRIAL_MARK, RunSpec, atomic_write_json, note_files, open_run_dir
+from hpctl.rundir import (CHECKPOINT, RESULT, TRIAL_MARK, RunSpec, atomic_write_json, lock_run_dir, note_files,
+                          open_run_dir)
 from hpctl.runner import configure, run
-from hpctl.tracking import Tracker
+from hpctl.tracking import Tracker, end_quietly
 
 
 #: the most seeds ``hpctl compare --seeds`` runs per controller
@@ -92,20 +97,30 @@ def run_trial(spec_json: dict[str, Any], parent_run_id: str | None, token: str,
     mark = out_dir / TRIAL_MARK
     retry = mark.is_file() and mark.read_text().strip() == token
     if retry and (out_dir / RESULT).is_file():
-        result = json.loads((out_dir / RESULT).read_text())
+        try:  # a trial killed after its result was written: its MLflow record is completed and closed
+            result = run(spec, resume_dir=out_dir, parent_run_id=parent_run_id, trial=True, plugin=plugin,
+                         experiment_id=experiment_id)
+        except ResumeError:  # its run has ended: the result stands as written
+            result = json.loads((out_dir / RESULT).read_text())
     elif retry and (out_dir / CHECKPOINT).is_file():
         result = run(spec, resume_dir=out_dir, parent_run_id=parent_run_id, progress=progress, trial=True,
                      plugin=plugin, experiment_id=experiment_id)
     else:  # a retry lost before its first checkpoint starts this trial's own folder again
         result = run(spec, parent_run_id=parent_run_id, progress=progress, trial=True, plugin=plugin,
                      experiment_id=experiment_id, overwrite=retry, trial_token=token)
-    hist_file = Path(result["out_dir"]) / "history.json"
+    hist_file = out_dir / "history.json"  # the trial's folder as this comparison names it (resumed from elsewhere)
     history = json.loads(hist_file.read_text()) if hist_file.is_file() else []
     return {"result": result, "history": history}
 
 
-def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptions, plugin_config: dict[str, Any],
-            *, out: str | None = None, on_run: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
+#: what a comparison's folder holds for ``hpctl compare --resume``: its own spec (the
+#: comparison's options, the parent run and the token that marks its trials' folders)
+COMPARE_SPEC = "spec.json"
+
+
+def _check_compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptions,
+                   plugin_config: dict[str, Any]):
+    """Every option of the comparison and of each of its trials checked; the plugin loaded."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if seeds > MAX_SEEDS:  # checked before a trial list the size of the count is built
@@ -123,11 +138,22 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
     options = engine_options(base)
     if options.probe_workers is not None:
         raise ConfigError("--probe-workers is for `hpctl run`; `hpctl compare --engine ray` runs whole trials in parallel")
-    t_start = time.perf_counter()
     plugin = load_plugin(plugin_name)
     for ctrl in controllers:  # every trial's options (--total-steps' bound too) before anything is made
         configure(RunSpec(plugin=plugin_name, options=dataclasses.replace(
             base, controller=ctrl, controller_config=settings_for(ctrl, base)), plugin_config=plugin_config), plugin)
+    return plugin, options
+
+
+def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptions, plugin_config: dict[str, Any],
+            *, out: str | None = None, on_run: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
+    """Run every (controller, seed) trial and summarise them (module docstring).
+
+    The comparison's folder gets its :data:`COMPARE_SPEC` before any trial starts, so a
+    comparison killed at any moment (SIGKILL included) is finished by :func:`resume_compare`.
+    """
+    t_start = time.perf_counter()
+    plugin, options = _check_compare(plugin_name, controllers, seeds, base, plugin_config)
     engine = get_engine(options)  # --engine ray: joined (or started) before anything is recorded
     out_dir, lock = open_run_dir(out or f"runs/compare-{plugin_name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                  plugin_name, "compare", base.seed, command="compare", tracking_uri=base.tracking_uri)
@@ -137,13 +163,81 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
     except BaseException:
         lock.discard()
         raise
-    parent.log_params({"controllers": ",".join(controllers), "seeds": seeds, "budget": base.budget,
-                       "plugin_config": plugin_config})
+    token = uuid.uuid4().hex
+    return _run_comparison(plugin, plugin_name, controllers, seeds, base, plugin_config, engine, out_dir, lock,
+                           parent, token, on_run=on_run, t_start=t_start, resumed=False)
+
+
+def resume_compare(out_dir: str | Path, *, on_run: Callable[[str, int], Any] | None = None,
+                   engine_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``hpctl compare --resume DIR``: finish a comparison that was killed (SIGKILL, a lost machine).
+
+    Trials that finished are reused (a trial killed after its result was written has its
+    MLflow record completed), trials with a checkpoint resume from it, the others run
+    from the start; then the summary is made and the comparison's MLflow run (the same
+    parent run) is closed. Trial runs the killed process left open before their first
+    checkpoint are closed KILLED. ``engine_settings``: where the trials run now (the
+    ``--engine`` flags; the results do not depend on it).
+    """
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    spec_file = out_dir / COMPARE_SPEC
+    try:
+        raw = json.loads(spec_file.read_text())
+        if not isinstance(raw, dict):
+            raise TypeError(f"it holds a JSON {type(raw).__name__}")
+    except FileNotFoundError:
+        raise ResumeError(f"{str(out_dir)!r} is not a comparison folder (no {COMPARE_SPEC})") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise ResumeError(f"{str(spec_file)!r} cannot be read: {shorten(str(exc), 200)}") from None
+    if raw.get("command") != "compare" or not isinstance(raw.get("compare"), dict):
+        raise ResumeError(f"{str(out_dir)!r} holds `hpctl {raw.get('command', 'run')}`, not a comparison "
+                          f"(resume it with hpctl {raw.get('command', 'run')} {raw.get('plugin', 'PLUGIN')} --resume)")
+    try:
+        spec = RunSpec.from_json(raw)
+        saved = raw["compare"]
+        controllers, seeds = [str(c) for c in saved["controllers"]], int(saved["seeds"])
+        token, run_id, uri = str(saved["token"]), str(saved["mlflow_run_id"]), str(saved["tracking_uri"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResumeError(f"{str(spec_file)!r} is not a comparison's spec: {shorten(one_line(exc), 200)}") from None
+    base = dataclasses.replace(spec.options, tracking_uri=uri, out=str(out_dir), **(engine_settings or {}))
+    plugin, options = _check_compare(spec.plugin, controllers, seeds, base, spec.plugin_config)
+    lock = lock_run_dir(out_dir, what="compare")  # one writer: a comparison still running is refused here
+    try:
+        parent = Tracker(uri, f"hpctl-{spec.plugin}", run_id=run_id, reopen=False)
+        was = parent.status()
+        if was != "RUNNING" and (out_dir / "compare.json").is_file():
+            raise ResumeError(f"the comparison in {str(out_dir)!r} has finished (compare.json exists, MLflow run "
+                              f"{was}); nothing to resume")
+        engine = get_engine(options)
+        parent.client.update_run(run_id, status="RUNNING")  # until it ends below
+    except BaseException:
+        lock.release()
+        raise
+    return _run_comparison(plugin, spec.plugin, controllers, seeds, base, spec.plugin_config, engine, out_dir,
+                           lock, parent, token, on_run=on_run, t_start=t_start, resumed=True)
+
+
+def _run_comparison(plugin, plugin_name: str, controllers: list[str], seeds: int, base: RunOptions,
+                    plugin_config: dict[str, Any], engine, out_dir: Path, lock, parent: Tracker, token: str, *,
+                    on_run: Callable[[str, int], Any] | None, t_start: float, resumed: bool) -> dict[str, Any]:
+    """The trials and the summary of a comparison whose folder is locked and whose MLflow
+    run is open. Whatever happens, the parent run and every trial run under it end
+    (KILLED on SIGTERM or Ctrl-C, FAILED on an error) and the folder is released."""
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in controllers}
     failures: list[dict[str, Any]] = []
     trajs: dict[str, list] = {c: [] for c in controllers}
     status, error = "FINISHED", None
     try:
+        if not resumed:
+            atomic_write_json(out_dir / COMPARE_SPEC, {
+                **RunSpec(plugin=plugin_name, options=base, plugin_config=plugin_config, command="compare").to_json(),
+                "compare": {"controllers": controllers, "seeds": seeds, "token": token,
+                            "mlflow_run_id": parent.run_id, "tracking_uri": parent.uri}})
+            parent.log_params({"controllers": ",".join(controllers), "seeds": seeds, "budget": base.budget,
+                               "plugin_config": plugin_config})
+        else:
+            parent.set_tags({"hpctl.resumed": "true"})
         trials: list[tuple[str, int, RunOptions]] = []
         for ctrl in controllers:
             for s in range(seeds):
@@ -155,7 +249,6 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
                     opts = dataclasses.replace(opts, out=str((out_dir / f"{ctrl}-s{seed}").resolve()),
                                                tracking_uri=parent.uri)
                 trials.append((ctrl, seed, opts))
-        token = uuid.uuid4().hex
 
         def finished(i: int, outcome: Outcome) -> None:
             raise_user_error(outcome)  # the same bad input would fail every trial
@@ -171,6 +264,8 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
             on_result=finished,
             in_process=lambda i: {"progress": on_run(*trials[i][:2]) if on_run else None, "plugin": plugin,
                                   "experiment_id": parent.experiment_id})
+        if resumed:  # trial runs the killed process opened before their first checkpoint: nothing resumes them
+            parent.close_children("KILLED")
         for (ctrl, seed, opts), outcome in zip(trials, outcomes):
             if not outcome.ok:  # one crashed trial does not cost the others
                 failures.append({"controller": ctrl, "seed": seed, "error": outcome.error, "out_dir": opts.out})
@@ -201,7 +296,7 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
                                                      "wall_s", "mlflow_run_id")}
                                for r in rs] for c, rs in runs.items()},
                   "failures": failures, "mlflow_run_id": parent.run_id, "out_dir": str(out_dir),
-                  "engine": engine.name, "wall_s": time.perf_counter() - t_start}
+                  "engine": engine.name, "wall_s": time.perf_counter() - t_start, "resumed": resumed}
         atomic_write_json(out_dir / "compare.json", result)
         parent.artifact(out_dir / "compare.json")
         for ctrl, s in summary.items():
@@ -218,13 +313,25 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
         return result
     except BaseException as exc:
         status, error = ("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"), str(exc)
+        if isinstance(exc, KeyboardInterrupt):
+            error = (f"{'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted (Ctrl-C)'}; "
+                     f"resume with hpctl compare --resume {out_dir}")
         raise
     finally:
         try:
-            parent.end(status, error)
+            if status != "FINISHED":  # a trial interrupted before its own clean-up could end its run
+                parent.close_children(status)
+        except BaseException:  # noqa: BLE001 - a second signal here still ends the parent below
+            pass
         finally:
-            note_files(out_dir)
-            lock.release()
+            try:
+                if status == "FINISHED":
+                    parent.end(status, error)
+                else:
+                    end_quietly(parent, status, error)
+            finally:
+                note_files(out_dir)
+                lock.release()
 
 
 def summary_table(result: dict[str, Any]):
