@@ -1,4 +1,4 @@
-"""The command line: ``python -m benchmarks.grasp_vs_grid --scale smoke|cpu|gpu ...``."""
+"""The command line: ``python -m benchmarks.grasp_vs_grid --scale smoke|cpu|regret|regret32|gpu ...``."""
 
 from __future__ import annotations
 
