@@ -480,3 +480,99 @@ def test_default_score_is_minus_the_models_own_teacher_forced_loss():
     assert score == pytest.approx(-sum(a for a, _ in sums) / sum(n for _, n in sums), rel=1e-6)
     with pytest.raises(ConfigError, match="the probe data has no labels"):
         Scorer([{k: v for k, v in b.items() if k != "labels"} for b in batches])(model)
+
+
+def _gain_callback(probe, tracking_uri, **kw) -> KnobCallback:
+    knob = FunctionKnob(hpctl.Knob("gain", 0.0, 1.0, default=0.5), apply=lambda v: None, probe=probe)
+    return KnobCallback(knob, every_steps=2, budget=12, group_size=3, seed=0, tracking_uri=tracking_uri, **kw)
+
+
+def test_the_trainers_logs_show_the_knob_the_rounds_best_probe_and_the_controller(tmp_path, tracking_uri,
+                                                                                 monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "trainer-logs")
+    mlflow.set_tracking_uri(tracking_uri)
+    cb = _gain_callback(lambda v: -abs(v - 0.8), tracking_uri)
+    trainer = Trainer(model=_lora_model(), args=_args(tmp_path, max_steps=8, report_to=["mlflow"]),
+                      train_dataset=_tokens(32, 1), callbacks=[cb])
+    trainer.train()
+    s = cb.session
+    rows = [h for h in trainer.state.log_history if "hpctl/knob/gain" in h]
+    assert [h["step"] for h in rows] == [0, 2, 4, 6]  # a round at the start and every 2 steps, until done
+    commits = [e for e in s.history if e["event"] == "commit"]
+    assert [h["hpctl/knob/gain"] for h in rows[:3]] == pytest.approx([float(e["value"][0]) for e in commits])
+    assert rows[-1]["hpctl/knob/gain"] == pytest.approx(s.learned)  # the last round finished the session
+    for h, n in zip(rows[:3], range(3)):
+        probes = [e for e in s.history if e["event"] == "probe" and e["round"] == n]
+        best = max(probes, key=lambda e: e["score"])
+        assert h["hpctl/best_probe/gain"] == pytest.approx(float(best["value"][0]))
+        assert h["hpctl/best_probe_score"] == pytest.approx(best["score"])
+        assert h["hpctl/probes"] == probes[-1]["probe"]
+    assert rows[1]["hpctl/state/sigma"] < rows[0]["hpctl/state/sigma"]  # GRPO's sigma, as it shrinks
+    assert all(k.startswith("hpctl/") for h in rows for k in h if k not in ("epoch", "step"))
+    # a reporter of report_to (MLflow here) got them at the Trainer's steps
+    history = MlflowClient(tracking_uri).get_metric_history(s.tracker.run_id, "hpctl/knob/gain")
+    assert sorted(m.step for m in history) == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize("raised, status", [(RuntimeError("boom in training"), "FAILED"),
+                                            (KeyboardInterrupt(), "KILLED")])
+def test_a_trainer_aborted_by_an_exception_ends_the_callbacks_run(raised, status, tmp_path, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    class Boom(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise raised
+
+    cb = _gain_callback(lambda v: -abs(v - 0.8), tracking_uri)
+    trainer = Trainer(model=_lora_model(), args=_args(tmp_path, max_steps=8), train_dataset=_tokens(32, 1),
+                      callbacks=[cb, Boom()])
+    with pytest.raises(type(raised)):
+        trainer.train()
+    run = MlflowClient(tracking_uri).get_run(cb.session.tracker.run_id)
+    assert run.info.status == status  # now, not when the process ends
+    if status == "FAILED":
+        assert run.data.tags["error"] == "RuntimeError: boom in training"
+    # its checkpoint was saved and its folder let go: the session resumes where the round left it
+    again = hpctl.Session(cb.knob.knob, "grpo", budget=12, group_size=3, seed=0, out_dir=cb.session.out_dir,
+                          steps_per_round=2, total_steps=8, resume=True, tracking_uri=tracking_uri)
+    assert again.value == cb.session.value and again.tracker.run_id == run.info.run_id
+    again.close()
+
+
+@pytest.mark.parametrize("probe, error, message", [
+    (lambda v: float("nan"), hpctl.HpctlError, r"all \d+ probes failed, so nothing was learned"),
+    (lambda v: "abc", ConfigError, r"FunctionKnob 'gain': probe\(0.5\) returned 'abc', not a number"),
+    (lambda v: True, ConfigError, r"returned True, not a number"),
+])
+def test_a_function_knob_whose_probes_give_no_scores_fails_in_one_line(probe, error, message, tmp_path,
+                                                                       tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    cb = _gain_callback(probe, tracking_uri)
+    trainer = Trainer(model=_lora_model(), args=_args(tmp_path, max_steps=8), train_dataset=_tokens(32, 1),
+                      callbacks=[cb])
+    with pytest.raises(error, match=message) as e:
+        trainer.train()
+    assert "\n" not in str(e.value)
+    assert not (cb.session.out_dir / "result.json").exists()  # no result at the default value
+    assert MlflowClient(tracking_uri).get_run(cb.session.tracker.run_id).info.status == "FAILED"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: LoraPruneKnob(low="a"), "low must be a number .*got 'a'"),
+    (lambda: LoraPruneKnob(high=None), "high must be a number .*got None"),
+    (lambda: LoraPruneKnob(groups=[1, 2]), r"groups must map a group name to module-name suffixes.*got \[1, 2\]"),
+    (lambda: LoraPruneKnob(groups={"attn": "q_proj"}), "groups must map.*got {'attn': 'q_proj'}"),
+    (lambda: LoraPruneKnob(groups={"attn": [1]}), "groups must map"),
+    (lambda: LearningRateKnob(low="a"), "low must be a number, got 'a'"),
+    (lambda: LearningRateKnob(default="1e-3"), "default must be a number, got '1e-3'"),
+])
+def test_bad_knob_values_are_one_line_errors_naming_them(make, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        make()
+    assert "\n" not in str(e.value)

@@ -11,6 +11,7 @@ here imports transformers.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from hpctl.errors import ConfigError
+from hpctl.errors import ConfigError, shorten
 from hpctl.knob import Knob
 
 __all__ = ["FunctionKnob", "TrainerContext", "TrainerKnob", "autocast_for", "model_device", "preserved_rng",
@@ -143,4 +144,10 @@ class FunctionKnob(TrainerKnob):
         self._apply(self._user(value))
 
     def probe(self, value: np.ndarray) -> float:
-        return float(self._probe(self._user(value)))
+        user = self._user(value)
+        score = self._probe(user)
+        item = score.item() if getattr(score, "ndim", None) == 0 and hasattr(score, "item") else score  # numpy, torch
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Real):
+            raise ConfigError(f"FunctionKnob {self.knob.name!r}: probe({self.knob.format(value)}) returned "
+                              f"{shorten(repr(score))}, not a number (return the score as an int or a float)")
+        return float(item)

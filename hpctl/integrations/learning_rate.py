@@ -8,13 +8,14 @@ the scheduler's base rates and probes one by a forked lookahead.
 from __future__ import annotations
 
 import copy
+import numbers
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from hpctl.errors import ConfigError
+from hpctl.errors import ConfigError, shorten
 from hpctl.integrations.base import TrainerContext, TrainerKnob, autocast_for, model_device, to_device
 from hpctl.knob import Knob
 
@@ -94,6 +95,9 @@ class LearningRateKnob(TrainerKnob):
     def __init__(self, low: float = 1e-6, high: float = 1e-2, default: float | None = None, *,
                  name: str = "learning_rate", lookahead_steps: int = 4, train_data: Sequence[Any] | None = None,
                  data_collator: Callable | None = None, batch_size: int | None = None) -> None:
+        for what, value in (("low", low), ("high", high), ("default", default)):
+            if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)):
+                raise ConfigError(f"LearningRateKnob: {what} must be a number, got {shorten(repr(value))}")
         if not 0 < low < high:
             raise ConfigError(f"learning rate bounds need 0 < low < high, got [{low}, {high}]")
         if isinstance(lookahead_steps, bool) or not isinstance(lookahead_steps, int) or lookahead_steps < 1:

@@ -8,6 +8,7 @@ probes candidates with masks that are undone bit for bit.
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hpctl.errors import ConfigError
+from hpctl.errors import ConfigError, shorten
 from hpctl.integrations.base import TrainerContext, TrainerKnob
 from hpctl.integrations.delta import DeltaLinear, LowRank, linear_shape
 from hpctl.integrations.peft_export import export_peft
@@ -141,8 +142,15 @@ class LoraPruneKnob(TrainerKnob):
                  groups: Mapping[str, Sequence[str]] | None = None, mask_every: int = 4) -> None:
         if isinstance(mask_every, bool) or not isinstance(mask_every, int) or mask_every < 1:
             raise ConfigError(f"mask_every must be a positive integer, got {mask_every!r}")
+        for what, value in (("low", low), ("high", high)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+                raise ConfigError(f"LoraPruneKnob: {what} must be a number (a pruning ratio), got {shorten(repr(value))}")
         if not 0.0 <= low < high <= 1.0:
             raise ConfigError(f"pruning ratios need 0 <= low < high <= 1, got [{low}, {high}]")
+        if groups is not None and (not isinstance(groups, Mapping) or not all(
+                isinstance(m, (list, tuple)) and m and all(isinstance(x, str) for x in m) for m in groups.values())):
+            raise ConfigError(f"LoraPruneKnob: groups must map a group name to module-name suffixes, e.g. "
+                              f"{{'attn': ['q_proj', 'v_proj'], 'mlp': ['up_proj']}}, got {shorten(repr(groups))}")
         self.groups = {str(g): list(m) for g, m in groups.items()} if groups else None
         dim = len(self.groups) if self.groups else 1
         labels = tuple(f"{name}/{g}" for g in self.groups) if self.groups and dim > 1 else ()

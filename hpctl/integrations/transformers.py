@@ -24,7 +24,13 @@ random stream (dropout, data order) is the one it would have been without the ca
 The round is an :class:`hpctl.Session` (:mod:`hpctl.session`): the same controllers,
 commit rules, guard, budget, MLflow records and run folder as ``hpctl run``. With
 ``report_to="mlflow"`` the callback logs into the Trainer's MLflow run (keys prefixed
-``hpctl/`` and ``hpctl.``); otherwise it opens its own run. The session is saved into every
+``hpctl/`` and ``hpctl.``); otherwise it opens its own run. After every round it also
+writes into the Trainer's own logs (``trainer.log``: ``state.log_history`` and every
+reporter of ``report_to``, TensorBoard, W&B, the console): ``hpctl/knob/<name>`` (the
+value training continues with), ``hpctl/best_probe/<name>`` and ``hpctl/best_probe_score``
+(the round's best probe), ``hpctl/state/<key>`` (the controller's state, e.g. GRPO's
+``sigma``) and ``hpctl/probes``. A ``train()`` that raises ends the session's run then
+(FAILED; KILLED for Ctrl-C), its checkpoint saved, not at the end of the process. The session is saved into every
 Trainer checkpoint (``checkpoint-N/hpctl_session.safetensors``), so
 ``trainer.train(resume_from_checkpoint=...)`` resumes the controller where that checkpoint
 left it.
@@ -55,9 +61,12 @@ This module (the scorer and the callback) is the only one of hpctl that imports 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 import time
+import weakref
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -233,6 +242,25 @@ def _label_only_loss(model: nn.Module, batch: dict[str, Any]) -> tuple[float | N
 
 
 # --------------------------------------------------------------------- callback ----
+def _calling_trainer() -> Any | None:
+    """The ``transformers.Trainer`` whose method is calling the current callback event (found up
+    the stack: Trainer -> CallbackHandler -> callback), or None."""
+    from transformers import Trainer
+
+    frame = inspect.currentframe()
+    try:
+        for _ in range(16):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                return None
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, Trainer):
+                return owner
+        return None
+    finally:
+        del frame
+
+
 class KnobCallback(TrainerCallback):
     """Steer ``knob`` during ``Trainer.train()`` with an hpctl controller (module docstring).
 
@@ -302,16 +330,64 @@ class KnobCallback(TrainerCallback):
         self.seconds = dict.fromkeys(("probes", "rounds", "steps", "saves", "setup", "finish"), 0.0)
         self.rounds = 0
         self._losses: list[float] = []
+        self._trainer: weakref.ref | None = None  # the Trainer running this callback (for its log)
+        self._guarded: weakref.ref | None = None  # the Trainer whose train() ends the session if it raises
+        self._seen_events = 0  # session history events already summarised in the Trainer's logs
 
     # -- setup ----------------------------------------------------------------------------
     def on_init_end(self, args, state, control, model=None, **kwargs):
-        """The Trainer is built: a knob that cannot steer its model fails here, before ``train()``."""
+        """The Trainer is built: a knob that cannot steer its model fails here, before ``train()``;
+        its ``train()`` is guarded so that an exception ends the session's run (see :meth:`_aborted`)."""
         if model is not None:
             self.knob.check(model)
+        trainer = _calling_trainer()
+        if trainer is not None:
+            self._trainer = weakref.ref(trainer)
+            self._guard(trainer)
+
+    def _guard(self, trainer) -> None:
+        """Wrap ``trainer.train`` (on the instance) so an exception leaving it ends the session's
+        MLflow run at once. Without it (a callback added after the Trainer was built) the run
+        still ends when the process does (:class:`hpctl.Session`'s exit hook), not before."""
+        if self._guarded is not None and self._guarded() is trainer:
+            return
+        original = trainer.train
+        me = weakref.ref(self)
+
+        @functools.wraps(original)
+        def train(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(*args, **kwargs)
+            except BaseException as exc:
+                cb = me()
+                if cb is not None:
+                    cb._aborted(exc)
+                raise
+
+        trainer.train = train
+        self._guarded = weakref.ref(trainer)
+
+    def _aborted(self, exc: BaseException) -> None:
+        """``train()`` raised: an unfinished session saves its checkpoint, lets its folder go and
+        ends its run, FAILED with the exception's line (KILLED for Ctrl-C or SIGTERM); the
+        Trainer checkpoints keep their session files for ``resume_from_checkpoint``."""
+        s = self.session
+        if s is None or s.done or s._failed or s._closed:
+            return
+        try:
+            if isinstance(exc, KeyboardInterrupt):
+                s.close()
+            else:
+                s.__exit__(type(exc), exc, exc.__traceback__)
+        except Exception:  # noqa: BLE001 - never hide the training's own exception
+            pass
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None,
                        train_dataloader=None, **kwargs):
         t0 = time.perf_counter()
+        trainer = _calling_trainer()
+        if trainer is not None:
+            self._trainer = weakref.ref(trainer)
         batches = None
         if self.scoring["score"] is None and self.eval_data is not None:
             batches = collate(self.eval_data, self.data_collator,
@@ -333,6 +409,7 @@ class KnobCallback(TrainerCallback):
                                resume=resume if resume is not None else False,
                                tracking_uri=uri or self.tracking_uri, experiment=self.experiment,
                                mlflow_run_id=run_id, autosave=False, **self.session_kwargs)
+        self._seen_events = len(self.session.recorder.history)  # a resumed session's earlier rounds were logged
         if resume is None:
             try:
                 self.session.tracker.log_params({"trainer": {"every_steps": self.every_steps, **self.knob.describe()}})
@@ -389,10 +466,43 @@ class KnobCallback(TrainerCallback):
                 s.tell(value, score)
             self.knob.apply(np.atleast_1d(np.asarray(s.value, dtype=np.float64)))
         self.rounds += 1
+        self._log_to_trainer(state)
         finishing = s.finish_seconds - finish_before  # the session finished in this round (result, plot)
         self.seconds["probes"] += probe_s
         self.seconds["finish"] += finishing
         self.seconds["rounds"] += time.perf_counter() - t0 - probe_s - finishing
+
+    def trainer_logs(self) -> dict[str, float]:
+        """What the last round adds to the Trainer's logs (module docstring): the value training
+        continues with, the round's best probe and the controller's state, keys ``hpctl/...``."""
+        s = self.session
+        names = self.knob.knob.component_names
+        logs = {f"hpctl/knob/{n}": float(v) for n, v in zip(names, np.atleast_1d(s._value))}
+        events = s.recorder.history
+        probes = [e for e in events[self._seen_events:] if e["event"] == "probe" and math.isfinite(e["score"])]
+        self._seen_events = len(events)
+        if probes:
+            pick = max if s.direction == "maximize" else min
+            best = pick(probes, key=lambda e: e["score"])
+            logs.update({f"hpctl/best_probe/{n}": float(v) for n, v in zip(names, np.atleast_1d(best["value"]))})
+            logs["hpctl/best_probe_score"] = float(best["score"])
+        for key, value in s._user_state(s.controller.state()).items():
+            if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value):
+                logs[f"hpctl/state/{key}"] = float(value)
+        logs["hpctl/probes"] = float(s.probes)
+        return logs
+
+    def _log_to_trainer(self, state) -> None:
+        """The round's summary into the Trainer's logs: through ``trainer.log`` (log_history and every
+        reporter); without the Trainer at hand, into ``state.log_history`` only."""
+        logs = self.trainer_logs()
+        trainer = self._trainer() if self._trainer is not None else None
+        if trainer is not None and getattr(trainer, "state", None) is state:
+            due = trainer.control.should_log  # on_log clears it: the step's own logging (loss, lr) must still happen
+            trainer.log(logs)
+            trainer.control.should_log = due
+        else:
+            state.log_history.append({**logs, "step": int(state.global_step)})
 
     def on_step_begin(self, args, state, control, **kwargs):
         t0 = time.perf_counter()
