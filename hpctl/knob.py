@@ -9,6 +9,7 @@ map between the knob's units and the unit cube the agents work in.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -41,6 +42,23 @@ class Knob:
     labels: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"a knob's name must be a non-empty string, got {shorten(repr(self.name))}")
+        for what in ("low", "high"):
+            value = getattr(self, what)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+                raise ConfigError(f"knob {self.name!r}: {what} must be a number, got {shorten(repr(value))}")
+        if isinstance(self.dim, (bool, np.bool_)) or not isinstance(self.dim, numbers.Integral):
+            raise ConfigError(f"knob {self.name!r}: dim must be a whole number, got {shorten(repr(self.dim))}")
+        if not isinstance(self.log, (bool, np.bool_)):
+            raise ConfigError(f"knob {self.name!r}: log must be True or False, got {shorten(repr(self.log))}")
+        if not isinstance(self.units, str):
+            raise ConfigError(f"knob {self.name!r}: units must be a string, got {shorten(repr(self.units))}")
+        if isinstance(self.labels, str) or not isinstance(self.labels, (tuple, list)) \
+                or not all(isinstance(n, str) for n in self.labels):
+            raise ConfigError(f"knob {self.name!r}: labels must be a tuple of names, one per component, "
+                              f"got {shorten(repr(self.labels))}")
+        object.__setattr__(self, "labels", tuple(self.labels))  # a list works too, and the knob stays hashable
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             raise ConfigError(f"knob {self.name!r}: bounds must be finite, got [{self.low}, {self.high}]")
         if not self.low < self.high:

@@ -149,7 +149,7 @@ import numpy as np
 from hpctl.config import MAX_SEED
 from hpctl.control_env import ControlEnv
 from hpctl.controllers.base import Controller, get_controller
-from hpctl.errors import ConfigError, HpctlError, ResumeError, one_line
+from hpctl.errors import ConfigError, HpctlError, ResumeError, one_line, shorten
 from hpctl.knob import Knob
 from hpctl.rundir import (CHECKPOINT, RESULT, SPEC, atomic_write_bytes, atomic_write_json, lock_run_dir,
                           mark_legacy, note_files, open_run_dir, to_jsonable)
@@ -968,6 +968,10 @@ class Session:
 
     # ------------------------------------------------------------------ finishing ----
     def _finish(self, learned: np.ndarray, early: bool = False) -> None:
+        if self.env.probes and self.recorder.faults >= self.env.probes:  # as `hpctl run`: no result from no scores
+            first = next(e for e in self.recorder.history if e["event"] == "fault")
+            self._fail(SessionError(f"all {self.env.probes} probes failed, so nothing was learned; the first: "
+                                    f"{shorten(str(first.get('error')), 200)}"))
         t0 = time.perf_counter()
         try:
             self._record_result(learned, early)
@@ -1056,6 +1060,7 @@ class Session:
             raise ResumeError(f"session checkpoint {str(path)!r} cannot be used: {exc}") from None
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ResumeError(f"{str(path)!r} is not a session checkpoint")
+        self._check_checkpoint(state, path)
         saved = state["spec"]
         for key, now in self.spec.items():
             was = saved.get(key, _SPEC_DEFAULTS.get(key))
@@ -1063,6 +1068,64 @@ class Session:
                 raise ResumeError(f"cannot resume {str(path)!r}: it was started with {key}={was!r}, "
                                   f"this session has {key}={now!r}")
         return state
+
+    def _check_checkpoint(self, state: dict[str, Any], path: Path) -> None:
+        """A ResumeError naming ``path`` and the field unless ``state`` has every field of a
+        session checkpoint with its type (a checkpoint edited, or written by another tool, is
+        refused before anything is resumed from it), and its round start restores."""
+        def bad(key: str, why: str) -> ResumeError:
+            return ResumeError(f"session checkpoint {str(path)!r} cannot be used: {key!r} {why}")
+
+        def whole(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) and v >= 0
+
+        def real(v: Any) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+        kinds = {"spec": (dict, "a mapping"), "start": ((tuple, list), "a (controller, environment) pair"),
+                 "answers": (list, "a list"), "history": (str, "a JSON string"), "out_dir": (str, "a string"),
+                 "mlflow_run_id": (str, "a string"), "round_events": (whole, "a whole number >= 0"),
+                 "asked_in_round": (whole, "a whole number >= 0"), "loss_reported": ((bool, np.bool_), "True or False"),
+                 "awaiting_train": ((bool, np.bool_), "True or False"), "round_open": ((bool, np.bool_), "True or False"),
+                 "value": ((np.ndarray, list, tuple), "the knob's value"), "tracking_uri": ((str, type(None)), "a string"),
+                 "loss": (lambda v: v is None or real(v), "a number or None")}
+        for key, (kind, what) in kinds.items():
+            if key not in state:
+                raise bad(key, "is missing")
+            value = state[key]
+            if not (kind(value) if callable(kind) and not isinstance(kind, type) else isinstance(value, kind)):
+                raise bad(key, f"must be {what}, got {_shown(value)}")
+        if "logged" in state and not whole(state["logged"]):
+            raise bad("logged", f"must be a whole number >= 0, got {_shown(state['logged'])}")
+        try:
+            self.knob.validate(np.asarray(state["value"], dtype=np.float64))
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise bad("value", f"is not a value of the knob: {exc}") from None
+        for answer in state["answers"]:
+            if not (isinstance(answer, dict) and isinstance(answer.get("kind"), str) and real(answer.get("result"))
+                    and np.asarray(answer.get("value"), dtype=object).size == self.knob.dim):
+                raise bad("answers", f"holds {_shown(answer)}, not a told score (kind, value, result)")
+        try:
+            history = json.loads(state["history"])
+        except ValueError as exc:
+            raise bad("history", f"is not JSON: {exc}") from None
+        if not isinstance(history, list) or not all(isinstance(e, dict) and isinstance(e.get("event"), str)
+                                                    for e in history):
+            raise bad("history", "is not a list of events")
+        start = state["start"]
+        if len(start) != 2 or not all(isinstance(part, dict) for part in start):
+            raise bad("start", "is not a (controller, environment) pair of states")
+        ctrl_state, env_state = pickle.dumps(self.controller.state_dict()), pickle.dumps(self.env.state_dict())
+        try:  # the round start must restore (on copies: this session is put back as it was)
+            self.controller.load_state_dict(copy.deepcopy(start[0]))
+            self.env.load_state_dict(copy.deepcopy(start[1]))
+        except HpctlError as exc:
+            raise bad("start", f"does not restore: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a state another tool wrote fails in any way
+            raise bad("start", f"does not restore this controller and knob: {one_line(exc)}") from None
+        finally:
+            self.controller.load_state_dict(pickle.loads(ctrl_state))
+            self.env.load_state_dict(pickle.loads(env_state))
 
     def _load(self, state: dict[str, Any], *, resend_all: bool) -> None:
         start = state["start"]

@@ -595,3 +595,131 @@ def test_a_session_left_unfinished_ends_its_mlflow_run_at_exit(how, tmp_path, tr
     assert again.tracker.run_id == run.info.run_id
     assert len(again._answers) == 1 and next(iter(again.ask_groups()))[0].number == 1
     again.close()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: hpctl.Knob("x", "a", "b"), "knob 'x': low must be a number, got 'a'"),
+    (lambda: hpctl.Knob("x", 0.0, None), "knob 'x': high must be a number, got None"),
+    (lambda: hpctl.Knob("x", True, 2.0), "knob 'x': low must be a number, got True"),
+    (lambda: hpctl.Knob("x", 0.0, 1.0, dim=2.5), "knob 'x': dim must be a whole number, got 2.5"),
+    (lambda: hpctl.Knob("x", 0.0, 1.0, dim="2"), "knob 'x': dim must be a whole number, got '2'"),
+    (lambda: hpctl.Knob("x", 0.1, 1.0, log="yes"), "knob 'x': log must be True or False, got 'yes'"),
+    (lambda: hpctl.Knob("x", 0.0, 1.0, dim=2, labels="ab"), "knob 'x': labels must be a tuple of names"),
+    (lambda: hpctl.Knob(3, 0.0, 1.0), "a knob's name must be a non-empty string, got 3"),
+    (lambda: hpctl.Knob("x", 0.0, 1.0, default="half"), "knob 'x': 'half' is not a number"),
+])
+def test_a_bad_knob_is_a_one_line_error_naming_the_value(make, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        make()
+    _one_line(e.value)
+
+
+def test_numpy_numbers_and_a_list_of_labels_make_a_knob():
+    knob = hpctl.Knob("x", np.float32(0.0), np.int64(2), dim=np.int64(2), labels=["a", "b"])
+    assert knob.labels == ("a", "b") and knob.dim == 2 and hash(knob)
+
+
+@pytest.mark.parametrize("score", ["0.5", True, np.bool_(False), None, [0.5]])
+def test_tell_takes_numbers_only(score, tmp_path, tracking_uri):
+    s = hpctl.Session(hpctl.Knob("x", 0.0, 1.0, default=0.5), "grpo", budget=8, group_size=4, out_dir=tmp_path / "s",
+                      tracking_uri=tracking_uri)
+    value = next(s.ask())
+    with pytest.raises(SessionError, match="must be a number, got ") as e:
+        s.tell(value, score)
+    _one_line(e.value)
+    s.tell(value, 0.25)  # the value still waits for its score
+    s.close()
+
+
+def test_a_session_whose_every_probe_fails_refuses_to_learn(tmp_path, tracking_uri):
+    """As `hpctl run` does: no result at the default value from no scores, whether the budget
+    runs out or the loop calls finish()."""
+    from mlflow.tracking import MlflowClient
+
+    knob = hpctl.Knob("x", 0.0, 1.0, default=0.5)
+    for name, early in (("spent", False), ("early", True)):
+        s = hpctl.Session(knob, "grpo", budget=12, group_size=4, out_dir=tmp_path / name, tracking_uri=tracking_uri)
+        with pytest.raises(SessionError, match=r"all \d+ probes failed, so nothing was learned; the first: "
+                                               r"non-finite score nan") as e:
+            while not s.done:
+                for v in s.ask():
+                    s.tell(v, float("nan"))
+                if early:
+                    s.finish()
+        _one_line(e.value)
+        assert not (tmp_path / name / "result.json").exists()
+        assert MlflowClient(tracking_uri).get_run(s.tracker.run_id).info.status == "FAILED"
+    s = hpctl.Session(knob, "grpo", budget=12, group_size=4, out_dir=tmp_path / "one", tracking_uri=tracking_uri)
+    for i, v in enumerate(s.ask()):
+        s.tell(v, float("nan") if i else 1.0)  # one score is enough to learn from
+    assert s.finish() is not None and (tmp_path / "one" / "result.json").is_file()
+
+
+def _tampered(state: dict, how: str) -> dict:
+    """A copy of the checkpoint's state edited as ``how`` says: ``KEY=missing`` or ``KEY=<JSON value>``."""
+    import copy
+
+    state = copy.deepcopy(state)
+    key, _, change = how.partition("=")
+    if change == "missing":
+        del state[key]
+    elif change:
+        state[key] = json.loads(change)
+    return state
+
+
+@pytest.mark.parametrize("how, message", [
+    # the file itself: truncated, empty, garbage, JSON, a pickle
+    ("truncated", "cannot be used: not a state file"),
+    ("empty", "cannot be used: not a state file"),
+    ("garbage", "cannot be used: not a state file"),
+    ("json", "cannot be used: not a state file"),
+    ("pickle", "cannot be used: not a state file"),
+    # a well-formed state file with the wrong content: another version, a missing field, a wrong type
+    ('format="hpctl.session/99"', "is not a session checkpoint"),
+    ("spec=missing", "'spec' is missing"),
+    ("start=missing", "'start' is missing"),
+    ("answers=missing", "'answers' is missing"),
+    ("value=missing", "'value' is missing"),
+    ('answers="x"', "'answers' must be a list, got 'x'"),
+    ("answers=[1, 2]", "'answers' holds 1, not a told score"),
+    ('round_events="abc"', "'round_events' must be a whole number >= 0, got 'abc'"),
+    ("round_events=-3", "'round_events' must be a whole number >= 0, got -3"),
+    ('value="x"', "'value' must be the knob's value, got 'x'"),
+    ("value=[5.0]", "'value' is not a value of the knob: .* outside its bounds"),
+    ("value=[0.1, 0.2]", "'value' is not a value of the knob"),
+    ("start=5", "'start' must be a \\(controller, environment\\) pair, got 5"),
+    ("start=[{}, {}]", "'start' does not restore"),
+    ("history=5", "'history' must be a JSON string, got 5"),
+    ('history="[1]"', "'history' is not a list of events"),
+    ('spec="x"', "'spec' must be a mapping, got 'x'"),
+    ('loss="x"', "'loss' must be a number or None, got 'x'"),
+    ('awaiting_train="x"', "'awaiting_train' must be True or False, got 'x'"),
+    ("mlflow_run_id=5", "'mlflow_run_id' must be a string, got 5"),
+    ('logged="x"', "'logged' must be a whole number >= 0, got 'x'"),
+])
+def test_a_tampered_session_checkpoint_is_a_one_line_error_naming_the_file(how, message, tmp_path, tracking_uri):
+    import pickle
+
+    from mlflow.tracking import MlflowClient
+
+    from hpctl import statefile
+
+    knob = hpctl.Knob("x", 0.0, 1.0, default=0.5)
+    kw = dict(budget=20, group_size=4, seed=0, tracking_uri=tracking_uri)
+    s = hpctl.Session(knob, "grpo", out_dir=tmp_path / "s", **kw)
+    for v in s.ask():
+        s.tell(v, -abs(v - 0.3))
+    s.close()
+    path = tmp_path / "s" / CHECKPOINT
+    good = path.read_bytes()
+    state = statefile.loads(good)
+    data = {"truncated": good[:len(good) // 2], "empty": b"", "garbage": bytes(range(256)) * 4,
+            "json": json.dumps({"format": "hpctl.session/1"}).encode(), "pickle": pickle.dumps(state)}.get(how)
+    path.write_bytes(data if data is not None else statefile.dumps(_tampered(state, how)))
+    with pytest.raises(ResumeError, match=message) as e:
+        hpctl.Session(knob, "grpo", out_dir=tmp_path / "s", resume=True, **kw)
+    assert str(path) in _one_line(e.value)
+    assert MlflowClient(tracking_uri).get_run(s.tracker.run_id).info.status == "KILLED"  # left as it was
+    path.write_bytes(good)  # the folder was let go: the good checkpoint resumes
+    hpctl.Session(knob, "grpo", out_dir=tmp_path / "s", resume=True, **kw).close()
