@@ -122,6 +122,10 @@ included -, a trial told twice, a trial of an earlier request or of another sess
 raises :class:`SessionError` or :class:`~hpctl.errors.ConfigError`, both
 :class:`~hpctl.errors.HpctlError`, with a one-line message. A failure inside the
 controller raises :class:`ControllerError` (traceback in ``error.txt`` of the run folder).
+A session whose every probe failed (non-finite scores) ends FAILED with "all N probes
+failed", as ``hpctl run`` does, rather than answering its starting value. A checkpoint
+that is not one (truncated, edited, another format or version, a field missing or of the
+wrong type) is a :class:`~hpctl.errors.ResumeError` naming the file and the field.
 
 A session that is neither finished nor closed when the process exits (a loop that raised
 without ``with``, a script that forgot :meth:`Session.finish`) or whose object is dropped
