@@ -1,6 +1,6 @@
-"""Reliability under concurrency, kills and long runs (issue 17), measured end to end.
+"""Reliability under concurrency, kills and long runs (issue 17) and hostile cases (issue 37), measured end to end.
 
-Three parts, each writing ``benchmarks/results/reliability_<part>.json`` and a section of
+Four parts, each writing ``benchmarks/results/reliability_<part>.json`` and a section of
 ``benchmarks/results/reliability.md`` (run them separately: each fits a short session):
 
 * ``concurrent``: 8 runs started at once in a fresh folder with no MLflow store yet;
@@ -11,8 +11,14 @@ Three parts, each writing ``benchmarks/results/reliability_<part>.json`` and a s
 * ``throughput``: one 100k-probe synthetic run; probes per second over its first and
   last 10k probes (from the MLflow metric timestamps), whose ratio should be near 1 now
   that a checkpoint no longer rewrites the whole history.
+* ``hostile``: the hostile cases of issue 37 (:mod:`benchmarks.hostile_cases`: deleting
+  what hpctl did not write, an interrupted first run, a stalled or dead tracking server,
+  two writers on one run, runs left RUNNING, input not refused or refused in the wrong
+  words, raw exceptions), one after another; counts per class and, per case, handled or
+  not with the one line observed. ``--case NAME`` (repeatable) runs some of them and
+  updates their rows in the existing results.
 
-    python benchmarks/reliability.py --part concurrent|kills|throughput [--n N]
+    python benchmarks/reliability.py --part concurrent|kills|throughput|hostile [--n N] [--case NAME]
 """
 
 from __future__ import annotations
@@ -141,6 +147,33 @@ def part_throughput(budget: int, window: int = 10_000) -> dict:
             "ok": end / start > 0.8}
 
 
+def part_hostile(names: list[str] | None = None) -> dict:
+    """Run the hostile cases (all, or ``names``), one at a time; with ``names`` the rows of
+    the other cases come from the existing results file."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.hostile_cases import CASES, CLASSES, run_case
+
+    unknown = [n for n in names or [] if n not in CASES]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; the cases: {', '.join(CASES)}")
+    rows = {}
+    old = RESULTS / "reliability_hostile.json"
+    if names and old.exists():
+        rows = {c["name"]: c for c in json.loads(old.read_text()).get("cases", []) if c["name"] in CASES}
+    for name in names or list(CASES):
+        t0 = time.perf_counter()
+        handled, detail = run_case(name)
+        rows[name] = {"name": name, "class": CASES[name].cls, "handled": handled, "detail": detail,
+                      "seconds": round(time.perf_counter() - t0, 1)}
+        print(f"{'handled    ' if handled else 'NOT HANDLED'} {name}: {detail}", file=sys.stderr, flush=True)
+    cases = [rows[n] for n in CASES if n in rows]
+    classes = {c: {"title": title, "cases": sum(r["class"] == c for r in cases),
+                   "handled": sum(r["class"] == c and r["handled"] for r in cases)} for c, title in CLASSES.items()}
+    handled = sum(r["handled"] for r in cases)
+    return {"cases_total": len(cases), "handled": handled, "classes": classes, "cases": cases,
+            "ok": handled == len(cases) == len(CASES)}
+
+
 def write(part: str, data: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = {"part": part, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -151,8 +184,9 @@ def write(part: str, data: dict) -> None:
 
 def render_md(results: Path = RESULTS) -> str:
     """reliability.md from the parts' JSON files in ``results`` (benchmarks/pages.py regenerates it)."""
-    lines = ["# Reliability (issue 17)", "", "Reproduce one part: `python benchmarks/reliability.py --part PART`.", ""]
-    for name in ("concurrent", "kills", "throughput"):
+    lines = ["# Reliability (issues 17 and 37)", "",
+             "Reproduce one part: `python benchmarks/reliability.py --part PART`.", ""]
+    for name in ("concurrent", "kills", "throughput", "hostile"):
         f = results / f"reliability_{name}.json"
         if not f.exists():
             continue
@@ -169,6 +203,16 @@ def render_md(results: Path = RESULTS) -> str:
                          f"{sigs['SIGTERM']} SIGTERM; {d['killed_mid_run']} while running) and resumed: "
                          f"{d['identical']} ended with the uninterrupted run's learned value and probe sequence; "
                          f"MLflow runs left RUNNING: {d['running_left']}.")
+        elif name == "hostile":
+            lines.append(f"The hostile cases of issue 37, each a test in tests/test_hostile.py: {d['handled']} of "
+                         f"{d['cases_total']} handled (a one-line error naming the problem and a non-zero exit, "
+                         "no traceback, nothing deleted that hpctl did not write, nothing left RUNNING, a run "
+                         "that goes on without its tracking server).")
+            lines += ["", "| class | handled |", "|---|---|"]
+            lines += [f"| {c['title']} | {c['handled']} of {c['cases']} |" for c in d["classes"].values()]
+            lines += ["", "| case | class | handled | observed |", "|---|---|---|---|"]
+            lines += [f"| `{c['name']}` | {c['class']} | {'yes' if c['handled'] else '**no**'} | "
+                      f"{c['detail'].replace('|', '/')} |" for c in d["cases"]]
         else:
             lines.append(f"One {d['probes']}-probe synthetic run (random search): "
                          f"{d['start_probes_per_s']:.0f} probes/s over the first {d['window']} probes, "
@@ -180,13 +224,16 @@ def render_md(results: Path = RESULTS) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", required=True, choices=["concurrent", "kills", "throughput"])
+    ap.add_argument("--part", required=True, choices=["concurrent", "kills", "throughput", "hostile"])
     ap.add_argument("--n", type=int, default=None, help="runs (concurrent: 8), kills (20) or probes (100000)")
+    ap.add_argument("--case", action="append", default=None, help="hostile: run only this case (repeatable)")
     a = ap.parse_args(argv)
     if a.part == "concurrent":
         data = part_concurrent(a.n or 8)
     elif a.part == "kills":
         data = part_kills(a.n or 20)
+    elif a.part == "hostile":
+        data = part_hostile(a.case)
     else:
         data = part_throughput(a.n or 100_000)
     write(a.part, data)

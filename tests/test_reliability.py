@@ -169,3 +169,27 @@ def test_compare_keeps_going_when_one_run_crashes(tmp_path, tracking_uri, monkey
     assert "simulated controller crash" in res["failures"][0]["error"]
     assert len(res["runs"]["random"]) == 1 and len(res["runs"]["grid"]) == 2
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["failures"]
+
+
+# ---------------------------------------------------------------- hostile part --
+def test_hostile_part_counts_cases_by_class_and_renders_them(tmp_path, monkeypatch):
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import hostile_cases, reliability
+
+    def broken(work):
+        raise RuntimeError("the case itself broke")
+
+    monkeypatch.setitem(hostile_cases.CASES, "broken_case", hostile_cases.Case("broken_case", "raw", broken))
+    monkeypatch.setattr(reliability, "RESULTS", tmp_path)
+    data = reliability.part_hostile(["knob_with_fractional_dim", "broken_case"])
+    rows = {c["name"]: c for c in data["cases"]}
+    assert rows["broken_case"]["handled"] is False and "RuntimeError" in rows["broken_case"]["detail"]
+    assert data["classes"]["raw"] == {"title": hostile_cases.CLASSES["raw"], "cases": 2,
+                                      "handled": int(rows["knob_with_fractional_dim"]["handled"])}
+    assert not data["ok"]  # a subset, and one case not handled
+    reliability.write("hostile", data)
+    md = (tmp_path / "reliability.md").read_text()
+    assert "`broken_case`" in md and "`knob_with_fractional_dim`" in md
+    assert f"{data['handled']} of 2 handled" in md
