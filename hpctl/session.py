@@ -1090,8 +1090,10 @@ class Session:
                  "answers": (list, "a list"), "history": (str, "a JSON string"), "out_dir": (str, "a string"),
                  "mlflow_run_id": (str, "a string"), "round_events": (whole, "a whole number >= 0"),
                  "asked_in_round": (whole, "a whole number >= 0"), "loss_reported": ((bool, np.bool_), "True or False"),
-                 "awaiting_train": ((bool, np.bool_), "True or False"), "round_open": ((bool, np.bool_), "True or False"),
-                 "value": ((np.ndarray, list, tuple), "the knob's value"), "tracking_uri": ((str, type(None)), "a string"),
+                 "awaiting_train": ((bool, np.bool_), "True or False"),
+                 "round_open": ((bool, np.bool_), "True or False"),
+                 "value": ((np.ndarray, list, tuple), "the knob's value"),
+                 "tracking_uri": ((str, type(None)), "a string"),
                  "loss": (lambda v: v is None or real(v), "a number or None")}
         for key, (kind, what) in kinds.items():
             if key not in state:

@@ -144,7 +144,8 @@ class LoraPruneKnob(TrainerKnob):
             raise ConfigError(f"mask_every must be a positive integer, got {mask_every!r}")
         for what, value in (("low", low), ("high", high)):
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-                raise ConfigError(f"LoraPruneKnob: {what} must be a number (a pruning ratio), got {shorten(repr(value))}")
+                raise ConfigError(f"LoraPruneKnob: {what} must be a number (a pruning ratio), "
+                                  f"got {shorten(repr(value))}")
         if not 0.0 <= low < high <= 1.0:
             raise ConfigError(f"pruning ratios need 0 <= low < high <= 1, got [{low}, {high}]")
         if groups is not None and (not isinstance(groups, Mapping) or not all(
