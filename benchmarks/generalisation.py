@@ -121,7 +121,11 @@ GRPO_ROWS = ("grpo", "grpo[paper]")
 
 
 def controller_for(row: str, budget: int) -> str:
-    """The controller string :func:`benchmarks.controllers.run_one` takes for ``row`` at ``budget``."""
+    """The controller string :func:`benchmarks.controllers.run_one` takes for ``row`` at ``budget``; a row
+    with settings in brackets that is not in :data:`ROWS` (``grpo[answer=committed]``: a variant to try on
+    the tuning seeds) is passed on as it is."""
+    if row not in ROWS and "[" in row and row.partition("[")[0] in ROWS:
+        return row
     if row not in ROWS:
         raise SystemExit(f"generalisation.py: error: unknown row {row!r} (choose from {', '.join(ROWS)})")
     how = ROWS[row]
@@ -209,13 +213,28 @@ def best_at_budgets(family_rows: list[dict[str, Any]], rows: list[str]) -> list[
     return out
 
 
+def signed_errors(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per family and row of a 1-D family: the median of learned value minus optimum (which side of the
+    optimum the runs end on: a skewed or cliff landscape pulls a smoothed estimate to its gentle side)."""
+    fam = family_of()
+    out = []
+    for f in FAMILIES:
+        for c in dict.fromkeys(r["controller"] for r in runs):
+            d = [r["learned"][0] - r["optimum_end"][0] for r in runs
+                 if fam[r["scenario"]] == f.name and r["controller"] == c and len(r["learned"]) == 1]
+            if d:
+                out.append({"family": f.name, "controller": c, "signed_median": float(np.median(d)),
+                            "above": float(np.mean(np.asarray(d) > 0))})
+    return out
+
+
 def build_doc(meta: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     present = set(r["controller"] for r in runs)
     rows = [c for c in ROWS if c in present] + sorted(present - set(ROWS))
     summ = summaries(runs, rows)
     tgts = targets(summ["families"])
     return {**meta, "controllers": rows, "summary": summ["families"], "scenario_summary": summ["scenarios"],
-            "targets": tgts, "verdict": verdict(tgts), "best_at_budget": best_at_budgets(summ["families"], rows),
+            "signed": signed_errors(runs), "targets": tgts, "verdict": verdict(tgts), "best_at_budget": best_at_budgets(summ["families"], rows),
             "runs": runs}
 
 
@@ -271,6 +290,10 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append("")
     lines += ["## Per family", "", "Distance of the learned value to the optimum at the end of training.", ""]
     fams = {f["name"]: f for f in doc["families"]}
+    signed = {(s["family"], s["controller"]): s for s in doc.get("signed", [])}
+    lines.insert(lines.index("## Per family") + 3, "Signed: the median of learned value minus optimum, and the "
+                 "share of runs that end above the optimum (1-D knobs).")
+    lines.insert(lines.index("## Per family") + 4, "")
     for name, f in fams.items():
         rs = [r for r in doc["summary"] if r["scenario"] == name]
         if not rs:
@@ -278,9 +301,13 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += [f"### {name}", "",
                   f"{f['budget']} probes in groups of {f['group_size']}; landscapes: "
                   + "; ".join(f"`{s}`" for s in f["scenarios"]) + ".", "",
-                  "| controller | runs | probes (median) | median | 90th percentile | trapped |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['controller']} | {r['n']} | {r['probes_median']:g} | {r['dist_median']:.3f} | "
-                  f"{r['dist_p90']:.3f} | {_pct(r['trapped'])} |" for r in rs]
+                  "| controller | runs | probes (median) | median | 90th percentile | trapped | signed (above) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rs:
+            s = signed.get((name, r["controller"]))
+            side = "-" if s is None else f"{s['signed_median']:+.3f} ({100 * s['above']:.0f} %)"
+            lines.append(f"| {r['controller']} | {r['n']} | {r['probes_median']:g} | {r['dist_median']:.3f} | "
+                         f"{r['dist_p90']:.3f} | {_pct(r['trapped'])} | {side} |")
         lines.append("")
     lines += ["## Per landscape", "", "Median distance (trapped rate) of each controller on each landscape.", "",
               "| landscape | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]

@@ -73,6 +73,12 @@ def test_family_summaries_are_the_statistics_of_their_runs(doc):
         assert row["dist_median"] == pytest.approx(np.median(dist), rel=1e-6)
         assert row["dist_p90"] == pytest.approx(np.percentile(dist, 90), rel=1e-6)
         assert row["trapped"] == pytest.approx(np.mean(np.asarray(dist) > 0.1))
+    for s in doc["signed"]:
+        d = [r["learned"][0] - r["optimum_end"][0] for r in doc["runs"]
+             if fam[r["scenario"]] == s["family"] and r["controller"] == s["controller"]]
+        assert s["signed_median"] == pytest.approx(np.median(d), abs=1e-7)
+        assert s["above"] == pytest.approx(np.mean(np.asarray(d) > 0))
+    assert len(doc["signed"]) == len(doc["summary"])  # both families are 1-D
     for row in doc["scenario_summary"]:
         dist = [r["distance"] for r in doc["runs"] if r["scenario"] == row["scenario"] and r["controller"] == row["controller"]]
         assert row["n"] == len(SEEDS) and row["dist_median"] == pytest.approx(np.median(dist), rel=1e-6)
