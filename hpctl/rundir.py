@@ -39,6 +39,8 @@ CHECKPOINT = "checkpoint.safetensors"
 HISTORY_LOG = "history.jsonl"
 SPEC = "spec.json"
 RESULT = "result.json"
+#: what MLflow did not get (a stalled, dead or full store), written at the run's end when anything
+UNLOGGED = "mlflow_unlogged.json"
 #: minimum seconds between two checkpoints (every round of a real training run is longer)
 CHECKPOINT_EVERY_S = 0.25
 
@@ -73,7 +75,7 @@ TRIAL_MARK = ".hpctl-trial"
 #: included): what ``--overwrite`` removes from a folder of an older hpctl, which has no marker
 KNOWN_FILES = frozenset({
     SPEC, CHECKPOINT, HISTORY_LOG, RESULT, "history.json", "run.png", "error.txt", "controller_state.json",
-    TRIAL_MARK, "compare.json", "compare.png", "callback.json", MARKER,
+    TRIAL_MARK, "compare.json", "compare.png", "callback.json", MARKER, UNLOGGED,
     *(n + ".tmp" for n in (SPEC, CHECKPOINT, RESULT, "history.json", "controller_state.json", "compare.json")),
 })
 
@@ -411,12 +413,20 @@ def prepare_out_dir(out: str | None, plugin: str, controller: str, seed: int, *,
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all; a failed write (a full disk) leaves no temporary file."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

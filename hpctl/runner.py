@@ -7,7 +7,6 @@ back for ``--resume``, is :mod:`hpctl.rundir`; the MLflow side is :mod:`hpctl.tr
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
@@ -24,7 +23,7 @@ from hpctl.engines import engine_options, run_workers
 from hpctl.plots import PlotProcess, plot_run
 from hpctl.errors import ConfigError, HpctlError, ResumeError, Terminated, shorten
 from hpctl.registry import load_plugin
-from hpctl.rundir import (CHECKPOINT_EVERY_S, RESULT, SPEC, TRIAL_MARK, HistoryLog, RunLock, RunSpec,
+from hpctl.rundir import (CHECKPOINT_EVERY_S, RESULT, SPEC, TRIAL_MARK, UNLOGGED, HistoryLog, RunLock, RunSpec,
                           atomic_write_json, load_checkpoint, lock_run_dir, mark_legacy, note_files, open_run_dir,
                           save_checkpoint)
 from hpctl.seeding import seed_everything  # re-exported: hpctl.runner.seed_everything
@@ -286,17 +285,14 @@ def _run(spec: RunSpec, held: list[RunLock], *, progress, parent_run_id, resume_
         if progress is not None:
             progress("start", {"budget": budget, "done": env.probes, "out_dir": str(out_dir)})
 
-        controller_phase = contextlib.nullcontext() if trial else phases_runs.phase(
-            "controller", {"controller": controller.name, "budget": budget, **dataclasses.asdict(controller.config)})
-        with controller_phase:
-            t0 = time.perf_counter()  # the controller's own time, not the nested run's set-up
-            try:
-                learned = controller.run(budget, on_round)
-            finally:
-                if workers is not None:
-                    workers.close()  # the probe workers' replicas are not needed for the final phase
-            learned = task.knob.validate(learned)
-            t_control = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        try:
+            learned = controller.run(budget, on_round)
+        finally:
+            if workers is not None:
+                workers.close()  # the probe workers' replicas are not needed for the final phase
+        learned = task.knob.validate(learned)
+        t_control = time.perf_counter() - t0
         if env.probes and recorder.faults >= env.probes:
             first = next(e for e in recorder.history if e["event"] == "fault")
             raise HpctlError(f"all {env.probes} probes failed, so nothing was learned; the first: "
@@ -358,8 +354,11 @@ def _run(spec: RunSpec, held: list[RunLock], *, progress, parent_run_id, resume_
         raise
     finally:
         if result is None:  # failed or interrupted: record it, then let the error through
-            end_quietly(tracker, status, error)
-            _close(task, workers, painter)
+            try:
+                end_quietly(tracker, status, error)
+                _note_unlogged(tracker, out_dir, None)
+            finally:
+                _close(task, workers, painter)
     # The run is finished and its result is on disk: from here on, a failure to upload
     # or plot is recorded as a warning tag and never turns the run into a crash.
     try:
@@ -368,9 +367,28 @@ def _run(spec: RunSpec, held: list[RunLock], *, progress, parent_run_id, resume_
     except Exception as exc:  # noqa: BLE001
         warn(tracker, f"outputs not fully recorded: {type(exc).__name__}: {exc}")
     finally:
-        end_quietly(tracker, "FINISHED", None)
-        _close(task, workers, painter)
+        try:
+            end_quietly(tracker, "FINISHED", None)
+            _note_unlogged(tracker, out_dir, result)
+        finally:
+            _close(task, workers, painter)
     return result
+
+
+def _note_unlogged(tracker: Tracker, out_dir: Path, result: dict[str, Any] | None) -> None:
+    """Write down in the run folder what MLflow did not get (a stalled, dead or full store):
+    :data:`~hpctl.rundir.UNLOGGED`, and ``result["mlflow_unlogged"]`` in a finished run's
+    result.json. The tracker has said it in one line on stderr."""
+    info = tracker.unlogged()
+    if info is None:
+        return
+    try:
+        atomic_write_json(out_dir / UNLOGGED, info)
+        if result is not None:
+            result["mlflow_unlogged"] = info
+            atomic_write_json(out_dir / RESULT, result)
+    except OSError:  # a full or read-only folder: the line on stderr stays
+        pass
 
 
 def _close(task, workers, painter: PlotProcess | None = None) -> None:
@@ -424,6 +442,7 @@ def finish_record(out_dir: Path, spec: RunSpec, *, experiment: str | None = None
     finally:
         tracker.close_children("KILLED")
         end_quietly(tracker, "FINISHED", None)
+        _note_unlogged(tracker, out_dir, None)
     return result
 
 

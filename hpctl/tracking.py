@@ -4,20 +4,29 @@ Every ``hpctl run`` is an MLflow run. The default store is a local sqlite databa
 ``./mlruns`` (``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db`` shows it);
 ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` choose another.
 
-Logging is batched and asynchronous: events from the environment are turned into MLflow
-``Metric`` entities in memory and handed, ``flush_every`` at a time, to one background
-writer thread per process (:func:`_writer`), which calls ``log_batch``;
-:meth:`Tracker.flush` waits on the returned futures and raises a failed write there,
-:meth:`Tracker.end` waits for all. So a synthetic run's probes (microseconds each) never
-wait for a database write. (MLflow's own ``log_batch(..., synchronous=False)`` would do
-the same, but its queue polls once a second and every ``set_terminated`` shuts it down,
-so each run's end waited up to a second for nothing.)
+Tracking is never on the run's critical path. Only opening the run talks to the store
+from the run's own thread (and fails in one line when the store cannot work). Everything
+after that (metrics, parameters, tags, artifacts, nested runs, the final status) is handed
+to one background writer thread per process (:class:`_Writer`, a daemon, so a write stuck
+on a stalled server never holds the process at exit). Metrics are batched in memory,
+``flush_every`` at a time. :meth:`Tracker.flush` waits for the writes at most
+``HPCTL_TRACKING_WAIT_S`` seconds (and not at all while the writer is still behind), a
+failed metric batch is sent again with the next flush, and metrics beyond
+``HPCTL_TRACKING_BUFFER`` held in memory are dropped and counted. :meth:`Tracker.end`
+waits while writes complete, gives up after ``HPCTL_TRACKING_STALL_S`` seconds without one
+(``HPCTL_TRACKING_KILL_WAIT_S`` in all when the run was interrupted), holds SIGTERM and
+Ctrl-C back while it sets the run's status, and says in one line what MLflow did not get
+(:meth:`Tracker.unlogged`; the run folder keeps everything).
 :attr:`Tracker.seconds` accumulates the time the run's own thread spends in tracking so
 the overhead can be reported.
 
 A new sqlite store is a copy of a template (:func:`store_template`): an empty store that
 MLflow created and migrated once per MLflow version, kept in hpctl's cache folder, so a
 run in a fresh folder does not replay MLflow's schema migrations (about 2 s) every time.
+A store is only ever created whole: built or copied into a temporary file beside it, then
+renamed into place, so an interrupt at any moment leaves either no store or a complete
+one. A store that an older hpctl (or MLflow itself) left half-migrated and that holds no
+runs is moved aside and made again (:func:`_repair_unfinished`).
 """
 
 from __future__ import annotations
@@ -27,15 +36,20 @@ import json
 import logging
 import math
 import os
+import queue
 import shutil
+import signal
+import sqlite3
+import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from hpctl.errors import ConfigError, one_line
+from hpctl.errors import ConfigError, one_line, shorten
 
 DEFAULT_DIR = "mlruns"
 
@@ -69,37 +83,39 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "hpctl"
 
 
-def store_template() -> Path | None:
-    """An empty MLflow sqlite store at the current schema, made once per MLflow version.
+def _workspaces() -> bool:
+    return os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() in ("1", "true", "yes")
 
-    MLflow creates a new store by running its whole chain of schema migrations (about 2 s
-    here); copying this file gives the same tables, indexes, rows and schema revision in
-    milliseconds. It is made by the function MLflow's ``SqlAlchemyStore`` runs on an
-    empty database (``mlflow.store.db.utils._initialize_tables``), stopping where MLflow
-    would go on to add the ``Default`` experiment: MLflow adds it when it first opens the
-    copy, with the artifact location it would give it there. A template at another schema
-    revision than this MLflow's (made by another MLflow under the same version number) is
-    made again. Returns None (the caller lets MLflow create the store) where that function
-    is missing, the cache folder cannot be written, or workspaces are enabled
-    (``MLFLOW_ENABLE_WORKSPACES``: another store class).
+
+def _tmp_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def _remove_tmp(tmp: Path) -> None:
+    for p in (tmp, tmp.with_name(tmp.name + "-journal")):
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _build_store(path: Path) -> None:
+    """Make an empty MLflow store at ``path``, whole or not at all.
+
+    It is built by the function MLflow's ``SqlAlchemyStore`` runs on an empty database
+    (``mlflow.store.db.utils._initialize_tables``) in a temporary file beside ``path``,
+    checked to be at MLflow's head revision, then renamed into place: an interrupt
+    (SIGTERM, Ctrl-C, SIGKILL) at any moment leaves either no store at ``path`` or a
+    complete one. It stops where MLflow would go on to add the ``Default`` experiment:
+    MLflow adds it when it first opens the store, with the artifact location it would
+    give it there.
     """
-    import mlflow
+    import sqlalchemy
+    from mlflow.store.db import utils as db_utils
 
-    if os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() in ("1", "true", "yes"):
-        return None
-    folder = cache_dir()
-    path = folder / f"mlflow-{mlflow.__version__}-store.db"
-    if path.is_file():
-        if _at_mlflows_schema(path):
-            return path
-        path.unlink(missing_ok=True)  # made by another MLflow under the same version number: make it again
-    tmp = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp = _tmp_beside(path)
     try:
-        import sqlalchemy
-        from mlflow.store.db import utils as db_utils
-
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)
+        _remove_tmp(tmp)
         engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
         try:
             db_utils._initialize_tables(engine)
@@ -109,10 +125,58 @@ def store_template() -> Path | None:
                     raise RuntimeError("migrations added an experiment")  # not the empty store we want
         finally:
             engine.dispose()
-        os.replace(tmp, path)  # atomic: a concurrent maker's copy is as good as ours
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_tmp(tmp)
+        raise
+
+
+def _sweep_stale_tmp(folder: Path, name: str, older_than_s: float) -> None:
+    """Remove temporary files of ``name`` that an interrupted maker left in ``folder``."""
+    now = time.time()
+    try:
+        for p in folder.glob(f".{name}.*.tmp*"):
+            try:
+                if now - p.stat().st_mtime > older_than_s:
+                    p.unlink()
+            except OSError:
+                pass
+    except OSError:
+        pass
+
+
+def store_template() -> Path | None:
+    """An empty MLflow sqlite store at the current schema, made once per MLflow version.
+
+    MLflow creates a new store by running its whole chain of schema migrations (about 2 s
+    here); copying this file gives the same tables, indexes, rows and schema revision in
+    milliseconds. It is made by :func:`_build_store` (whole or not at all; two processes
+    making it at once each make their own and the last rename wins, both complete). A
+    template at another schema revision than this MLflow's (made by another MLflow under
+    the same version number) is made again. Returns None (the caller builds the store in
+    place, or lets MLflow create it) where MLflow's function is missing, the cache folder
+    cannot be written, or workspaces are enabled (``MLFLOW_ENABLE_WORKSPACES``: another
+    store class).
+    """
+    import mlflow
+
+    if _workspaces():
+        return None
+    folder = cache_dir()
+    path = folder / f"mlflow-{mlflow.__version__}-store.db"
+    if path.is_file():
+        if _at_mlflows_schema(path):
+            return path
+        try:
+            path.unlink(missing_ok=True)  # made by another MLflow under the same version number: make it again
+        except OSError:
+            return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _sweep_stale_tmp(folder, path.name, older_than_s=600)  # makers killed mid-way (others may be at work)
+        _build_store(path)
         return path
-    except Exception:  # noqa: BLE001 - a template is an optimisation; MLflow can always create the store
-        tmp.unlink(missing_ok=True)
+    except Exception:  # noqa: BLE001 - a template is an optimisation; the store can always be made in place
         return None
 
 
@@ -133,22 +197,70 @@ def _at_mlflows_schema(db: Path) -> bool:
         return False
 
 
-def _create_from_template(db: Path) -> bool:
-    """Create the store ``db`` (absent or empty) as a copy of :func:`store_template`.
+def _create_store(db: Path) -> bool:
+    """Create the store ``db`` (absent or empty), whole or not at all: a copy of
+    :func:`store_template`, else built beside it (:func:`_build_store`), renamed into place.
 
     Called with the store's lock held. Returns whether it did (False: MLflow creates it).
     """
     template = store_template()
-    if template is None:
+    if template is not None:
+        tmp = _tmp_beside(db)
+        try:
+            shutil.copyfile(template, tmp)
+            os.replace(tmp, db)
+            return True
+        except OSError:
+            pass
+        finally:
+            _remove_tmp(tmp)
+    if _workspaces():
         return False
-    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
     try:
-        shutil.copyfile(template, tmp)
-        os.replace(tmp, db)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+        _build_store(db)
+        return True
+    except Exception:  # noqa: BLE001 - MLflow can still try to create it
         return False
-    return True
+
+
+def _holds_nothing(db: Path) -> bool:
+    """Whether the sqlite file ``db`` holds no run and no experiment but MLflow's Default."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "runs" in tables and con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]:
+            return False
+        if "experiments" in tables and con.execute(
+                "SELECT COUNT(*) FROM experiments WHERE name != 'Default'").fetchone()[0]:
+            return False
+        return True
+    except sqlite3.Error:  # not a database, or damaged: not ours to move
+        return False
+    finally:
+        con.close()
+
+
+def _repair_unfinished(db: Path) -> None:
+    """A store an interrupted first run left half-made (an older hpctl, or MLflow itself,
+    created it in place: ``table ... already exists`` or ``duplicate column name`` on every
+    later run) and that holds nothing is moved aside (never deleted) and made again.
+
+    Called with the store's lock held, for an existing non-empty ``db``. A store at another
+    schema revision that holds runs is left for MLflow to explain (``mlflow db upgrade``).
+    """
+    if _at_mlflows_schema(db) or not _holds_nothing(db):
+        return
+    aside = db.with_name(f"{db.name}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        os.replace(db, aside)
+    except OSError:
+        return
+    print(f"hpctl: the MLflow store {str(db)!r} was left half-made by an interrupted first run and held "
+          f"no runs: moved aside to {aside.name!r} and made again", file=sys.stderr)
+    _create_store(db)
 
 
 @contextmanager
@@ -157,9 +269,9 @@ def _store_guard(uri: str) -> Iterator[None]:
 
     * sqlite: the folder must be writable (checked by writing, which also catches a
       read-only file system), and a file lock beside the database serialises the first
-      use, when the store is created (a copy of :func:`store_template`, or MLflow's
-      migrations where there is none): concurrent first runs otherwise race in alembic
-      and leave a store every later run fails on.
+      use, when the store is created (:func:`_create_store`, whole or not at all):
+      concurrent first runs otherwise race in alembic and leave a store every later run
+      fails on. A store left half-made and empty is made again (:func:`_repair_unfinished`).
     * http(s): the first requests run without retries and with a short timeout, so a
       server that is not there is a one-line error in seconds, not minutes of backoff.
       Later logging keeps MLflow's usual retries.
@@ -180,8 +292,11 @@ def _store_guard(uri: str) -> Iterator[None]:
             raise ConfigError(f"MLflow store {str(db)!r} is not writable: {exc.strerror or exc}") from None
         try:
             with FileLock(str(db) + ".lock", timeout=300):
+                _sweep_stale_tmp(db.parent, db.name, older_than_s=0)  # under the lock: no maker is alive
                 if not db.exists() or db.stat().st_size == 0:
-                    _create_from_template(db)  # else (no template) MLflow creates it, under this lock
+                    _create_store(db)  # else MLflow creates it, under this lock
+                else:
+                    _repair_unfinished(db)
                 yield
         except Timeout:
             raise ConfigError(f"MLflow store {str(db)!r} stayed locked for 300 s by another process") from None
@@ -252,24 +367,59 @@ def _git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-_WRITER: ThreadPoolExecutor | None = None
+def _env_number(name: str, default: float) -> float:
+    """A non-negative number from the environment (a bad value keeps the default)."""
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value >= 0 else default
+
+
+class _Writer:
+    """The process's background writer: one daemon thread, so writes land in the order sent.
+
+    A submitted write starts at once (no polling interval). The thread is a daemon: a write
+    stuck on a stalled tracking server never holds the process at exit (a
+    ``ThreadPoolExecutor``'s thread is joined at exit, so it did).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="hpctl-mlflow-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        self._queue.put((future, fn, args, kwargs))
+        return future
+
+    def _loop(self) -> None:
+        while True:
+            future, fn, args, kwargs = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+
+_WRITER: _Writer | None = None
 _WRITER_LOCK = threading.Lock()
 
 
-def _writer() -> ThreadPoolExecutor:
-    """The process's background writer: one thread, so batches land in the order sent.
-
-    A submitted write starts at once (no polling interval), and nothing needs shutting
-    down between runs: the idle thread costs nothing and is joined at interpreter exit.
-    """
+def _writer() -> _Writer:
     global _WRITER
     with _WRITER_LOCK:
         if _WRITER is None:
-            _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpctl-mlflow-writer")
+            _WRITER = _Writer()
         return _WRITER
 
 
-def _forget_writer() -> None:  # a forked child has the executor but not its thread
+def _forget_writer() -> None:  # a forked child has the writer but not its thread
     global _WRITER, _WRITER_LOCK
     _WRITER, _WRITER_LOCK = None, threading.Lock()
 
@@ -278,11 +428,162 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_writer)
 
 
+class _QuietStoreErrors(logging.Filter):
+    """Drops MLflow's own report of a failed store write (``SQLAlchemy database error``, a
+    traceback of some 40 lines each) made from hpctl's writer: the error reaches hpctl,
+    which says it once, in one line (a full disk printed 1,600 lines)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not threading.current_thread().name.startswith("hpctl-mlflow-writer")
+
+
+_QUIET = _QuietStoreErrors()
+
+
+def _quiet_store_logs() -> None:
+    for name in ("mlflow", "alembic"):  # MLflow announces database creation/migration at INFO on stderr
+        if logging.getLogger(name).getEffectiveLevel() < logging.WARNING:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if _QUIET not in logger.filters:
+        logger.addFilter(_QUIET)
+
+
+def _store_error(exc: BaseException) -> str:
+    """A failed write in one line: the database's own words where SQLAlchemy wraps them
+    (its first line is often "raised as a result of Query-invoked autoflush")."""
+    import re
+
+    found = re.search(r"\((sqlite3\.\w+|psycopg2?\.\w+|pymysql\.\w+)\) ([^\n\[]+)", str(exc))
+    if found:
+        return f"{found.group(1)}: {found.group(2).strip()}"
+    return one_line(exc)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "disk is full" in text or "no space left" in text or getattr(exc, "errno", None) == 28
+
+
+def _set_status_in_place(db: Path, run_id: str, status: str) -> None:
+    """Set a run's status in a sqlite store whose disk is full: MLflow's update needs room
+    for a rollback journal, an update of one row in place (journal in memory) does not."""
+    con = sqlite3.connect(str(db), timeout=10)
+    try:
+        con.execute("PRAGMA journal_mode=MEMORY")
+        with con:
+            cur = con.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
+                              (status, int(time.time() * 1000), run_id))
+            if cur.rowcount != 1:
+                raise RuntimeError(f"run {run_id} not found")
+    finally:
+        con.close()
+
+
+class _Held:
+    """A SIGTERM or Ctrl-C held back by :func:`_signals_held` (``got``: its number)."""
+
+    got: int | None = None
+    at = 0.0
+
+
+@contextmanager
+def _signals_held() -> Iterator[_Held]:
+    """Hold SIGTERM and Ctrl-C back (main thread only) while a run's end is recorded, then
+    deliver them as they would have been: a signal arriving inside :meth:`Tracker.end` left
+    the run RUNNING. The caller bounds the time it holds them (see ``held.got``)."""
+    held = _Held()
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+
+    def hold(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal handler signature
+        if held.got is None:
+            held.got, held.at = signum, time.monotonic()
+
+    saved: dict[int, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            prev = signal.signal(sig, hold)
+        except (ValueError, OSError):
+            continue
+        if prev is None:  # a handler not set from Python: it cannot be put back, so leave it
+            signal.signal(sig, signal.SIG_DFL)
+            continue
+        saved[sig] = prev
+    try:
+        yield held
+    finally:
+        for sig, prev in saved.items():
+            signal.signal(sig, prev)
+        if held.got is not None and held.got in saved:
+            prev = saved[held.got]
+            if callable(prev):
+                prev(held.got, None)  # e.g. hpctl's SIGTERM handler or Python's Ctrl-C: raises here
+            elif prev == signal.SIG_DFL:
+                os.kill(os.getpid(), held.got)
+
+
+class _Op:
+    """One write handed to the writer: what it carries, for the count of what was not logged."""
+
+    __slots__ = ("future", "kind", "n", "tracker", "metrics", "attempts")
+
+    def __init__(self, future: Future, kind: str, n: int, tracker: "Tracker", metrics: list | None,
+                 attempts: int) -> None:
+        self.future, self.kind, self.n, self.tracker = future, kind, n, tracker
+        self.metrics, self.attempts = metrics, attempts
+
+
+#: how MLflow's losses are named in the one-line report (kind -> singular, plural)
+_KINDS = {"metrics": ("metric", "metrics"), "params": ("parameter write", "parameter writes"),
+          "tags": ("tag write", "tag writes"), "artifacts": ("artifact", "artifacts"),
+          "runs": ("nested run", "nested runs"), "repairs": ("run-closing", "run-closings"),
+          "status": ("final status", "final statuses")}
+
+
+class _Ledger:
+    """What a run and its nested runs handed to the writer, and what MLflow did not get.
+
+    Used from the run's own thread only (the writer touches the futures alone)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.pending: list[_Op] = []
+        self.retry: list[tuple["Tracker", list, int]] = []  # failed metric batches, sent again with the next flush
+        self.lost = {k: 0 for k in _KINDS}
+        self.last_error: str | None = None
+        self.behind = False  # writes outlived a flush's wait: flushes do not wait until they are done
+        self.last_done = time.monotonic()
+        self.held = 0  # metrics handed to the writer or waiting for a retry
+        self.lost_since_flush = False
+        self.warned: set[str] = set()
+        self.reported = False
+
+    def done(self, future: Future) -> None:  # the writer's thread
+        self.last_done = time.monotonic()
+
+    def lose(self, kind: str, n: int) -> None:
+        self.lost[kind] = self.lost.get(kind, 0) + n
+        self.lost_since_flush = True
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            print(f"hpctl: warning: {message}", file=sys.stderr, flush=True)
+
+
 class Tracker:
-    """One MLflow run (optionally nested under a parent) with batched metric logging."""
+    """One MLflow run (optionally nested under a parent) with batched metric logging.
+
+    Only opening the run waits for the store; every later write goes to the background
+    writer (see the module's docstring): a stalled or dead store never stops the run.
+    """
 
     #: whether :meth:`end` sets the run's status (False for a run someone else owns)
     owns_run = True
+    #: how often a failed metric batch is sent again before it counts as not logged
+    RETRIES = 3
 
     def __init__(self, uri: str | None = None, experiment: str = "hpctl", *, run_name: str | None = None,
                  parent_run_id: str | None = None, run_id: str | None = None, flush_every: int = 2000,
@@ -295,14 +596,10 @@ class Tracker:
         t0 = time.perf_counter()
         import mlflow  # noqa: F401  (slow import, kept out of `import hpctl`)
 
-        # MLflow announces database creation/migration at INFO on stderr: keep the CLI's
-        # stderr for progress and one-line errors.
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        _quiet_store_logs()
         from mlflow.tracking import MlflowClient
 
-        self.uri = uri or default_tracking_uri()
-        self.flush_every = int(flush_every)
+        self._setup(uri or default_tracking_uri(), flush_every, None)
         try:
             with _store_guard(self.uri):
                 self.client = MlflowClient(tracking_uri=self.uri)
@@ -321,11 +618,42 @@ class Tracker:
             raise
         except Exception as exc:  # noqa: BLE001 - any store failure is a user-facing config problem
             raise ConfigError(f"cannot open MLflow tracking URI {self.uri!r}: {one_line(exc, with_type=False)}") from None
-        self._metrics: list[Any] = []
-        self._pending: list[Future] = []  # background writes not waited for yet
         self.seconds = time.perf_counter() - t0
         self.setup_seconds = self.seconds
+
+    def _setup(self, uri: str, flush_every: int, ledger: _Ledger | None) -> None:
+        self.uri = uri
+        self.flush_every = int(flush_every)
+        self._ledger = ledger or _Ledger(uri)
+        self._metrics: list[Any] = []
+        self.run_id: str | None = None
+        self.seconds = self.setup_seconds = 0.0
         self.ended = False
+        #: the most a flush waits for the writer (not at all while it is behind)
+        self.wait_s = _env_number("HPCTL_TRACKING_WAIT_S", 2.0)
+        #: :meth:`end` gives up once no write has completed for this long
+        self.stall_s = _env_number("HPCTL_TRACKING_STALL_S", 60.0)
+        #: :meth:`end` of an interrupted run (or one a signal arrives in) waits at most this long
+        self.kill_wait_s = _env_number("HPCTL_TRACKING_KILL_WAIT_S", 5.0)
+        #: metrics held in memory at most (queued, in flight, waiting for a retry); more are dropped
+        self.max_buffer = int(_env_number("HPCTL_TRACKING_BUFFER", 500_000))
+
+    def nested(self, run_name: str, tags: dict[str, str] | None = None) -> "Tracker":
+        """A nested run under this one, created by the writer (so a stalled store never
+        holds the caller); it shares this run's count of what MLflow did not get, and its
+        :meth:`end` does not wait (this run's end waits for everything)."""
+        child = Tracker.__new__(Tracker)
+        child._setup(self.uri, self.flush_every, self._ledger)
+        child.client, child.experiment_id = self.client, self.experiment_id
+        child.wait_s, child.stall_s, child.kill_wait_s, child.max_buffer = (
+            self.wait_s, self.stall_s, self.kill_wait_s, self.max_buffer)
+        all_tags = {**_context_tags(), "mlflow.runName": run_name, "mlflow.parentRunId": self.run_id, **(tags or {})}
+
+        def create() -> None:
+            child.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
+
+        child._submit("runs", 1, create)
+        return child
 
     # ------------------------------------------------------------------ logging ---
     @contextmanager
@@ -336,6 +664,17 @@ class Tracker:
         finally:
             self.seconds += time.perf_counter() - t0
 
+    def _submit(self, kind: str, n: int, fn: Any, *args: Any, batch: list | None = None, attempts: int = 0,
+                **kwargs: Any) -> None:
+        future = _writer().submit(fn, *args, **kwargs)
+        future.add_done_callback(self._ledger.done)
+        self._ledger.pending.append(_Op(future, kind, n, self, batch, attempts))
+
+    def _log_batch(self, **kwargs: Any) -> None:  # on the writer, after a nested run's creation
+        if self.run_id is None:
+            raise RuntimeError("the nested run could not be created")
+        self.client.log_batch(self.run_id, **kwargs)
+
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -344,13 +683,16 @@ class Tracker:
             _flatten("", params, flat)
             items = [Param(k[:250], v[:6000]) for k, v in flat.items()]
             for i in range(0, len(items), 100):
-                self.client.log_batch(self.run_id, params=items[i:i + 100])
+                chunk = items[i:i + 100]
+                self._submit("params", len(chunk), self._log_batch, params=chunk)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         with self._timed():
-            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+            if tags:
+                self._submit("tags", len(tags), self._log_batch,
+                             tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def metric(self, key: str, value: float, step: int = 0) -> None:
         """Queue one metric (non-finite values are skipped: MLflow rejects NaN in some stores)."""
@@ -360,38 +702,104 @@ class Tracker:
             value = float(value)
             if not math.isfinite(value):
                 return
+            ledger = self._ledger
+            if len(self._metrics) + ledger.held >= self.max_buffer:
+                ledger.lose("metrics", 1)
+                ledger.warn_once("buffer", f"MLflow ({self.uri}) is not keeping up: {self.max_buffer:,} metrics wait "
+                                           "in memory (HPCTL_TRACKING_BUFFER), so newer ones are dropped from MLflow "
+                                           "(the run folder keeps every event); the run goes on")
+                return
             self._metrics.append(Metric(key, value, int(time.time() * 1000), int(step)))
             if len(self._metrics) >= self.flush_every:
-                self._flush()
+                self._reap()
+                self._hand()
 
     def metrics(self, values: dict[str, float], step: int = 0) -> None:
         for k, v in values.items():
             if isinstance(v, (int, float)):
                 self.metric(k, v, step)
 
-    def _flush(self, wait: bool = False) -> None:
-        batch, self._metrics = self._metrics, []
-        for k in range(0, len(batch), 1000):  # MLflow's per-request limit
-            self._pending.append(_writer().submit(self.client.log_batch, self.run_id, metrics=batch[k:k + 1000]))
-        if wait:
-            pending, self._pending = self._pending, []
-            errors = [op.exception() for op in pending]  # waits for every write, failed or not
-            failed = next((e for e in errors if e is not None), None)
-            if failed is not None:
-                raise failed
+    def _send(self, metrics: list, attempts: int) -> None:
+        for k in range(0, len(metrics), 1000):  # MLflow's per-request limit
+            chunk = metrics[k:k + 1000]
+            self._submit("metrics", len(chunk), self._log_batch, batch=chunk, attempts=attempts, metrics=chunk)
 
-    def flush(self, wait: bool = True) -> None:
-        """Send queued metrics; with ``wait`` return once they are in the store."""
+    def _hand(self) -> None:
+        """Hand the queued metrics, and failed batches due for another try, to the writer."""
+        ledger = self._ledger
+        retry, ledger.retry = ledger.retry, []
+        for tracker, metrics, attempts in retry:
+            tracker._send(metrics, attempts)
+        batch, self._metrics = self._metrics, []
+        self._send(batch, 0)
+        ledger.held += len(batch)
+
+    def _reap(self) -> None:
+        """Take stock of finished writes: failed metric batches wait for a retry, other
+        failures count as not logged."""
+        ledger = self._ledger
+        still: list[_Op] = []
+        for op in ledger.pending:
+            if not op.future.done():
+                still.append(op)
+                continue
+            exc = op.future.exception()
+            if exc is None:
+                continue
+            ledger.last_error = _store_error(exc)
+            if op.kind == "metrics" and op.attempts < self.RETRIES:
+                ledger.retry.append((op.tracker, op.metrics, op.attempts + 1))
+            else:
+                ledger.lose(op.kind, op.n)
+            ledger.warn_once("failing", f"writes to MLflow ({self.uri}) fail ({shorten(ledger.last_error, 160)}); "
+                                        "the run goes on, metrics are sent again later")
+        ledger.pending = still
+        ledger.held = (sum(op.n for op in still if op.kind == "metrics")
+                       + sum(len(m) for _, m, _ in ledger.retry))
+
+    def _wait(self, timeout: float | None) -> bool:
+        futures = [op.future for op in self._ledger.pending]
+        if not futures:
+            return True
+        _, not_done = wait_futures(futures, timeout=timeout)
+        return not not_done
+
+    def flush(self, wait: bool = True, timeout: float | None = None) -> bool:
+        """Send queued metrics; with ``wait`` wait for the writer at most ``timeout``
+        seconds (default :attr:`wait_s`; not at all while it is still behind an earlier
+        flush). Returns whether everything handed so far is in the store."""
         with self._timed():
-            self._flush(wait=wait)
+            self._reap()
+            self._hand()
+            if not wait:
+                return False
+            ledger = self._ledger
+            limit = 0.0 if ledger.behind else (self.wait_s if timeout is None else timeout)
+            done = self._wait(limit)
+            ledger.behind = not done
+            if not done and limit > 0:
+                ledger.warn_once("stalled", f"MLflow ({self.uri}) has not answered for {limit:g} s: the run goes on, "
+                                            "metrics wait in memory and are sent when it answers")
+            self._reap()
+            ok = done and not ledger.retry and not ledger.lost_since_flush
+            ledger.lost_since_flush = False
+            return ok
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         with self._timed():
             path = Path(path)
             if path.is_dir():
-                self.client.log_artifacts(self.run_id, str(path), artifact_path)
+                self._submit("artifacts", 1, self._log_artifact, str(path), artifact_path, True)
             elif path.exists():
-                self.client.log_artifact(self.run_id, str(path), artifact_path)
+                self._submit("artifacts", 1, self._log_artifact, str(path), artifact_path, False)
+
+    def _log_artifact(self, path: str, artifact_path: str | None, folder: bool) -> None:
+        if self.run_id is None:
+            raise RuntimeError("the nested run could not be created")
+        if folder:
+            self.client.log_artifacts(self.run_id, path, artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, path, artifact_path)
 
     # ---------------------------------------------------------------- env events --
     def on_event(self, event: dict[str, Any], names: tuple[str, ...]) -> None:
@@ -415,32 +823,101 @@ class Tracker:
         """The run's MLflow status (RUNNING, FINISHED, FAILED, KILLED)."""
         return self.client.get_run(self.run_id).info.status
 
-    def close_children(self, status: str = "KILLED") -> int:
-        """End nested runs of this run that are still RUNNING (left by a killed process)."""
+    def close_children(self, status: str = "KILLED") -> None:
+        """End nested runs of this run that are still RUNNING (left by a killed process).
+
+        Done by the writer, before anything handed to it later (this run's end waits for it)."""
+        with self._timed():
+            self._submit("repairs", 1, self._close_children, status)
+
+    def _close_children(self, status: str) -> int:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.run_id}' and attributes.status = 'RUNNING'")
+        for r in runs:
+            self.client.set_terminated(r.info.run_id, status=status)
+        return len(runs)
+
+    def _terminate(self, status: str) -> None:
+        if self.run_id is None:
+            raise RuntimeError("the nested run could not be created")
         try:
-            runs = self.client.search_runs(
-                [self.experiment_id],
-                filter_string=f"tags.mlflow.parentRunId = '{self.run_id}' and attributes.status = 'RUNNING'")
-            for r in runs:
-                self.client.set_terminated(r.info.run_id, status=status)
-            return len(runs)
-        except Exception as exc:  # noqa: BLE001 - a bookkeeping repair never stops the run
-            warn(self, f"could not close nested runs: {exc}")
-            return 0
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as exc:
+            db = _sqlite_path(self.uri)
+            if db is None or not _disk_full(exc):
+                raise
+            _set_status_in_place(db, self.run_id, status)
 
     # ------------------------------------------------------------------- ending ---
-    def end(self, status: str = "FINISHED", error: str | None = None) -> None:
+    def end(self, status: str = "FINISHED", error: str | None = None, *, wait: bool = True) -> None:
+        """Record the run's end: what is queued, ``error`` as a tag, the status.
+
+        With ``wait`` (a nested run's end does not wait: its parent's does) it waits while
+        writes complete, at most :attr:`stall_s` without one, at most :attr:`kill_wait_s`
+        for an interrupted run (``KILLED``) or once SIGTERM or Ctrl-C arrives (they are held
+        back meanwhile and delivered after), then says in one line what MLflow did not get
+        (:meth:`unlogged`)."""
         if self.ended:
             return
-        with self._timed():
-            try:
-                self._flush(wait=True)
-            finally:
-                if error:
-                    self.set_tags({"error": error})
-                if self.owns_run:
-                    self.client.set_terminated(self.run_id, status=status)
-                self.ended = True
+        with self._timed(), _signals_held() as held:
+            self._reap()
+            self._hand()
+            if error:
+                self.set_tags({"error": error})
+            if self.owns_run:
+                self._submit("status", 1, self._terminate, status)
+            self.ended = True
+            if wait:
+                self._drain(interrupted=status == "KILLED", held=held)
+                self._report()
+
+    def _drain(self, *, interrupted: bool, held: _Held) -> None:
+        ledger = self._ledger
+        t0 = time.monotonic()
+        while True:
+            self._reap()
+            if ledger.retry:
+                self._hand()
+            if not ledger.pending:
+                return
+            now = time.monotonic()
+            if interrupted and now - t0 >= self.kill_wait_s:
+                break
+            if held.got is not None and now - held.at >= self.kill_wait_s:
+                break
+            if now - max(ledger.last_done, t0) >= self.stall_s:
+                break
+            wait_futures([op.future for op in ledger.pending], timeout=0.1, return_when="FIRST_COMPLETED")
+        for op in ledger.pending:  # abandoned: the writer may still finish them, unconfirmed
+            ledger.lose(op.kind, op.n)
+        ledger.pending = []
+        ledger.held = 0
+        ledger.last_error = ledger.last_error or f"no answer for {time.monotonic() - t0:.0f} s"
+
+    def unlogged(self) -> dict[str, Any] | None:
+        """What MLflow did not get (counts by kind, the last error), or None when it got everything."""
+        ledger = self._ledger
+        lost = {k: v for k, v in ledger.lost.items() if v}
+        if not lost:
+            return None
+        return {"tracking_uri": self.uri, "mlflow_run_id": self.run_id, "not_logged": lost,
+                "status_recorded": not lost.get("status"), "last_error": ledger.last_error}
+
+    def unlogged_line(self) -> str | None:
+        info = self.unlogged()
+        if info is None:
+            return None
+        parts = [f"{n:,} {_KINDS[k][n != 1]}" for k, n in info["not_logged"].items()]
+        listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        return (f"MLflow ({self.uri}) did not get {listed} of run {self.run_id} "
+                f"({shorten(info['last_error'] or '', 160)}); the run folder keeps everything")
+
+    def _report(self) -> None:
+        line = self.unlogged_line()
+        if line and not self._ledger.reported:
+            self._ledger.reported = True
+            print(f"hpctl: warning: {line}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------- run-level recorders ---
@@ -456,14 +933,19 @@ class RunRecorder:
         self.last_flush = time.perf_counter()
 
     def checkpoint_flush(self, min_interval: float = 2.0) -> None:
-        """Flush queued metrics at a checkpoint, at most every ``min_interval`` seconds."""
+        """Flush queued metrics at a checkpoint, at most every ``min_interval`` seconds.
+
+        ``logged`` moves on only when the store has every event so far; otherwise (a store
+        that is slow, stalled or failing: the tracker warns once and the run goes on) those
+        events are logged again by a resumed run."""
         if self.tracker is not None and time.perf_counter() - self.last_flush >= min_interval:
             try:
-                self.tracker.flush()
+                complete = self.tracker.flush()
             except Exception as exc:  # noqa: BLE001 - a store hiccup must not stop training
                 warn(self.tracker, f"metrics flush failed: {type(exc).__name__}: {exc}")
-                return  # `logged` stays: those events are logged again on resume
-            self.logged = len(self.history)
+                complete = False
+            if complete:
+                self.logged = len(self.history)
             self.last_flush = time.perf_counter()
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -475,10 +957,13 @@ class RunRecorder:
 
 
 class PhaseRuns:
-    """Nested MLflow runs, one per long phase (the controller run, a plugin's adapter training).
+    """Nested MLflow runs, one per long phase of a plugin (e.g. grasp_lora's adapter training).
 
-    Used as a task's ``phase_listener``; each child run gets the phase's wall time and
-    whatever counters the plugin reports. Tracking problems here only cost the child run.
+    Used as a task's ``phase_listener``; each child run gets the phase's own settings, its
+    per-step metrics, wall time and whatever counters the plugin reports. The controller
+    itself gets none: its settings are the run's parameters and its time the run's
+    ``time/controller_s``, so such a child would hold nothing of its own. The children are
+    created by the writer (:meth:`Tracker.nested`); tracking problems here only cost them.
     """
 
     def __init__(self, parent: Tracker, experiment: str) -> None:
@@ -492,8 +977,7 @@ class PhaseRuns:
         ``status``)."""
         try:
             if event == "start":
-                child = Tracker(self.parent.uri, self.experiment, run_name=name, experiment_id=self.parent.experiment_id,
-                                parent_run_id=self.parent.run_id, tags={"hpctl.phase": name})
+                child = self.parent.nested(name, tags={"hpctl.phase": name})
                 self.open[name] = child
                 if info.get("params"):
                     child.log_params(info["params"])
@@ -505,22 +989,9 @@ class PhaseRuns:
             else:
                 child = self.open.pop(name)
                 child.metrics({k: v for k, v in info.items() if isinstance(v, (int, float))})
-                child.end(str(info.get("status", "FINISHED")))
+                child.end(str(info.get("status", "FINISHED")), wait=False)  # the parent's end waits for it
         except Exception as exc:  # noqa: BLE001
             warn(self.parent, f"nested run for phase {name!r} not recorded: {exc}")
-
-    @contextmanager
-    def phase(self, name: str, params: dict[str, Any] | None = None):
-        t0, status = time.perf_counter(), "FAILED"
-        self(name, "start", {"params": params or {}})
-        try:
-            yield
-            status = "FINISHED"
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: killed, not failed
-            status = "KILLED"
-            raise
-        finally:
-            self(name, "end", {"seconds": time.perf_counter() - t0, "status": status})
 
 
 def warn(tracker: Tracker, message: str) -> None:

@@ -36,30 +36,45 @@ def test_metrics_reach_the_store(tracker):
     assert [m.step for m in history] == [0, 1, 2, 3, 4]
 
 
-def test_a_write_error_is_raised_by_the_next_waiting_flush_then_cleared(tracker, monkeypatch):
+def test_a_failed_write_is_said_once_and_sent_again_by_a_later_flush(tracker, monkeypatch, capfd):
     _break_metric_writes(tracker, monkeypatch)
     tracker.metric("probe/x", 1.0, 0)
-    tracker.flush(wait=False)  # handed to the background writer: the error shows when waited for
-    with pytest.raises(Exception, match="store is down"):
-        tracker.flush(wait=True)
+    tracker.flush(wait=False)  # handed to the background writer: the failure is seen by a later flush
+    assert tracker.flush(wait=True) is False  # not raised: the run goes on
+    assert tracker.flush(wait=True) is False  # failed again (second try)
+    err = capfd.readouterr().err
+    assert err.count("store is down") == 1 and len(err.strip().splitlines()) == 1
     monkeypatch.undo()
     tracker.metric("probe/x", 2.0, 1)
-    tracker.flush(wait=True)  # later writes still work
-    assert [m.value for m in tracker.client.get_metric_history(tracker.run_id, "probe/x")] == [2.0]
+    assert tracker.flush(wait=True) is True  # the store is back: the failed batch went again
+    assert sorted(m.value for m in tracker.client.get_metric_history(tracker.run_id, "probe/x")) == [1.0, 2.0]
+    tracker.end()
+    assert tracker.unlogged() is None and tracker.status() == "FINISHED"
 
 
-def test_recorder_keeps_unflushed_events_for_resume_and_warns(tracker, monkeypatch):
+def test_a_batch_failing_every_try_is_counted_not_logged(tracker, monkeypatch, capfd):
+    _break_metric_writes(tracker, monkeypatch)
+    for step in range(3):
+        tracker.metric("probe/x", 1.0, step)
+    tracker.end()  # retries the batch until its tries are used up, then gives it up
+    info = tracker.unlogged()
+    assert info["not_logged"] == {"metrics": 3} and info["status_recorded"] and "store is down" in info["last_error"]
+    assert tracker.status() == "FINISHED"
+    assert "did not get 3 metrics" in capfd.readouterr().err
+
+
+def test_recorder_keeps_unflushed_events_for_resume(tracker, monkeypatch):
     rec = RunRecorder(("x",), tracker)
     for i in range(3):
         rec({"event": "probe", "probe": i, "round": 0, "kind": "candidate", "value": [0.1 * i], "score": -1.0})
     _break_metric_writes(tracker, monkeypatch)
     rec.checkpoint_flush(min_interval=0.0)
+    rec.checkpoint_flush(min_interval=0.0)
     assert rec.logged == 0  # these events will be logged again by a resumed run
-    tags = tracker.client.get_run(tracker.run_id).data.tags
-    assert "store is down" in tags["warning"]
     monkeypatch.undo()
     rec.checkpoint_flush(min_interval=0.0)
     assert rec.logged == 3
+    assert len(tracker.client.get_metric_history(tracker.run_id, "probe/x")) == 3
 
 
 @pytest.mark.parametrize("controller", ["grpo", "random"])
