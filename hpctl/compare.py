@@ -157,15 +157,31 @@ def compare(plugin_name: str, controllers: list[str], seeds: int, base: RunOptio
     engine = get_engine(options)  # --engine ray: joined (or started) before anything is recorded
     out_dir, lock = open_run_dir(out or f"runs/compare-{plugin_name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                  plugin_name, "compare", base.seed, command="compare", tracking_uri=base.tracking_uri)
+    token = uuid.uuid4().hex
+    spec = {**RunSpec(plugin=plugin_name, options=base, plugin_config=plugin_config, command="compare").to_json(),
+            "compare": {"controllers": controllers, "seeds": seeds, "token": token, "mlflow_run_id": None,
+                        "tracking_uri": base.tracking_uri}}
+    parent = None
     try:
-        parent = Tracker(base.tracking_uri, f"hpctl-{plugin_name}", run_name=f"compare {plugin_name}",
-                         tags={"hpctl.plugin": plugin_name, "hpctl.command": "compare", "hpctl.engine": engine.name})
-    except BaseException:
+        # the spec first, the parent run (tagged with the token) next: a kill between the two is resumable too
+        atomic_write_json(out_dir / COMPARE_SPEC, spec)
+        parent = _parent_tracker(base.tracking_uri, plugin_name, engine.name, token)
+        spec["compare"].update(mlflow_run_id=parent.run_id, tracking_uri=parent.uri)
+        atomic_write_json(out_dir / COMPARE_SPEC, spec)
+    except BaseException as exc:
+        if parent is not None:
+            end_quietly(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", one_line(exc))
+        (out_dir / COMPARE_SPEC).unlink(missing_ok=True)
         lock.discard()
         raise
-    token = uuid.uuid4().hex
     return _run_comparison(plugin, plugin_name, controllers, seeds, base, plugin_config, engine, out_dir, lock,
                            parent, token, on_run=on_run, t_start=t_start, resumed=False)
+
+
+def _parent_tracker(uri: str | None, plugin_name: str, engine: str, token: str) -> Tracker:
+    return Tracker(uri, f"hpctl-{plugin_name}", run_name=f"compare {plugin_name}",
+                   tags={"hpctl.plugin": plugin_name, "hpctl.command": "compare", "hpctl.engine": engine,
+                         "hpctl.compare_token": token})
 
 
 def resume_compare(out_dir: str | Path, *, on_run: Callable[[str, int], Any] | None = None,
@@ -197,25 +213,48 @@ def resume_compare(out_dir: str | Path, *, on_run: Callable[[str, int], Any] | N
         spec = RunSpec.from_json(raw)
         saved = raw["compare"]
         controllers, seeds = [str(c) for c in saved["controllers"]], int(saved["seeds"])
-        token, run_id, uri = str(saved["token"]), str(saved["mlflow_run_id"]), str(saved["tracking_uri"])
+        token = str(saved["token"])
+        run_id = None if saved["mlflow_run_id"] is None else str(saved["mlflow_run_id"])
+        uri = None if saved["tracking_uri"] is None else str(saved["tracking_uri"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ResumeError(f"{str(spec_file)!r} is not a comparison's spec: {shorten(one_line(exc), 200)}") from None
     base = dataclasses.replace(spec.options, tracking_uri=uri, out=str(out_dir), **(engine_settings or {}))
     plugin, options = _check_compare(spec.plugin, controllers, seeds, base, spec.plugin_config)
     lock = lock_run_dir(out_dir, what="compare")  # one writer: a comparison still running is refused here
     try:
-        parent = Tracker(uri, f"hpctl-{spec.plugin}", run_id=run_id, reopen=False)
-        was = parent.status()
-        if was != "RUNNING" and (out_dir / "compare.json").is_file():
-            raise ResumeError(f"the comparison in {str(out_dir)!r} has finished (compare.json exists, MLflow run "
-                              f"{was}); nothing to resume")
         engine = get_engine(options)
-        parent.client.update_run(run_id, status="RUNNING")  # until it ends below
+        if run_id is None:  # killed before its parent run was recorded: no trial has started
+            parent = _parent_tracker(uri, spec.plugin, engine.name, token)
+            _close_other_parents(parent, token)
+            raw["compare"].update(mlflow_run_id=parent.run_id, tracking_uri=parent.uri)
+            atomic_write_json(spec_file, raw)
+        else:
+            parent = Tracker(uri, f"hpctl-{spec.plugin}", run_id=run_id, reopen=False)
+            was = parent.status()
+            if was != "RUNNING" and (out_dir / "compare.json").is_file():
+                raise ResumeError(f"the comparison in {str(out_dir)!r} has finished (compare.json exists, MLflow "
+                                  f"run {was}); nothing to resume")
+            parent.client.update_run(run_id, status="RUNNING")  # until it ends below
     except BaseException:
         lock.release()
         raise
     return _run_comparison(plugin, spec.plugin, controllers, seeds, base, spec.plugin_config, engine, out_dir,
-                           lock, parent, token, on_run=on_run, t_start=t_start, resumed=True)
+                           lock, parent, token, on_run=on_run, t_start=t_start, resumed=run_id is not None)
+
+
+def _close_other_parents(parent: Tracker, token: str) -> None:
+    """End the parent run a comparison killed before it recorded its id left RUNNING (found by its token)."""
+    try:
+        runs = parent.client.search_runs(
+            [parent.experiment_id],
+            filter_string=f"tags.`hpctl.compare_token` = '{token}' and attributes.status = 'RUNNING'")
+        for r in runs:
+            if r.info.run_id != parent.run_id:
+                parent.client.set_tag(r.info.run_id, "error", f"killed before it started; resumed as run "
+                                                              f"{parent.run_id}")
+                parent.client.set_terminated(r.info.run_id, status="KILLED")
+    except Exception:  # noqa: BLE001 - a bookkeeping repair never stops the comparison
+        pass
 
 
 def _run_comparison(plugin, plugin_name: str, controllers: list[str], seeds: int, base: RunOptions,
@@ -230,10 +269,6 @@ def _run_comparison(plugin, plugin_name: str, controllers: list[str], seeds: int
     status, error = "FINISHED", None
     try:
         if not resumed:
-            atomic_write_json(out_dir / COMPARE_SPEC, {
-                **RunSpec(plugin=plugin_name, options=base, plugin_config=plugin_config, command="compare").to_json(),
-                "compare": {"controllers": controllers, "seeds": seeds, "token": token,
-                            "mlflow_run_id": parent.run_id, "tracking_uri": parent.uri}})
             parent.log_params({"controllers": ",".join(controllers), "seeds": seeds, "budget": base.budget,
                                "plugin_config": plugin_config})
         else:

@@ -127,3 +127,27 @@ def test_compare_resume_refuses_what_it_cannot_resume(tmp_path, hpctl_main):
     os.mkdir("empty")
     code, _, err = hpctl_main("compare", "--resume", "empty")
     assert code == 2 and "not an hpctl run directory" in err, err
+
+
+def test_a_comparison_killed_before_it_recorded_its_parent_run_resumes(tmp_path, hpctl_main, tracking_uri):
+    """SIGKILL between writing the spec and recording the parent run's id in it: the parent run it
+    had opened (found by the comparison's token) is closed, a new one carries the comparison."""
+    from hpctl.compare import COMPARE_SPEC, _parent_tracker
+    from hpctl.config import RunOptions
+    from hpctl.rundir import RunSpec
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    spec = RunSpec(plugin="synthetic", options=RunOptions(budget=4, tracking_uri=tracking_uri),
+                   plugin_config={"optimum": 0.3}, command="compare").to_json()
+    (out / COMPARE_SPEC).write_text(json.dumps({**spec, "compare": {
+        "controllers": ["random"], "seeds": 1, "token": "t0k3n", "mlflow_run_id": None, "tracking_uri": None}}))
+    orphan = _parent_tracker(tracking_uri, "synthetic", "local", "t0k3n").run_id
+    code, stdout, err = hpctl_main("compare", "--resume", str(out), "--json")
+    assert code == 0, err
+    result = json.loads(stdout.strip().splitlines()[-1])
+    client, runs = _runs(tracking_uri)
+    status = {r.info.run_id: r.info.status for r in runs}
+    assert status[orphan] == "KILLED" and status[result["mlflow_run_id"]] == "FINISHED"
+    assert status[result["runs"]["random"][0]["mlflow_run_id"]] == "FINISHED"
+    assert json.loads((out / COMPARE_SPEC).read_text())["compare"]["mlflow_run_id"] == result["mlflow_run_id"]
