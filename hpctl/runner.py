@@ -24,8 +24,8 @@ from hpctl.plots import PlotProcess, plot_run
 from hpctl.errors import ConfigError, HpctlError, ResumeError, Terminated, shorten
 from hpctl.registry import load_plugin
 from hpctl.rundir import (CHECKPOINT_EVERY_S, RESULT, SPEC, TRIAL_MARK, UNLOGGED, HistoryLog, RunLock, RunSpec,
-                          atomic_write_json, load_checkpoint, lock_run_dir, mark_legacy, note_files, open_run_dir,
-                          save_checkpoint)
+                          atomic_write_bytes, atomic_write_json, load_checkpoint, lock_run_dir, mark_legacy, note_files,
+                          open_run_dir, save_checkpoint)
 from hpctl.seeding import seed_everything  # re-exported: hpctl.runner.seed_everything
 from hpctl.tracking import PhaseRuns, RunRecorder, Tracker, end_quietly, log_outputs, warn
 
@@ -147,6 +147,31 @@ def build(spec: RunSpec, out_dir: Path, configured: tuple | None = None):
     return plugin, config, task, env, controller, budget
 
 
+def resolved_params(settings: dict[str, Any], *sources: Any) -> dict[str, Any]:
+    """``settings`` as MLflow parameters: a value left unset (None) is the value the run chose,
+    found under the same name in ``sources`` in turn (a mapping's key; an object's attribute,
+    called when it is a method that takes no arguments, e.g. GRPO's ``group_size()``); one
+    no source knows was truly not set (an optional feature off) and is left out, so no
+    parameter reads 'None'."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            value = resolved_params(value)
+        for source in sources if value is None else ():
+            found = source.get(key) if isinstance(source, dict) else getattr(source, key, None)
+            if callable(found):
+                try:
+                    found = found()
+                except TypeError:  # a method that needs arguments: not a setting's value
+                    found = None
+            if found is not None and not callable(found):
+                value = found
+                break
+        if value is not None:
+            out[key] = value
+    return out
+
+
 def best_probe(history: list[dict[str, Any]], knob) -> dict[str, Any] | None:
     """The probe with the highest score (any kind, first of ties): one noisy measurement at
     the training state it was taken in. The learned value is what the final phase uses."""
@@ -261,6 +286,7 @@ def _run(spec: RunSpec, held: list[RunLock], *, progress, parent_run_id, resume_
         if checkpoint is None:
             atomic_write_json(out_dir / SPEC, spec.to_json())
             task_info = dict(task.describe())
+            chosen = task_info.pop("resolved", None) or {}  # what the task chose for options left unset
             tracker.log_params({"plugin": spec.plugin, "controller": controller.name, "seed": opts.seed,
                                 "budget": budget, "group_size": env.group_size,
                                 "steps_per_round": env.steps_per_round, "commit_rule": env.commit_rule,
@@ -268,9 +294,11 @@ def _run(spec: RunSpec, held: list[RunLock], *, progress, parent_run_id, resume_
                                 "knob": {"name": task.knob.name, "low": task.knob.low, "high": task.knob.high,
                                          "dim": task.knob.dim},
                                 # the task's resolved config (presets filled in) when it has one
-                                "plugin_config": task_info.pop("config", dataclasses.asdict(config)),
-                                "controller_config": dataclasses.asdict(controller.config),
-                                "task": task_info})
+                                "plugin_config": resolved_params(task_info.pop("config", dataclasses.asdict(config)),
+                                                                 chosen, task_info),
+                                "controller_config": resolved_params(dataclasses.asdict(controller.config),
+                                                                     controller, env),
+                                "task": resolved_params(task_info)})
             env.reset(seed=opts.seed)
             on_round.checkpoint(controller)
         else:
@@ -347,9 +375,9 @@ def _run(spec: RunSpec, held: list[RunLock], *, progress, parent_run_id, resume_
     except Exception as exc:
         status, error = "FAILED", f"{type(exc).__name__}: {exc}"
         try:  # a folder that cannot take error.txt (read-only, full) must not hide the error itself
-            (out_dir / "error.txt").write_text(traceback.format_exc())
+            atomic_write_bytes(out_dir / "error.txt", traceback.format_exc().encode())
             exc.hpctl_error_file = str(out_dir / "error.txt")
-        except OSError:
+        except OSError:  # a full disk: no error.txt rather than an empty one
             pass
         raise
     finally:

@@ -332,14 +332,23 @@ def _experiment_id(client: Any, uri: str, name: str) -> str:
         return exp.experiment_id
 
 
-@functools.lru_cache(maxsize=1)
 def _context_tags() -> dict[str, str]:
-    """MLflow's standard run tags (user, source, git commit) for a run started by hpctl.
+    """MLflow's standard run tags (user, source, git) for a run started by hpctl.
 
-    Set by hand, once per process: MLflow's own context providers import GitPython and
-    inspect the calling script, seconds per run here, for tags that would name the
-    console script rather than hpctl.
+    Set by hand: MLflow's own context providers import GitPython and inspect the calling
+    script, seconds per run here, for tags that would name the console script rather than
+    hpctl. The git tags describe the repository of the current working directory (the
+    user's project), not hpctl's own checkout, and are absent outside a git repository.
     """
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working directory was removed
+        cwd = "/"
+    return _context_tags_in(cwd)
+
+
+@functools.lru_cache(maxsize=8)
+def _context_tags_in(cwd: str) -> dict[str, str]:
     import getpass
 
     try:
@@ -349,22 +358,35 @@ def _context_tags() -> dict[str, str]:
     tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "hpctl"}
     if user:
         tags["mlflow.user"] = user
-    commit = _git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
+    tags.update(_git_tags(cwd))
     return tags
 
 
-def _git_commit() -> str | None:
-    """The commit of the hpctl source tree when it runs from a git checkout."""
+def _git(cwd: str, *args: str) -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
-                             capture_output=True, text=True, timeout=2, check=False)
+        out = subprocess.run(["git", "-C", cwd, *args], capture_output=True, text=True, timeout=2, check=False,
+                             stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _git_tags(cwd: str) -> dict[str, str]:
+    """``mlflow.source.git.commit``, ``.branch`` and ``.repoURL`` of the git repository holding
+    ``cwd`` (none outside one, or where git is missing)."""
+    head = _git(cwd, "rev-parse", "HEAD", "--abbrev-ref", "HEAD")
+    if head is None:
+        return {}
+    lines = head.splitlines()
+    tags = {"mlflow.source.git.commit": lines[0]}
+    if len(lines) > 1 and lines[1] != "HEAD":  # "HEAD": a detached checkout, no branch
+        tags["mlflow.source.git.branch"] = lines[1]
+    url = _git(cwd, "config", "--get", "remote.origin.url")
+    if url:
+        tags["mlflow.source.git.repoURL"] = url
+    return tags
 
 
 def _env_number(name: str, default: float) -> float:
@@ -603,6 +625,10 @@ class Tracker:
         try:
             with _store_guard(self.uri):
                 self.client = MlflowClient(tracking_uri=self.uri)
+                if run_id is not None and experiment_id is None:
+                    # an existing run (a resume, a Trainer's run) lives in its own experiment: creating
+                    # `experiment` by name would leave an empty one (the Trainer callback's hpctl-trainer)
+                    experiment_id = self.client.get_run(run_id).info.experiment_id
                 self.experiment_id = experiment_id or _experiment_id(self.client, self.uri, experiment)
                 if run_id is not None:
                     self.run_id = run_id

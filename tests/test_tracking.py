@@ -1,6 +1,9 @@
-"""The MLflow tracker's background writer and the run recorder's flush."""
+"""The MLflow tracker's background writer, the run recorder's flush, and tidy records:
+resolved parameters, no empty child runs or experiments, git tags of the user's project."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -80,7 +83,6 @@ def test_recorder_keeps_unflushed_events_for_resume(tracker, monkeypatch):
 @pytest.mark.parametrize("controller", ["grpo", "random"])
 def test_every_controller_logs_its_answer_under_one_name(hpctl_main, tracking_uri, controller):
     import json
-    from pathlib import Path
 
     from mlflow.tracking import MlflowClient
 
@@ -172,3 +174,94 @@ def test_end_waits_for_every_background_write(tracker):
     tracker.end()
     assert len(tracker.client.get_metric_history(tracker.run_id, "probe/x")) == 2500
     assert tracker.status() == "FINISHED"
+
+
+# ------------------------------------------------------- tidy records (#34 item 2) --
+def test_a_run_logs_resolved_parameters_and_no_empty_child_run(hpctl_main, tracking_uri):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    code, out, err = hpctl_main("run", "synthetic", "--budget", "18", "--out", "r", "--json")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(result["mlflow_run_id"])
+    params = run.data.params
+    assert not [k for k, v in params.items() if v == "None"]
+    assert params["controller_config.group_size"] == "8"  # GRPO's None: the run's group size
+    assert params["plugin_config.start"] == "[0.5]"  # the value training started at
+    assert "plugin_config.optimum2" not in params and "plugin_config.env" not in params  # truly unset
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert children == []  # no "controller" child holding only its seconds and a copy of the params
+    assert run.data.metrics["time/controller_s"] >= 0
+
+
+def test_resolved_params_fill_from_sources_and_leave_out_what_nobody_set():
+    from types import SimpleNamespace
+
+    from hpctl.runner import resolved_params
+
+    class Ctrl:
+        def group_size(self):
+            return 6
+
+        def needs_args(self, budget):
+            return budget
+
+    got = resolved_params({"a": 1, "group_size": None, "needs_args": None, "gone": None, "nested": {"x": None, "y": 2}},
+                          Ctrl(), {"gone": None}, SimpleNamespace(needs_args=3))
+    assert got == {"a": 1, "group_size": 6, "needs_args": 3, "nested": {"y": 2}}
+
+
+def test_grasp_lora_reports_what_it_chose_for_unset_options(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from hpctl.plugins.grasp_lora import GraspLoraConfig, resolve_config
+    from hpctl.plugins.grasp_lora.task import GraspTask
+
+    monkeypatch.setenv("HPCTL_CACHE", str(tmp_path / "cache"))
+    cfg = resolve_config(GraspLoraConfig(preset="smoke"))
+    assert cfg.controller_lr is None and cfg.cache_dir is None and cfg.data_dir is None
+    chosen = GraspTask.resolved_options(SimpleNamespace(cfg=cfg))
+    assert chosen["controller_lr"] == cfg.lr and chosen["cache_dir"] == str(tmp_path / "cache")
+    assert Path(chosen["data_dir"]).is_dir() and chosen["merge_weights"] == "source=1,target=1"
+    weighted = resolve_config(GraspLoraConfig(preset="smoke", merge="weighted", merge_weights="0.3,1"))
+    assert GraspTask.resolved_options(SimpleNamespace(cfg=weighted))["merge_weights"] == "source=0.3,target=1"
+
+
+def test_attaching_to_an_existing_run_creates_no_experiment(tmp_path):
+    owner = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "the-owners", run_name="trainer")
+    attached = Tracker(owner.uri, "hpctl-trainer", run_id=owner.run_id, reopen=False)
+    assert attached.experiment_id == owner.experiment_id
+    assert owner.client.get_experiment_by_name("hpctl-trainer") is None  # no empty experiment
+    owner.end()
+
+
+def test_git_tags_describe_the_working_directorys_repository(tmp_path, monkeypatch):
+    import subprocess
+
+    from hpctl import tracking
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    monkeypatch.chdir(plain)
+    t = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp", run_name="outside")
+    t.end()
+    tags = t.client.get_run(t.run_id).data.tags
+    assert not [k for k in tags if k.startswith("mlflow.source.git")]  # not hpctl's own checkout
+    repo = tmp_path / "project"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=u", "-c", "user.email=u@x", "-c", "commit.gpgsign=false", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "remote", "add", "origin", "https://example.invalid/project.git"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    monkeypatch.chdir(repo)
+    tracking._context_tags_in.cache_clear()
+    t = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp", run_name="inside")
+    t.end()
+    tags = t.client.get_run(t.run_id).data.tags
+    assert tags["mlflow.source.git.commit"] == head and tags["mlflow.source.git.branch"] == "main"
+    assert tags["mlflow.source.git.repoURL"] == "https://example.invalid/project.git"
