@@ -98,6 +98,7 @@ from hpctl.plugins.grasp_lora.lora import (
     lora_factors,
     merge_adapters,
     merge_error,
+    merge_weights,
     parse_merge_weights,
     unload_lora,
 )
@@ -178,9 +179,27 @@ class GraspTask(Task):
 
     def describe(self) -> dict[str, Any]:
         cfg = asdict(self.cfg) if is_dataclass(self.cfg) else dict(vars(self.cfg))
-        return {"config": cfg, "knob": {"name": self.knob.name, "low": self.knob.low, "high": self.knob.high,
-                                        "dim": self.knob.dim, "labels": list(self.knob.labels)},
+        return {"config": cfg, "resolved": self.resolved_options(),
+                "knob": {"name": self.knob.name, "low": self.knob.low, "high": self.knob.high,
+                         "dim": self.knob.dim, "labels": list(self.knob.labels)},
                 "backbone": self.backbone_name or self.cfg.backbone, **self.notes}
+
+    def resolved_options(self) -> dict[str, Any]:
+        """What the run chose for the options its config leaves unset (None), for the run's
+        MLflow parameters: the data and cache folders it read, the controller run's learning
+        rate, the merge's weights. An adapter folder not given (trained) stays unset."""
+        from hpctl.plugins.grasp_lora.backbone import default_cache_dir
+        from hpctl.plugins.grasp_lora.corpora import default_data_dir
+        from hpctl.plugins.grasp_lora.readers import HUB_IDS
+
+        c = self.cfg
+        data = default_data_dir(c.task) if c.data_dir is None else c.data_dir
+        weights = merge_weights(c.merge, parse_merge_weights(c.merge_weights))
+        return {"data_dir": data if data is not None else f"hub:{HUB_IDS[c.task]}",
+                "cache_dir": str(default_cache_dir() if c.cache_dir is None else Path(c.cache_dir).expanduser()),
+                "controller_lr": c.lr if c.controller_lr is None else c.controller_lr,
+                "merge_weights": ",".join(f"{side}={w:g}" for side, w in zip(("source", "target"), weights)
+                                          if w is not None)}
 
     # ------------------------------------------------------------------ bookkeeping ----
     @contextlib.contextmanager
