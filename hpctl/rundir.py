@@ -76,7 +76,8 @@ TRIAL_MARK = ".hpctl-trial"
 KNOWN_FILES = frozenset({
     SPEC, CHECKPOINT, HISTORY_LOG, RESULT, "history.json", "run.png", "error.txt", "controller_state.json",
     TRIAL_MARK, "compare.json", "compare.png", "callback.json", MARKER, UNLOGGED,
-    *(n + ".tmp" for n in (SPEC, CHECKPOINT, RESULT, "history.json", "controller_state.json", "compare.json")),
+    *(n + ".tmp" for n in (SPEC, CHECKPOINT, RESULT, "history.json", "controller_state.json", "compare.json",
+                            "error.txt", UNLOGGED)),
 })
 
 
