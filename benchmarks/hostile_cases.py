@@ -78,9 +78,9 @@ def run_case(name: str, work: Path | None = None) -> tuple[bool, str]:
     work.mkdir(parents=True, exist_ok=True)
     try:
         handled, detail = CASES[name].fn(work)
-        return bool(handled), _line(detail)
+        return bool(handled), _line(_relative(detail, work))
     except Exception as exc:  # noqa: BLE001 - the harness reports, never stops
-        return False, _line(f"case raised {type(exc).__name__}: {exc}")
+        return False, _line(_relative(f"case raised {type(exc).__name__}: {exc}", work))
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
@@ -89,6 +89,13 @@ def run_case(name: str, work: Path | None = None) -> tuple[bool, str]:
 # --------------------------------------------------------------------- helpers --
 SYNTH = ["run", "synthetic", "--optimum", "0.3", "--noise", "0.02", "-c", "grpo"]
 TINY = [*SYNTH, "--budget", "8", "--group-size", "4"]
+
+
+def _relative(text: str, work: Path) -> str:
+    """``text`` with the case's scratch folder left out of its paths (the same line every run)."""
+    for folder in {str(work), str(work.resolve())}:
+        text = str(text).replace(folder + os.sep, "").replace(folder, ".")
+    return text
 
 
 def _line(text: str, limit: int = 300) -> str:
@@ -273,9 +280,27 @@ def overwrite_dot_out_keeps_other_runs_and_user_files(work: Path) -> tuple[bool,
     if p.returncode == 0:
         if first.returncode != 0:
             return False, f"--out . was refused at first ({last_line(first)}) but --overwrite ran"
-        return ((proj / "result.json").is_file(),
-                "replaced only its own run; the other run, mlruns/ and my_notes.txt kept")
-    return one_line_error(p)
+        if not (proj / "result.json").is_file():
+            return False, "--out . --overwrite exited 0 without a result.json"
+        here = "replaced only its own run"
+    else:
+        ok, here = one_line_error(p)
+        if not ok:
+            return False, f"--out . --overwrite: {here}"
+    # the same folder named from outside (not the current directory): only the run's own files go
+    home = work / "home"
+    home.mkdir()
+    uri = f"sqlite:///{proj / 'mlruns' / 'mlflow.db'}"
+    p = cli([*TINY, "--out", str(proj), "--overwrite"], home, uri=uri)
+    lost = [k for k, v in keep.items() if not (proj / k).is_file() or (proj / k).read_bytes() != v]
+    if not (proj / "mlruns" / "mlflow.db").is_file():
+        lost.append("mlruns/mlflow.db")
+    if lost:
+        return False, f"from outside: deleted {', '.join(lost)} (exit {p.returncode}): {last_line(p)}"
+    if p.returncode == 0:
+        return (proj / "result.json").is_file(), f"{here}; from outside: replaced only its own run, kept the rest"
+    ok, msg = one_line_error(p)
+    return ok, f"{here}; from outside: {msg}"
 
 
 @case("deletes")
@@ -876,7 +901,7 @@ def resume_with_config_names_the_flag_as_typed(work: Path) -> tuple[bool, str]:
     return one_line_error(p, "--config", must_not=("--config-file", "config_file"))
 
 
-@case("input", needs=("torch",))
+@case("input", needs=("torch", "transformers", "peft", "datasets"))
 def eval_advice_names_evals_own_option(work: Path) -> tuple[bool, str]:
     """`hpctl eval` of a run made on a device this machine lacks must advise eval's spelling
     (-o device=cpu), not run's --device."""

@@ -23,7 +23,6 @@ from benchmarks.hostile_cases import CASES, run_case  # noqa: E402
 #: strict, so a fixed case fails the suite until its name is taken out of this set
 KNOWN_FAILING: set[str] = {
     "interrupted_first_run_leaves_a_usable_store",  # the exit message offers --resume with no checkpoint
-    "full_disk_is_one_line_and_leaves_nothing_running",  # an empty error.txt is left
 }
 
 
