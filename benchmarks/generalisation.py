@@ -332,10 +332,10 @@ def summary(doc: dict[str, Any]) -> str:
         f"{len(doc['controllers'])} controllers.",
         f"- GRPO's median no worse than the best other controller's: {v['median_met']} of {v['median_of']} families "
         f"(target at least 80 %: {'met' if v['median_target'] else 'not met'})"
-        + (f"; missed in: {', '.join(missed)}." if missed else "."),
+        + (f"; missed in: {'; '.join(missed)}." if missed else "."),
         f"- GRPO's trapped rate at most 1 point above random search's: {v['trapped_met']} of {v['trapped_of']} "
         f"families (target every family: {'met' if v['trapped_target'] else 'not met'})"
-        + (f"; missed in: {', '.join(trapped)}." if trapped else "."),
+        + (f"; missed in: {'; '.join(trapped)}." if trapped else "."),
     ]
     for b in doc["best_at_budget"]:
         if b["plugins"]:

@@ -96,10 +96,23 @@ def _ray(path: Path) -> str:
     return ray_scaleout.render_md(path.parent)
 
 
+def _generalisation(path: Path) -> str:
+    from benchmarks import generalisation
+
+    return generalisation.markdown(json.loads(path.read_text()))
+
+
+def generalisation_summary() -> str:
+    from benchmarks import generalisation
+
+    return generalisation.summary(_load("generalisation.json"))
+
+
 #: results report (relative to benchmarks/results) -> (its source JSON, renderer); None: kept as committed
 REPORTS: dict[str, tuple[str, Callable[[Path], str]] | None] = {
     "controllers.md": ("controllers.json", _controllers),
     "controllers_twopeak300/controllers.md": ("controllers_twopeak300/controllers.json", _controllers),
+    "generalisation.md": ("generalisation.json", _generalisation),
     "probe_levers.md": ("probe_levers.json", _levers),
     "yardstick.md": ("grasp_vs_grid_regret_ar.json", _yardstick),
     "trainer_callback.md": ("trainer_callback.json", _trainer_callback),
@@ -256,6 +269,15 @@ PAGES: dict[str, tuple[str, str, Callable[[], str] | None, list[str]]] = {
         "report's command line). The error is the distance of the learned value (what the final phase "
         "uses) to the optimum; a run is *trapped* when it ends more than 0.1 away.",
         controllers_summary, ["controllers.md", "controllers_twopeak300/controllers.md"]),
+    "generalisation": (
+        "Generalisation: landscapes the defaults were not tuned on",
+        "GRPO's defaults were chosen on the controllers benchmark's ten landscapes. This benchmark keeps them as "
+        "one family and adds families that differ (starts at a bound, far peaks with decoys, skewed peaks, a fast "
+        "drift, a plateau beside a cliff, noise 0.2, a 2-D knob, small budgets in small groups), on seeds no "
+        "setting was chosen on, every controller at its family's budget: the grid with one point per probe and "
+        "the paper's 8-point grid as rows of their own, Optuna's samplers beside GRPO. Reproduce with "
+        "`python benchmarks/generalisation.py` (the parts it ran in are in the report's commands).",
+        generalisation_summary, ["generalisation.md"]),
     "grasp-vs-grid": (
         "GRASP LoRA against the grid",
         "GRASP LoRA (GRPO learning the pruning ratio in one run, then one final fine-tune) against the paper's "
