@@ -31,6 +31,7 @@ runs is moved aside and made again (:func:`_repair_unfinished`).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import logging
@@ -438,7 +439,19 @@ def _writer() -> _Writer:
     with _WRITER_LOCK:
         if _WRITER is None:
             _WRITER = _Writer()
+            atexit.register(_drain_at_exit, _WRITER)
         return _WRITER
+
+
+def _drain_at_exit(writer: _Writer) -> None:
+    """Let writes nobody waited for (a tracker never ended) land before the process exits, for
+    at most ``HPCTL_TRACKING_KILL_WAIT_S`` seconds: the daemon writer is not joined at exit."""
+    if writer is not _WRITER:  # forked away
+        return
+    try:
+        writer.submit(lambda: None).result(timeout=_env_number("HPCTL_TRACKING_KILL_WAIT_S", 5.0))
+    except Exception:  # noqa: BLE001 - a stalled store: exit anyway
+        pass
 
 
 def _forget_writer() -> None:  # a forked child has the writer but not its thread

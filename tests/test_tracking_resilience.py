@@ -501,3 +501,20 @@ def test_a_run_on_a_really_full_disk_fails_in_one_line(tmp_path):
             con.close()
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_writes_of_a_tracker_never_ended_still_land_before_exit(tmp_path):
+    """The writer is a daemon thread (a stalled write must not hold the exit), so an exit hook
+    lets queued writes land first."""
+    code = ("import sys; from hpctl.tracking import Tracker; t = Tracker(sys.argv[1], 'exp', run_name='open'); "
+            "[t.metric('m', i, i) for i in range(3000)]; t.flush(wait=False); print(t.run_id)")
+    db = tmp_path / "mlflow.db"
+    out = subprocess.run([sys.executable, "-c", code, f"sqlite:///{db}"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    con = sqlite3.connect(db)
+    try:
+        n = con.execute("SELECT COUNT(*) FROM metrics WHERE run_uuid = ?", (out.stdout.split()[-1],)).fetchone()[0]
+    finally:
+        con.close()
+    assert n == 3000
