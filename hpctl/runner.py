@@ -24,7 +24,7 @@ from hpctl.plots import PlotProcess, plot_run
 from hpctl.errors import ConfigError, HpctlError, ResumeError, Terminated, shorten
 from hpctl.registry import load_plugin
 from hpctl.rundir import (CHECKPOINT_EVERY_S, RESULT, SPEC, TRIAL_MARK, UNLOGGED, HistoryLog, RunLock, RunSpec,
-                          atomic_write_bytes, atomic_write_json, load_checkpoint, lock_run_dir, mark_legacy, note_files,
+                          atomic_write_json, load_checkpoint, lock_run_dir, mark_legacy, note_files,
                           open_run_dir, save_checkpoint)
 from hpctl.seeding import seed_everything  # re-exported: hpctl.runner.seed_everything
 from hpctl.tracking import PhaseRuns, RunRecorder, Tracker, end_quietly, log_outputs, warn
@@ -375,10 +375,13 @@ def _run(spec: RunSpec, held: list[RunLock], *, progress, parent_run_id, resume_
     except Exception as exc:
         status, error = "FAILED", f"{type(exc).__name__}: {exc}"
         try:  # a folder that cannot take error.txt (read-only, full) must not hide the error itself
-            atomic_write_bytes(out_dir / "error.txt", traceback.format_exc().encode())
+            (out_dir / "error.txt").write_text(traceback.format_exc())
             exc.hpctl_error_file = str(out_dir / "error.txt")
-        except OSError:  # a full disk: no error.txt rather than an empty one
-            pass
+        except OSError:  # a full disk: no error.txt rather than an empty or cut one
+            try:
+                (out_dir / "error.txt").unlink(missing_ok=True)
+            except OSError:
+                pass
         raise
     finally:
         if result is None:  # failed or interrupted: record it, then let the error through
