@@ -47,17 +47,10 @@ def _controllers(path: Path) -> str:
 
 
 def _grasp_vs_grid(path: Path) -> str:
-    from benchmarks.grasp_vs_grid.analysis import criteria, summarise
-    from benchmarks.grasp_vs_grid.report import markdown
+    """The report ``--report-only`` writes (one renderer for both, so the yardstick's sections match)."""
+    from benchmarks.grasp_vs_grid.cli import render
 
-    from benchmarks.grasp_vs_grid.cli import DERIVED_KEYS
-
-    doc = json.loads(path.read_text())
-    records = {int(s): r for s, r in doc["runs"].items()}
-    adapters = {int(s): a for s, a in doc["adapters"].items()}
-    summary = summarise(records, adapters, doc["task"], doc["lang"], int(doc["steps"]), int(doc["controller_steps"]))
-    meta = {k: v for k, v in doc.items() if k not in DERIVED_KEYS}
-    return markdown(meta, summary, doc.get("throughput"), criteria(summary, doc.get("throughput")), doc.get("plots") or [])
+    return render(json.loads(path.read_text()))
 
 
 def _landscape(path: Path) -> str:
