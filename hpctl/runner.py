@@ -411,9 +411,10 @@ def _note_unlogged(tracker: Tracker, out_dir: Path, result: dict[str, Any] | Non
     :data:`~hpctl.rundir.UNLOGGED`, and ``result["mlflow_unlogged"]`` in a finished run's
     result.json. The tracker has said it in one line on stderr."""
     info = tracker.unlogged()
-    if info is None:
-        return
     try:
+        if info is None:  # everything reached MLflow (a resume re-logs what a killed process could not)
+            (out_dir / UNLOGGED).unlink(missing_ok=True)
+            return
         atomic_write_json(out_dir / UNLOGGED, info)
         if result is not None:
             result["mlflow_unlogged"] = info

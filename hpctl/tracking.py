@@ -432,6 +432,8 @@ class _Writer:
 
 _WRITER: _Writer | None = None
 _WRITER_LOCK = threading.Lock()
+#: a run's end gave up waiting on the store (stalled or dead): the exit does not wait for it again
+_GAVE_UP = False
 
 
 def _writer() -> _Writer:
@@ -446,10 +448,10 @@ def _writer() -> _Writer:
 def _drain_at_exit(writer: _Writer) -> None:
     """Let writes nobody waited for (a tracker never ended) land before the process exits, for
     at most ``HPCTL_TRACKING_KILL_WAIT_S`` seconds: the daemon writer is not joined at exit."""
-    if writer is not _WRITER:  # forked away
+    if writer is not _WRITER or _GAVE_UP:  # forked away, or a run's end already gave up on a stalled store
         return
     try:
-        writer.submit(lambda: None).result(timeout=_env_number("HPCTL_TRACKING_KILL_WAIT_S", 5.0))
+        writer.submit(lambda: None).result(timeout=_env_number("HPCTL_TRACKING_KILL_WAIT_S", 3.0))
     except Exception:  # noqa: BLE001 - a stalled store: exit anyway
         pass
 
@@ -673,7 +675,7 @@ class Tracker:
         #: :meth:`end` gives up once no write has completed for this long
         self.stall_s = _env_number("HPCTL_TRACKING_STALL_S", 60.0)
         #: :meth:`end` of an interrupted run (or one a signal arrives in) waits at most this long
-        self.kill_wait_s = _env_number("HPCTL_TRACKING_KILL_WAIT_S", 5.0)
+        self.kill_wait_s = _env_number("HPCTL_TRACKING_KILL_WAIT_S", 3.0)
         #: metrics held in memory at most (queued, in flight, waiting for a retry); more are dropped
         self.max_buffer = int(_env_number("HPCTL_TRACKING_BUFFER", 500_000))
 
@@ -928,6 +930,8 @@ class Tracker:
             if now - max(ledger.last_done, t0) >= self.stall_s:
                 break
             wait_futures([op.future for op in ledger.pending], timeout=0.1, return_when="FIRST_COMPLETED")
+        global _GAVE_UP
+        _GAVE_UP = True
         for op in ledger.pending:  # abandoned: the writer may still finish them, unconfirmed
             ledger.lose(op.kind, op.n)
         ledger.pending = []

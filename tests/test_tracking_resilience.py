@@ -414,6 +414,22 @@ def test_sigterm_ends_a_run_whose_server_stalled_or_died(fake_server, tmp_path, 
     info = json.loads((out / "mlflow_unlogged.json").read_text())
     assert info["not_logged"]["metrics"] > 0 and info["status_recorded"] is False
     assert "Traceback" not in err
+    if how == "stalled":  # the server answers again: a resume logs what was missing and closes the run
+        fake_server.stalled.clear()
+        fake_server.released.set()
+        before = fake_server.metrics
+        proc = subprocess.Popen([*HPCTL, "run", "synthetic", "--resume", str(out)], cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for(lambda: fake_server.metrics >= before + info["not_logged"]["metrics"] or proc.poll() is not None)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 143, err
+        assert fake_server.statuses[info["mlflow_run_id"]] == "KILLED"
+        assert not (out / "mlflow_unlogged.json").exists() and "did not get" not in err
 
 
 # --------------------------------------------- #37 item 5: Tracker.end and full disks ---
