@@ -494,11 +494,14 @@ def stalled_tracking_server_neither_stops_probing_nor_sigterm(work: Path) -> tup
             p.send_signal(signal.SIGTERM)
             t0 = time.time()
             try:
-                _, err = p.communicate(timeout=10)
+                _, err = p.communicate(timeout=30)
                 ended = time.time() - t0
             except subprocess.TimeoutExpired:
                 kill(p)
-                return False, f"SIGTERM did not end the run within 10 s (probes {n0} -> {n1} in 8 s while stalled)"
+                return False, f"SIGTERM did not end the run within 30 s (probes {n0} -> {n1} in 8 s while stalled)"
+            if ended > 10:
+                return False, (f"SIGTERM ended the run in {ended:.1f} s, over 10 s (probes {n0} -> {n1} in 8 s "
+                               f"while stalled): {_line(err)[-160:]}")
             if n1 - n0 < 16:
                 return False, f"probing stalled with the server: probes {n0} -> {n1} in 8 s"
             if "Traceback" in err:
@@ -743,7 +746,7 @@ def _tiny_trainer(work: Path, knob, *, uri: str, steps: int = 8, callbacks=()):
     """A transformers Trainer on a two-weight model with a KnobCallback for ``knob``."""
     import torch
     from torch import nn
-    from transformers import Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from hpctl.integrations.transformers import KnobCallback
 
@@ -763,7 +766,9 @@ def _tiny_trainer(work: Path, knob, *, uri: str, steps: int = 8, callbacks=()):
     args = TrainingArguments(output_dir=str(work / "trainer"), per_device_train_batch_size=8, max_steps=steps,
                              learning_rate=1e-2, report_to="none", save_strategy="no", use_cpu=True,
                              disable_tqdm=True, seed=0, logging_strategy="no")
-    return Trainer(model=Tiny(), args=args, train_dataset=data, callbacks=[cb, *callbacks]), cb
+    trainer = Trainer(model=Tiny(), args=args, train_dataset=data, callbacks=[cb, *callbacks])
+    trainer.remove_callback(PrinterCallback)  # the session's logs, printed as dicts on stdout
+    return trainer, cb
 
 
 @case("running", llm=True, needs=("transformers",))
@@ -825,9 +830,9 @@ def full_disk_is_one_line_and_leaves_nothing_running(work: Path) -> tuple[bool, 
         else:
             import resource
 
-            def pre() -> None:  # writes past 4 MB fail (EFBIG) instead of killing the process
+            def pre() -> None:  # writes past 1.2 MB fail (EFBIG) instead of killing the process
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-                resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+                resource.setrlimit(resource.RLIMIT_FSIZE, (1200 << 10, 1200 << 10))
         p = subprocess.Popen([sys.executable, "-m", "hpctl.cli", *SYNTH, "--budget", "100000", "--probe-delay",
                               "0.001", "--out", "r"], cwd=disk, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, preexec_fn=pre, start_new_session=True)
