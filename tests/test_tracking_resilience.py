@@ -432,6 +432,26 @@ def test_sigterm_ends_a_run_whose_server_stalled_or_died(fake_server, tmp_path, 
         assert not (out / "mlflow_unlogged.json").exists() and "did not get" not in err
 
 
+def test_a_run_whose_server_died_finishes_and_its_result_says_what_mlflow_lacks(fake_server, tmp_path):
+    out = tmp_path / "r"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=fake_server.uri, HPCTL_TRACKING_STALL_S="1")
+    proc = subprocess.Popen([*HPCTL, "run", "synthetic", "--budget", "400", "--probe-delay", "0.005", "--out", str(out),
+                             "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: (fake_server.metrics > 0 and (out / "history.jsonl").is_file()) or proc.poll() is not None)
+        fake_server.kill()
+        stdout, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err  # the run is not the store: it finishes
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert json.loads((out / "result.json").read_text())["mlflow_unlogged"] == result["mlflow_unlogged"]
+    assert result["mlflow_unlogged"]["not_logged"]["metrics"] > 0 and not result["mlflow_unlogged"]["status_recorded"]
+    assert (out / "mlflow_unlogged.json").is_file() and result["learned"]
+    assert sum("did not get" in line for line in err.splitlines()) == 1 and "Traceback" not in err
+
+
 # --------------------------------------------- #37 item 5: Tracker.end and full disks ---
 def test_sigterm_inside_end_still_records_the_status(tmp_path, monkeypatch):
     from hpctl.errors import Terminated
