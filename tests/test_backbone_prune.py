@@ -356,7 +356,7 @@ def test_cli_smoke_run_eval_and_mlflow(hpctl_main, tmp_path):
     exp = client.get_run(result["mlflow_run_id"]).info.experiment_id
     children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}'")
     names = {c.info.run_name: c for c in children}
-    assert {"controller", "dense_baseline", "recovery"} <= set(names)
+    assert {"dense_baseline", "recovery"} <= set(names) and "controller" not in names
     assert all(c.info.status == "FINISHED" for c in children)
     assert names["recovery"].data.params["steps"] == "4"
 
