@@ -95,6 +95,13 @@ def _generalisation(path: Path) -> str:
     return generalisation.markdown(json.loads(path.read_text()))
 
 
+def _backbone_prune(path: Path) -> str:
+    """The report ``python -m benchmarks.backbone_prune merge`` writes, from its JSON alone."""
+    from benchmarks import backbone_prune
+
+    return backbone_prune.render(json.loads(path.read_text()))
+
+
 def generalisation_summary() -> str:
     from benchmarks import generalisation
 
@@ -117,6 +124,10 @@ for _p in sorted(RESULTS.rglob("grasp_vs_grid_*.json")):
     REPORTS[str(_p.relative_to(RESULTS).with_suffix(".md"))] = (str(_p.relative_to(RESULTS)), _grasp_vs_grid)
 for _p in sorted(RESULTS.glob("ratio_landscape_*.json")):
     REPORTS[_p.with_suffix(".md").name] = (_p.name, _landscape)
+#: issue #35's benchmark; its page says the results are not committed until the merge writes this file
+BACKBONE_PRUNE = "backbone_prune.json"
+if (RESULTS / BACKBONE_PRUNE).is_file():
+    REPORTS["backbone_prune.md"] = (BACKBONE_PRUNE, _backbone_prune)
 
 
 def render_reports() -> dict[Path, str]:
@@ -252,6 +263,26 @@ def yardstick_summary() -> str:
     ]) + "\n"
 
 
+def backbone_prune_summary() -> str:
+    if not (RESULTS / BACKBONE_PRUNE).is_file():
+        return ("The Gemma 3 270M results are not committed yet: run the parts and the merge above, then "
+                "`python -m benchmarks.pages`.\n")
+    doc = _load(BACKBONE_PRUNE)
+    grid = doc["arms"]["grid"]
+    lines = [f"{len(doc['seeds'])} seeds, a {doc['grid_points']}-point grid, dev split of {doc['dev_size']} examples, "
+             f"tolerance {_pct(doc['tolerance'])}. The grid's choice: median sparsity {grid['median']['sparsity']:.3f}, "
+             f"within the tolerance in {grid['within_tolerance']} of {len(grid['seeds'])} seeds.", ""]
+    for name, a in doc["arms"].items():
+        if name == "grid" or "median" not in a:
+            continue
+        tr, gap = a["time_ratio"], a["reward_below_grid"]
+        lines.append(f"- {name}: median sparsity {a['median']['sparsity']:.3f} (worst seed {a['worst']['sparsity']:.3f}), "
+                     f"dev reward minus the grid choice's {-gap['median']:+.3f} at the median ({-gap['worst']:+.3f} "
+                     f"at worst), within the tolerance in {a['within_tolerance']} of {len(a['seeds'])} seeds; "
+                     f"wall time grid / {name} {tr['median']:.2f}x (median).")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------ pages ----
 #: slug -> (title, number-free introduction, summary function or None, reports gathered)
 PAGES: dict[str, tuple[str, str, Callable[[], str] | None, list[str]]] = {
@@ -288,6 +319,16 @@ PAGES: dict[str, tuple[str, str, Callable[[], str] | None, list[str]]] = {
         "`--probe-from start --probe-steps K`) move GRPO's ratios towards it? `python -m benchmarks.yardstick` "
         "reads the committed grids; `python -m benchmarks.probe_levers --lever ...` screens a lever.",
         yardstick_summary, ["yardstick.md", "probe_levers.md"]),
+    "backbone-prune": (
+        "Backbone pruning against the grid",
+        "The `backbone_prune` plugin (how far to prune the frozen backbone while a LoRA adapter recovers) on "
+        "Gemma 3 270M with XQuAD Arabic: the sparsity each controller (GRPO, random search, Optuna's samplers where "
+        "installed) learns in one run, at one budget, against a grid of whole recovery fine-tunes chosen on a dev "
+        "set; every choice scored alike on that dev set, and per round how the probes' landscape compares with "
+        "the grid's final recovery curve. One seed a part: `python -m benchmarks.backbone_prune compare --seed S "
+        "--set dev=N`, then `python -m benchmarks.backbone_prune merge --parts DIR` (the commands and options are "
+        "in the benchmark's docstring).",
+        backbone_prune_summary, ["backbone_prune.md"] if (RESULTS / BACKBONE_PRUNE).is_file() else []),
     "ratio-landscape": (
         "Ratio landscapes",
         "Why a learned ratio lands where it does: per seed, the micro-dev loss against the ratio at the "
