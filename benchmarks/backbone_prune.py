@@ -32,22 +32,32 @@ worst-seed sparsity, dev reward and dev loss, how often its choice is within the
 time ratios, the landscape correlations) and its report (:func:`render`, from the JSON alone; the
 docs generator ``python -m benchmarks.pages`` re-renders it), the plots copied beside them.
 
-Smoke (the tiny random backbone; about 30 s for four controllers on an idle 2-core machine)::
+Smoke (the tiny random backbone; about 30 s of wall time for four controllers and a 3-point grid
+on the 2-core machine while another benchmark ran)::
 
     python -m benchmarks.backbone_prune compare --seed 0 --preset smoke --grid 3 --budget 8 --out /tmp/bp
     python -m benchmarks.backbone_prune merge --parts /tmp/bp --out /tmp/bp/backbone_prune.json
 
-Gemma 3 270M, issue #35's benchmark (three parts, then the merge into the committed results;
-each part is about 3.5 hours of wall time on this project's idle 2-core CPU machine, see the
-report of the session that prepared it for the estimate; run them under ``nice`` with the
-backbone cached)::
+Gemma 3 270M, issue #35's benchmark: three parts (one a seed; every arm at the plugin's budget of
+20 probes; a 300-question dev split, as grasp_vs_grid's regret scale), then the merge into the
+committed results and the docs. Estimated wall time of a part on this project's idle 2-core CPU
+machine with the backbone cached: about 2 hours (1.5-2.5): five controller runs of about 16
+minutes and the 8-point grid about 35 minutes. How: the plugin's default run was estimated at
+9.5-10 minutes idle with a 16-question dev split; a probe's forward measured 63 CPU-seconds for
+48 micro-dev questions (about 0.65 s of wall time a question on 2 cores), so a 300-question dev
+split adds two dev passes (about 6 minutes) to a run; a grid point is 12 training steps (about 3 s
+each, grasp_lora's measured Gemma 3 270M steps at the same length and batch) and one dev pass, and
+the dense reference one more::
 
-    python -m benchmarks.backbone_prune compare --seed 0 --set dev=128 --out benchmarks/results/backbone_prune_parts
-    python -m benchmarks.backbone_prune compare --seed 1 --set dev=128 --out benchmarks/results/backbone_prune_parts
-    python -m benchmarks.backbone_prune compare --seed 2 --set dev=128 --out benchmarks/results/backbone_prune_parts
-    python -m benchmarks.backbone_prune merge --parts benchmarks/results/backbone_prune_parts \\
-        --out benchmarks/results/backbone_prune.json
+    python -m benchmarks.backbone_prune compare --seed 0 --budget 20 --set dev=300
+    python -m benchmarks.backbone_prune compare --seed 1 --budget 20 --set dev=300
+    python -m benchmarks.backbone_prune compare --seed 2 --budget 20 --set dev=300
+    python -m benchmarks.backbone_prune merge --parts benchmarks/results/backbone_prune_parts
     python -m benchmarks.pages
+
+(parts under ``benchmarks/results/backbone_prune_parts/`` by default, their run folders under its
+``runs/``, which git ignores; the merge writes ``benchmarks/results/backbone_prune.json``, ``.md`` and
+``backbone_prune_seedS.png``, and the docs page gathers them from then on.)
 """
 
 from __future__ import annotations
