@@ -298,7 +298,10 @@ def compare(preset: str, seed: int, controllers: list[str], grid: int, budget: i
         raise SystemExit("--grid must be at least 2")
     plugin = BackbonePrunePlugin()
     config = {"preset": preset, **sets}
-    cfg = resolve_config(BackbonePruneConfig(**config))
+    try:
+        cfg = resolve_config(BackbonePruneConfig(**config))
+    except TypeError as exc:  # an option the plugin does not have
+        raise HpctlError(f"--set: {exc}") from None
     runs_dir = Path(runs_dir) if runs_dir is not None else out_dir / "runs"
     path = out_dir / f"part-seed{seed}.json"
     settings = {"seed": seed, "preset": preset, "set": sets, "grid_points": grid, "budget": budget}
@@ -402,6 +405,10 @@ def merge(parts: list[dict[str, Any]], name: str = RESULT_NAME) -> dict[str, Any
     seeds = [p["seed"] for p in parts]
     if len(set(seeds)) != len(seeds):
         raise SystemExit(f"merge: seeds repeat across parts: {seeds}")
+    for p in parts:
+        if "grid_choice" not in p:
+            raise SystemExit(f"merge: the part of seed {p['seed']} has no grid yet (interrupted): rerun its compare "
+                             "command, which reuses the finished arms")
     arm_names = ["grid"] + list(dict.fromkeys(k for p in parts for k in p["controllers"]))
     arms: dict[str, Any] = {}
     for arm_name in arm_names:
@@ -559,6 +566,16 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--parts", required=True)
     m.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{RESULT_NAME}.json"))
     args = p.parse_args(argv)
+    from hpctl.errors import HpctlError
+
+    try:
+        return _main(args)
+    except HpctlError as exc:  # bad input (an unknown option, a bound out of range): one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.cmd == "speed":
         res = speed(args.preset, args.probes, args.seed, _sets(args.set))
     elif args.cmd == "merge":

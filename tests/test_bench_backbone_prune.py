@@ -118,6 +118,8 @@ def test_merge_takes_medians_worst_seeds_tolerance_counts_and_time_ratios(tmp_pa
     assert t["median"]["sparsity"] == pytest.approx(0.5) and t["within_tolerance"] == 2
     with pytest.raises(SystemExit):
         bench.merge([parts[0], parts[0]])  # a seed twice
+    with pytest.raises(SystemExit, match="seed 2 has no grid"):
+        bench.merge([{k: v for k, v in parts[0].items() if k != "grid_choice"}])  # an interrupted part
     # the report renders from the JSON alone: a row per arm, a row per (seed, arm) that ran, a plot per seed
     md = bench.render(json.loads(json.dumps(doc)))
     rows = [line for line in md.splitlines() if line.startswith("| ")]
