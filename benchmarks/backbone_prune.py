@@ -174,6 +174,21 @@ def fitted_peak(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return float(max(candidates, key=lambda v: np.polyval(coef, v)))
 
 
+def crossing(xs: Sequence[float], ratios: Sequence[float], tolerance: float) -> float | None:
+    """Where the loss ratio first exceeds ``1 + tolerance`` going up in sparsity (linear between the two
+    points around it): the tolerance objective's optimum. None when no point exceeds it; the lowest
+    sparsity when the first does."""
+    pts = sorted(zip(xs, ratios))
+    limit = 1.0 + tolerance
+    for i, (x, r) in enumerate(pts):
+        if r > limit:
+            if i == 0:
+                return float(x)
+            x0, r0 = pts[i - 1]
+            return float(x0 + (x - x0) * (limit - r0) / (r - r0)) if r > r0 else float(x0)
+    return None
+
+
 def grid_curve(grid: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
     """The grid's final recovery curve: achieved sparsity, dev reward and dev loss ratio, by sparsity."""
     pts = sorted(grid, key=lambda g: g["sparsity"])
@@ -200,13 +215,16 @@ def rounds_of(probes: list[dict[str, Any]], history: list[dict[str, Any]] | None
     return out
 
 
-def landscape_vs_recovery(rounds: list[list[dict[str, Any]]], grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def landscape_vs_recovery(rounds: list[list[dict[str, Any]]], grid: list[dict[str, Any]],
+                          tolerance: float | None = None) -> list[dict[str, Any]]:
     """Per round: how its probes (at that round's training state) rank against the grid's final
     recovery curve (dev reward, and the loss ratio to the dense baseline) linearly interpolated at
     the probes' achieved sparsities, and where the round's best probe and fitted peak lie next to
-    the grid's best point."""
+    the grid's best point; with ``tolerance``, also where the round's probes and the grid's curve cross
+    the tolerance (:func:`crossing`)."""
     curve = grid_curve(grid)
     grid_best = curve["sparsity"][int(np.argmax(curve["reward"]))] if curve["sparsity"] else None
+    grid_cross = None if tolerance is None else crossing(curve["sparsity"], curve["loss_ratio"], tolerance)
     out = []
     for i, probes in enumerate(rounds):
         s = [p["sparsity"] for p in probes]
@@ -222,7 +240,9 @@ def landscape_vs_recovery(rounds: list[list[dict[str, Any]]], grid: list[dict[st
                     "best_probe": s[best], "best_reward": r[best], "fitted_peak": peak,
                     "grid_best": grid_best,
                     "best_minus_grid": None if grid_best is None else s[best] - grid_best,
-                    "peak_minus_grid": None if grid_best is None or peak is None else peak - grid_best})
+                    "peak_minus_grid": None if grid_best is None or peak is None else peak - grid_best,
+                    "crossing": None if tolerance is None else crossing(s, ratio, tolerance),
+                    "grid_crossing": grid_cross})
     return out
 
 
@@ -379,7 +399,7 @@ def compare(preset: str, seed: int, controllers: list[str], grid: int, budget: i
         if "error" in arm:
             continue
         arm["time_ratio_grid_over_run"] = part["grid_wall_s"] / arm["wall_s"]
-        arm["landscape"] = landscape_vs_recovery(arm["probes_record"], part["grid"])
+        arm["landscape"] = landscape_vs_recovery(arm["probes_record"], part["grid"], part["tolerance"])
     _write(part, path)
     plot_part(part, path.with_suffix(".png"))
     return part
@@ -510,15 +530,18 @@ def render(doc: dict[str, Any]) -> str:
               "Per round of each controller: Spearman's correlation of the round's probe rewards (micro-dev, at that "
               "round's training state) with the grid's final recovery curve (dev reward) interpolated at the probes' "
               "sparsities, the same for the loss ratio to the dense reference, the round's best probe and the peak of a "
-              "quadratic fitted to its probes, beside the grid's best point.", "",
-              "| seed | arm | round | step | probes | rho reward | rho loss ratio | best probe | fitted peak | grid best |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "quadratic fitted to its probes, beside the grid's best point; and where the round's probes and the "
+              "grid's curve cross the tolerance (- where none of their points exceeds it).", "",
+              "| seed | arm | round | step | probes | rho reward | rho loss ratio | best probe | fitted peak | grid best | "
+              "crossing | grid crossing |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in doc["parts"]:
         for name, arm in p["controllers"].items():
             for r in arm.get("landscape") or []:
                 lines.append(f"| {p['seed']} | {name} | {r['round']} | {r['step']} | {r['probes']} | "
                              f"{_f(r['spearman_reward'], 2)} | {_f(r['spearman_loss_ratio'], 2)} | {_f(r['best_probe'])} | "
-                             f"{_f(r['fitted_peak'])} | {_f(r['grid_best'])} |")
+                             f"{_f(r['fitted_peak'])} | {_f(r['grid_best'])} | {_f(r.get('crossing'))} | "
+                             f"{_f(r.get('grid_crossing'))} |")
     lines.append("")
     for s in doc["seeds"]:
         lines.append(f"![seed {s}]({doc['name']}_seed{s}.png)")

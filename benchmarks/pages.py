@@ -263,6 +263,10 @@ def yardstick_summary() -> str:
     ]) + "\n"
 
 
+def _f2(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def backbone_prune_summary() -> str:
     if not (RESULTS / BACKBONE_PRUNE).is_file():
         return ("The Gemma 3 270M results are not committed yet: run the parts and the merge above, then "
@@ -277,9 +281,13 @@ def backbone_prune_summary() -> str:
             continue
         tr, gap = a["time_ratio"], a["reward_below_grid"]
         lines.append(f"- {name}: median sparsity {a['median']['sparsity']:.3f} (worst seed {a['worst']['sparsity']:.3f}), "
-                     f"dev reward minus the grid choice's {-gap['median']:+.3f} at the median ({-gap['worst']:+.3f} "
+                     f"dev reward minus the grid choice's {0.0 - gap['median']:+.3f} at the median ({0.0 - gap['worst']:+.3f} "
                      f"at worst), within the tolerance in {a['within_tolerance']} of {len(a['seeds'])} seeds; "
-                     f"wall time grid / {name} {tr['median']:.2f}x (median).")
+                     f"wall time grid / {name} {tr['median']:.2f}x (median)."
+                     + ("" if a["spearman_last_round"] is None else
+                        f" Rank correlation of its probes with the grid's recovery curve: "
+                        f"{_f2(a['spearman_first_round'])} in the first round, {a['spearman_last_round']:.2f} in the "
+                        f"last (medians)."))
     return "\n".join(lines) + "\n"
 
 

@@ -62,6 +62,14 @@ def test_landscape_against_recovery_on_a_constructed_example():
     assert out[0]["best_probe"] == 0.1 and out[1]["best_probe"] == 0.55
     assert out[1]["fitted_peak"] == pytest.approx(0.6)
     assert out[1]["grid_best"] == 0.6 and out[1]["peak_minus_grid"] == pytest.approx(0.0)
+    assert out[0]["crossing"] is None and out[0]["grid_crossing"] is None  # no tolerance given
+    # at tolerance 5 %: the grid crosses between 0.6 (1.04) and 0.9 (1.2); the late round between 0.2 (1.04)
+    # and 0.4 (1.16); the early round's lowest probe already exceeds it
+    tol = bench.landscape_vs_recovery(rounds, grid, 0.05)
+    assert tol[0]["grid_crossing"] == pytest.approx(0.6 + 0.3 * 0.01 / 0.16)
+    assert tol[1]["crossing"] == pytest.approx(0.2 + 0.2 * 0.01 / 0.12)
+    assert tol[0]["crossing"] == 0.1
+    assert bench.crossing([0.1, 0.5], [1.0, 1.01], 0.05) is None  # never exceeds it
 
 
 def test_rounds_come_from_the_history_when_it_matches_the_probes():
