@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -549,6 +550,21 @@ def _on_sigterm(signum, frame) -> None:  # noqa: ANN001 - signal handler signatu
     raise Terminated()
 
 
+def _resume_hint() -> str:
+    """What an interrupted command left to resume: the folders with a checkpoint (a comparison:
+    its spec), named, or that nothing was checkpointed yet."""
+    from hpctl.rundir import resumable_folders
+
+    found = resumable_folders()
+    runs = [str(f) for f, what in found if what != "compare"]
+    comps = [str(f) for f, what in found if what == "compare"]
+    if comps:
+        return f"finish it with: hpctl compare --resume {shlex.quote(comps[-1])}"
+    if runs:
+        return f"its checkpoint is kept: resume with --resume {shlex.quote(runs[-1])}"
+    return "no checkpoint was written yet, so there is nothing to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors, exit code 2 for user errors, 1 for crashes.
 
@@ -560,8 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="hpctl", standalone_mode=False)
         return 0
     except Terminated:
-        click.echo("hpctl: terminated (SIGTERM); a started run keeps its last checkpoint (resume with --resume DIR)",
-                   err=True)
+        click.echo(f"hpctl: terminated (SIGTERM); {_resume_hint()}", err=True)
         return 143
     except HpctlError as exc:
         click.echo(f"hpctl: error: {shorten(str(exc), MAX_ERROR_CHARS)}", err=True)
@@ -570,18 +585,16 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Abort as exc:  # click turns Ctrl-C into Abort when not standalone
         if isinstance(exc.__cause__, Terminated) or isinstance(exc.__context__, Terminated):
-            click.echo("hpctl: terminated (SIGTERM); a started run keeps its last checkpoint "
-                       "(resume with --resume DIR)", err=True)
+            click.echo(f"hpctl: terminated (SIGTERM); {_resume_hint()}", err=True)
             return 143
-        click.echo("hpctl: interrupted; a started run keeps its last checkpoint (resume with --resume DIR)",
-                   err=True)
+        click.echo(f"hpctl: interrupted; {_resume_hint()}", err=True)
         return 130
     except click.ClickException as exc:
         msg = exc.format_message().replace("\n", " ")
         click.echo(f"hpctl: error: {msg}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        click.echo("hpctl: interrupted; the run directory has a checkpoint (resume with --resume DIR)", err=True)
+        click.echo(f"hpctl: interrupted; {_resume_hint()}", err=True)
         return 130
     except Exception as exc:  # noqa: BLE001 - never a traceback on the terminal
         where = getattr(exc, "hpctl_error_file", None)

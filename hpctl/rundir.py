@@ -164,6 +164,7 @@ class RunLock:
         self.fd: int | None = fd
         self.created = False  # open_run_dir: whether the folder was made for this run
         _HELD[fd] = self
+        _OPENED.append((self.folder, what))
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started": datetime.now().astimezone().isoformat(timespec="seconds"), "what": what}
         try:
@@ -201,6 +202,8 @@ class RunLock:
 #: the lock files this process holds, by descriptor (closed in a forked child); weak, so a
 #: lock whose owner is gone is collected with it, and its file closed
 _HELD: "weakref.WeakValueDictionary[int, RunLock]" = weakref.WeakValueDictionary()
+#: every folder a RunLock was taken on in this process, with what took it (for the CLI's exit line)
+_OPENED: list[tuple[Path, str]] = []
 
 
 def _flock(fd: int) -> None:
@@ -232,6 +235,21 @@ def _holder(path: Path) -> str:
                       else "")
     except (OSError, ValueError, KeyError, TypeError):
         return "a process that has not written its details yet"
+
+
+def resumable_folders() -> list[tuple[Path, str]]:
+    """``(folder, what)`` of every folder this process locked that a ``--resume`` can continue:
+    a run with its checkpoint, a comparison with its spec (what the CLI's exit line offers after
+    an interrupt; a folder whose run was killed before its first checkpoint is not one)."""
+    seen, out = set(), []
+    for folder, what in _OPENED:
+        key = (str(folder), what)
+        if key in seen:
+            continue
+        seen.add(key)
+        if (folder / (SPEC if what == "compare" else CHECKPOINT)).is_file():
+            out.append((folder, what))
+    return out
 
 
 def lock_run_dir(folder: str | Path, *, what: str = "run") -> RunLock:
@@ -327,7 +345,9 @@ def open_run_dir(out: str | None, plugin: str, controller: str, seed: int, *, ov
         out = os.path.join("runs", f"{plugin}-{controller}-s{seed}-{stamp}")
     path = Path(out)
     entries = _entries(path)
-    ours = {MARKER, LOCK, TRIAL_MARK}
+    # MARKER's temporary name too: a writer that started a moment earlier may be writing its marker
+    # (it holds the lock, so the lock below refuses this one in one line naming it)
+    ours = {MARKER, MARKER + ".tmp", LOCK, TRIAL_MARK}
     marker = read_marker(path) if MARKER in entries else None
     holds_run = marker is not None or (SPEC in entries and legacy_run(path))
     foreign = [n + ("/" if (path / n).is_dir() else "") for n in entries if n not in ours]

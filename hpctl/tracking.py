@@ -650,7 +650,7 @@ class Tracker:
                     if reopen:
                         self.client.update_run(run_id, status="RUNNING")
                 else:
-                    all_tags = {**_context_tags(), "mlflow.runName": run_name or "", **(tags or {})}
+                    all_tags = {**_context_tags(), **({"mlflow.runName": run_name} if run_name else {}), **(tags or {})}
                     if parent_run_id:
                         all_tags["mlflow.parentRunId"] = parent_run_id
                     run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)

@@ -21,9 +21,7 @@ from benchmarks.hostile_cases import CASES, run_case  # noqa: E402
 
 #: cases not handled yet on this main (issue 37's fixes in progress): expected to fail, and
 #: strict, so a fixed case fails the suite until its name is taken out of this set
-KNOWN_FAILING: set[str] = {
-    "interrupted_first_run_leaves_a_usable_store",  # the exit message offers --resume with no checkpoint
-}
+KNOWN_FAILING: set[str] = set()
 
 
 def _params():

@@ -337,3 +337,39 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path):
         RunLock(tmp_path).release()  # free at once, although the child still runs
     finally:
         os.waitpid(pid, 0)
+
+
+def test_the_exit_line_offers_resume_only_for_a_folder_with_a_checkpoint(tmp_path, monkeypatch):
+    """After an interrupt the CLI names what can be resumed: a run folder with its checkpoint, a
+    comparison with its spec, or nothing (a run killed before its first checkpoint)."""
+    from hpctl import cli, rundir
+
+    monkeypatch.setattr(rundir, "_OPENED", [])
+    for name in ("early", "late", "cmp"):
+        (tmp_path / name).mkdir()
+    early = lock_run_dir(tmp_path / "early")
+    early.release()
+    assert "nothing to resume" in cli._resume_hint() and "--resume" not in cli._resume_hint()
+    late = lock_run_dir(tmp_path / "late")
+    (tmp_path / "late" / CHECKPOINT).write_bytes(b"x")
+    assert cli._resume_hint().endswith(f"--resume {tmp_path / 'late'}")
+    comp = lock_run_dir(tmp_path / "cmp", what="compare")
+    (tmp_path / "cmp" / SPEC).write_text("{}")
+    assert cli._resume_hint().endswith(f"hpctl compare --resume {tmp_path / 'cmp'}")
+    late.release()
+    comp.release()
+
+
+def test_a_marker_being_written_is_hpctls_own(tmp_path):
+    """A second writer that looks while the first writes its marker is refused by the lock, naming
+    the holder, not told the folder holds a foreign file."""
+    folder = tmp_path / "same"
+    folder.mkdir()
+    first = lock_run_dir(folder)
+    (folder / (MARKER + ".tmp")).write_text("{}")
+    from hpctl.rundir import open_run_dir
+
+    with pytest.raises(ConfigError, match="in use: another hpctl run writes to it") as err:
+        open_run_dir(str(folder), "synthetic", "grpo", 0)
+    assert str(os.getpid()) in str(err.value)
+    first.release()

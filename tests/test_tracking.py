@@ -265,3 +265,15 @@ def test_git_tags_describe_the_working_directorys_repository(tmp_path, monkeypat
     tags = t.client.get_run(t.run_id).data.tags
     assert tags["mlflow.source.git.commit"] == head and tags["mlflow.source.git.branch"] == "main"
     assert tags["mlflow.source.git.repoURL"] == "https://example.invalid/project.git"
+
+
+def test_a_tracker_without_a_run_name_gets_mlflows_own(tmp_path):
+    """No empty mlflow.runName tag (plain MLflow refuses it): the store names the run."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    t = Tracker(uri, "exp")
+    t.metric("a", 1.0)
+    t.end()
+    run = MlflowClient(uri).get_run(t.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name and run.data.metrics == {"a": 1.0}
