@@ -469,9 +469,9 @@ def test_the_benchmark_runs_a_part_on_the_tiny_backbone(tmp_path, tracking_uri, 
     part = compare("smoke", 0, ["random"], grid=2, budget=5, out_dir=tmp_path, sets={"generate": False})
     assert json.loads((tmp_path / "part-seed0.json").read_text())["seed"] == 0
     assert [g["value"]["sparsity"] for g in part["grid"]] == [0.0, 0.9]  # the grid spans the knob's range
-    assert part["grid_choice"] in [g["value"] for g in part["grid"]]
+    assert part["grid_choice"]["value"] in [g["value"] for g in part["grid"]]
     arm = part["controllers"]["random"]
-    assert 0.0 <= arm["learned"]["sparsity"] <= 0.9 and np.isfinite(arm["dev_reward_as_grid_point"])
+    assert 0.0 <= arm["learned"]["sparsity"] <= 0.9 and np.isfinite(arm["dev"]["dev_reward"])
     assert arm["time_ratio_grid_over_run"] > 0
     fast = speed("smoke", 2, 0, {})
     assert fast["probes"] == 2 and 0.0 < fast["prune_fraction_of_probe"] < 1.0

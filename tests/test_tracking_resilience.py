@@ -74,8 +74,12 @@ def _statements_of(fn) -> int:
     return count[0]
 
 
-def _interrupt_at(k: int):
-    """A listener that raises :class:`_Interrupt` at the ``k``-th SQL statement from now."""
+def _interrupted_first_tracker(db: Path, k: int) -> None:
+    """Open the first Tracker on the store ``db``, interrupted (:class:`_Interrupt`) at its
+    ``k``-th SQL statement; checks that the interrupt reached it."""
+    import sqlalchemy
+    from sqlalchemy.engine import Engine
+
     count = [0]
 
     def hit(*_a, **_k):
@@ -83,7 +87,12 @@ def _interrupt_at(k: int):
         if count[0] == k:
             raise _Interrupt()
 
-    return hit
+    sqlalchemy.event.listen(Engine, "before_cursor_execute", hit)
+    try:
+        with pytest.raises(_Interrupt):
+            Tracker(f"sqlite:///{db}", "first", run_name="interrupted")
+    finally:
+        sqlalchemy.event.remove(Engine, "before_cursor_execute", hit)
 
 
 @pytest.fixture
@@ -97,22 +106,13 @@ def own_cache(tmp_path, monkeypatch):
 def test_an_interrupt_at_any_statement_of_the_stores_creation_leaves_a_usable_store(tmp_path, own_cache):
     """The template's migrations (a fresh cache) are interrupted at statements spread over
     the whole chain: the store's folder is left without a store, and the next start works."""
-    import sqlalchemy
-    from sqlalchemy.engine import Engine
-
     total = _statements_of(lambda: tracking._build_store(tmp_path / "probe.db"))
     assert total > 50  # MLflow's migrations: the moments an interrupt can fall in
     for i, k in enumerate(sorted({1, 2, total // 7, total // 3, total // 2, 2 * total // 3, total - 1, total})):
         for p in own_cache.glob("*"):
             p.unlink()  # a fresh cache each time: the template is made (and interrupted) again
         db = tmp_path / f"s{i}" / "mlflow.db"
-        hit = _interrupt_at(k)
-        sqlalchemy.event.listen(Engine, "before_cursor_execute", hit)
-        try:
-            with pytest.raises(_Interrupt):
-                Tracker(f"sqlite:///{db}", "first", run_name="interrupted")
-        finally:
-            sqlalchemy.event.remove(Engine, "before_cursor_execute", hit)
+        _interrupted_first_tracker(db, k)
         assert not db.exists()  # no half-made store, in place or as the template
         assert [p.name for p in db.parent.iterdir() if not p.name.endswith(".lock")] == []
         assert list(own_cache.glob("*.db")) == []
@@ -143,19 +143,10 @@ def test_an_interrupt_while_the_template_is_copied_leaves_no_store(tmp_path, own
 
 
 def test_without_a_template_the_store_is_still_built_whole(tmp_path, own_cache, monkeypatch):
-    import sqlalchemy
-    from sqlalchemy.engine import Engine
-
     monkeypatch.setattr(tracking, "store_template", lambda: None)  # e.g. a cache folder that cannot be written
     db = tmp_path / "s" / "mlflow.db"
     total = _statements_of(lambda: tracking._build_store(tmp_path / "probe.db"))
-    hit = _interrupt_at(total // 2)
-    sqlalchemy.event.listen(Engine, "before_cursor_execute", hit)
-    try:
-        with pytest.raises(_Interrupt):
-            Tracker(f"sqlite:///{db}", "first", run_name="interrupted")
-    finally:
-        sqlalchemy.event.remove(Engine, "before_cursor_execute", hit)
+    _interrupted_first_tracker(db, total // 2)
     assert not db.exists()
     _works(db)
 
