@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -74,9 +75,10 @@ def _statements_of(fn) -> int:
     return count[0]
 
 
-def _interrupted_first_tracker(db: Path, k: int) -> None:
-    """Open the first Tracker on the store ``db``, interrupted (:class:`_Interrupt`) at its
-    ``k``-th SQL statement; checks that the interrupt reached it."""
+@contextlib.contextmanager
+def _interrupted_at_statement(k: int):
+    """The block is interrupted (:class:`_Interrupt`) at its ``k``-th SQL statement; checks that
+    the interrupt reached it."""
     import sqlalchemy
     from sqlalchemy.engine import Engine
 
@@ -90,9 +92,15 @@ def _interrupted_first_tracker(db: Path, k: int) -> None:
     sqlalchemy.event.listen(Engine, "before_cursor_execute", hit)
     try:
         with pytest.raises(_Interrupt):
-            Tracker(f"sqlite:///{db}", "first", run_name="interrupted")
+            yield
     finally:
         sqlalchemy.event.remove(Engine, "before_cursor_execute", hit)
+
+
+def _interrupted_first_tracker(db: Path, k: int) -> None:
+    """Open the first Tracker on the store ``db``, interrupted at its ``k``-th SQL statement."""
+    with _interrupted_at_statement(k):
+        Tracker(f"sqlite:///{db}", "first", run_name="interrupted")
 
 
 @pytest.fixture
@@ -156,19 +164,15 @@ def test_a_store_left_half_migrated_and_empty_is_moved_aside_and_made_again(tmp_
     'table ... already exists' or 'duplicate column name'."""
     import sqlalchemy
     from mlflow.store.db import utils as db_utils
-    from sqlalchemy.engine import Engine
 
     db = tmp_path / "s" / "mlflow.db"
     db.parent.mkdir()
     engine = sqlalchemy.create_engine(f"sqlite:///{db}")
     total = _statements_of(lambda: tracking._build_store(tmp_path / "probe.db"))
-    hit = _interrupt_at(total // 2)
-    sqlalchemy.event.listen(Engine, "before_cursor_execute", hit)
     try:
-        with pytest.raises(_Interrupt):
+        with _interrupted_at_statement(total // 2):
             db_utils._initialize_tables(engine)  # MLflow's own creation, in place
     finally:
-        sqlalchemy.event.remove(Engine, "before_cursor_execute", hit)
         engine.dispose()
     assert db.stat().st_size > 0 and not tracking._at_mlflows_schema(db)
     _works(db)
