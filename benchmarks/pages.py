@@ -246,7 +246,37 @@ def grasp_summary() -> str:
         f"(64-step) and {r['expected']['ar']['short']} (32-step); Chinese {r['expected']['zh']['long']} and "
         f"{r['expected']['zh']['short']} of {r['expected']['zh']['n']}.",
     ]
+    lines += regret32_lines()
     return "\n".join(lines) + "\n"
+
+
+#: arms of issue 36's 32-step yardstick, in the order the summary names them
+REGRET32_ARMS = (("grpo", "GRPO"), ("tpe", "TPE"), ("random", "random search"))
+
+
+def regret32_lines() -> list[str]:
+    """Issue 36's yardstick (the regret32 scale), for the languages whose parts have run."""
+    lines = []
+    for lang, name in (("ar", "Arabic"), ("zh", "Chinese")):
+        path = RESULTS / f"grasp_vs_grid_regret32_{lang}.json"
+        if not path.is_file():
+            continue
+        sa = json.loads(path.read_text())["summary"]["seed_averaged"]
+        arms = sa["arms"]
+        seeds = ", ".join(str(s) for s in sa["seeds"])
+        lines.append(f"- 32-step yardstick, {name} (seed(s) {seeds} of 3 run so far; a trend read off so few seeds is "
+                     f"noisy):")
+        for key, label in REGRET32_ARMS:
+            a = arms.get(key)
+            if not a:
+                continue
+            lo, hi = a["ratio_range"]
+            ratio = f"{lo:.2f}x" if round(lo, 2) == round(hi, 2) else f"{lo:.2f}x-{hi:.2f}x"
+            lines.append(f"    - {label}: within 10 % of the seed-averaged trend in {a['within']} of {a['parts']} "
+                         f"(worst {_pct(a['worst'])}); grid / {label} time to the adapter {ratio}; "
+                         f"test F1 minus the grid's {_interval(a['vs_grid'])}, minus target-only's "
+                         f"{_interval(a['vs_target_only'])}.")
+    return lines
 
 
 def yardstick_summary() -> str:
@@ -314,11 +344,14 @@ PAGES: dict[str, tuple[str, str, Callable[[], str] | None, list[str]]] = {
         "GRASP LoRA against the grid",
         "GRASP LoRA (GRPO learning the pruning ratio in one run, then one final fine-tune) against the paper's "
         "baseline, an 8-point grid of whole merge-and-prune fine-tunes chosen on a dev set, and the "
-        "target-only adapter. Run with `python -m benchmarks.grasp_vs_grid --scale regret --arms "
-        "grid,grpo,target-only --seeds 0-0 --tag ar` (one seed and language a part; `--set lang=zh --tag zh` "
-        "for Chinese). These are CPU-scale results on Gemma 3 270M with XQuAD: they test the method's "
+        "target-only adapter, and (on the 32-step yardstick) TPE and random search at GRPO's budget. Run with "
+        "`python -m benchmarks.grasp_vs_grid --scale regret32 --arms grid,grpo,target-only,tpe,random --seeds 0-0 "
+        "--tag ar` (one seed and language a part; `--set lang=zh --tag zh` for Chinese); the 64-step `regret` "
+        "reports below it are the earlier yardstick, kept as history. These are CPU-scale results on Gemma 3 270M with XQuAD: they test the method's "
         "mechanics and its cost ratio, not the paper's Llama 3 8B quality figures.",
-        grasp_summary, ["grasp_vs_grid_regret_ar.md", "grasp_vs_grid_regret_zh.md", "grasp_vs_grid_cpu.md",
+        grasp_summary, [*(f"grasp_vs_grid_regret32_{lang}.md" for lang in ("ar", "zh")
+                          if (RESULTS / f"grasp_vs_grid_regret32_{lang}.json").is_file()),
+                        "grasp_vs_grid_regret_ar.md", "grasp_vs_grid_regret_zh.md", "grasp_vs_grid_cpu.md",
                         "cpu_ppo_learning/grasp_vs_grid_cpu.md", "cpu_microdev48/grasp_vs_grid_cpu.md",
                         "grasp_vs_grid_smoke.md"]),
     "yardstick": (
