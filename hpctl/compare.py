@@ -32,7 +32,7 @@ from hpctl.errors import ConfigError, ResumeError, Terminated, one_line, shorten
 from hpctl.registry import load_plugin
 from hpctl.rundir import (CHECKPOINT, RESULT, TRIAL_MARK, RunSpec, atomic_write_json, lock_run_dir, note_files,
                           open_run_dir)
-from hpctl.runner import configure, run
+from hpctl.runner import configure, note_unlogged, run
 from hpctl.tracking import Tracker, end_quietly
 
 
@@ -267,6 +267,7 @@ def _run_comparison(plugin, plugin_name: str, controllers: list[str], seeds: int
     failures: list[dict[str, Any]] = []
     trajs: dict[str, list] = {c: [] for c in controllers}
     status, error = "FINISHED", None
+    result: dict[str, Any] | None = None
     try:
         if not resumed:
             parent.log_params({"controllers": ",".join(controllers), "seeds": seeds, "budget": base.budget,
@@ -329,6 +330,7 @@ def _run_comparison(plugin, plugin_name: str, controllers: list[str], seeds: int
                   "primary_metric": metric, "optimum": first.get("optimum"), "summary": summary,
                   "runs": {c: [{k: r.get(k) for k in ("seed", "learned", "best_probe", "updates", "metrics", "probes",
                                                      "wall_s", "mlflow_run_id")}
+                               | ({"mlflow_unlogged": r["mlflow_unlogged"]} if r.get("mlflow_unlogged") else {})
                                for r in rs] for c, rs in runs.items()},
                   "failures": failures, "mlflow_run_id": parent.run_id, "out_dir": str(out_dir),
                   "engine": engine.name, "wall_s": time.perf_counter() - t_start, "resumed": resumed}
@@ -364,6 +366,8 @@ def _run_comparison(plugin, plugin_name: str, controllers: list[str], seeds: int
                     parent.end(status, error)
                 else:
                     end_quietly(parent, status, error)
+                # what the comparison's own run lacks (a store that stalled): in the folder and compare.json
+                note_unlogged(parent, out_dir, result if status == "FINISHED" else None, "compare.json")
             finally:
                 note_files(out_dir)
                 lock.release()

@@ -262,8 +262,8 @@ def _run(spec: RunSpec, held: list[RunLock], *, progress, parent_run_id, resume_
     run_id = checkpoint.get("mlflow_run_id") if checkpoint else None
     # run.png is drawn by a child that imports matplotlib while this process imports MLflow's store
     painter = None if trial else PlotProcess()
-    try:
-        tracker = Tracker(tracking_uri, experiment or f"hpctl-{spec.plugin}",
+    try:  # a comparison's trial runs on without MLflow when the store stalled after the comparison opened
+        tracker = (Tracker.open_or_offline if trial else Tracker)(tracking_uri, experiment or f"hpctl-{spec.plugin}",
                           run_name=f"{spec.plugin}/{controller.name}/seed{opts.seed}",
                           parent_run_id=parent_run_id, run_id=run_id, experiment_id=experiment_id,
                           tags={"hpctl.plugin": spec.plugin, "hpctl.controller": controller.name})
@@ -387,7 +387,7 @@ def _run(spec: RunSpec, held: list[RunLock], *, progress, parent_run_id, resume_
         if result is None:  # failed or interrupted: record it, then let the error through
             try:
                 end_quietly(tracker, status, error)
-                _note_unlogged(tracker, out_dir, None)
+                note_unlogged(tracker, out_dir, None)
             finally:
                 _close(task, workers, painter)
     # The run is finished and its result is on disk: from here on, a failure to upload
@@ -400,16 +400,16 @@ def _run(spec: RunSpec, held: list[RunLock], *, progress, parent_run_id, resume_
     finally:
         try:
             end_quietly(tracker, "FINISHED", None)
-            _note_unlogged(tracker, out_dir, result)
+            note_unlogged(tracker, out_dir, result)
         finally:
             _close(task, workers, painter)
     return result
 
 
-def _note_unlogged(tracker: Tracker, out_dir: Path, result: dict[str, Any] | None) -> None:
+def note_unlogged(tracker: Tracker, out_dir: Path, result: dict[str, Any] | None, result_file: str = RESULT) -> None:
     """Write down in the run folder what MLflow did not get (a stalled, dead or full store):
     :data:`~hpctl.rundir.UNLOGGED`, and ``result["mlflow_unlogged"]`` in a finished run's
-    result.json. The tracker has said it in one line on stderr."""
+    ``result_file``. The tracker has said it in one line on stderr."""
     info = tracker.unlogged()
     try:
         if info is None:  # everything reached MLflow (a resume re-logs what a killed process could not)
@@ -418,7 +418,7 @@ def _note_unlogged(tracker: Tracker, out_dir: Path, result: dict[str, Any] | Non
         atomic_write_json(out_dir / UNLOGGED, info)
         if result is not None:
             result["mlflow_unlogged"] = info
-            atomic_write_json(out_dir / RESULT, result)
+            atomic_write_json(out_dir / result_file, result)
     except OSError:  # a full or read-only folder: the line on stderr stays
         pass
 
@@ -474,7 +474,7 @@ def finish_record(out_dir: Path, spec: RunSpec, *, experiment: str | None = None
     finally:
         tracker.close_children("KILLED")
         end_quietly(tracker, "FINISHED", None)
-        _note_unlogged(tracker, out_dir, None)
+        note_unlogged(tracker, out_dir, None)
     return result
 
 

@@ -434,6 +434,11 @@ _WRITER: _Writer | None = None
 _WRITER_LOCK = threading.Lock()
 #: a run's end gave up waiting on the store (stalled or dead): the exit does not wait for it again
 _GAVE_UP = False
+#: a store :meth:`Tracker.open_or_offline` could not open: uri -> (when, why)
+_UNREACHABLE: dict[str, tuple[float, str]] = {}
+_WARNED_OFFLINE: set[str] = set()
+#: seconds before :meth:`Tracker.open_or_offline` tries a store it could not open again
+REOPEN_AFTER_S = 60.0
 
 
 def _writer() -> _Writer:
@@ -619,6 +624,8 @@ class Tracker:
 
     #: whether :meth:`end` sets the run's status (False for a run someone else owns)
     owns_run = True
+    #: no MLflow run behind this tracker (:meth:`open_or_offline`): every write counts as not logged
+    offline = False
     #: how often a failed metric batch is sent again before it counts as not logged
     RETRIES = 3
 
@@ -662,6 +669,39 @@ class Tracker:
         self.seconds = time.perf_counter() - t0
         self.setup_seconds = self.seconds
 
+    @classmethod
+    def open_or_offline(cls, uri: str | None, experiment: str, **kwargs: Any) -> "Tracker":
+        """Open a run as :class:`Tracker` does or, when the store cannot be opened, an
+        offline tracker that runs on without MLflow: every write counts as not logged, so
+        the run's end says so in one line and the run folder's ``mlflow_unlogged.json``
+        records it (the run folder holds everything).
+
+        For a run that must not stop because the store stalled after its caller opened
+        its own run on it fine: a trial of ``hpctl compare``. A store that could not be
+        opened is not asked again by this process for :data:`REOPEN_AFTER_S` seconds, so
+        each later trial does not wait for it."""
+        uri = uri or default_tracking_uri()
+        since = _UNREACHABLE.get(uri)
+        reason = None
+        if since is not None and time.monotonic() - since[0] < REOPEN_AFTER_S:
+            reason = since[1]
+        else:
+            try:
+                return cls(uri, experiment, **kwargs)
+            except ConfigError as exc:
+                reason = str(exc)
+                _UNREACHABLE[uri] = (time.monotonic(), reason)
+                if uri not in _WARNED_OFFLINE:
+                    _WARNED_OFFLINE.add(uri)
+                    print(f"hpctl: warning: {shorten(reason, 200)}; the run goes on without MLflow "
+                          f"(its folder keeps everything and its mlflow_unlogged.json says what MLflow lacks)",
+                          file=sys.stderr, flush=True)
+        tracker = cls.__new__(cls)
+        tracker._setup(uri, kwargs.get("flush_every", 2000), None)
+        tracker.offline, tracker.client, tracker.experiment_id = True, None, None
+        tracker._ledger.last_error = reason
+        return tracker
+
     def _setup(self, uri: str, flush_every: int, ledger: _Ledger | None) -> None:
         self.uri = uri
         self.flush_every = int(flush_every)
@@ -685,6 +725,7 @@ class Tracker:
         :meth:`end` does not wait (this run's end waits for everything)."""
         child = Tracker.__new__(Tracker)
         child._setup(self.uri, self.flush_every, self._ledger)
+        child.offline = self.offline
         child.client, child.experiment_id = self.client, self.experiment_id
         child.wait_s, child.stall_s, child.kill_wait_s, child.max_buffer = (
             self.wait_s, self.stall_s, self.kill_wait_s, self.max_buffer)
@@ -707,6 +748,9 @@ class Tracker:
 
     def _submit(self, kind: str, n: int, fn: Any, *args: Any, batch: list | None = None, attempts: int = 0,
                 **kwargs: Any) -> None:
+        if self.offline:  # no run to write to: counted, and the run folder keeps it
+            self._ledger.lose(kind, n)
+            return
         future = _writer().submit(fn, *args, **kwargs)
         future.add_done_callback(self._ledger.done)
         self._ledger.pending.append(_Op(future, kind, n, self, batch, attempts))
@@ -953,7 +997,8 @@ class Tracker:
             return None
         parts = [f"{n:,} {_KINDS[k][n != 1]}" for k, n in info["not_logged"].items()]
         listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-        return (f"MLflow ({self.uri}) did not get {listed} of run {self.run_id} "
+        which = f"run {self.run_id}" if self.run_id else "this run (its MLflow run could not be opened)"
+        return (f"MLflow ({self.uri}) did not get {listed} of {which} "
                 f"({shorten(info['last_error'] or '', 160)}); the run folder keeps everything")
 
     def _report(self) -> None:

@@ -549,3 +549,43 @@ def test_writes_of_a_tracker_never_ended_still_land_before_exit(tmp_path):
     finally:
         con.close()
     assert n == 3000
+
+
+# ------------------------------------- #37 item 3: a store that stalls mid-comparison ---
+def test_a_comparison_whose_server_stalls_runs_its_later_trials_untracked(fake_server, tmp_path, monkeypatch, capfd):
+    """The comparison opened its run fine; the server stalls after the first trial. The
+    later trials do not fail on "cannot open MLflow tracking URI": they run without MLflow,
+    the store is asked once (not once per trial), and every folder says what MLflow lacks."""
+    from hpctl import compare as compare_mod
+    from hpctl.config import RunOptions
+
+    monkeypatch.setattr(tracking, "CONNECT_TIMEOUT_S", 1)
+    monkeypatch.setattr(tracking, "_UNREACHABLE", {})
+    monkeypatch.setattr(tracking, "_WARNED_OFFLINE", set())
+    real_trial, started = compare_mod.run_trial, []
+
+    def trial_then_stall(*args, **kwargs):
+        if started:
+            fake_server.stall()
+        started.append(time.monotonic())
+        return real_trial(*args, **kwargs)
+
+    monkeypatch.setattr(compare_mod, "run_trial", trial_then_stall)
+    out = tmp_path / "cmp"
+    result = compare_mod.compare("synthetic", ["random", "grid"], 2, RunOptions(budget=16, tracking_uri=fake_server.uri),
+                                 {}, out=str(out))
+    assert not result["failures"] and sum(len(rs) for rs in result["runs"].values()) == 4
+    first, *later = [r for rs in result["runs"].values() for r in rs]
+    assert first["mlflow_run_id"] and "mlflow_unlogged" not in first  # before the stall: all in MLflow
+    for r in later:
+        assert r["mlflow_run_id"] is None and r["mlflow_unlogged"]["not_logged"]["metrics"] > 0
+    for ctrl, seed in (("random", 1), ("grid", 0), ("grid", 1)):
+        folder = out / f"{ctrl}-s{seed}"
+        assert json.loads((folder / "result.json").read_text())["learned"]
+        assert json.loads((folder / "mlflow_unlogged.json").read_text())["status_recorded"] is False
+    # the comparison's own run: its closing writes are not in MLflow; its folder and compare.json say so
+    assert json.loads((out / "mlflow_unlogged.json").read_text())["mlflow_run_id"] == result["mlflow_run_id"]
+    assert json.loads((out / "compare.json").read_text())["mlflow_unlogged"]["status_recorded"] is False
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and err.count("the run goes on without MLflow") == 1
+    assert fake_server.requests < 40  # the stalled store was asked once to open a run, not by every trial
