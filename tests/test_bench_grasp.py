@@ -332,7 +332,7 @@ def test_search_arms_run_at_grasps_budget_and_the_regret32_scale_halves_only_the
         assert spec.options.controller == a and spec.options.seed == 3
         assert (spec.options.budget, spec.options.group_size) == (specs["grpo"].options.budget, scale.group_size)
         assert spec.plugin_config == specs["grpo"].plugin_config  # same data, adapters, steps
-    assert set(arms.CONTROLLER_ARMS) == {"grpo", "ppo", "tpe", "random"} and set(arms.CONTROLLER_ARMS) < set(arms.ARMS)
+    assert set(arms.CONTROLLER_ARMS) == {"grpo", "ppo", "tpe", "gp", "random"} and set(arms.CONTROLLER_ARMS) < set(arms.ARMS)
     new, old = arms.resolved(scale.plugin_config), arms.resolved(arms.SCALES["regret"].plugin_config)
     assert (new.steps, new.controller_steps, old.steps) == (32, 16, 64)
     diff = {k for k, v in vars(new).items() if vars(old)[k] != v}

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .cli import Progress
 
-ARMS = ("grid", "grpo", "ppo", "tpe", "random", "target-only")
+ARMS = ("grid", "grpo", "ppo", "tpe", "gp", "random", "target-only")
 ARM_LABELS = {"grid": "grid (full runs)", "grpo": "GRASP (GRPO)", "ppo": "GRASP (PPO)", "tpe": "TPE search",
-              "random": "random search", "target-only": "target-only"}
+              "gp": "GP search", "random": "random search", "target-only": "target-only"}
 #: GRASP: a controller that learns the ratio while the controller run trains (probes interleaved with it)
 GRASP_ARMS = ("grpo", "ppo")
 #: search controllers at GRASP's probe budget: they probe candidates at the start of training and never
 #: train (hpctl.controllers.search, .optuna); the best-scoring candidate goes through the same final phase
-SEARCH_ARMS = ("tpe", "random")
+SEARCH_ARMS = ("tpe", "gp", "random")
 #: the arms whose ratio a controller chooses at the probe budget (read on the grid's curve, probes traced)
 CONTROLLER_ARMS = GRASP_ARMS + SEARCH_ARMS
 EXPERIMENT = "hpctl-grasp_vs_grid"

@@ -493,7 +493,7 @@ def plot_seed(path: Path, arms: dict[str, dict[str, Any]], title: str) -> Path |
     ax.set_xlabel("global prune ratio")
     ax.set_ylabel("dev score (grid points; higher is better)")
     ax2 = ax.twinx()
-    colors = {"grpo": "C0", "ppo": "C3", "tpe": "C2", "random": "C4"}
+    colors = {"grpo": "C0", "ppo": "C3", "tpe": "C2", "gp": "C1", "random": "C4"}
     for arm in CONTROLLER_ARMS:
         rec = arms.get(arm)
         if not rec:
