@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
 import signal
 import sys
@@ -550,6 +551,29 @@ def _on_sigterm(signum, frame) -> None:  # noqa: ANN001 - signal handler signatu
     raise Terminated()
 
 
+def _redeliver_swallowed_interrupts(unraisable) -> None:  # noqa: ANN001 - sys.unraisablehook signature
+    """``sys.unraisablehook`` while the CLI runs: an interrupt that landed in a finaliser.
+
+    A signal handler raises in whatever Python code runs when the signal arrives. When that
+    is a finaliser (a weakref callback or ``__del__`` run by the garbage collector, as
+    SQLAlchemy's registry has), Python prints "Exception ignored" with a traceback and drops
+    the exception, so SIGTERM or Ctrl-C would be lost and the command would go on. Send the
+    signal again instead (SIGTERM's handler re-armed, as it disarms itself), from a thread a
+    moment later: sent from here, its handler would run inside the finaliser again. It then
+    arrives after the finaliser, where the command's own clean-up handles it (one swallowed
+    again comes back here and is sent again)."""
+    exc = unraisable.exc_value
+    if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+        if isinstance(exc, Terminated):
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        again = threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGTERM if isinstance(exc, Terminated)
+                                                else signal.SIGINT))
+        again.daemon = True
+        again.start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def _resume_hint() -> str:
     """What an interrupted command left to resume: the folders with a checkpoint (a comparison:
     its spec), named, or that nothing was checkpointed yet."""
@@ -570,8 +594,17 @@ def main(argv: list[str] | None = None) -> int:
 
     SIGTERM ends a run like Ctrl-C (MLflow run KILLED, checkpoint kept), exit code 143.
     """
+    previous_hook = sys.unraisablehook
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+        sys.unraisablehook = _redeliver_swallowed_interrupts
+    try:
+        return _main(argv)
+    finally:
+        sys.unraisablehook = previous_hook
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         cli.main(args=argv, prog_name="hpctl", standalone_mode=False)
         return 0

@@ -42,7 +42,7 @@ def test_the_fitted_peak_is_a_quadratics_vertex_or_the_better_end():
     xs = [0.1, 0.3, 0.5, 0.7]
     assert bench.fitted_peak(xs, [-(x - 0.42) ** 2 for x in xs]) == pytest.approx(0.42)
     assert bench.fitted_peak(xs, [x for x in xs]) == pytest.approx(0.7)  # monotone: the upper end
-    assert bench.fitted_peak(xs, [(x - 0.4) ** 2 for x in xs]) == pytest.approx(0.7)  # convex: the better end
+    assert bench.fitted_peak(xs, [(x - 0.35) ** 2 for x in xs]) == pytest.approx(0.7)  # convex: the better end (at 0.4 the two ends tie)
     assert bench.fitted_peak([0.2, 0.2], [1.0, 2.0]) is None
 
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,3 +194,34 @@ def test_hostile_part_counts_cases_by_class_and_renders_them(tmp_path, monkeypat
     md = (tmp_path / "reliability.md").read_text()
     assert "`broken_case`" in md and "`knob_with_fractional_dim`" in md
     assert f"{data['handled']} of 2 handled" in md
+
+
+def test_a_sigterm_swallowed_by_a_finaliser_is_delivered_again():
+    """A SIGTERM whose handler raised inside a garbage collector's weakref callback (as
+    SQLAlchemy's registry has) was printed as "Exception ignored" and lost: the command went
+    on and exited 0. The CLI's unraisable hook sends it again, after the finaliser."""
+    code = textwrap.dedent("""
+        import signal, sys, time, weakref
+        from hpctl import cli
+        from hpctl.errors import Terminated
+
+        class Obj:
+            pass
+
+        def cb(ref):
+            raise Terminated()  # what the SIGTERM handler raises when the signal lands here
+
+        signal.signal(signal.SIGTERM, cli._on_sigterm)
+        sys.unraisablehook = cli._redeliver_swallowed_interrupts
+        o = Obj()
+        r = weakref.ref(o, cb)
+        try:
+            del o  # the callback runs now; its exception cannot propagate
+            time.sleep(10)
+            print("lost")
+        except Terminated:
+            print("terminated")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "terminated", out.stderr
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr
