@@ -384,17 +384,26 @@ def run(families: list[Family], rows: list[str], seeds: list[int], process: str)
 
 def merge(out: Path, command: str) -> int:
     """Combine ``out/parts/generalisation-*.json`` into the results (a run in several parts: the later
-    part's wins)."""
+    part's wins). Runs of an existing ``generalisation.json`` that no part re-ran are kept (a part
+    that re-runs one controller replaces only its runs), and the commands that made them stay listed."""
     parts = sorted((out / "parts").glob("generalisation-*.json"))
     if not parts:
         raise SystemExit(f"generalisation.py: error: no parts in {out / 'parts'} to merge")
+    part_docs = [load(p) for p in parts]
+    earlier: list[str] = []
+    docs = list(part_docs)
+    previous = out / "generalisation.json"
+    if previous.is_file():
+        prev = load(previous)
+        earlier = [c for c in prev.get("commands") or [prev["command"]] if "--merge" not in c.split()]
+        docs.insert(0, prev)
     runs: dict[tuple, dict[str, Any]] = {}
-    docs = [load(p) for p in parts]
     for doc in docs:
         for r in doc["runs"]:
             runs[(r["controller"], r["scenario"], r["seed"])] = r
     first = docs[0]
-    meta = {"command": command, "commands": [d["command"] for d in docs] + [command],
+    made = earlier + [d["command"] for d in part_docs]
+    meta = {"command": command, "commands": made + [command],
             "seeds": sorted({s for d in docs for s in d["seeds"]}), "noise": first["noise"],
             "families": families_meta(FAMILIES), "trapped_threshold": TRAPPED, "plugin_budgets": PLUGIN_BUDGETS,
             "torch_threads": first["torch_threads"], "versions": first["versions"], "parts": [p.name for p in parts]}

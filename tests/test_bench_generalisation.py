@@ -152,6 +152,26 @@ def test_parts_merge_into_the_same_summaries(out, doc, tmp_path):
     assert len(merged["commands"]) == 3
 
 
+def test_a_part_that_reruns_one_controller_replaces_only_its_runs(tmp_path):
+    common = ["--seeds", "3000-3001", "--families", FAMILIES[0], "--out", str(tmp_path)]
+    assert gen.main([*common, "--controllers", "grpo,random", "--part", "a"]) == 0
+    assert gen.main(["--merge", "--out", str(tmp_path)]) == 0
+    first = gen.load(tmp_path / "generalisation.json")
+    for p in (tmp_path / "parts").iterdir():  # parts are not kept between sessions; the results are
+        p.unlink()
+    moved = [dict(r, distance=r["distance"] + 1.0) for r in first["runs"] if r["controller"] == "grpo"]
+    part = {**first, "command": "python benchmarks/generalisation.py --controllers grpo --part b", "runs": moved}
+    (tmp_path / "parts" / "generalisation-b.json").write_text(json.dumps(part))
+    assert gen.main(["--merge", "--out", str(tmp_path)]) == 0
+    merged = gen.load(tmp_path / "generalisation.json")
+    key = lambda r: (r["controller"], r["scenario"], r["seed"])  # noqa: E731
+    old, new = {key(r): r for r in first["runs"]}, {key(r): r for r in merged["runs"]}
+    assert new.keys() == old.keys()
+    for k, r in new.items():
+        assert r["distance"] == pytest.approx(old[k]["distance"] + (1.0 if k[0] == "grpo" else 0.0))
+    assert merged["commands"] == [*first["commands"][:1], part["command"], merged["command"]]
+
+
 def test_a_merge_without_parts_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no parts"):
         gen.main(["--merge", "--out", str(tmp_path)])
