@@ -696,6 +696,39 @@ def test_drift_model_by_hand():
     assert fit_drift(valley, 1, p[-1]).shift == pytest.approx([0.0])
 
 
+#: backbone_prune's default run (Gemma 3 270M, seed 0) before confirm_drift: (round, kind, sparsity, reward);
+#: a ramp (reward = sparsity) that ends in a cliff near 0.12, which its answer rules read as a drift to 0.0
+_CLIFF_RUN = [
+    (0, "b", 0.45, -36.026), (0, "c", 0.45693, -39.728), (0, "c", 0.03630, 0.036), (0, "c", 0.41839, -26.141),
+    (0, "c", 0.82659, -206.24), (1, "b", 0.23560, -6.827), (1, "c", 0.09002, -0.410), (1, "c", 0.36602, -25.445),
+    (1, "c", 0.21498, -4.955), (1, "c", 0.37809, -27.837), (2, "b", 0.11290, 0.11266), (2, "c", 0.11483, 0.11436),
+    (2, "c", 0.09827, 0.09839), (2, "c", 0.02592, 0.02638), (2, "c", 0.39203, -37.989), (3, "b", 0.11290, 0.11266),
+    (3, "c", 0.02140, 0.02174), (3, "c", 0.05373, 0.05333), (3, "c", 0.07861, 0.07824)]
+
+
+def test_a_drift_the_last_round_refutes_is_not_followed():
+    kinds = {"b": rules.BASELINE, "c": rules.CANDIDATE}
+    ev = Evidence(1)
+    for r, k, v, score in _CLIFF_RUN:
+        ev.add(r, r / 6, kinds[k], [[v / 0.9]], [score])
+    fitted = fit_drift(rules.drift_rows(ev), 1, 3 / 6)
+    assert fitted.t[0] > rules.TREND_T and fitted.shift[0] < -0.05  # the quadratic's misfit, "significant"
+    # the last round probed below the committed 0.113 three times, and all three scored below it
+    assert rules.confirm_drift(fitted, ev).shift == pytest.approx([0.0])
+    # a real drift: the optimum moves up, the committed value lags, the probes ahead of it score better
+    rng = np.random.default_rng(1)
+    p = np.arange(6) / 7
+    moving = _drift_rows(lambda q: 0.3 + 0.4 * q, p, rng, centers=[0.3, 0.33, 0.37, 0.4, 0.43, 0.46])
+    moving.add(5, p[-1], rules.BASELINE, [[0.46]], [-(0.46 - (0.3 + 0.4 * p[-1])) ** 2 + 1.5])
+    d = fit_drift(rules.drift_rows(moving), 1, p[-1])
+    assert d.shift[0] > 0 and rules.confirm_drift(d, moving).shift == pytest.approx(d.shift)
+    # the same drift where the last round's probes ahead all lost to the baseline: refuted
+    refuted = Evidence(1, moving.rows.copy())
+    last = (refuted.rows[:, 0] == 5) & (refuted.rows[:, 2] == rules.CANDIDATE) & (refuted.rows[:, 4] > 0.46)
+    refuted.rows[last, 3] = 1.5 - 1.0
+    assert rules.confirm_drift(d, refuted).shift == pytest.approx([0.0])
+
+
 def test_the_answer_stays_within_the_evidence():
     ev = Evidence(1)
     ev.add(0, 0.0, rules.CANDIDATE, np.array([[0.1], [0.9]]), _a(0.0, 0.0))

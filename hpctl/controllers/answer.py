@@ -17,7 +17,9 @@ final phase uses. Each is ours except the guard, and each is off with ``paper=tr
   intercept per round (a round's training state may raise or lower every score alike).
   The candidates' own values are its regressors, so the controller moving its probes does
   not look like a moving optimum. A drift that is significant is followed to the end of
-  training, but never further ahead than the rounds that measured it reach back.
+  training, but never further ahead than the rounds that measured it reach back, and only
+  where the last round's probes on its side do not all score below the committed value
+  (:func:`confirm_drift`: the check that catches a quadratic misfitting another shape).
 * **evidence span** (:func:`clip_to_evidence`): without a measured drift, the answer lies
   within the span of what the last rounds probed.
 * **revisit** (:func:`revisit_candidate`): a probe the rounds leave unspent re-scores, in
@@ -217,6 +219,32 @@ def fit_drift(rows: np.ndarray, dim: int, p_last: float, t_min: float = TREND_T)
     horizon = min(max(1.0 - float(p_last), 0.0), p_span)
     shift = np.where(t >= t_min, slope * horizon, 0.0)
     return Drift(slope, t, shift, peak)
+
+
+def confirm_drift(drift: Drift, evidence: Evidence) -> Drift:
+    """``drift`` with its shift kept only where the last round's own probes do not refute it.
+
+    The drift model is a quadratic; on a landscape of another shape (a ramp that ends in a
+    cliff, say) it can find a significant "drift" that is only the misfit seen from the
+    different places successive rounds probed. The last round tests it directly: per
+    dimension, if it probed on the drift's side of its baseline (the committed value) and no
+    probe there beat the baseline, the optimum has not moved that way and the shift is
+    dropped. A round that probed nothing on that side leaves the drift as fitted.
+    """
+    if not np.any(drift.shift != 0):
+        return drift
+    rows = evidence.select(evidence.last_rounds(1), (BASELINE, CANDIDATE))
+    base = rows[rows[:, 2] == BASELINE]
+    if not len(base):
+        return drift
+    b_u, b_score = base[-1, 4:], float(base[-1, 3])
+    cand = rows[rows[:, 2] == CANDIDATE]
+    shift = drift.shift.copy()
+    for d in np.flatnonzero(shift):
+        ahead = np.sign(cand[:, 4 + d] - b_u[d]) == np.sign(shift[d])
+        if ahead.any() and not np.any(cand[ahead, 3] > b_score):
+            shift[d] = 0.0
+    return Drift(drift.slope, drift.t, shift, drift.peak_last)
 
 
 def drift_rows(evidence: Evidence, total_rounds: int | None = None) -> np.ndarray:

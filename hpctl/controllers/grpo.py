@@ -551,7 +551,8 @@ class GRPO(Controller):
         if self.config.trend == "none" or not len(self.evidence.rows):
             return rules.Drift.none(self.knob.dim)
         p_last = float(self.evidence.rows[-1, 1])
-        return rules.fit_drift(rules.drift_rows(self.evidence), self.knob.dim, p_last)
+        drift = rules.fit_drift(rules.drift_rows(self.evidence), self.knob.dim, p_last)
+        return rules.confirm_drift(drift, self.evidence)
 
     def answer(self) -> np.ndarray:
         """The learned value: the final committed value, or with the answer rules the last
@@ -593,6 +594,7 @@ class GRPO(Controller):
             out[f"value{sfx}"] = float(self.env.current[i])
             if drift is not None and drift.t[i] > 0:
                 out[f"trend_slope{sfx}"], out[f"trend_t{sfx}"] = float(drift.slope[i]), float(drift.t[i])
+                out[f"trend_shift{sfx}"] = float(drift.shift[i])  # 0: not followed (not significant, or refuted)
         out.update({"rounds": float(self.rounds), "updates": float(self.updates), "commits": float(self.commits),
                     "refusals": float(self.refusals), "guard_probes": float(self.guard_probes),
                     "undone": float(self.undone), "revisits": float(self.revisits), "escapes": float(self.escapes)})
