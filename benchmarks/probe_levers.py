@@ -19,6 +19,10 @@ of the controller run (deterministic), never in seconds.
 
     python -m benchmarks.probe_levers --parts ar:0,ar:1,ar:2,zh:0,zh:1,zh:2 --lever none
     python -m benchmarks.probe_levers --parts zh:1,ar:0 --lever warmup_steps=16,controller_steps=32 --tag w16
+    python -m benchmarks.probe_levers --scale regret32 --parts zh:1 --lever micro_dev=48 --tag r32-microdev48
+
+``--scale regret32`` screens a part of issue 36's 32-step results, read on its language's
+seed-averaged grid curve (:func:`yardstick`).
 
 ``--lever none`` re-runs each part's committed GRPO arm (it must learn the committed ratio: a check
 that the screen reproduces the benchmark). Results accumulate in ``<out>/probe_levers.json`` (one
@@ -75,11 +79,24 @@ def parse_parts(text: str) -> list[tuple[str, int]]:
     return parts
 
 
-def committed(lang: str, results: Path = RESULTS) -> dict[str, Any]:
-    path = results / f"grasp_vs_grid_regret_{lang}.json"
+#: the regret scales a lever can be screened on, and the grid curve each is read on
+SCALES = {"regret": "its part's own 64-step grid curve", "regret32": "its language's seed-averaged 32-step grid curve"}
+
+
+def committed(lang: str, results: Path = RESULTS, scale: str = "regret") -> dict[str, Any]:
+    path = results / f"grasp_vs_grid_{scale}_{lang}.json"
     if not path.is_file():
-        raise SystemExit(f"probe_levers.py: error: {path} is missing (run the regret scale first)")
+        raise SystemExit(f"probe_levers.py: error: {path} is missing (run the {scale} scale first)")
     return json.loads(path.read_text())
+
+
+def yardstick(data: dict[str, Any], seed: int, scale: str = "regret") -> list[tuple[float, float]] | None:
+    """The grid curve a learned ratio is read on: the part's own at the regret scale; at regret32 (issue
+    36) the mean of every seed's grid curve in the file (:func:`analysis.mean_curve`)."""
+    if scale == "regret32":
+        curves = {int(s): analysis.grid_loss_curve(arms["grid"]) for s, arms in data["runs"].items() if "grid" in arms}
+        return analysis.mean_curve({s: c for s, c in curves.items() if c})
+    return analysis.grid_loss_curve(data["runs"][str(seed)]["grid"])
 
 
 def shared_adapters(data: dict[str, Any], seed: int, work: Path) -> tuple[str, str]:
@@ -96,13 +113,14 @@ def shared_adapters(data: dict[str, Any], seed: int, work: Path) -> tuple[str, s
     return new["source_adapter"], new["target_adapter"]
 
 
-def screen(lang: str, seed: int, lever: dict[str, Any], work: Path, results: Path = RESULTS) -> dict[str, Any]:
+def screen(lang: str, seed: int, lever: dict[str, Any], work: Path, results: Path = RESULTS,
+           scale: str = "regret") -> dict[str, Any]:
     """One part's GRPO controller run with ``lever`` set; where its learned ratio lands on the grid's trend."""
     from benchmarks.grasp_vs_grid.arms import probe_entry
     from hpctl.rundir import RunOptions, RunSpec
     from hpctl.runner import build, configure
 
-    data = committed(lang, results)
+    data = committed(lang, results, scale)
     run = data["runs"][str(seed)]
     spec_d = copy.deepcopy(data["arm_specs"]["grpo"])
     opts = RunOptions(**{**spec_d["options"], "seed": seed, "out": None, "tracking_uri": None})
@@ -122,10 +140,10 @@ def screen(lang: str, seed: int, lever: dict[str, Any], work: Path, results: Pat
         steps = int(env.steps_done)
     finally:
         task.close()
-    curve = analysis.grid_loss_curve(run["grid"])
+    curve = yardstick(data, seed, scale)
     trend = analysis.curve_roughness(curve, learned)
     before = analysis.curve_roughness(curve, float(run["grpo"]["learned"]["prune_ratio"]))
-    return {"lang": lang, "seed": seed, "lever": lever, "learned": learned,
+    return {"lang": lang, "seed": seed, "scale": scale, "lever": lever, "learned": learned,
             "committed_learned": float(run["grpo"]["learned"]["prune_ratio"]),
             "trend_regret": float(trend["smoothed_fraction"]), "committed_trend_regret": float(before["smoothed_fraction"]),
             "learned_pass_rate": float(trend["learned_pass_rate"]), "oracle_ratio": float(trend["oracle_ratio"]),
@@ -142,7 +160,7 @@ def tag_of(lever: dict[str, Any]) -> str:
 
 def report(entries: list[dict[str, Any]]) -> str:
     """Markdown: one table row per (lever, part), then per lever the summary over its parts."""
-    lines = ["# Probe levers at the regret scale (issue 12)", "",
+    lines = ["# Probe levers at the regret scales (issues 12 and 36)", "",
              "Each row: one part's (language, seed) GRPO controller run with the lever's options set on top of "
              "the regret scale's GRPO arm, on the part's shared adapters; no final fine-tune. Trend regret = the "
              "grid trend's value at the learned ratio minus its minimum, over its range (target "
@@ -150,23 +168,27 @@ def report(entries: list[dict[str, Any]]) -> str:
              "against a re-run grid (the perfect controller's rate beside it). Probes: Spearman of micro-dev "
              "score against ratio per probe round (+1: every more pruned ratio scored better). Steps = "
              "controller-run optimizer steps (warm-up included; + the look-ahead probes' training steps) against the "
-             "committed run's.", "",
+             "committed run's. Parts marked 32-step are read on their language's seed-averaged 32-step grid "
+             "curve (issue 36's yardstick), the others on their own 64-step grid curve.", "",
              "Commands: " + " ; ".join(sorted({f"`{e['command']}`" for e in entries})), "",
              "| lever | part | learned (committed) | trend regret (committed) | pass rate (perfect) | steps | "
              "probe rounds: step Spearman |", "|---|---|---|---|---|---|---|"]
     order = sorted(entries, key=lambda e: (e["tag"] != "none", e["tag"], e["lang"], e["seed"]))
     for e in order:
         rounds = " ".join(f"{r['step']}:{r['spearman']:+.2f}" for r in e["rounds"] or [])
-        lines.append(f"| {e['tag']} | {e['lang']} {e['seed']} | {e['learned']:.3f} ({e['committed_learned']:.3f}) | "
+        part = f"{e['lang']} {e['seed']}" + (" 32-step" if e.get("scale") == "regret32" else "")
+        lines.append(f"| {e['tag']} | {part} | {e['learned']:.3f} ({e['committed_learned']:.3f}) | "
                      f"{e['trend_regret']:.0%} ({e['committed_trend_regret']:.0%}) | "
                      f"{e['learned_pass_rate']:.0%} ({e['oracle_pass_rate']:.0%}) | "
                      f"{steps_text(e)} ({e['committed_controller_steps']}) | {rounds} |")
     lines += ["", "## Per lever", "",
               "| lever | parts | trend regret median | worst | within target | committed: median, within |",
               "|---|---|---|---|---|---|"]
-    for tag in sorted({e["tag"] for e in entries}, key=lambda t: (t != "none", t)):
-        m = lever_summary(entries, tag)
-        lines.append(f"| {tag} | {m['parts']} | {m['median']:.0%} | {m['worst']:.0%} | {m['within']} of {m['parts']} | "
+    for tag, scale in sorted({(e["tag"], e.get("scale", "regret")) for e in entries},
+                             key=lambda t: (t[1], t[0] != "none", t[0])):
+        m = lever_summary(entries, tag, scale)
+        name = tag + (" (32-step)" if scale == "regret32" else "")
+        lines.append(f"| {name} | {m['parts']} | {m['median']:.0%} | {m['worst']:.0%} | {m['within']} of {m['parts']} | "
                      f"{m['committed_median']:.0%}, {m['committed_within']} of {m['parts']} |")
     return "\n".join(lines) + "\n"
 
@@ -177,17 +199,17 @@ def steps_text(e: dict[str, Any]) -> str:
     return f"{e['controller_steps']} + {probe}" if probe else str(e["controller_steps"])
 
 
-def lever_summary(entries: list[dict[str, Any]], tag: str) -> dict[str, Any]:
+def lever_summary(entries: list[dict[str, Any]], tag: str, scale: str = "regret") -> dict[str, Any]:
     """One lever over its parts: trend regret median, worst, parts within the target (and the committed
     runs' on the same parts), the learned ratios' range and the probe rounds' Spearman range."""
-    es = [e for e in entries if e["tag"] == tag]
+    es = [e for e in entries if e["tag"] == tag and e.get("scale", "regret") == scale]
     tr = [e["trend_regret"] for e in es]
     cr = [e["committed_trend_regret"] for e in es]
     rho = [r["spearman"] for e in es for r in e["rounds"] or [] if np.isfinite(r["spearman"])]
     return {"parts": len(es), "median": float(np.median(tr)), "worst": float(max(tr)),
             "within": sum(t <= TARGET for t in tr), "committed_median": float(np.median(cr)),
             "committed_within": sum(t <= TARGET for t in cr), "learned_min": min(e["learned"] for e in es),
-            "learned_max": max(e["learned"] for e in es), "rho_min": min(rho), "rho_max": max(rho)}
+            "learned_max": max(e["learned"] for e in es), "rho_min": min(rho, default=float("nan")), "rho_max": max(rho, default=float("nan"))}
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -206,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lever", default="none", help="grasp_lora options key=value,... (none: the committed arm)")
     ap.add_argument("--tag", default=None, help="name of the lever in the results (default: its options)")
     ap.add_argument("--out", default=str(RESULTS), help="folder of probe_levers.json / .md")
-    ap.add_argument("--results", default=str(RESULTS), help="folder of the committed grasp_vs_grid_regret_*.json")
+    ap.add_argument("--scale", default="regret", choices=sorted(SCALES),
+                    help="the committed results a part comes from (grasp_vs_grid_SCALE_LANG.json) and its yardstick")
+    ap.add_argument("--results", default=str(RESULTS), help="folder of the committed grasp_vs_grid_SCALE_*.json")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the markdown from the JSON")
     args = ap.parse_args(argv)
@@ -222,11 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     for lang, seed in parts:
         try:
-            rec = screen(lang, seed, lever, work, Path(args.results))
+            rec = screen(lang, seed, lever, work, Path(args.results), args.scale)
         except HpctlError as exc:  # a bad lever option: one line, the parts already screened are saved
             raise SystemExit(f"probe_levers.py: error: {exc}") from None
         rec.update(tag=tag, command=command)
-        entries = [e for e in entries if (e["tag"], e["lang"], e["seed"]) != (tag, lang, seed)] + [rec]
+        key = (tag, lang, seed, args.scale)
+        entries = [e for e in entries if (e["tag"], e["lang"], e["seed"], e.get("scale", "regret")) != key] + [rec]
         save(path, entries)  # after every part: a long screen that is stopped keeps what it finished
         rounds = " ".join(f"{r['step']}:{r['spearman']:+.2f}" for r in rec["rounds"] or [])
         print(f"{tag} {lang} {seed}: learned {rec['learned']:.3f} (committed {rec['committed_learned']:.3f}), "

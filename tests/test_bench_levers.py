@@ -88,3 +88,26 @@ def test_a_look_ahead_levers_probe_training_is_counted_in_its_steps():
     entry = {"lever": {"probe_from": "start", "probe_steps": 8}, "probes": 20, "controller_steps": 16}
     assert probe_levers.steps_text(entry) == "16 + 160"
     assert probe_levers.steps_text({**entry, "lever": {"warmup_steps": 4}}) == "16"
+
+
+def _grid(losses):
+    return {"grid_points": [{"value": [0.9 * i / 7], "dev_score": -v} for i, v in enumerate(losses)],
+            "metrics": {"dev_loss": min(losses)}}
+
+
+def test_the_32_step_scale_reads_a_part_on_its_languages_seed_averaged_curve(tmp_path):
+    a = [1.0 + 0.1 * i for i in range(8)]
+    b = [2.0 - 0.1 * i for i in range(8)]
+    data = {"runs": {"0": {"grid": _grid(a)}, "1": {"grid": _grid(b)}, "2": {"grpo": {}}}}  # seed 2: no grid yet
+    mean = probe_levers.yardstick(data, 0, "regret32")
+    assert [v for _, v in mean] == pytest.approx([(x + y) / 2 for x, y in zip(a, b)])
+    assert [v for _, v in probe_levers.yardstick(data, 1, "regret")] == pytest.approx(b)  # the part's own
+    with pytest.raises(SystemExit, match="grasp_vs_grid_regret32_zh.json is missing"):
+        probe_levers.committed("zh", tmp_path, "regret32")
+    # the same tag on both scales: separate rows and summaries
+    entry = {"tag": "none", "lang": "zh", "seed": 1, "lever": {}, "learned": 0.8, "committed_learned": 0.8,
+             "trend_regret": 0.6, "committed_trend_regret": 0.6, "learned_pass_rate": 0.0, "oracle_pass_rate": 0.5,
+             "controller_steps": 16, "committed_controller_steps": 16, "probes": 20, "rounds": [], "command": "c"}
+    md = probe_levers.report([entry, {**entry, "scale": "regret32", "trend_regret": 0.05}])
+    assert "| none | zh 1 | 0.800 (0.800) | 60% (60%) |" in md and "| none | zh 1 32-step | 0.800 (0.800) | 5% (60%) |" in md
+    assert "| none | 1 | 60% |" in md and "| none (32-step) | 1 | 5% |" in md
