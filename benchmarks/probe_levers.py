@@ -79,8 +79,14 @@ def parse_parts(text: str) -> list[tuple[str, int]]:
     return parts
 
 
-#: the regret scales a lever can be screened on, and the grid curve each is read on
-SCALES = {"regret": "its part's own 64-step grid curve", "regret32": "its language's seed-averaged 32-step grid curve"}
+#: the regret scales a lever can be screened on: "regret" reads a part on its own 64-step grid curve,
+#: "regret32" on its language's seed-averaged 32-step grid curve (:func:`yardstick`)
+SCALES = ("regret", "regret32")
+
+
+def scale_of(entry: dict[str, Any]) -> str:
+    """An entry's scale (entries screened before ``--scale`` existed are the regret scale's)."""
+    return entry.get("scale", "regret")
 
 
 def committed(lang: str, results: Path = RESULTS, scale: str = "regret") -> dict[str, Any]:
@@ -176,7 +182,7 @@ def report(entries: list[dict[str, Any]]) -> str:
     order = sorted(entries, key=lambda e: (e["tag"] != "none", e["tag"], e["lang"], e["seed"]))
     for e in order:
         rounds = " ".join(f"{r['step']}:{r['spearman']:+.2f}" for r in e["rounds"] or [])
-        part = f"{e['lang']} {e['seed']}" + (" 32-step" if e.get("scale") == "regret32" else "")
+        part = f"{e['lang']} {e['seed']}" + (" 32-step" if scale_of(e) == "regret32" else "")
         lines.append(f"| {e['tag']} | {part} | {e['learned']:.3f} ({e['committed_learned']:.3f}) | "
                      f"{e['trend_regret']:.0%} ({e['committed_trend_regret']:.0%}) | "
                      f"{e['learned_pass_rate']:.0%} ({e['oracle_pass_rate']:.0%}) | "
@@ -184,7 +190,7 @@ def report(entries: list[dict[str, Any]]) -> str:
     lines += ["", "## Per lever", "",
               "| lever | parts | trend regret median | worst | within target | committed: median, within |",
               "|---|---|---|---|---|---|"]
-    for tag, scale in sorted({(e["tag"], e.get("scale", "regret")) for e in entries},
+    for tag, scale in sorted({(e["tag"], scale_of(e)) for e in entries},
                              key=lambda t: (t[1], t[0] != "none", t[0])):
         m = lever_summary(entries, tag, scale)
         name = tag + (" (32-step)" if scale == "regret32" else "")
@@ -202,14 +208,15 @@ def steps_text(e: dict[str, Any]) -> str:
 def lever_summary(entries: list[dict[str, Any]], tag: str, scale: str = "regret") -> dict[str, Any]:
     """One lever over its parts: trend regret median, worst, parts within the target (and the committed
     runs' on the same parts), the learned ratios' range and the probe rounds' Spearman range."""
-    es = [e for e in entries if e["tag"] == tag and e.get("scale", "regret") == scale]
+    es = [e for e in entries if e["tag"] == tag and scale_of(e) == scale]
     tr = [e["trend_regret"] for e in es]
     cr = [e["committed_trend_regret"] for e in es]
     rho = [r["spearman"] for e in es for r in e["rounds"] or [] if np.isfinite(r["spearman"])]
     return {"parts": len(es), "median": float(np.median(tr)), "worst": float(max(tr)),
             "within": sum(t <= TARGET for t in tr), "committed_median": float(np.median(cr)),
             "committed_within": sum(t <= TARGET for t in cr), "learned_min": min(e["learned"] for e in es),
-            "learned_max": max(e["learned"] for e in es), "rho_min": min(rho, default=float("nan")), "rho_max": max(rho, default=float("nan"))}
+            "learned_max": max(e["learned"] for e in es),
+            "rho_min": min(rho, default=float("nan")), "rho_max": max(rho, default=float("nan"))}
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -228,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lever", default="none", help="grasp_lora options key=value,... (none: the committed arm)")
     ap.add_argument("--tag", default=None, help="name of the lever in the results (default: its options)")
     ap.add_argument("--out", default=str(RESULTS), help="folder of probe_levers.json / .md")
-    ap.add_argument("--scale", default="regret", choices=sorted(SCALES),
+    ap.add_argument("--scale", default="regret", choices=SCALES,
                     help="the committed results a part comes from (grasp_vs_grid_SCALE_LANG.json) and its yardstick")
     ap.add_argument("--results", default=str(RESULTS), help="folder of the committed grasp_vs_grid_SCALE_*.json")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
@@ -251,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"probe_levers.py: error: {exc}") from None
         rec.update(tag=tag, command=command)
         key = (tag, lang, seed, args.scale)
-        entries = [e for e in entries if (e["tag"], e["lang"], e["seed"], e.get("scale", "regret")) != key] + [rec]
+        entries = [e for e in entries if (e["tag"], e["lang"], e["seed"], scale_of(e)) != key] + [rec]
         save(path, entries)  # after every part: a long screen that is stopped keeps what it finished
         rounds = " ".join(f"{r['step']}:{r['spearman']:+.2f}" for r in rec["rounds"] or [])
         print(f"{tag} {lang} {seed}: learned {rec['learned']:.3f} (committed {rec['committed_learned']:.3f}), "

@@ -225,7 +225,7 @@ def expected(rows: list[dict[str, Any]], results: Path = RESULTS) -> dict[str, A
 
     learned: dict[str, list[tuple[str, int, float]]] = {"GRPO (committed)": [(r["lang"], r["seed"], r["learned"]) for r in rows]}
     for e in probe_levers.load(results / "probe_levers.json"):
-        if e.get("scale", "regret") != "regret":  # a 32-step part's screen: its own adapters, read in probe_levers.md
+        if probe_levers.scale_of(e) != "regret":  # a 32-step part's screen: its own adapters, read in probe_levers.md
             continue
         learned.setdefault(str(e["tag"]), []).append((e["lang"], int(e["seed"]), float(e["learned"])))
     ratios = [x for x, _ in rows[0]["short"]["curve"]]
