@@ -25,7 +25,13 @@ with the grid's final recovery curve interpolated at the probes' sparsities, the
 probe and the peak of a quadratic fitted to its probes (:func:`landscape_vs_recovery`), drawn in
 ``part-seedS.png`` beside ``part-seedS.json`` under ``--out``. Run folders go under ``--runs``; a part
 file already holding an arm with the same settings is reused (an interrupted part resumes at the
-next arm).
+next arm, or the next grid point: the file is written after each).
+
+Time: the grid's is its dense reference (paid once) plus its points, each one fine-tune and one
+dev pass; it keeps its best point's adapter, so it needs no re-run. A controller's is its whole
+run as run (``time_ratio_grid_over_run``) and, the ratio to quote, the same less the generation
+on the test split of its dense baseline and final adapter (``time_ratio_to_adapter``), which the
+grid does not do.
 
 ``merge``: the parts of ``--parts`` (one per seed) into one JSON (:func:`merge`: per arm the median and
 worst-seed sparsity, dev reward and dev loss, how often its choice is within the tolerance, the
@@ -41,13 +47,13 @@ on the 2-core machine while another benchmark ran)::
 Gemma 3 270M, issue #35's benchmark: three parts (one a seed; every arm at the plugin's budget of
 20 probes; a 300-question dev split, as grasp_vs_grid's regret scale), then the merge into the
 committed results and the docs. Estimated wall time of a part on this project's idle 2-core CPU
-machine with the backbone cached: about 2 hours (1.5-2.5): five controller runs of about 16
-minutes and the 8-point grid about 35 minutes. How: the plugin's default run was estimated at
-9.5-10 minutes idle with a 16-question dev split; a probe's forward measured 63 CPU-seconds for
-48 micro-dev questions (about 0.65 s of wall time a question on 2 cores), so a 300-question dev
-split adds two dev passes (about 6 minutes) to a run; a grid point is 12 training steps (about 3 s
-each, grasp_lora's measured Gemma 3 270M steps at the same length and batch) and one dev pass, and
-the dense reference one more::
+machine with the backbone cached: about 1.5 hours, an extrapolation (a part resumes where it was
+killed, so it can span sessions): five controller runs of about 9 minutes and the 8-point grid
+about 35 minutes. How: the plugin's default run takes about 2.6 minutes idle with a 16-question
+dev split; a probe's forward measured 63 CPU-seconds for 48 micro-dev questions (about 0.65 s of
+wall time a question on 2 cores), so a 300-question dev split adds two dev passes (about 6.5
+minutes) to a run; a grid point is 12 training steps (about 3 s each, grasp_lora's measured Gemma
+3 270M steps at the same length and batch) and one dev pass, and the dense reference one more::
 
     python -m benchmarks.backbone_prune compare --seed 0 --budget 20 --set dev=300
     python -m benchmarks.backbone_prune compare --seed 1 --budget 20 --set dev=300
@@ -333,8 +339,8 @@ def compare(preset: str, seed: int, controllers: list[str], grid: int, budget: i
         old = json.loads(path.read_text())
         if all(old.get(k) == v for k, v in settings.items()):
             part["controllers"] = {k: v for k, v in old.get("controllers", {}).items() if "error" not in v}
-            part["grid"] = old.get("grid", [])
-            for k in ("grid_wall_s", "grid_choice"):
+            part["grid"] = old.get("grid", [])  # its finished points (an interrupted grid resumes at the next)
+            for k in ("grid_wall_s", "grid_reference_s", "grid_phases", "grid_choice"):
                 if k in old:
                     part[k] = old[k]
 
@@ -364,27 +370,35 @@ def compare(preset: str, seed: int, controllers: list[str], grid: int, budget: i
         _write(part, path)
 
     need_rescore = rescore and any("error" not in a and "rescored" not in a for a in part["controllers"].values())
-    if not part["grid"] or need_rescore:
+    units = np.linspace(0.0, 1.0, grid)
+    if len(part["grid"]) < grid or need_rescore:
         with tempfile.TemporaryDirectory(prefix="bp-grid-") as tmp:
             task = plugin.make_task(BackbonePruneConfig(**config), seed=seed, out_dir=Path(tmp))
             task.reset(seed)
             dev = task._dev_split()
 
             def score(v: np.ndarray) -> dict[str, Any]:
-                reward = task.full_run(v)  # the state is now the point's recovery: its dev measures, read back
-                return {"value": task.knob.to_dict(v), "dev_reward": reward, "dev_loss": task.loss_at(dev, v),
-                        "dense_dev_loss": task.reference(dev, task.fine_tune_steps),
-                        "sparsity": task.sparsity(v)["all"]}
+                m = task.full_run_scores(v)  # the point's recovery and its one dev pass
+                return {"value": task.knob.to_dict(v), "dev_reward": m["reward"], "dev_loss": m["loss"],
+                        "dense_dev_loss": m["ref_loss"], "sparsity": m["sparsity"]}
 
-            if not part["grid"]:
+            if len(part["grid"]) < grid:
+                # the dense reference every point is held to, paid once (a resumed grid's repeat is not timed)
                 t0 = time.perf_counter()
-                for u in np.linspace(0.0, 1.0, grid):
+                task.reference(dev, task.fine_tune_steps)
+                part.setdefault("grid_reference_s", time.perf_counter() - t0)
+                phases = dict(part.get("grid_phases", {}))
+                before = dict(task.phase_seconds)
+                for u in units[len(part["grid"]):]:
                     t1 = time.perf_counter()
                     point = score(task.knob.from_unit(u))
                     point["within_tolerance"] = bool(point["dev_loss"] / point["dense_dev_loss"] - 1 <= cfg.tolerance)
                     part["grid"].append({**point, "wall_s": time.perf_counter() - t1})
-                part["grid_wall_s"] = time.perf_counter() - t0
-                part["grid_phases"] = dict(task.phase_seconds)
+                    part["grid_phases"] = {k: phases.get(k, 0.0) + v - before.get(k, 0.0)
+                                           for k, v in {**phases, **task.phase_seconds}.items()}
+                    # the grid's time: the reference plus its points (so a resumed grid is timed alike)
+                    part["grid_wall_s"] = part["grid_reference_s"] + sum(g["wall_s"] for g in part["grid"])
+                    _write(part, path)  # a killed grid keeps its finished points
             if need_rescore:
                 for name, arm in part["controllers"].items():
                     if "error" in arm or "rescored" in arm:
@@ -399,6 +413,9 @@ def compare(preset: str, seed: int, controllers: list[str], grid: int, budget: i
         if "error" in arm:
             continue
         arm["time_ratio_grid_over_run"] = part["grid_wall_s"] / arm["wall_s"]
+        # time to the adapter: the run less its test scoring (dense and final), which the grid does not pay
+        arm["adapter_s"] = arm["wall_s"] - float((arm.get("phases") or {}).get("test_scoring_s", 0.0))
+        arm["time_ratio_to_adapter"] = part["grid_wall_s"] / arm["adapter_s"]
         arm["landscape"] = landscape_vs_recovery(arm["probes_record"], part["grid"], part["tolerance"])
     _write(part, path)
     plot_part(part, path.with_suffix(".png"))
@@ -427,12 +444,13 @@ def merge(parts: list[dict[str, Any]], name: str = RESULT_NAME) -> dict[str, Any
         raise SystemExit(f"merge: seeds repeat across parts: {seeds}")
     for p in parts:
         if "grid_choice" not in p:
-            raise SystemExit(f"merge: the part of seed {p['seed']} has no grid yet (interrupted): rerun its compare "
-                             "command, which reuses the finished arms")
+            raise SystemExit(f"merge: the part of seed {p['seed']} has {len(p.get('grid', []))} of its "
+                             f"{p['grid_points']} grid points (interrupted): rerun its compare command, which "
+                             "reuses the finished arms and points")
     arm_names = ["grid"] + list(dict.fromkeys(k for p in parts for k in p["controllers"]))
     arms: dict[str, Any] = {}
     for arm_name in arm_names:
-        rows, ratios, gaps, first, last, errors = [], [], [], [], [], []
+        rows, ratios, adapter_ratios, gaps, first, last, errors = [], [], [], [], [], [], []
         for p in parts:
             if arm_name == "grid":
                 rows.append((p["seed"], p["grid_choice"]))
@@ -445,6 +463,8 @@ def merge(parts: list[dict[str, Any]], name: str = RESULT_NAME) -> dict[str, Any
                 continue
             rows.append((p["seed"], arm["dev"]))
             ratios.append(arm["time_ratio_grid_over_run"])
+            if "time_ratio_to_adapter" in arm:
+                adapter_ratios.append(arm["time_ratio_to_adapter"])
             gaps.append(p["grid_choice"]["dev_reward"] - arm["dev"]["dev_reward"])
             ls = arm.get("landscape") or []
             if ls:
@@ -459,6 +479,8 @@ def merge(parts: list[dict[str, Any]], name: str = RESULT_NAME) -> dict[str, Any
         if arm_name != "grid":
             entry["time_ratio"] = ({"median": _median(ratios), "min": min(ratios), "max": max(ratios)}
                                    if ratios else None)
+            entry["time_ratio_to_adapter"] = ({"median": _median(adapter_ratios), "min": min(adapter_ratios),
+                                               "max": max(adapter_ratios)} if adapter_ratios else None)
             entry["reward_below_grid"] = {"median": _median(gaps), "worst": max(gaps)} if gaps else None
             ok_first, ok_last = [x for x in first if x is not None], [x for x in last if x is not None]
             entry["spearman_first_round"] = _median(ok_first)
@@ -497,19 +519,22 @@ def render(doc: dict[str, Any]) -> str:
              "recovery fine-tune at it on the dev split; the grid's choice is its point with the best dev reward.", "",
              f"## Per arm (median over {n} seeds; worst: the seed with the lowest dev reward)", "",
              "| arm | sparsity | dev reward | dev loss / dense | worst seed: sparsity, reward, loss ratio | "
-             "within tolerance | reward below the grid's (median, worst) | time ratio grid / arm (median, range) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "within tolerance | reward below the grid's (median, worst) | time ratio grid / arm as run (median, range) "
+             "| to the adapter, test scoring left out (median, range) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, a in doc["arms"].items():
         if "median" not in a:
-            lines.append(f"| {name} | - | - | - | - | - | - | - |")
+            lines.append(f"| {name} | - | - | - | - | - | - | - | - |")
             continue
         m, w = a["median"], a["worst"]
-        gap, tr = a.get("reward_below_grid"), a.get("time_ratio")
+        gap = a.get("reward_below_grid")
+        tr, ta = (None if a.get(k) is None else f"{_f(a[k]['median'], 2)}x ({_f(a[k]['min'], 2)}-{_f(a[k]['max'], 2)})"
+                  for k in ("time_ratio", "time_ratio_to_adapter"))
         lines.append(
             f"| {name} | {_f(m['sparsity'])} | {_f(m['dev_reward'])} | {_f(m['loss_ratio'], 4)} | seed {w['seed']}: "
             f"{_f(w['sparsity'])}, {_f(w['dev_reward'])}, {_f(w['loss_ratio'], 4)} | {a['within_tolerance']} of "
             f"{len(a['seeds'])} | {'-' if gap is None else _f(gap['median']) + ', ' + _f(gap['worst'])} | "
-            f"{'-' if tr is None else _f(tr['median'], 2) + 'x (' + _f(tr['min'], 2) + '-' + _f(tr['max'], 2) + ')'} |")
+            f"{tr or '-'} | {ta or '-'} |")
     errors = [(name, e) for name, a in doc["arms"].items() for e in a.get("errors", [])]
     if errors:
         lines += ["", "Arms that did not run: " + "; ".join(f"{name} seed {e['seed']}: {e['error']}" for name, e in errors)

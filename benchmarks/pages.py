@@ -347,11 +347,12 @@ def backbone_prune_summary() -> str:
     for name, a in doc["arms"].items():
         if name == "grid" or "median" not in a:
             continue
-        tr, gap = a["time_ratio"], a["reward_below_grid"]
+        tr, gap = a.get("time_ratio_to_adapter") or a["time_ratio"], a["reward_below_grid"]
+        what = "to the adapter" if a.get("time_ratio_to_adapter") else "as run"
         lines.append(f"- {name}: median sparsity {a['median']['sparsity']:.3f} (worst seed {a['worst']['sparsity']:.3f}), "
                      f"dev reward minus the grid choice's {0.0 - gap['median']:+.3f} at the median ({0.0 - gap['worst']:+.3f} "
                      f"at worst), within the tolerance in {a['within_tolerance']} of {len(a['seeds'])} seeds; "
-                     f"wall time grid / {name} {tr['median']:.2f}x (median)."
+                     f"time {what}, grid / {name}: {tr['median']:.2f}x (median)."
                      + ("" if a["spearman_last_round"] is None else
                         f" Rank correlation of its probes with the grid's recovery curve: "
                         f"{_f2(a['spearman_first_round'])} in the first round, {a['spearman_last_round']:.2f} in the "

@@ -93,6 +93,7 @@ def _part(seed, grid_choice, arms, grid_wall=100.0):
             continue
         s, r, q, wall = spec
         controllers[name] = {"dev": scored(s, r, q), "wall_s": wall, "time_ratio_grid_over_run": grid_wall / wall,
+                             "time_ratio_to_adapter": grid_wall / (wall - 5.0),
                              "landscape": [{"round": 0, "step": 0, "probes": 4, "spearman_reward": 0.1 * seed,
                                             "spearman_loss_ratio": None, "best_probe": s, "fitted_peak": s,
                                             "grid_best": grid_choice[0]},
@@ -120,13 +121,16 @@ def test_merge_takes_medians_worst_seeds_tolerance_counts_and_time_ratios(tmp_pa
     assert p["worst"] == {"seed": 0, "sparsity": 0.8, "dev_reward": 0.2, "dev_loss": 2.9, "loss_ratio": 1.45}
     assert p["within_tolerance"] == 1  # 1.02 only (1.06 and 1.45 exceed 5 %)
     assert p["time_ratio"] == {"median": 4.0, "min": 2.0, "max": 5.0}
+    # the same less 5 s of test scoring each: 100 / 20, 100 / 45, 100 / 15
+    assert p["time_ratio_to_adapter"] == {"median": pytest.approx(5.0), "min": pytest.approx(100 / 45),
+                                          "max": pytest.approx(100 / 15)}
     assert p["reward_below_grid"]["median"] == pytest.approx(0.1) and p["reward_below_grid"]["worst"] == pytest.approx(0.5)
     assert p["spearman_first_round"] == pytest.approx(0.1) and p["spearman_last_round"] == pytest.approx(0.6)
     assert t["seeds"] == [0, 1] and t["errors"] == [{"seed": 2, "error": "could not run"}]
     assert t["median"]["sparsity"] == pytest.approx(0.5) and t["within_tolerance"] == 2
     with pytest.raises(SystemExit):
         bench.merge([parts[0], parts[0]])  # a seed twice
-    with pytest.raises(SystemExit, match="seed 2 has no grid"):
+    with pytest.raises(SystemExit, match="seed 2 has 0 of its 8 grid points"):
         bench.merge([{k: v for k, v in parts[0].items() if k != "grid_choice"}])  # an interrupted part
     # the report renders from the JSON alone: a row per arm, a row per (seed, arm) that ran, a plot per seed
     md = bench.render(json.loads(json.dumps(doc)))
@@ -134,6 +138,19 @@ def test_merge_takes_medians_worst_seeds_tolerance_counts_and_time_ratios(tmp_pa
     assert sum(line.startswith("| grpo |") for line in rows) == 1
     assert sum(line.startswith(("| 0 |", "| 1 |", "| 2 |")) and " grid (" in line for line in rows) == 3
     assert md.count("](backbone_prune_seed") == 3
+
+
+def test_the_docs_summary_quotes_the_time_to_the_adapter(tmp_path, monkeypatch):
+    from benchmarks import pages
+
+    doc = bench.merge([_part(0, (0.7, 0.7, 1.04), {"grpo": (0.6, 0.6, 1.03, 25.0)}),
+                       _part(1, (0.5, 0.5, 1.01), {"grpo": (0.5, 0.5, 1.02, 45.0)})])
+    (tmp_path / pages.BACKBONE_PRUNE).write_text(json.dumps(doc))
+    monkeypatch.setattr(pages, "RESULTS", tmp_path)
+    text = pages.backbone_prune_summary()
+    grpo = [line for line in text.splitlines() if line.startswith("- grpo:")]
+    to_adapter, as_run = (100 / 20 + 100 / 40) / 2, (100 / 25 + 100 / 45) / 2
+    assert len(grpo) == 1 and f"{to_adapter:.2f}x" in grpo[0] and f"{as_run:.2f}x" not in grpo[0]
 
 
 @pytest.mark.llm
@@ -163,6 +180,26 @@ def test_a_smoke_part_end_to_end_then_the_merge(tmp_path, monkeypatch):
     again = bench.compare("smoke", 0, ["grpo", "random"], 3, 12, out, {"dev": 6}, rescore=True)
     assert again["controllers"]["grpo"]["wall_s"] == part["controllers"]["grpo"]["wall_s"]
     assert again["grid_wall_s"] == part["grid_wall_s"]
+    # the grid pays its dense reference once, then one dev pass a point (no second pass to read the loss)
+    assert part["grid_wall_s"] == pytest.approx(part["grid_reference_s"] + sum(g["wall_s"] for g in part["grid"]))
+    assert part["grid_phases"]["score_dev_s"] > 0 and part["grid_phases"].get("dense_reference_s", 0.0) == 0.0
+    for name, arm in part["controllers"].items():  # time to the adapter: the run less its test scoring
+        assert 0 < arm["phases"]["test_scoring_s"] and arm["adapter_s"] == pytest.approx(
+            arm["wall_s"] - arm["phases"]["test_scoring_s"])
+    # a grid killed after its first point resumes at the second, with the same numbers
+    cut = json.loads((out / "part-seed0.json").read_text())
+    cut["grid"] = cut["grid"][:1]
+    for k in ("grid_choice", "grid_wall_s"):
+        cut.pop(k)
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "part-seed0.json").write_text(json.dumps(cut))
+    with pytest.raises(SystemExit, match="1 of its 3 grid points"):
+        bench.merge_parts(tmp_path / "cut", tmp_path / "cut.json")
+    resumed = bench.compare("smoke", 0, ["grpo", "random"], 3, 12, tmp_path / "cut", {"dev": 6})
+    assert resumed["grid"][0] == part["grid"][0] and len(resumed["grid"]) == 3
+    for a, b in zip(resumed["grid"][1:], part["grid"][1:]):
+        assert a["value"] == b["value"] and a["dev_loss"] == pytest.approx(b["dev_loss"], rel=1e-6)
+    assert resumed["grid_choice"]["value"] == part["grid_choice"]["value"]
     doc = bench.merge_parts(out, tmp_path / "res" / "backbone_prune.json")
     assert set(doc["arms"]) == {"grid", "grpo", "random"}
     assert (tmp_path / "res" / "backbone_prune_seed0.png").is_file()

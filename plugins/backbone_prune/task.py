@@ -392,7 +392,8 @@ class BackbonePruneTask(Task):
         self._ensure_ready()
         return self.pruner.achieved(self.knob.validate(value))
 
-    def _reward(self, split: str, value: np.ndarray, step: int, record: bool = False) -> float:
+    def _score(self, split: str, value: np.ndarray, step: int, record: bool = False) -> dict[str, float]:
+        """One pass over ``split`` at ``value``: its loss, the dense reference's, the achieved sparsity, the reward."""
         ref = self.reference(split, step)
         with self._phase("probe" if record else f"score_{split}"):
             loss = self.loss_at(split, value)
@@ -401,7 +402,10 @@ class BackbonePruneTask(Task):
         if record:
             self.landscape.append({"step": int(step), "value": self.knob.to_dict(value), "sparsity": achieved,
                                    "loss": loss, "ref_loss": ref, "reward": reward})
-        return reward
+        return {"loss": loss, "ref_loss": ref, "sparsity": achieved, "reward": reward}
+
+    def _reward(self, split: str, value: np.ndarray, step: int, record: bool = False) -> float:
+        return self._score(split, value, step, record)["reward"]
 
     def probe(self, value: np.ndarray) -> float:
         """The reward at ``value`` on the micro-dev split, against the dense reference at this step."""
@@ -421,11 +425,16 @@ class BackbonePruneTask(Task):
 
     def full_run(self, value: np.ndarray) -> float:
         """One grid point: the adapter fine-tuned ``steps`` steps at ``value``, its reward on dev."""
+        return self.full_run_scores(value)["reward"]
+
+    def full_run_scores(self, value: np.ndarray) -> dict[str, float]:
+        """:meth:`full_run` with what its one dev pass measured: ``loss``, ``ref_loss`` (the dense
+        reference's), ``sparsity`` (achieved) and ``reward`` (a benchmark reads them without a second pass)."""
         self._ensure_ready()
         sparsity = self.knob.validate(value)
         self.reset()
         self.train(self.fine_tune_steps, sparsity)
-        return self._reward(self._dev_split(), sparsity, self.fine_tune_steps)
+        return self._score(self._dev_split(), sparsity, self.fine_tune_steps)
 
     # ------------------------------------------------------------------ snapshots -----
     def snapshot(self) -> dict[str, Any]:
@@ -458,9 +467,14 @@ class BackbonePruneTask(Task):
     def _test_scores(self, prefix: str) -> tuple[dict[str, float], list[str]]:
         """Generation metrics (EM, F1) and loss on test as the model runs now (``generate``), else the loss."""
         s = self.splits["test"]
-        if not self.cfg.generate:
-            return {f"{prefix}test_loss": self._split_loss("test")}, []
-        scores, preds = split_metrics(self.model, self.tokenizer, s, self.cfg, self.cfg.lang, self.counter)
+        t0 = time.perf_counter()
+        try:
+            if not self.cfg.generate:
+                return {f"{prefix}test_loss": self._split_loss("test")}, []
+            scores, preds = split_metrics(self.model, self.tokenizer, s, self.cfg, self.cfg.lang, self.counter)
+        finally:  # inside the dense_baseline and eval phases: what a benchmark's time to the adapter leaves out
+            self.phase_seconds["test_scoring_s"] = (self.phase_seconds.get("test_scoring_s", 0.0)
+                                                    + time.perf_counter() - t0)
         out = {f"{prefix}test_loss": float(scores.pop("loss"))}
         out.update({f"{prefix}{k}": float(v) for k, v in scores.items()})
         return out, preds
