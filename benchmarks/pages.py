@@ -202,10 +202,12 @@ def grasp_headline() -> str:
     run = "; ".join(f"{LANG_NAMES[k]} seed{'s' if len(a['seeds']) > 1 else ''} "
                     f"{', '.join(map(str, a['seeds']))}" for k, a in r.items())
     missing = [LANG_NAMES[k] for k in LANG_NAMES if k not in r]
+    complete = not missing and all(len(a["seeds"]) >= 3 for a in r.values())
     link = "(docs/benchmarks/grasp-vs-grid.md)"
     return "\n".join([
         f"- **GRASP LoRA against the 8-point grid**, 32-step fine-tunes (Gemma 3 270M on a 2-core CPU, XQuAD; three "
-        f"seeds a language planned, run so far: {run}{'; ' + ', '.join(missing) + ' not yet' if missing else ''}):",
+        f"seeds a language{': ' if complete else ' planned, run so far: '}{run}"
+        f"{'; ' + ', '.join(missing) + ' not yet' if missing else ''}):",
         f"    - [time to the final adapter]{link}, the grid's over GRASP with GRPO, as run: "
         + (f"{min(ratios):.2f}x" if round(min(ratios), 2) == round(max(ratios), 2)
            else f"{min(ratios):.2f}x-{max(ratios):.2f}x") + " (target: at least 4.5x);",
