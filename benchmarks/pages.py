@@ -294,9 +294,40 @@ def grasp_summary() -> str:
 REGRET32_ARMS = (("grpo", "GRPO"), ("tpe", "TPE"), ("gp", "GP"), ("random", "random search"))
 
 
+def regret32_ranking() -> list[dict[str, Any]]:
+    """The search controllers of issue 36's yardstick pooled over the languages run: parts within 10 % of
+    the seed-averaged trend, then the mean over languages of the pooled test F1 minus the grid's; best
+    first. ``grasp_lora``'s default controller is the first (issue 32: a plugin's default is the
+    controller its benchmark measures best at its budget; tests/test_defaults.py checks it)."""
+    pooled: dict[str, dict[str, Any]] = {}
+    for lang in LANG_NAMES:
+        path = RESULTS / f"grasp_vs_grid_regret32_{lang}.json"
+        if not path.is_file():
+            continue
+        arms = json.loads(path.read_text())["summary"]["seed_averaged"]["arms"]
+        for key, label in REGRET32_ARMS:
+            a = arms.get(key)
+            if not a or not a.get("parts"):
+                continue
+            e = pooled.setdefault(key, {"arm": key, "label": label, "within": 0, "parts": 0, "f1_vs_grid": []})
+            e["within"] += int(a["within"])
+            e["parts"] += int(a["parts"])
+            e["f1_vs_grid"].append(float(a["vs_grid"]["mean"]))
+    out = [{**e, "share": e["within"] / e["parts"], "f1_vs_grid": sum(e["f1_vs_grid"]) / len(e["f1_vs_grid"])}
+           for e in pooled.values()]
+    return sorted(out, key=lambda e: (-e["share"], -e["f1_vs_grid"]))
+
+
 def regret32_lines() -> list[str]:
     """Issue 36's yardstick (the regret32 scale), for the languages whose parts have run."""
     lines = []
+    ranking = regret32_ranking()
+    if ranking:
+        lines.append("- Search controllers at grasp_lora's budget, both languages pooled, ranked by parts within 10 % "
+                     "of the seed-averaged trend (then the mean test F1 minus the grid's): "
+                     + "; ".join(f"{e['label']} {e['within']} of {e['parts']} ({e['f1_vs_grid']:+.2f} F1)"
+                                 for e in ranking)
+                     + ". The plugin's default controller is the first.")
     for lang, name in LANG_NAMES.items():
         path = RESULTS / f"grasp_vs_grid_regret32_{lang}.json"
         if not path.is_file():
@@ -304,7 +335,9 @@ def regret32_lines() -> list[str]:
         sa = json.loads(path.read_text())["summary"]["seed_averaged"]
         arms = sa["arms"]
         seeds = ", ".join(str(s) for s in sa["seeds"])
-        lines.append(f"- 32-step yardstick, {name} (seed(s) {seeds} of 3 run so far; a trend read off so few seeds is "
+        lines.append(f"- 32-step yardstick, {name} (seeds {seeds}; a trend read off so few seeds is noisy):"
+                     if len(sa["seeds"]) >= 3 else
+                     f"- 32-step yardstick, {name} (seed(s) {seeds} of 3 run so far; a trend read off so few seeds is "
                      f"noisy):")
         for key, label in REGRET32_ARMS:
             a = arms.get(key)
