@@ -46,14 +46,9 @@ on the 2-core machine while another benchmark ran)::
 
 Gemma 3 270M, issue #35's benchmark: three parts (one a seed; every arm at the plugin's budget of
 20 probes; a 300-question dev split, as grasp_vs_grid's regret scale), then the merge into the
-committed results and the docs. Estimated wall time of a part on this project's idle 2-core CPU
-machine with the backbone cached: about 1.5 hours, an extrapolation (a part resumes where it was
-killed, so it can span sessions): five controller runs of about 9 minutes and the 8-point grid
-about 35 minutes. How: the plugin's default run takes about 2.6 minutes idle with a 16-question
-dev split; a probe's forward measured 63 CPU-seconds for 48 micro-dev questions (about 0.65 s of
-wall time a question on 2 cores), so a 300-question dev split adds two dev passes (about 6.5
-minutes) to a run; a grid point is 12 training steps (about 3 s each, grasp_lora's measured Gemma
-3 270M steps at the same length and batch) and one dev pass, and the dense reference one more::
+committed results and the docs. Measured on this project's idle 2-core CPU machine with the
+backbone cached: about 29 minutes a part (five controller runs of 3.1-3.7 minutes, the 8-point
+grid 9.5 minutes: a grid point is 12 recovery steps and one 300-question dev pass, about 65 s)::
 
     python -m benchmarks.backbone_prune compare --seed 0 --budget 20 --set dev=300
     python -m benchmarks.backbone_prune compare --seed 1 --budget 20 --set dev=300
@@ -451,6 +446,7 @@ def merge(parts: list[dict[str, Any]], name: str = RESULT_NAME) -> dict[str, Any
     arms: dict[str, Any] = {}
     for arm_name in arm_names:
         rows, ratios, adapter_ratios, gaps, first, last, errors = [], [], [], [], [], [], []
+        crossings, grid_crossings = [], []
         for p in parts:
             if arm_name == "grid":
                 rows.append((p["seed"], p["grid_choice"]))
@@ -470,6 +466,9 @@ def merge(parts: list[dict[str, Any]], name: str = RESULT_NAME) -> dict[str, Any
             if ls:
                 first.append(ls[0]["spearman_reward"])
                 last.append(ls[-1]["spearman_reward"])
+                if ls[-1].get("crossing") is not None and ls[-1].get("grid_crossing") is not None:
+                    crossings.append(ls[-1]["crossing"])
+                    grid_crossings.append(ls[-1]["grid_crossing"])
         entry: dict[str, Any] = {"seeds": [s for s, _ in rows], "errors": errors}
         if rows:
             worst_seed, worst = min(rows, key=lambda r: r[1]["dev_reward"])
@@ -485,6 +484,9 @@ def merge(parts: list[dict[str, Any]], name: str = RESULT_NAME) -> dict[str, Any
             ok_first, ok_last = [x for x in first if x is not None], [x for x in last if x is not None]
             entry["spearman_first_round"] = _median(ok_first)
             entry["spearman_last_round"] = _median(ok_last)
+            # where the last round's probes and the grid's recoveries cross the tolerance (the seeds where both do)
+            entry["crossing_last_round"] = _median(crossings) if crossings else None
+            entry["grid_crossing"] = _median(grid_crossings) if grid_crossings else None
         arms[arm_name] = entry
     slim = []
     for p in parts:

@@ -391,7 +391,10 @@ def backbone_prune_summary() -> str:
                      + ("" if a["spearman_last_round"] is None else
                         f" Rank correlation of its probes with the grid's recovery curve: "
                         f"{_f2(a['spearman_first_round'])} in the first round, {a['spearman_last_round']:.2f} in the "
-                        f"last (medians)."))
+                        f"last (medians).")
+                     + ("" if a.get("crossing_last_round") is None else
+                        f" Its last round's probes cross the tolerance at sparsity {a['crossing_last_round']:.3f}, the "
+                        f"grid's recoveries at {a['grid_crossing']:.3f} (medians)."))
     return "\n".join(lines) + "\n"
 
 

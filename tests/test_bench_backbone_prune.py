@@ -99,7 +99,8 @@ def _part(seed, grid_choice, arms, grid_wall=100.0):
                                             "grid_best": grid_choice[0]},
                                            {"round": 1, "step": 2, "probes": 4, "spearman_reward": 0.5 + 0.1 * seed,
                                             "spearman_loss_ratio": 0.2, "best_probe": s, "fitted_peak": None,
-                                            "grid_best": grid_choice[0]}]}
+                                            "grid_best": grid_choice[0], "crossing": 0.1 * (seed + 1),
+                                            "grid_crossing": 0.2 + 0.1 * seed}]}
     return {"seed": seed, "preset": "smoke", "set": {}, "grid_points": 8, "budget": 20, "tolerance": 0.05,
             "objective": "tolerance", "dev_size": 64, "backbone": "tiny", "grid_wall_s": grid_wall,
             "grid_choice": {**scored(*grid_choice), "value": {"sparsity": grid_choice[0]}},
@@ -126,6 +127,7 @@ def test_merge_takes_medians_worst_seeds_tolerance_counts_and_time_ratios(tmp_pa
                                           "max": pytest.approx(100 / 15)}
     assert p["reward_below_grid"]["median"] == pytest.approx(0.1) and p["reward_below_grid"]["worst"] == pytest.approx(0.5)
     assert p["spearman_first_round"] == pytest.approx(0.1) and p["spearman_last_round"] == pytest.approx(0.6)
+    assert p["crossing_last_round"] == pytest.approx(0.2) and p["grid_crossing"] == pytest.approx(0.3)
     assert t["seeds"] == [0, 1] and t["errors"] == [{"seed": 2, "error": "could not run"}]
     assert t["median"]["sparsity"] == pytest.approx(0.5) and t["within_tolerance"] == 2
     with pytest.raises(SystemExit):
