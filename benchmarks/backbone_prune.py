@@ -389,8 +389,8 @@ def compare(preset: str, seed: int, controllers: list[str], grid: int, budget: i
                     point = score(task.knob.from_unit(u))
                     point["within_tolerance"] = bool(point["dev_loss"] / point["dense_dev_loss"] - 1 <= cfg.tolerance)
                     part["grid"].append({**point, "wall_s": time.perf_counter() - t1})
-                    part["grid_phases"] = {k: phases.get(k, 0.0) + v - before.get(k, 0.0)
-                                           for k, v in {**phases, **task.phase_seconds}.items()}
+                    part["grid_phases"] = {k: phases.get(k, 0.0) + task.phase_seconds.get(k, 0.0) - before.get(k, 0.0)
+                                           for k in {**phases, **task.phase_seconds}}
                     # the grid's time: the reference plus its points (so a resumed grid is timed alike)
                     part["grid_wall_s"] = part["grid_reference_s"] + sum(g["wall_s"] for g in part["grid"])
                     _write(part, path)  # a killed grid keeps its finished points
